@@ -1,0 +1,385 @@
+"""Validation of configuration documents into the frozen types of `model`.
+
+Every accessor knows the path of the value it reads, so an error always names the place.
+Unknown keys are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from .errors import ConfigError
+from .model import (
+    AuthConfig,
+    BufferConfig,
+    DeviceConfig,
+    GatewayConfig,
+    PointConfig,
+    TlsConfig,
+    TopicsConfig,
+    UplinkConfig,
+)
+
+T = TypeVar("T")
+_MISSING: Any = object()
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def example_path() -> Path:
+    """The commented example configuration shipped with the package (also used by the demo)."""
+    return Path(__file__).parent / "examples" / "gateway.toml"
+
+
+def load_file(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            str(p), f"cannot read: {exc.strerror}", "check the path and its permissions"
+        ) from exc
+    return load(text, source=str(p))
+
+
+def load(text: str, source: str = "<config>") -> GatewayConfig:
+    """Parse and validate TOML text."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            source, f"not valid TOML: {exc}", "fix the syntax at the line shown"
+        ) from exc
+    return load_document(doc)
+
+
+def load_document(doc: Any) -> GatewayConfig:
+    """Validate an already-parsed document (a local file or a remote push)."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError("<document>", f"expected a table, got {_kind(doc)}", "send a JSON object")
+    root = Section(doc, "")
+    gw = root.table("gateway")
+    cfg = GatewayConfig(
+        version=root.integer("version", 0, lo=0),
+        gateway_id=gw.ident("id", "gateway"),
+        state_dir=gw.text("state_dir", GatewayConfig().state_dir),
+        buffer=_buffer(root.table("buffer")),
+        uplink=_uplink(root.table("uplink")),
+        devices=tuple(_device(s) for s in root.tables("devices")),
+    )
+    gw.done()
+    root.done()
+    _unique((d.id for d in cfg.devices), "devices", "id")
+    return cfg
+
+
+def _buffer(s: Section) -> BufferConfig:
+    cfg = BufferConfig(
+        path=s.text("path", BufferConfig().path),
+        sync=s.choice("sync", ("full", "normal"), BufferConfig().sync),
+        max_bytes=s.integer("max_bytes", BufferConfig().max_bytes, lo=64 * 1024),
+    )
+    s.done()
+    return cfg
+
+
+def _uplink(s: Section) -> UplinkConfig:
+    d = UplinkConfig()
+    tls = s.table("tls")
+    auth = s.table("auth")
+    topics = s.table("topics")
+    cfg = UplinkConfig(
+        host=s.text("host", d.host),
+        port=s.integer("port", d.port, lo=1, hi=65535),
+        project=s.text("project", d.project),
+        region=s.text("region", d.region),
+        registry=s.text("registry", d.registry),
+        device=s.text("device", d.device),
+        client_id=s.text("client_id", d.client_id),
+        keepalive_s=s.integer("keepalive_s", d.keepalive_s, lo=5, hi=1200),
+        batch_max_records=s.integer("batch_max_records", d.batch_max_records, lo=1, hi=100_000),
+        batch_max_bytes=s.integer(
+            "batch_max_bytes", d.batch_max_bytes, lo=1024, hi=256 * 1024 * 1024
+        ),
+        inflight_window=s.integer("inflight_window", d.inflight_window, lo=1, hi=65535),
+        puback_timeout_s=s.number("puback_timeout_s", d.puback_timeout_s, lo=0.5),
+        backoff_base_s=s.number("backoff_base_s", d.backoff_base_s, lo=0.01),
+        backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01),
+        tls=TlsConfig(
+            enabled=tls.flag("enabled", True),
+            ca_file=tls.opt_text("ca_file"),
+            verify=tls.flag("verify", True),
+            cert_file=tls.opt_text("cert_file"),
+            key_file=tls.opt_text("key_file"),
+        ),
+        auth=AuthConfig(
+            kind=auth.choice("kind", ("jwt", "password", "none"), "jwt"),
+            algorithm=auth.choice("algorithm", ("ES256", "RS256"), "ES256"),
+            private_key=auth.text("private_key", AuthConfig().private_key),
+            audience=auth.text("audience", ""),
+            lifetime_s=auth.integer("lifetime_s", 3600, lo=60, hi=24 * 3600),
+            key_id=auth.opt_text("key_id"),
+            username=auth.text("username", "unused"),
+            password=auth.opt_text("password"),
+        ),
+        topics=TopicsConfig(
+            events=topics.text("events", TopicsConfig().events),
+            state=topics.text("state", TopicsConfig().state),
+            config=topics.text("config", TopicsConfig().config),
+            commands=topics.text("commands", TopicsConfig().commands),
+        ),
+    )
+    for sub in (tls, auth, topics, s):
+        sub.done()
+    if cfg.auth.kind == "jwt" and not cfg.auth.audience:
+        raise ConfigError(
+            auth.at("audience"),
+            'missing, demanded by kind = "jwt"',
+            "set it to the project id (Cloud IoT Core) or the broker's audience",
+        )
+    if cfg.auth.kind == "password" and cfg.auth.password is None:
+        raise ConfigError(
+            auth.at("password"),
+            'missing, demanded by kind = "password"',
+            'set it, or use kind = "jwt"',
+        )
+    if cfg.backoff_cap_s < cfg.backoff_base_s:
+        raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")
+    return cfg
+
+
+_DRIVER_DEFAULT_PORT = {"modbus_tcp": 502}
+
+
+def _device(s: Section) -> DeviceConfig:
+    driver = s.text("driver")
+    cfg = DeviceConfig(
+        id=s.ident("id"),
+        driver=driver,
+        interval_ms=s.integer("interval_ms", 1000, lo=10, hi=24 * 3600 * 1000),
+        host=s.text("host", "127.0.0.1"),
+        port=s.integer("port", _DRIVER_DEFAULT_PORT.get(driver, 502), lo=1, hi=65535),
+        unit=s.integer("unit", 1, lo=0, hi=255),
+        timeout_s=s.number("timeout_s", 1.0, lo=0.01, hi=60.0),
+        points=tuple(_point(p) for p in s.tables("points")),
+    )
+    s.done()
+    _unique((p.id for p in cfg.points), s.at("points"), "id")
+    return cfg
+
+
+_TYPES = (
+    "bool",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "string",
+)
+
+
+def _point(s: Section) -> PointConfig:
+    table = s.choice("table", ("coil", "discrete", "input", "holding"))
+    bit_table = table in ("coil", "discrete")
+    dtype = s.choice("type", _TYPES, "bool" if bit_table else "uint16")
+    if bit_table and dtype != "bool":
+        raise ConfigError(
+            s.at("type"),
+            f"{dtype!r} is not possible in a {table} table",
+            'use type = "bool" or a register table',
+        )
+    length = s.integer("length", 0, lo=0, hi=125)
+    if dtype == "string" and length == 0:
+        raise ConfigError(
+            s.at("length"),
+            'missing, demanded by type = "string"',
+            "give the string's length in registers",
+        )
+    bit = s.opt_integer("bit", lo=0, hi=15)
+    if dtype == "bool" and not bit_table and bit is None:
+        raise ConfigError(
+            s.at("bit"),
+            'missing, demanded by type = "bool" in a register',
+            "give the bit number, 0 = least significant",
+        )
+    cfg = PointConfig(
+        id=s.ident("id"),
+        table=table,
+        address=s.integer("address", lo=0, hi=65535, fix="use a 0-based register address"),
+        type=dtype,
+        order=s.choice("order", ("ABCD", "CDAB", "BADC", "DCBA"), "ABCD"),
+        scale=s.number("scale", 1.0),
+        offset=s.number("offset", 0.0),
+        unit=s.text("unit", ""),
+        length=length,
+        bit=bit,
+        writable=s.flag("writable", False),
+        min=s.opt_number("min"),
+        max=s.opt_number("max"),
+        interval_ms=s.opt_integer("interval_ms", lo=10, hi=24 * 3600 * 1000),
+    )
+    s.done()
+    if cfg.address + cfg.register_count > 65536:
+        raise ConfigError(
+            s.at("address"), "the point ends past register 65535", "lower the address or the length"
+        )
+    if cfg.writable and table in ("discrete", "input"):
+        raise ConfigError(
+            s.at("writable"),
+            f"a {table} table is read-only",
+            "use a coil or holding register for writable points",
+        )
+    return cfg
+
+
+def _unique(values: Any, place: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            raise ConfigError(
+                f"{place}[{i}].{key}", f"{v!r} is used twice", "give each a unique id"
+            )
+        seen.add(v)
+
+
+def _kind(v: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(v), type(v).__name__)
+
+
+class Section:
+    """A table of the document, with the path it sits at and the keys read from it."""
+
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        self._data = data
+        self._path = path
+        self._read: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def _get(self, key: str, default: Any, kinds: tuple[type, ...], what: str) -> Any:
+        self._read.add(key)
+        if key not in self._data:
+            if default is _MISSING:
+                raise ConfigError(self.at(key), "missing", f"set it to {what}")
+            return default
+        v = self._data[key]
+        # bool is an int subclass in Python; never accept it where a number is meant.
+        if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+            raise ConfigError(self.at(key), f"expected {what}, got {_kind(v)}", f"write {what}")
+        return v
+
+    def text(self, key: str, default: Any = _MISSING) -> str:
+        return cast(str, self._get(key, default, (str,), "a string"))
+
+    def opt_text(self, key: str) -> str | None:
+        return cast("str | None", self._get(key, None, (str,), "a string"))
+
+    def ident(self, key: str, default: Any = _MISSING) -> str:
+        v = self.text(key, default)
+        if not _ID.match(v):
+            raise ConfigError(
+                self.at(key),
+                f"{v!r} is not a valid id",
+                "use letters, digits, '_', '.', '-' (at most 64, no '/')",
+            )
+        return v
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:
+        v = self.text(key, default)
+        if v not in allowed:
+            near = difflib.get_close_matches(v, allowed, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(
+                self.at(key),
+                f"{v!r} is not allowed",
+                f"{hint}use one of {', '.join(map(repr, allowed))}",
+            )
+        return v
+
+    def flag(self, key: str, default: Any = _MISSING) -> bool:
+        return cast(bool, self._get(key, default, (bool,), "true or false"))
+
+    def integer(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        lo: int | None = None,
+        hi: int | None = None,
+        fix: str | None = None,
+    ) -> int:
+        v = cast(int, self._get(key, default, (int,), "an integer"))
+        self._range(key, v, lo, hi, fix)
+        return v
+
+    def opt_integer(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
+        v = cast("int | None", self._get(key, None, (int,), "an integer"))
+        if v is not None:
+            self._range(key, v, lo, hi, None)
+        return v
+
+    def number(
+        self, key: str, default: Any = _MISSING, *, lo: float | None = None, hi: float | None = None
+    ) -> float:
+        v = self._get(key, default, (int, float), "a number")
+        self._range(key, v, lo, hi, None)
+        return float(v)
+
+    def opt_number(self, key: str) -> float | None:
+        v = self._get(key, None, (int, float), "a number")
+        return None if v is None else float(v)
+
+    def _range(
+        self, key: str, v: float, lo: float | None, hi: float | None, fix: str | None
+    ) -> None:
+        if lo is not None and v < lo:
+            raise ConfigError(self.at(key), f"{v} is below {lo}", fix or f"use at least {lo}")
+        if hi is not None and v > hi:
+            raise ConfigError(self.at(key), f"{v} is above {hi}", fix or f"use at most {hi}")
+
+    def table(self, key: str) -> Section:
+        v = self._get(key, {}, (dict,), "a table")
+        return Section(v, self.at(key))
+
+    def tables(self, key: str) -> list[Section]:
+        v = self._get(key, [], (list,), "an array of tables")
+        out = []
+        for i, item in enumerate(v):
+            place = f"{self.at(key)}[{i}]"
+            if not isinstance(item, Mapping):
+                raise ConfigError(
+                    place, f"expected a table, got {_kind(item)}", "write [[" + key + "]]"
+                )
+            out.append(Section(item, place))
+        return out
+
+    def done(self) -> None:
+        """Refuse keys nobody read: they are typos or settings of another version."""
+        for key in self._data:
+            if key not in self._read:
+                near = difflib.get_close_matches(str(key), sorted(self._read), n=1)
+                hint = (
+                    f"did you mean {near[0]!r}?"
+                    if near
+                    else f"known keys: {', '.join(sorted(self._read))}"
+                )
+                raise ConfigError(self.at(str(key)), "unknown key", hint)
+
+
+__all__ = ["Section", "example_path", "load", "load_document", "load_file"]

@@ -1,0 +1,51 @@
+"""The contract every driver fulfils.
+
+A driver owns its connections, never raises into the scheduler (a device fault becomes
+bad-quality readings with a reason), and reconnects on its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from gatewayd.config import DeviceConfig, PointConfig
+
+from gatewayd.reading import Reading, Value
+
+
+@dataclass(frozen=True, slots=True)
+class PollGroup:
+    """The points of one device polled at one interval."""
+
+    device: str
+    interval_ms: int
+    points: tuple[PointConfig, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.device}@{self.interval_ms}ms"
+
+
+def poll_groups(device: DeviceConfig) -> list[PollGroup]:
+    by_interval: dict[int, list[PointConfig]] = {}
+    for p in device.points:
+        by_interval.setdefault(p.interval_ms or device.interval_ms, []).append(p)
+    return [PollGroup(device.id, ms, tuple(pts)) for ms, pts in sorted(by_interval.items())]
+
+
+class Driver(ABC):
+    def __init__(self, device: DeviceConfig) -> None:
+        self.device = device
+
+    @abstractmethod
+    async def poll(self, group: PollGroup) -> list[Reading]:
+        """Read every point of the group; failures come back as BAD readings, never as raises."""
+
+    @abstractmethod
+    async def write(self, point: PointConfig, value: Value) -> None:
+        """Write one point; the caller has checked that it is writable and within range."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""

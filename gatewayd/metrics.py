@@ -1,0 +1,46 @@
+"""Counters and gauges for every stage, rendered as Prometheus text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: dict[Key, float] = {}
+        self.gauges: dict[Key, float] = {}
+
+    def inc(self, name: str, n: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self.gauges[(name, tuple(sorted(labels.items())))] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return self.counters.get(key, self.gauges.get(key, 0))
+
+    def total(self, name: str) -> float:
+        """Sum of a counter over all its label sets."""
+        return sum(v for (n, _), v in self.counters.items() if n == name)
+
+    def render(self) -> str:
+        return "".join(self._lines())
+
+    def _lines(self) -> Iterator[str]:
+        for kind, table in (("counter", self.counters), ("gauge", self.gauges)):
+            seen: set[str] = set()
+            for (name, labels), value in sorted(table.items()):
+                full = f"gatewayd_{name}_total" if kind == "counter" else f"gatewayd_{name}"
+                if full not in seen:
+                    seen.add(full)
+                    yield f"# TYPE {full} {kind}\n"
+                lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                yield f"{full}{{{lab}}} {value:g}\n" if lab else f"{full} {value:g}\n"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,112 @@
+"""Device registry of the cloud stand-in: devices, their public keys, and the JWT checks.
+
+Checks follow Cloud IoT Core: the password is a JWT signed (RS256 or ES256) by one of the device's
+registered keys; `iat` and `exp` are required, `iat` may be at most 10 minutes in the future,
+the lifetime at most 24 hours, and `aud` must be the project id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SKEW_S = 600
+MAX_LIFETIME_S = 24 * 3600
+
+
+@dataclass
+class Device:
+    id: str
+    public_keys: list[bytes] = field(default_factory=list)  # PEM
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    device: str | None
+    reason: str  # "ok" or why refused
+    exp: float = 0.0
+
+
+class Registry:
+    def __init__(
+        self, project: str = "demo-project", region: str = "local", registry: str = "gateways"
+    ) -> None:
+        self.project = project
+        self.region = region
+        self.registry = registry
+        self.devices: dict[str, Device] = {}
+
+    def add(self, device_id: str, public_key_pem: bytes | str | Path) -> Device:
+        if isinstance(public_key_pem, Path):
+            public_key_pem = public_key_pem.read_bytes()
+        if isinstance(public_key_pem, str):
+            public_key_pem = public_key_pem.encode()
+        dev = self.devices.setdefault(device_id, Device(device_id))
+        dev.public_keys.append(public_key_pem)
+        return dev
+
+    def device_of(self, client_id: str) -> str | None:
+        parts = client_id.split("/")
+        if (
+            len(parts) == 8
+            and parts[0] == "projects"
+            and parts[2] == "locations"
+            and parts[4] == "registries"
+            and parts[6] == "devices"
+            and parts[1] == self.project
+            and parts[5] == self.registry
+        ):
+            return parts[7]
+        return None
+
+    def authenticate(self, client_id: str, password: bytes | None) -> AuthResult:
+        import jwt
+
+        device_id = self.device_of(client_id)
+        if device_id is None:
+            return AuthResult(None, f"client id {client_id!r} is not a device of this registry")
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return AuthResult(None, f"device {device_id!r} is not registered")
+        if not password:
+            return AuthResult(None, "no JWT in the password")
+        token = password.decode(errors="replace")
+        last = "no key registered"
+        for pem in dev.public_keys:
+            try:
+                claims = jwt.decode(
+                    token,
+                    pem,
+                    algorithms=["RS256", "ES256"],
+                    audience=self.project,
+                    options={"require": ["iat", "exp", "aud"]},
+                    leeway=0,
+                )
+            except jwt.ExpiredSignatureError:
+                return AuthResult(None, "token expired")
+            except jwt.InvalidAudienceError:
+                return AuthResult(None, "wrong audience")
+            except jwt.InvalidSignatureError:
+                last = "signature does not match a registered key"
+                continue
+            except jwt.PyJWTError as exc:
+                # pyjwt refuses iat in the future with ImmatureSignatureError; Cloud IoT Core
+                # allowed 10 minutes of skew, so check it ourselves below instead.
+                if isinstance(exc, jwt.ImmatureSignatureError):
+                    claims = jwt.decode(
+                        token,
+                        pem,
+                        algorithms=["RS256", "ES256"],
+                        audience=self.project,
+                        options={"verify_iat": False, "require": ["iat", "exp"]},
+                    )
+                else:
+                    return AuthResult(None, f"invalid token: {exc}")
+            now = time.time()
+            if claims["iat"] > now + SKEW_S:
+                return AuthResult(None, "iat is in the future")
+            if claims["exp"] - claims["iat"] > MAX_LIFETIME_S:
+                return AuthResult(None, "lifetime over 24 h")
+            return AuthResult(device_id, "ok", float(claims["exp"]))
+        return AuthResult(None, last)
