@@ -94,6 +94,7 @@ class TopicsConfig:
     state: str = "/devices/{device}/state"
     config: str = "/devices/{device}/config"
     commands: str = "/devices/{device}/commands/#"
+    command_results: str = "/devices/{device}/events/command-results"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,18 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteConfigConfig:
+    """How pushed configurations and commands are accepted."""
+
+    enabled: bool = True
+    health_deadline_s: float = 60.0  # keep a candidate only if healthy within this time
+    require_signed: bool = False
+    signing_key: str | None = None  # PEM public key; relative paths are in the config folder
+    max_document_bytes: int = 256 * 1024
+    commands_per_minute: int = 60
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
@@ -134,3 +147,4 @@ class GatewayConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()
+    remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)

@@ -20,6 +20,7 @@ from .model import (
     DeviceConfig,
     GatewayConfig,
     PointConfig,
+    RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
     UplinkConfig,
@@ -70,10 +71,33 @@ def load_document(doc: Any) -> GatewayConfig:
         buffer=_buffer(root.table("buffer")),
         uplink=_uplink(root.table("uplink")),
         devices=tuple(_device(s) for s in root.tables("devices")),
+        remote_config=_remote_config(root.table("remote_config")),
     )
     gw.done()
     root.done()
     _unique((d.id for d in cfg.devices), "devices", "id")
+    return cfg
+
+
+def _remote_config(s: Section) -> RemoteConfigConfig:
+    d = RemoteConfigConfig()
+    cfg = RemoteConfigConfig(
+        enabled=s.flag("enabled", d.enabled),
+        health_deadline_s=s.number("health_deadline_s", d.health_deadline_s, lo=1.0, hi=3600.0),
+        require_signed=s.flag("require_signed", d.require_signed),
+        signing_key=s.opt_text("signing_key"),
+        max_document_bytes=s.integer(
+            "max_document_bytes", d.max_document_bytes, lo=1024, hi=16 * 1024 * 1024
+        ),
+        commands_per_minute=s.integer("commands_per_minute", d.commands_per_minute, lo=1),
+    )
+    s.done()
+    if cfg.require_signed and not cfg.signing_key:
+        raise ConfigError(
+            s.at("signing_key"),
+            "missing, demanded by require_signed = true",
+            "give the PEM public key that signs configuration pushes",
+        )
     return cfg
 
 
@@ -131,6 +155,7 @@ def _uplink(s: Section) -> UplinkConfig:
             state=topics.text("state", TopicsConfig().state),
             config=topics.text("config", TopicsConfig().config),
             commands=topics.text("commands", TopicsConfig().commands),
+            command_results=topics.text("command_results", TopicsConfig().command_results),
         ),
     )
     for sub in (tls, auth, topics, s):

@@ -72,18 +72,26 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import tomllib
+
     from gatewayd.config import load_file
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
 
     async def go() -> None:
-        cfg = load_file(args.config)
-        gw = Gateway(cfg, config_dir=Path(args.config).resolve().parent)
+        path = Path(args.config)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            doc = None  # load_file below reports it with the place and the fix
+        cfg = load_file(path)
+        gw = Gateway(cfg, config_dir=path.resolve().parent, local_doc=doc)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, gw.reload_local_file, path)
         await gw.run(stop)
 
     try:

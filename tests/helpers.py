@@ -158,6 +158,7 @@ def gateway_toml(
     interval_ms: int = 100,
     auth: str = 'kind = "none"',
     extra_uplink: str = "",
+    tail: str = "",
 ) -> str:
     return f"""
 version = 1
@@ -184,6 +185,7 @@ driver = "modbus_tcp"
 port = {device_port}
 interval_ms = {interval_ms}
 {points}
+{tail}
 """
 
 
@@ -232,3 +234,11 @@ def connack_code(port: int, client_id: str, password: str) -> int:
     c.loop_stop()
     c.disconnect()
     return result[0]
+
+
+def delivered_range(db: Path) -> list[int]:
+    """Every id this buffer file ever handed out, first to last."""
+    with sqlite3.connect(db) as c:
+        (seq,) = c.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+    base = int((db.parent / (db.name + ".incarnation")).read_text()) << 40
+    return list(range(base + 1, seq + 1))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import socket
@@ -70,7 +71,7 @@ class Uplink:
         self.client_id = cfg.client_id.format(**values)
         self.topics = {
             name: getattr(cfg.topics, name).format(**values)
-            for name in ("events", "state", "config", "commands")
+            for name in ("events", "state", "config", "commands", "command_results")
         }
         self.connected = False
         self.last_error: str | None = None
@@ -85,6 +86,8 @@ class Uplink:
         self._closed: asyncio.Future[str] | None = None
         self._stopping = False
         self._misc_task: asyncio.Task[None] | None = None
+        self._state: dict[str, Any] = {}  # the gateway state document, re-sent on every connect
+        self._state_dirty = False
         self._rng = random.Random()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -217,6 +220,8 @@ class Uplink:
             self.client_id,
         )
         client.subscribe([(self.topics["config"], 1), (self.topics["commands"], 1)])
+        self._state_dirty = bool(self._state)
+        self._send_state()
 
     async def _session(self) -> bool:
         """Publish until the connection ends; True when it ended for a token refresh."""
@@ -266,6 +271,24 @@ class Uplink:
             await _first([self._wake.wait()], timeout=0.2, stop=closed)
         log.info("uplink_token_refresh")
         self.metrics.inc("uplink_token_refreshes")
+
+    def publish_state(self, doc: dict[str, Any]) -> None:
+        """Merge `doc` into the state document and publish it now if connected, else on connect."""
+        self._state.update(doc)
+        self._state_dirty = True
+        self._send_state()
+
+    def _send_state(self) -> None:
+        if self._state_dirty and self.connected and self._client is not None:
+            self._client.publish(self.topics["state"], json.dumps(self._state), qos=1)
+            self._state_dirty = False
+
+    def publish_json(self, topic_name: str, doc: dict[str, Any]) -> bool:
+        """Publish one message outside the buffer (command results); False when offline."""
+        if not (self.connected and self._client is not None):
+            return False
+        info = self._client.publish(self.topics[topic_name], json.dumps(doc), qos=1)
+        return info.rc == 0
 
     def _publish(self, client: mqtt.Client, entries: list[Entry]) -> None:
         info = client.publish(self.topics["events"], encode_json(entries), qos=1)

@@ -270,7 +270,7 @@ class Broker:
             raise ProtocolError("QoS 2 is not supported by the stand-in")
         if not self._allowed(s, topic):
             raise ProtocolError(f"{s.client_id} may not publish to {topic}")
-        if "/events" in topic:
+        if "/events" in topic and not topic.endswith("/command-results"):
             self.recorder.feed(payload)
         if self.on_message is not None:
             self.on_message(topic, payload)

@@ -1,0 +1,120 @@
+"""Commands from the cloud: `{"id": .., "point": "dev/p", "value": v}` writes a field device point;
+`{"id": .., "command": "ping"}` is answered at once. Each gets one result message.
+
+Writes go only to points the configuration marks writable, within their declared range. Commands
+are not queued for unreachable devices: they fail fast, like Cloud IoT Core's. A token bucket
+limits their rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gatewayd.config import GatewayConfig, PointConfig
+from gatewayd.drivers import Driver
+from gatewayd.metrics import Metrics
+from gatewayd.reading import Value, now_ms
+
+log = logging.getLogger("gatewayd.commands")
+
+WRITE_TIMEOUT_S = 5.0
+
+
+class Host(Protocol):
+    cfg: GatewayConfig
+    drivers: dict[str, Driver]
+
+
+class CommandHandler:
+    def __init__(
+        self, host: Host, reply: Callable[[dict[str, Any]], None], metrics: Metrics
+    ) -> None:
+        self.host = host
+        self.reply = reply
+        self.metrics = metrics
+        self._tokens = float(host.cfg.remote_config.commands_per_minute)
+        self._refilled = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(topic, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _take_token(self) -> bool:
+        per_min = self.host.cfg.remote_config.commands_per_minute
+        now = time.monotonic()
+        self._tokens = min(per_min, self._tokens + (now - self._refilled) * per_min / 60)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        cid: Any = None
+        try:
+            doc = json.loads(payload) if len(payload) <= 64 * 1024 else None
+            if not isinstance(doc, dict):
+                raise ValueError("a command is a JSON object")
+            cid = doc.get("id")
+            if not self._take_token():
+                status, reason = "refused", "rate limited; retry later"
+            elif "point" in doc:
+                status, reason = await self._write(doc.get("point"), doc.get("value"))
+            elif doc.get("command") == "ping":
+                status, reason = "ok", "pong"
+            else:
+                status, reason = (
+                    "refused",
+                    "unknown command; send {point, value} or {command: ping}",
+                )
+        except (ValueError, RecursionError) as exc:
+            status, reason = "refused", f"malformed command: {exc}"
+        self.metrics.inc("commands", status=status)
+        log.info("command id=%r status=%s reason=%r", cid, status, reason)
+        self.reply({"id": cid, "status": status, "reason": reason, "ts": now_ms()})
+
+    def _find(self, point_id: Any) -> tuple[Driver, PointConfig] | str:
+        if not isinstance(point_id, str) or "/" not in point_id:
+            return "point must be 'device/point'"
+        dev_id, _, pid = point_id.partition("/")
+        for dev in self.host.cfg.devices:
+            if dev.id == dev_id:
+                for p in dev.points:
+                    if p.id == pid:
+                        driver = self.host.drivers.get(dev_id)
+                        return (driver, p) if driver else "device is not running"
+        return f"no point {point_id!r} in the configuration"
+
+    async def _write(self, point_id: Any, value: Value) -> tuple[str, str]:
+        found = self._find(point_id)
+        if isinstance(found, str):
+            return "refused", found
+        driver, p = found
+        if not p.writable:
+            return (
+                "refused",
+                f"{point_id} is not writable (set writable = true in the configuration)",
+            )
+        if p.type == "bool" or p.table == "coil":
+            if not isinstance(value, bool):
+                return "refused", f"{point_id} takes true or false"
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            return "refused", f"{point_id} takes a number"
+        else:
+            if p.min is not None and value < p.min:
+                return "refused", f"{value} is below the minimum {p.min:g} of {point_id}"
+            if p.max is not None and value > p.max:
+                return "refused", f"{value} is above the maximum {p.max:g} of {point_id}"
+        try:
+            await asyncio.wait_for(driver.write(p, value), WRITE_TIMEOUT_S)
+        except Exception as exc:  # fail fast: the cloud retries if it wants to
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            return "failed", f"write failed: {reason}"
+        return "ok", f"wrote {value} to {point_id}"

@@ -1,0 +1,90 @@
+"""On-disk state of remote configuration, under `<state_dir>/config/`.
+
+- `applied.json`: the last known good document (what the gateway starts with);
+- `candidate.json`: a document being tried, with how many process starts it has seen;
+- `history.json`: the highest version ever tried, and the last rollback's version and reason.
+Every write is atomic (write, fsync, rename, fsync the directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gatewayd.files import write_atomic
+
+
+def digest(doc: dict[str, Any]) -> str:
+    """Content identity of a document, independent of key order and formatting."""
+    return hashlib.sha256(
+        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    version: int
+    document: dict[str, Any]
+    starts: int = 0
+
+    @property
+    def digest(self) -> str:
+        return digest(self.document)
+
+
+class ConfigStore:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.dir / name).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            # A torn file cannot happen with atomic writes; a hand-edited one can: ignore it.
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _write(self, name: str, data: dict[str, Any]) -> None:
+        write_atomic(self.dir / name, json.dumps(data, sort_keys=True))
+
+    def applied(self) -> Stored | None:
+        d = self._read("applied.json")
+        return Stored(int(d["version"]), d["document"]) if d else None
+
+    def candidate(self) -> Stored | None:
+        d = self._read("candidate.json")
+        return Stored(int(d["version"]), d["document"], int(d.get("starts", 0))) if d else None
+
+    def save_candidate(self, c: Stored) -> None:
+        self._write(
+            "candidate.json", {"version": c.version, "document": c.document, "starts": c.starts}
+        )
+        self.note_tried(c.version)
+
+    def commit(self, c: Stored) -> None:
+        self._write("applied.json", {"version": c.version, "document": c.document})
+        self.drop_candidate()
+
+    def drop_candidate(self) -> None:
+        (self.dir / "candidate.json").unlink(missing_ok=True)
+
+    def highest_tried(self) -> int:
+        d = self._read("history.json") or {}
+        return int(d.get("highest_tried", -1))
+
+    def note_tried(self, version: int) -> None:
+        d = self._read("history.json") or {}
+        if version > int(d.get("highest_tried", -1)):
+            d["highest_tried"] = version
+            self._write("history.json", d)
+
+    def note_rollback(self, version: int, reason: str) -> None:
+        d = self._read("history.json") or {}
+        d["last_rollback"] = {"version": version, "reason": reason}
+        self._write("history.json", d)

@@ -1,0 +1,343 @@
+"""Remote configuration against the cloud stand-in, with a real gateway process and real devices."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatewayd_sim.cloud import Broker, Registry
+from helpers import (
+    BrokerThread,
+    delivered_range,
+    free_port,
+    gateway_toml,
+    start_gateway,
+    start_modbus_sim,
+    wait_for,
+    write_config,
+)
+
+from gatewayd.uplink.device_jwt import generate_key
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CONFIG_TOPIC = "/devices/gw-test/config"
+STATE_TOPIC = "/devices/gw-test/state"
+COMMANDS_TOPIC = "/devices/gw-test/commands"
+AUTH = 'kind = "jwt"\nalgorithm = "ES256"\nprivate_key = "device.key"\naudience = "p1"'
+WRITABLE = """
+[[devices.points]]
+id = "setpoint"
+table = "holding"
+address = 20
+type = "int16"
+scale = 0.1
+writable = true
+min = 30.0
+max = 80.0
+"""
+
+
+class Cloud:
+    """The stand-in broker in a thread, with the state and command-result messages it received."""
+
+    def __init__(self, tmp: Path) -> None:
+        registry = Registry("p1", "r1", "reg1")
+        registry.add("gw-test", generate_key(tmp / "device.key", "ES256"))
+        self.broker = Broker(registry)
+        self.states: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.broker.on_message = self._on_message
+        self.bt = BrokerThread(self.broker)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            if topic == STATE_TOPIC:
+                self.states.append(json.loads(payload))
+            elif topic.endswith("/command-results"):
+                self.results.append(json.loads(payload))
+
+    def push(self, doc: dict[str, Any] | bytes) -> None:
+        payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        self.bt.loop.call_soon_threadsafe(self.broker.publish, CONFIG_TOPIC, payload, True)
+
+    def command(self, doc: dict[str, Any]) -> None:
+        payload = json.dumps(doc).encode()
+        self.bt.loop.call_soon_threadsafe(self.broker.publish, COMMANDS_TOPIC, payload)
+
+    def outcome(
+        self, version: int, status: str | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            with self.lock:
+                for s in reversed(self.states):
+                    c = s.get("config", {})
+                    if c.get("version") == version and (status is None or c["status"] == status):
+                        return dict(c)
+            return None
+
+        return wait_for(find, timeout, f"config outcome for version {version}")  # type: ignore[no-any-return]
+
+    @property
+    def recorder(self) -> Any:
+        return self.broker.recorder
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Cloud]:
+    c = Cloud(tmp_path)
+    try:
+        yield c
+    finally:
+        c.bt.stop()
+
+
+def _setup(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp: Path, deadline: float = 3.0
+) -> tuple[dict[str, Any], Path, int]:
+    port = free_port()
+    start_modbus_sim(FIXTURES / "plc_map.toml", port, procs)
+    points = (FIXTURES / "plc_points.toml").read_text() + WRITABLE
+    text = gateway_toml(
+        tmp,
+        cloud.bt.port,
+        port,
+        points,
+        auth=AUTH,
+        tail=f"[remote_config]\nhealth_deadline_s = {deadline}\n",
+    )
+    cfg = write_config(tmp / "gw.toml", text)
+    return tomllib.loads(text), cfg, port
+
+
+def _wait_flowing(cloud: Cloud, device: str, n: int = 20, timeout: float = 20) -> None:
+    def count() -> int:
+        return sum(1 for r in list(cloud.recorder.records) if r["point"].startswith(device + "/"))
+
+    start = count()
+    wait_for(lambda: count() >= start + n, timeout, f"{n} new records from {device}")
+
+
+def test_valid_push_is_applied_live_new_device_flows_old_stops_nothing_lost(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc")
+    port2 = free_port()
+    start_modbus_sim(FIXTURES / "plc_map.toml", port2, procs)
+    new = json.loads(json.dumps(doc))
+    new["version"] = 2
+    new["devices"][0]["id"] = "plc2"
+    new["devices"][0]["port"] = port2
+    cloud.push(new)
+    outcome = cloud.outcome(2, "applied")
+    assert outcome["reason"].startswith("healthy after")
+    _wait_flowing(cloud, "plc2")
+    time.sleep(0.5)
+    before = sum(1 for r in cloud.recorder.records if r["point"].startswith("plc/"))
+    time.sleep(1.0)
+    after = sum(1 for r in cloud.recorder.records if r["point"].startswith("plc/"))
+    assert after == before, "the removed device stopped flowing"
+    assert gw.poll() is None, "applied without a restart"
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(10) == 0
+    ids = sorted(cloud.recorder.counts)
+    assert ids == delivered_range(tmp_path / "buffer.sqlite"), "no reading lost across the apply"
+
+
+def test_invalid_push_is_rejected_with_the_path_and_stale_version_refused(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    bad = json.loads(json.dumps(doc))
+    bad["version"] = 5
+    bad["devices"][0]["points"][1]["address"] = 70000
+    cloud.push(bad)
+    out = cloud.outcome(5, "rejected")
+    assert out["reason"].startswith("devices[0].points[1].address: 70000 is above 65535")
+    stale = json.loads(json.dumps(doc))
+    stale["version"] = 1
+    stale["devices"][0]["interval_ms"] = 200
+    cloud.push(stale)
+    out = cloud.outcome(1, "rejected")
+    assert "not newer" in out["reason"]
+    cloud.push(doc)  # identical to what runs: idempotent
+    assert cloud.outcome(1, "applied")["reason"] == "identical to the applied configuration"
+    _wait_flowing(cloud, "plc", n=5)
+
+
+def test_push_to_missing_broker_rolls_back_and_gateway_comes_back(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path, deadline=3.0)
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    bad = json.loads(json.dumps(doc))
+    bad["version"] = 3
+    bad["uplink"]["port"] = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    cloud.push(bad)
+    out = cloud.outcome(3, "rolled_back", timeout=30)
+    took = time.monotonic() - t0
+    assert "uplink not connected within 3 s" in out["reason"], out
+    assert took < 20
+    _wait_flowing(cloud, "plc", n=10)
+    # The retained bad push is re-delivered on every reconnect; it must stay refused.
+    gw.send_signal(signal.SIGKILL)
+    gw.wait(5)
+    start_gateway(cfg, procs, tmp_path / "gw2.log")
+    _wait_flowing(cloud, "plc", n=10)
+    assert "not newer" in cloud.outcome(3, "rejected")["reason"]
+
+
+def test_sigkill_during_apply_restarts_on_a_consistent_config(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path, deadline=30.0)
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    bad = json.loads(json.dumps(doc))
+    bad["version"] = 4
+    bad["uplink"]["port"] = free_port()
+    cloud.push(bad)
+    cand = tmp_path / "config" / "candidate.json"
+    wait_for(cand.exists, 10, "the candidate on disk")
+    gw.send_signal(signal.SIGKILL)  # mid-trial
+    gw.wait(5)
+    assert json.loads(cand.read_text())["version"] == 4
+    # Restarts: the candidate gets its one more try, fails again, and is rolled back.
+    for i in range(2):
+        g = start_gateway(cfg, procs, tmp_path / f"gw{i}.log")
+        time.sleep(1.5)
+        g.send_signal(signal.SIGKILL)
+        g.wait(5)
+    start_gateway(cfg, procs, tmp_path / "gw-final.log")
+    out = cloud.outcome(4, "rolled_back", timeout=30)
+    assert "stopped while applying" in out["reason"]
+    assert not cand.exists()
+    _wait_flowing(cloud, "plc", n=10)
+
+
+def test_fuzzed_pushes_never_stop_the_daemon(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    rng = random.Random(1234)
+    print("fuzz seed 1234")
+    for i in range(1000):
+        kind = i % 5
+        if kind == 0:
+            payload = rng.randbytes(rng.randint(0, 512))
+        elif kind == 1:
+            payload = json.dumps(_random_json(rng, 4)).encode()
+        elif kind == 2:
+            depth = rng.randint(20, 5000)
+            payload = b'{"a":' * depth + b"1" + b"}" * depth
+        elif kind == 3:
+            payload = b'{"version": 9, "x": "' + b"A" * rng.randint(300_000, 2_000_000) + b'"}'
+        else:
+            mutated = json.loads(json.dumps(doc))
+            mutated["version"] = rng.choice([0, 2, -1, "7", None, 10**30, True])
+            _mutate(mutated, rng)
+            payload = json.dumps(mutated).encode()
+        cloud.push(payload)
+        if i % 50 == 0:
+            time.sleep(0.05)
+    time.sleep(1.0)
+    assert gw.poll() is None, (tmp_path / "gw.log").read_text()[-2000:]
+    _wait_flowing(cloud, "plc", n=10)
+    assert any(s.get("config", {}).get("status") == "rejected" for s in cloud.states)
+
+
+def _random_json(rng: random.Random, depth: int) -> Any:
+    choice = rng.randint(0, 6 if depth > 0 else 3)
+    if choice == 0:
+        return rng.randint(-(10**12), 10**12)
+    if choice == 1:
+        return rng.random() * 1e6
+    if choice == 2:
+        return "".join(chr(rng.randint(32, 0x2FF)) for _ in range(rng.randint(0, 20)))
+    if choice == 3:
+        return rng.choice([None, True, False])
+    if choice in (4, 5):
+        return {
+            rng.choice(["version", "devices", "uplink", "gateway", "x"]): _random_json(
+                rng, depth - 1
+            )
+            for _ in range(rng.randint(0, 4))
+        }
+    return [_random_json(rng, depth - 1) for _ in range(rng.randint(0, 4))]
+
+
+def _mutate(doc: dict[str, Any], rng: random.Random) -> None:
+    dev = doc["devices"][0]
+    target = rng.choice([doc, doc["uplink"], dev, rng.choice(dev["points"])])
+    key = rng.choice(list(target))
+    target[key] = _random_json(rng, 2)
+
+
+def test_commands_write_only_writable_points_in_range(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    _, cfg, _ = _setup(cloud, procs, tmp_path)
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+
+    def result(cid: str) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            with cloud.lock:
+                return next((r for r in cloud.results if r["id"] == cid), None)
+
+        return wait_for(find, 10, f"result of command {cid}")  # type: ignore[no-any-return]
+
+    cloud.command({"id": "c1", "point": "plc/u16", "value": 5})
+    assert result("c1")["status"] == "refused" and "not writable" in result("c1")["reason"]
+    cloud.command({"id": "c2", "point": "plc/setpoint", "value": 95})
+    assert result("c2")["status"] == "refused" and "above the maximum 80" in result("c2")["reason"]
+    cloud.command({"id": "c3", "point": "plc/setpoint", "value": 55.5})
+    assert result("c3")["status"] == "ok", result("c3")
+
+    def setpoint_seen() -> bool:
+        return any(
+            r["point"] == "plc/setpoint" and r["value"] == pytest.approx(55.5)
+            for r in list(cloud.recorder.records)
+        )
+
+    wait_for(setpoint_seen, 10, "the written setpoint read back from the device")
+
+
+def test_sighup_reloads_the_local_file_through_the_same_path(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    _, cfg, _ = _setup(cloud, procs, tmp_path)
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    text = cfg.read_text()
+    cfg.write_text(
+        text.replace("version = 1", "version = 7").replace("interval_ms = 100", "interval_ms = 50")
+    )
+    gw.send_signal(signal.SIGHUP)
+    assert cloud.outcome(7, "applied")["reason"].startswith("healthy after")
+    cfg.write_text(text.replace("address = 0", "address = 99999"))
+    gw.send_signal(signal.SIGHUP)
+    assert gw.poll() is None
+    cfg.write_text(
+        text.replace("version = 1", "version = 8").replace("address = 0", "address = 99999")
+    )
+    gw.send_signal(signal.SIGHUP)
+    out = cloud.outcome(8, "rejected")
+    assert "address: 99999 is above 65535" in out["reason"]
