@@ -1,0 +1,120 @@
+"""Faults under load, each counted by record id at a subscriber: lost and duplicated.
+
+Load: one device, 100 points every 100 ms (1,000 readings/s). The gateway reaches mosquitto
+through a FaultProxy, the subscriber directly, so the subscriber sees everything the broker
+accepted. After each fault the gateway is stopped, restarted without devices, and left to drain
+its buffer; then every id its buffer ever handed out must have arrived.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import LatencySubscriber, Mosquitto, Rig, delivered_range, free_port, rig, wait_for
+from proxy import FaultProxy
+
+POINTS, INTERVAL_MS = 100, 100
+
+
+def _depth(db: Path) -> int:
+    with sqlite3.connect(db, timeout=5) as c:
+        return int(c.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+
+def _drain_and_count(r: Rig, broker_port: int, sub: LatencySubscriber) -> dict[str, Any]:
+    """Stop the gateway, drain what it buffered with a device-less gateway, count by id."""
+    assert r.gateway is not None
+    r.gateway.send_signal(signal.SIGTERM)
+    r.gateway.wait(15)
+    r.device_ports = []
+    r.start_gateway(r.config(broker_port, POINTS, INTERVAL_MS))
+    db = r.work / "buffer.sqlite"
+    wait_for(lambda: _depth(db) == 0, 300, "the buffer to drain", interval=0.2)
+    expected = delivered_range(db)
+    wait_for(lambda: expected <= set(sub.counts), 30, "the last records at the subscriber")
+    received = set(sub.counts)
+    return {
+        "stored": len(expected),
+        "lost": len(expected - received),
+        "duplicated": sub.duplicates,
+    }
+
+
+def _setup(r: Rig) -> tuple[Mosquitto, FaultProxy, LatencySubscriber]:
+    r.start_devices(1, POINTS)
+    broker = Mosquitto(r.work / "mq").start()
+    r.procs.append(broker.proc)  # type: ignore[arg-type]
+    proxy = FaultProxy(broker.port, free_port())
+    sub = LatencySubscriber(broker.port)
+    r.start_gateway(r.config(proxy.listen_port, POINTS, INTERVAL_MS))
+    wait_for(lambda: sub.unique > 1000, 30, "load to flow")
+    return broker, proxy, sub
+
+
+def _first_new_record(sub: LatencySubscriber, timeout: float) -> float:
+    """Seconds until a record id not seen before arrives."""
+    seen = set(sub.counts)
+    t0 = time.monotonic()
+    wait_for(lambda: len(sub.counts) > len(seen), timeout, "a new record", interval=0.01)
+    return time.monotonic() - t0
+
+
+def broker_kill(outage_s: float) -> dict[str, Any]:
+    with rig() as r:
+        broker, proxy, sub = _setup(r)
+        broker.kill()
+        proxy.set_mode("down")
+        time.sleep(outage_s)
+        broker.start()
+        r.procs.append(broker.proc)  # type: ignore[arg-type]
+        sub.subscribed.wait(10)  # the subscriber is back before the gateway may publish
+        proxy.set_mode("up")
+        back = _first_new_record(sub, 120)
+        time.sleep(2.0)
+        out = {"fault": f"broker SIGKILL for {outage_s:g} s", "first_puback_after_return_s": back}
+        out.update(_drain_and_count(r, proxy.listen_port, sub))
+        proxy.close()
+        sub.close()
+        return out
+
+
+def partition(outage_s: float) -> dict[str, Any]:
+    with rig() as r:
+        _broker, proxy, sub = _setup(r)
+        proxy.set_mode("blackhole")
+        time.sleep(outage_s)
+        proxy.set_mode("up")
+        back = _first_new_record(sub, 120)
+        time.sleep(2.0)
+        out = {
+            "fault": f"black-holing partition for {outage_s:g} s",
+            "first_record_after_heal_s": back,
+        }
+        out.update(_drain_and_count(r, proxy.listen_port, sub))
+        proxy.close()
+        sub.close()
+        return out
+
+
+def gateway_kill() -> dict[str, Any]:
+    with rig() as r:
+        _broker, proxy, sub = _setup(r)
+        assert r.gateway is not None
+        cfg = r.work / "gateway.toml"
+        r.gateway.send_signal(signal.SIGKILL)
+        r.gateway.wait(5)
+        r.start_gateway(cfg)
+        back = _first_new_record(sub, 60)
+        time.sleep(3.0)
+        out = {
+            "fault": "gateway SIGKILL under load, restarted at once",
+            "first_record_after_restart_s": back,
+        }
+        out.update(_drain_and_count(r, proxy.listen_port, sub))
+        proxy.close()
+        sub.close()
+        return out

@@ -1,0 +1,296 @@
+"""Processes and measurements shared by the benchmarks: simulators, mosquitto, a gateway process,
+a subscriber that measures latency by record id, and /proc sampling of CPU time and RSS.
+
+Every benchmark runs real processes on loopback, like the tests, and prints figures beside a
+baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return True
+        except OSError:
+            return False
+
+    wait_for(up, timeout, f"port {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * PAGE / 1e6
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+def mosquitto_binary() -> str:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if cand and os.path.exists(cand):
+            return cand
+    sys.exit("bench: mosquitto is not installed (apt-get install mosquitto)")
+
+
+class Mosquitto:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_inflight_messages 0\nmax_queued_messages 1000000\nmessage_size_limit 0\n"
+        )
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    stop = kill
+
+
+def register_map(points: int, unit: int = 1) -> str:
+    """A map of `points` holding registers whose values change at every tick."""
+    regs = ",\n".join(
+        f'  {{ table = "holding", address = {a}, type = "uint16", signal = "counter", '
+        f"step = {a % 7 + 1}, period_s = 0.05 }}"
+        for a in range(points)
+    )
+    return f"[[units]]\nid = {unit}\nregisters = [\n{regs}\n]\n"
+
+
+def point_tables(points: int) -> str:
+    return "".join(
+        f'[[devices.points]]\nid = "r{a}"\ntable = "holding"\naddress = {a}\ntype = "uint16"\n'
+        for a in range(points)
+    )
+
+
+@dataclass
+class Rig:
+    """Simulated devices, a broker, a subscriber and a gateway process in one temp folder."""
+
+    work: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    device_ports: list[int] = field(default_factory=list)
+    gateway: subprocess.Popen[bytes] | None = None
+
+    def start_devices(self, n: int, points: int) -> None:
+        for i in range(n):
+            mapfile = self.work / f"map{i}.toml"
+            mapfile.write_text(register_map(points))
+            port = free_port()
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gatewayd_sim",
+                        "modbus",
+                        "--map",
+                        str(mapfile),
+                        "--port",
+                        str(port),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            self.device_ports.append(port)
+        for port in self.device_ports:
+            wait_port(port)
+
+    def config(
+        self,
+        broker_port: int,
+        points: int,
+        interval_ms: int,
+        extra: str = "",
+        auth: str = 'kind = "none"',
+        tail: str = "",
+    ) -> Path:
+        devices = "".join(
+            f'[[devices]]\nid = "dev{i}"\ndriver = "modbus_tcp"\nport = {port}\n'
+            f"interval_ms = {interval_ms}\n{point_tables(points)}"
+            for i, port in enumerate(self.device_ports)
+        )
+        text = f"""version = 1
+[gateway]
+id = "bench"
+state_dir = "{self.work}"
+[uplink]
+host = "127.0.0.1"
+port = {broker_port}
+device = "bench"
+{extra}
+[uplink.tls]
+enabled = false
+[uplink.auth]
+{auth}
+{devices}
+{tail}"""
+        path = self.work / "gateway.toml"
+        path.write_text(text)
+        return path
+
+    def start_gateway(
+        self, config: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.work / "gateway.log", "ab")  # noqa: SIM115
+        self.gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gatewayd",
+                "--log-level",
+                "WARNING",
+                "run",
+                "--config",
+                str(config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.procs.append(self.gateway)
+        return self.gateway
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+
+
+@contextmanager
+def rig() -> Iterator[Rig]:
+    with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp:
+        r = Rig(Path(tmp))
+        try:
+            yield r
+        finally:
+            r.close()
+
+
+def delivered_range(db: Path) -> set[int]:
+    """Every id a buffer file ever handed out (its incarnation's first id to the last)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        row = c.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+    base = int((db.parent / (db.name + ".incarnation")).read_text()) << 40
+    return set(range(base + 1, (row[0] if row else base) + 1))
+
+
+class LatencySubscriber:
+    """Counts received records by id and the latency from each reading's stamp to receipt."""
+
+    def __init__(self, port: int, topic: str = "/devices/bench/events/#") -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.counts: dict[int, int] = {}
+        self.latencies_ms: list[float] = []
+        self.timeline: list[tuple[float, float]] = []  # (monotonic, latency ms) samples
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
+        self.client.on_message = self._on_message
+        self.subscribed = threading.Event()  # cleared on disconnect, set again on SUBACK
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_disconnect = lambda *a: self.subscribed.clear()
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise TimeoutError("subscriber got no SUBACK")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        now_ms = time.time() * 1000
+        mono = time.monotonic()
+        try:
+            records = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self.lock:
+            for r in records:
+                rid = r["id"]
+                first = rid not in self.counts
+                self.counts[rid] = self.counts.get(rid, 0) + 1
+                if first:
+                    lat = now_ms - r["ts"]
+                    self.latencies_ms.append(lat)
+            if records:
+                self.timeline.append((mono, now_ms - records[-1]["ts"]))
+
+    @property
+    def unique(self) -> int:
+        with self.lock:
+            return len(self.counts)
+
+    @property
+    def duplicates(self) -> int:
+        with self.lock:
+            return sum(n - 1 for n in self.counts.values())
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

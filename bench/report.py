@@ -1,0 +1,148 @@
+"""Markdown summary, one-line progress and PNG plots for a scorecard run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# figure key, label, unit, goal (text), goal check
+GOALS: dict[str, list[tuple[str, str, str, str, Any]]] = {
+    "p100": [
+        ("delivered_per_s", "delivered readings/s", "/s", "", None),
+        ("cpu_us_per_reading", "CPU per reading", "µs", "", None),
+        ("latency_p50_ms", "latency p50", "ms", "", None),
+        ("latency_p99_ms", "latency p99", "ms", "≤ 50 ms", lambda v: v <= 50),
+        ("rss_mb", "RSS", "MB", "≤ 40 MB", lambda v: v <= 40),
+    ],
+    "p1000": [
+        ("delivered_per_s", "delivered readings/s", "/s", "", None),
+        ("cpu_us_per_reading", "CPU per reading", "µs", "≤ 15 µs", lambda v: v <= 15),
+        ("latency_p50_ms", "latency p50", "ms", "", None),
+        ("latency_p99_ms", "latency p99", "ms", "", None),
+        ("rss_mb", "RSS", "MB", "≤ 40 MB", lambda v: v <= 40),
+    ],
+    "idle": [
+        ("cpu_pct", "CPU", "%", "", None),
+        ("rss_mb", "RSS", "MB", "≤ 40 MB", lambda v: v <= 40),
+    ],
+    "startup": [
+        ("ready_s", "run → READY", "s", "≤ 1 s", lambda v: v <= 1),
+        ("first_record_s", "run → first record at the broker", "s", "", None),
+    ],
+    "backlog": [
+        ("drain_s", "drain time", "s", "", None),
+        ("drain_per_s", "drain rate", "readings/s", "", None),
+        ("file_mb_full", "buffer file when full", "MB", "", None),
+        ("file_mb_after_drain", "buffer file after drain", "MB", "", None),
+    ],
+}
+FAULT_PARTS = ("broker_kill", "partition", "gateway_kill", "jwt_expiry", "disk_full")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def _baseline(part: str, key: str, data: dict[str, Any]) -> tuple[str, str]:
+    if part in ("p100", "p1000", "idle") and key in ("cpu_us_per_reading", "rss_mb", "cpu_pct"):
+        b = data.get("baseline", {})
+        if key == "cpu_pct":
+            return "", ""
+        base = b.get(key)
+        if base:
+            return f"{_fmt(base)} (naive script)", f"{data[key] / base:.2f}x"
+    if part == "startup" and key == "ready_s":
+        return (
+            f"{_fmt(data['python_pass_s'])} s (`python3 -c pass`)",
+            f"{data['ready_ratio_vs_python_pass']:.1f}x",
+        )
+    if part == "backlog" and key == "drain_s":
+        return (
+            f"{_fmt(data['raw_paho_s'])} s (raw paho QoS 1, one message per reading)",
+            f"{data['raw_paho_s'] / data['drain_s']:.2f}x its speed",
+        )
+    return "", ""
+
+
+def one_line(part: str, data: dict[str, Any]) -> str:
+    if "error" in data:
+        return f"ERROR {data['error']}"
+    if part in FAULT_PARTS:
+        return f"lost {data.get('lost')}, duplicated {data.get('duplicated')}"
+    rows = GOALS.get(part, [])
+    return ", ".join(
+        f"{label} {_fmt(data[k])} {unit}" for k, label, unit, _, _ in rows if k in data
+    )
+
+
+def markdown(run: dict[str, Any], folder: Path, stamp: str) -> str:
+    lines = [
+        f"# gatewayd scorecard {run['stamp']} ({run['mode']})",
+        "",
+        f"Machine: {run['machine']}. Reproduce: `{run['command']}`.",
+        "",
+        "| part | figure | value | goal | baseline (same run) | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part, data in run["parts"].items():
+        if "error" in data:
+            lines.append(f"| {part} | error | {data['error']} | | | |")
+            continue
+        if part in FAULT_PARTS:
+            lines.append(
+                f"| {part} | {data['fault']} | lost {data['lost']} of {data['stored']},"
+                f" duplicated {data['duplicated']} | 0 lost | | |"
+            )
+            for k, v in data.items():
+                if k.endswith("_s"):
+                    goal = "≤ 5 s median" if k == "first_puback_after_return_s" else ""
+                    lines.append(f"| {part} | {k.replace('_', ' ')} | {_fmt(v)} s | {goal} | | |")
+            continue
+        for key, label, unit, goal, check in GOALS.get(part, []):
+            if key not in data:
+                continue
+            v = data[key]
+            mark = "" if check is None else (" ✓" if check(v) else " ✗")
+            base, ratio = _baseline(part, key, data)
+            lines.append(
+                f"| {part} | {label} | {_fmt(v)} {unit}{mark} | {goal} | {base} | {ratio} |"
+            )
+    for part in ("storm",):
+        if part in run["parts"] and "error" not in run["parts"][part]:
+            lines.append(f"| storm | {run['parts'][part].get('summary', '')} | | | | |")
+    plots = _plots(run, folder, stamp)
+    if plots:
+        lines += ["", *[f"![{name}]({name})" for name in plots]]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(run: dict[str, Any], folder: Path, stamp: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+    for part in ("p100", "p1000"):
+        data = run["parts"].get(part, {})
+        if not data.get("timeline"):
+            continue
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+        lt = data.get("latency_timeline", [])
+        ax1.plot([t for t, _ in lt], [v for _, v in lt], ".", markersize=2)
+        ax1.set_ylabel("latency ms")
+        ax1.set_title(f"{part}: latency (reading stamp → subscriber) and gateway CPU")
+        tl = data["timeline"]
+        ax2.plot([s["t"] for s in tl], [s["cpu_pct"] for s in tl])
+        ax2.set_ylabel("CPU %")
+        ax2.set_xlabel("seconds")
+        name = f"{stamp}-{part}.png"
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=80)
+        plt.close(fig)
+        out.append(name)
+    return out

@@ -1,0 +1,92 @@
+"""The scorecard: the figures users compare gateways by, in one command (`bench/run`).
+
+Writes bench/results/<stamp>.json (every figure), <stamp>.md (the summary table with baseline
+ratios) and PNG plots of latency and CPU over time. `--quick` runs every part shortly (under
+3 minutes); `--only PART` runs one part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import backlog
+import faults
+import profiles
+import report
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parts(quick: bool) -> dict[str, Callable[[], Any]]:
+    q = quick
+    return {
+        "p100": lambda: profiles.steady("p100", 1, 100, 100, 15 if q else 60),
+        "p1000": lambda: profiles.steady("p1000", 10, 100, 1000, 15 if q else 60),
+        "idle": lambda: profiles.steady("idle", 10, 100, 10_000, 20 if q else 120, warmup=1),
+        "startup": lambda: profiles.startup(3 if q else 7),
+        "backlog": lambda: backlog.backlog(100_000 if q else 1_000_000),
+        "broker_kill": lambda: faults.broker_kill(5 if q else 20),
+        "partition": lambda: faults.partition(5 if q else 30),
+        "gateway_kill": faults.gateway_kill,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="bench/run")
+    ap.add_argument("--quick", action="store_true", help="short runs of every part (< 3 min)")
+    ap.add_argument("--only", action="append", help="run only this part (repeatable)")
+    args = ap.parse_args()
+    table = parts(args.quick)
+    chosen = args.only or list(table)
+    unknown = set(chosen) - set(table)
+    if unknown:
+        ap.error(f"unknown part(s) {sorted(unknown)}; choose from {list(table)}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run: dict[str, Any] = {
+        "stamp": stamp,
+        "mode": "quick" if args.quick else "full",
+        "command": "bench/run"
+        + (" --quick" if args.quick else "")
+        + "".join(f" --only {p}" for p in args.only or ()),
+        "machine": f"{platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}, {_cores()} cores",
+        "parts": {},
+    }
+    t_all = time.monotonic()
+    for name in chosen:
+        print(f"[{time.monotonic() - t_all:6.1f}s] {name} ...", flush=True)
+        t0 = time.monotonic()
+        try:
+            run["parts"][name] = table[name]()
+        except Exception as exc:  # one broken part must not lose the others' figures
+            run["parts"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(
+            f"[{time.monotonic() - t_all:6.1f}s] {name} done in {time.monotonic() - t0:.0f} s: "
+            f"{report.one_line(name, run['parts'][name])}",
+            flush=True,
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(run, indent=1))
+    md = report.markdown(run, RESULTS, stamp)
+    (RESULTS / f"{stamp}.md").write_text(md)
+    print(md)
+    print(f"written: bench/results/{stamp}.json, bench/results/{stamp}.md")
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
