@@ -16,6 +16,7 @@ from .model import (
     UplinkConfig,
 )
 from .parse import example_path, load, load_document, load_file
+from .rules import RuleConfig
 
 __all__ = [
     "AuthConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "DeviceConfig",
     "GatewayConfig",
     "PointConfig",
+    "RuleConfig",
     "TlsConfig",
     "TopicsConfig",
     "UplinkConfig",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .rules import RuleConfig
+
 RegisterTable = Literal["coil", "discrete", "input", "holding"]
 DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
@@ -134,3 +136,4 @@ class GatewayConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()
+    rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)

@@ -21,7 +21,7 @@ from gatewayd.buffer import Buffer
 from gatewayd.config import GatewayConfig
 from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
 from gatewayd.metrics import Metrics
-from gatewayd.reading import Quality
+from gatewayd.reading import Quality, Record, now_ms
 from gatewayd.rules import Rules
 from gatewayd.uplink import Uplink
 
@@ -37,7 +37,7 @@ class Gateway:
         self.config_dir = config_dir
         self.state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY") or cfg.state_dir)
         self.metrics = Metrics()
-        self.rules = Rules()
+        self.rules = Rules(cfg.rules)
         self.drivers: dict[str, Driver] = {}
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
@@ -73,6 +73,15 @@ class Gateway:
                     misfire_grace_time=max(1, group.interval_ms // 1000),
                     next_run_time=now,
                 )
+        if self.cfg.rules:  # windows close by the clock too, not only on their next reading
+            self._scheduler.add_job(
+                self._tick_rules,
+                "interval",
+                seconds=1,
+                id="rules_tick",
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.start()
         log.info("gateway_started devices=%d buffer=%s", len(self.drivers), self.buffer_path)
 
@@ -93,6 +102,12 @@ class Gateway:
             self.metrics.inc("readings_bad", bad, device=group.device)
         records = self.rules.process(readings)
         self.metrics.inc("rules_dropped", len(readings) - len(records))
+        await self._store(records)
+
+    async def _tick_rules(self) -> None:
+        await self._store(self.rules.tick(now_ms()))
+
+    async def _store(self, records: list[Record]) -> None:
         if not records or self.buffer is None:
             return
         try:
