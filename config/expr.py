@@ -245,7 +245,7 @@ class _Checker:
             raise self.fail(node, "only named functions can be called")
         name = node.func.id
         if node.keywords:
-            raise self.fail(node.keywords[0].value, f"{name}() takes no keyword arguments")
+            raise self.fail(node.keywords[0], f"{name}() takes no keyword arguments")
         for a in node.args:
             if isinstance(a, ast.Starred):
                 raise self.fail(a, _REFUSED[ast.Starred])
@@ -254,18 +254,17 @@ class _Checker:
             return
         if name not in _ARITY:
             raise self.fail(node, f"unknown function {name!r}")
+        digits = node.args[1:] if name == "round" else []
+        for a in node.args:
+            if a not in digits:
+                self.visit_node(a, depth + 1)
         lo, hi = _ARITY[name]
         if not lo <= len(node.args) <= hi:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
             raise self.fail(node, f"{name}() takes {want} arguments, got {len(node.args)}")
-        if name == "round" and len(node.args) == 2:
-            d = node.args[1]
+        for d in digits:
             if not (isinstance(d, ast.Constant) and type(d.value) is int and -12 <= d.value <= 12):
                 raise self.fail(d, "round()'s digits must be an integer constant", "use -12 to 12")
-            self.visit_node(node.args[0], depth + 1)
-            return
-        for a in node.args:
-            self.visit_node(a, depth + 1)
 
     def point_call(self, node: ast.Call) -> None:
         args = node.args
