@@ -39,7 +39,7 @@ from .alarm import Alarm
 from .flow import NUMERIC, Chain, Flow, Stage
 from .window import Window
 
-_UNSEEN = object()
+BAD = Quality.BAD
 
 
 class _Rule:
@@ -99,10 +99,10 @@ class _Rule:
 class _Entry:
     """A point's cached chain and the one Flow its readings travel in."""
 
-    __slots__ = ("chain", "flow", "tracked")
+    __slots__ = ("calls", "flow", "tracked")
 
     def __init__(self, chain: Chain, tracked: bool) -> None:
-        self.chain = chain
+        self.calls = chain.calls
         self.flow = Flow(chain.point, _no_emit)
         self.tracked = tracked
 
@@ -172,30 +172,29 @@ class Rules:
         out: list[Record] = []
         append = out.append
         entries = self._entries
+        last = self._last
         for r in readings:
             point = r.point
-            entry = entries.get(point, _UNSEEN)
-            if entry is _UNSEEN:
+            try:
+                entry = entries[point]
+            except KeyError:
                 entry = self._entry(point)
             if entry is None:
                 append(Record(point, r.ts_ms, r.value, r.quality, r.reason))
                 continue
-            assert isinstance(entry, _Entry)
             f = entry.flow
-            v = r.value
-            q = r.quality
+            v = f.value = r.value
+            q = f.quality = r.quality
             f.emit = append
             f.ts = r.ts_ms
-            f.value = v
-            f.quality = q
             f.reason = r.reason
             f.lane = Lane.TELEMETRY
             f.subfolder = None
-            numeric = f.numeric = q is not Quality.BAD and type(v) in NUMERIC
+            numeric = f.numeric = q is not BAD and type(v) in NUMERIC
             if numeric and entry.tracked:
-                self._last[point] = float(v)  # type: ignore[arg-type]
-            for stage in entry.chain.stages:
-                if not stage(f):
+                last[point] = float(v)  # type: ignore[arg-type]
+            for call in entry.calls:
+                if not call(f):
                     break
             else:
                 append(Record(point, f.ts, f.value, f.quality, f.reason, f.lane, f.subfolder))

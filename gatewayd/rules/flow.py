@@ -53,14 +53,15 @@ class Stage(Protocol):
 class Chain:
     """The stages one point's readings pass, in rule order, each with that point's state."""
 
-    __slots__ = ("point", "stages")
+    __slots__ = ("calls", "point")
 
     def __init__(self, point: str, stages: tuple[Stage, ...]) -> None:
         self.point = point
-        self.stages = stages
+        # Bound __call__ methods: calling one costs well under half of calling the instance.
+        self.calls: tuple[Callable[[Flow], bool], ...] = tuple(s.__call__ for s in stages)
 
     def run(self, f: Flow) -> None:
-        for stage in self.stages:
-            if not stage(f):
+        for call in self.calls:
+            if not call(f):
                 return
         f.emit(Record(f.point, f.ts, f.value, f.quality, f.reason, f.lane, f.subfolder))
