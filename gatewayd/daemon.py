@@ -100,8 +100,9 @@ class Gateway:
         self.metrics.inc("readings", len(readings), device=group.device)
         if bad:
             self.metrics.inc("readings_bad", bad, device=group.device)
+        dropped = self.rules.dropped
         records = self.rules.process(readings)
-        self.metrics.inc("rules_dropped", len(readings) - len(records))
+        self.metrics.inc("rules_dropped", self.rules.dropped - dropped)
         await self._store(records)
 
     async def _tick_rules(self) -> None:

@@ -118,6 +118,7 @@ def test_rate_limit_keeps_a_minimum_interval() -> None:
     rules = engine('kind = "rate_limit"\nmin_interval_s = 5')
     seq = [(0, 1), (1000, 2), (4999, 3), (5000, 4), (6000, 5), (10000, 6), (11000, 7)]
     assert values(feed(rules, seq)) == [1, 4, 6]
+    assert rules.dropped == 4
     # a clock stepped backwards restarts the interval rather than silencing the point
     assert values(feed(rules, [(3000, 8), (4000, 9)])) == [8]
 

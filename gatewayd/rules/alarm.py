@@ -5,7 +5,8 @@ readings' timestamps), and clears when value < high - hysteresis has held for of
 limit is the mirror image. Inside the band nothing changes, so a signal oscillating there cannot
 chatter. Each event is a Record on Lane.ALARM: the point, the timestamp and value of the reading
 that completed the transition, and reason `raise:<name>.<high|low>:<severity>` (or `clear:...`).
-The reading itself passes on unchanged. Bad-quality and text readings leave the state alone.
+The reading itself passes on unchanged; an event keeps a subfolder set by an earlier route
+step. Bad-quality and text readings leave the state alone.
 """
 
 from __future__ import annotations

@@ -116,6 +116,7 @@ class Rules:
 
     def __init__(self, rules: Sequence[RuleConfig] = ()) -> None:
         self.expr_errors = [0]  # a cell shared with the expression stages
+        self.dropped = 0  # readings filtered out or consumed by a window, since the start
         self._last: dict[str, float] = {}  # last numeric value of points read by point("...")
         self._rules: list[_Rule] = []
         self._entries: dict[str, _Entry | None] = {}
@@ -173,6 +174,7 @@ class Rules:
         append = out.append
         entries = self._entries
         last = self._last
+        dropped = 0
         for r in readings:
             point = r.point
             try:
@@ -195,9 +197,11 @@ class Rules:
                 last[point] = float(v)  # type: ignore[arg-type]
             for call in entry.calls:
                 if not call(f):
+                    dropped += 1
                     break
             else:
                 append(Record(point, f.ts, f.value, f.quality, f.reason, f.lane, f.subfolder))
+        self.dropped += dropped
         return out
 
     def tick(self, now_ms: int) -> list[Record]:
