@@ -6,6 +6,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,11 @@ grace_s = 0.2
 
 
 def stored(db: Path) -> list[dict[str, Any]]:
-    if not db.exists():
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            rows = c.execute("SELECT lane, body FROM records ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # not created yet, or its table not yet
         return []
-    with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT lane, body FROM records ORDER BY id").fetchall()
     return [{**json.loads(body), "lane_column": lane} for lane, body in rows]
 
 
