@@ -137,3 +137,12 @@ def test_runtime_overflow_and_domain_errors_mark_the_reading_bad() -> None:
     ]
     sqrt = engine('kind = "expr"\nexpr = "sqrt(value)"')
     assert [r.reason for r in feed(sqrt, [(0, -1.0)])] == ["expr_error:ValueError"]
+
+
+def test_complex_results_mark_the_reading_bad() -> None:
+    rules = engine('kind = "expr"\nexpr = "value ** 0.5"')
+    out = feed(rules, [(0, -4.0), (1, 4.0)])
+    assert [(r.value, r.quality, r.reason) for r in out] == [
+        (None, Quality.BAD, "expr_error:complex"),
+        (2.0, Quality.GOOD, None),
+    ]

@@ -14,7 +14,7 @@ from typing import Any
 from gatewayd.config.rules import QualityStep, RouteStep
 from gatewayd.reading import Lane, Quality
 
-from .flow import Flow
+from .flow import NUMERIC, Flow
 
 ExprFn = Callable[[float, float, float, float], Any]
 
@@ -92,10 +92,16 @@ class Expression(_ExprStage):
     def __call__(self, f: Flow) -> bool:
         if f.numeric:
             try:
-                f.value = self.eval(f)
+                v = self.eval(f)
             except Exception as exc:  # the expression is data: any failure is this reading's
                 self.errors[0] += 1
                 f.bad(f"expr_error:{type(exc).__name__}")
+                return True
+            if type(v) in NUMERIC:
+                f.value = v
+            else:  # (-8) ** 0.5 is complex: not a value the buffer can store
+                self.errors[0] += 1
+                f.bad(f"expr_error:{type(v).__name__}")
         return True
 
 
