@@ -73,15 +73,10 @@ class Gateway:
                     misfire_grace_time=max(1, group.interval_ms // 1000),
                     next_run_time=now,
                 )
-        if self.cfg.rules:  # windows close by the clock too, not only on their next reading
-            self._scheduler.add_job(
-                self._tick_rules,
-                "interval",
-                seconds=1,
-                id="rules_tick",
-                max_instances=1,
-                coalesce=True,
-            )
+        # Rule windows close by the clock too, not only on their point's next reading.
+        self._scheduler.add_job(
+            self._tick_rules, "interval", seconds=1, id="rules_tick", max_instances=1, coalesce=True
+        )
         self._scheduler.start()
         log.info("gateway_started devices=%d buffer=%s", len(self.drivers), self.buffer_path)
 

@@ -37,6 +37,7 @@ from gatewayd.reading import Lane, Quality, Reading, Record
 from . import stages as st
 from .alarm import Alarm
 from .flow import NUMERIC, Chain, Flow, Stage
+from .stages import ExprFn
 from .window import Window
 
 BAD = Quality.BAD
@@ -48,14 +49,7 @@ class _Rule:
     def __init__(self, cfg: RuleConfig, engine: Rules) -> None:
         self.cfg = cfg
         self.engine = engine
-        self.fns = [
-            s.expr.bind(engine.point_value)
-            if isinstance(s, ExprStep)
-            else s.when.bind(engine.point_value)
-            if isinstance(s, ConditionStep)
-            else None
-            for s in cfg.steps
-        ]
+        self.fns = [_bind(s, engine) for s in cfg.steps]
         self.states: dict[tuple[str, int], Stage] = {}
 
     def matches(self, point: str) -> bool:
@@ -94,6 +88,15 @@ class _Rule:
         if isinstance(step, RouteStep):
             return st.drop if step.drop else st.Route(step)
         raise AssertionError(f"no stage for {step!r}")
+
+
+def _bind(step: StepConfig, engine: Rules) -> ExprFn | None:
+    """Expressions are bound once per rule: every point's stage shares the function."""
+    if isinstance(step, ExprStep):
+        return step.expr.bind(engine.point_value)
+    if isinstance(step, ConditionStep):
+        return step.when.bind(engine.point_value)
+    return None
 
 
 class _Entry:
