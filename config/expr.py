@@ -148,6 +148,10 @@ def compile_expr(source: str) -> Expr:
         ) from None
     except (RecursionError, MemoryError, ValueError):
         raise ExprError(1, 1, "cannot be parsed", "simplify it") from None
+    try:  # "1) + (2" parses inside the parentheses above, but not inside brackets
+        ast.parse(f"[{source}\n]", mode="eval")
+    except SyntaxError:
+        raise ExprError(1, 1, "unbalanced parentheses", "check ( and )") from None
     check = _Checker(source)
     check.visit_node(tree.body, 1)
     body = _Rewriter().visit(tree.body)

@@ -91,6 +91,8 @@ HOSTILE = [
     ("point('../../etc')", "column 7: '../../etc' is not a point id"),
     ("import os", "column 1: not a valid expression: invalid syntax"),
     ("value; 1", "column 6: not a valid expression: invalid syntax"),
+    ("1) + (__import__", "column 1: unbalanced parentheses"),
+    ("value) * (2", "column 1: unbalanced parentheses"),
     ("-" * (MAX_DEPTH + 1) + "value", f"nested more than {MAX_DEPTH} levels deep"),
     ("abs(" * 20 + "value" + ")" * 20, f"nested more than {MAX_DEPTH} levels deep"),
     ("(" * 300 + "1" + ")" * 300, f"longer than {MAX_SOURCE} characters"),
