@@ -17,7 +17,7 @@ from gatewayd.reading import Lane, Quality, Record
 from .flow import Flow
 
 
-class _Limit:
+class Limit:
     """One limit, written as a high limit on sign * value (a low limit is a high one on -value)."""
 
     __slots__ = (
@@ -43,45 +43,43 @@ class _Limit:
         self.active = False
         self.since: int | None = None  # when the pending transition's condition began
 
-    def check(self, f: Flow, v: float) -> None:
-        x = self.sign * v
-        ts = f.ts
-        if self.active:
-            crossed = x < self.limit - self.hyst
-            delay, reason = self.off_ms, self.clear_reason
-        else:
-            crossed = x >= self.limit
-            delay, reason = self.on_ms, self.raise_reason
+    def __call__(self, f: Flow) -> bool:
+        if not f.numeric:
+            return True
+        x = self.sign * f.value  # type: ignore[operator]
+        crossed = x < self.limit - self.hyst if self.active else x >= self.limit
         if not crossed:
             self.since = None
-            return
+            return True
+        ts = f.ts
         if self.since is None or ts < self.since:
             self.since = ts
-        if ts - self.since >= delay:
+        if ts - self.since >= (self.off_ms if self.active else self.on_ms):
+            reason = self.clear_reason if self.active else self.raise_reason
             self.active = not self.active
             self.since = None
             f.emit(Record(f.point, ts, f.value, Quality.GOOD, reason, Lane.ALARM, f.subfolder))
-
-
-class Alarm:
-    __slots__ = ("limits",)
-
-    def __init__(self, cfg: AlarmStep) -> None:
-        limits = []
-        if cfg.high is not None:
-            limits.append(_Limit(cfg, "high", cfg.high, 1.0))
-        if cfg.low is not None:
-            limits.append(_Limit(cfg, "low", cfg.low, -1.0))
-        self.limits = tuple(limits)
-
-    def __call__(self, f: Flow) -> bool:
-        if f.numeric:
-            v = f.value
-            for limit in self.limits:
-                limit.check(f, v)  # type: ignore[arg-type]
         return True
 
-    @property
-    def active(self) -> dict[str, bool]:
-        """Which limits are raised, for tests and status."""
-        return {lim.raise_reason.split(":")[1]: lim.active for lim in self.limits}
+
+class Band:
+    """A high and a low limit on one point."""
+
+    __slots__ = ("high", "low")
+
+    def __init__(self, high: Limit, low: Limit) -> None:
+        self.high, self.low = high, low
+
+    def __call__(self, f: Flow) -> bool:
+        self.high(f)
+        return self.low(f)
+
+
+def alarm(cfg: AlarmStep) -> Limit | Band:
+    high = None if cfg.high is None else Limit(cfg, "high", cfg.high, 1.0)
+    low = None if cfg.low is None else Limit(cfg, "low", cfg.low, -1.0)
+    if high is not None and low is not None:
+        return Band(high, low)
+    limit = high or low
+    assert limit is not None  # the schema demands high, low or both
+    return limit

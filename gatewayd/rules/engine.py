@@ -35,7 +35,7 @@ from gatewayd.config.rules import (
 from gatewayd.reading import Lane, Quality, Reading, Record
 
 from . import stages as st
-from .alarm import Alarm
+from .alarm import alarm
 from .flow import NUMERIC, Chain, Flow, Stage
 from .stages import ExprFn
 from .window import Window
@@ -84,7 +84,7 @@ class _Rule:
         if isinstance(step, WindowStep):
             return Window(step, key)
         if isinstance(step, AlarmStep):
-            return Alarm(step)
+            return alarm(step)
         if isinstance(step, RouteStep):
             return st.drop if step.drop else st.Route(step)
         raise AssertionError(f"no stage for {step!r}")
