@@ -141,9 +141,9 @@ class Deadband:
     def __call__(self, f: Flow) -> bool:
         v = f.value
         last = self.last
-        if last is not None and not (
-            self.heartbeat is not None and not 0 <= f.ts - self.last_ts < self.heartbeat
-        ):
+        hb = self.heartbeat
+        # A clock stepped backwards counts as a heartbeat due, so the point is not silenced.
+        if last is not None and (hb is None or 0 <= f.ts - self.last_ts < hb):
             if f.numeric:
                 if type(last) in (int, float, bool):
                     d = abs(v - last)
