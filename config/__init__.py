@@ -17,6 +17,7 @@ from .model import (
     UplinkConfig,
 )
 from .parse import example_path, load, load_document, load_file
+from .rules import RuleConfig
 
 __all__ = [
     "AuthConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "GatewayConfig",
     "PointConfig",
     "RemoteConfigConfig",
+    "RuleConfig",
     "TlsConfig",
     "TopicsConfig",
     "UplinkConfig",

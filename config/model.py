@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .rules import RuleConfig
+
 RegisterTable = Literal["coil", "discrete", "input", "holding"]
 DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
@@ -148,3 +150,4 @@ class GatewayConfig:
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
+    rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)

@@ -10,6 +10,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -25,6 +26,7 @@ from .model import (
     TopicsConfig,
     UplinkConfig,
 )
+from .rules import parse_rules
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -74,6 +76,8 @@ def load_document(doc: Any) -> GatewayConfig:
         remote_config=_remote_config(root.table("remote_config")),
     )
     gw.done()
+    known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
+    cfg = replace(cfg, rules=parse_rules(root.tables("rules"), known))
     root.done()
     _unique((d.id for d in cfg.devices), "devices", "id")
     return cfg
@@ -324,6 +328,15 @@ class Section:
                 "use letters, digits, '_', '.', '-' (at most 64, no '/')",
             )
         return v
+
+    def strings(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
+        v = self._get(key, default, (list, tuple), "an array of strings")
+        for i, item in enumerate(v):
+            if not isinstance(item, str):
+                raise ConfigError(
+                    f"{self.at(key)}[{i}]", f"expected a string, got {_kind(item)}", "quote it"
+                )
+        return tuple(v)
 
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:
         v = self.text(key, default)

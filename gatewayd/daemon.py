@@ -22,7 +22,7 @@ from gatewayd.buffer import Buffer
 from gatewayd.config import GatewayConfig
 from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
 from gatewayd.metrics import Metrics
-from gatewayd.reading import Quality
+from gatewayd.reading import Quality, Record, now_ms
 from gatewayd.rules import Rules
 from gatewayd.uplink import Uplink
 
@@ -47,7 +47,7 @@ class Gateway:
         self.state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY") or cfg.state_dir)
         self.local_doc = local_doc
         self.metrics = Metrics()
-        self.rules = Rules()
+        self.rules = Rules(cfg.rules)
         self.drivers: dict[str, Driver] = {}
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
@@ -70,9 +70,14 @@ class Gateway:
         trial = None
         if self.local_doc is not None and self.cfg.remote_config.enabled:
             trial = self._init_remote_config()
+            self.rules = Rules(self.cfg.rules)  # the configuration chosen at start may differ
         self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.start()
+        # Rule windows close by the clock too, not only on their point's next reading.
+        self._scheduler.add_job(
+            self._tick_rules, "interval", seconds=1, id="rules_tick", max_instances=1, coalesce=True
+        )
         self._apply_devices(self.cfg.devices)
         self._start_uplink()
         if self.remote is not None:
@@ -114,6 +119,8 @@ class Gateway:
             if new_devs.get(dev_id) != dev:
                 await self._remove_device(dev_id)
         self._apply_devices(d for d in new.devices if old_devs.get(d.id) != d)
+        if new.rules != old.rules:
+            self.rules.reload(new.rules)  # unchanged rules keep their state
         if new.uplink != old.uplink:
             await self._stop_uplink()
             self._start_uplink()
@@ -240,8 +247,15 @@ class Gateway:
         self.metrics.inc("readings", len(readings), device=group.device)
         if bad:
             self.metrics.inc("readings_bad", bad, device=group.device)
+        dropped = self.rules.dropped
         records = self.rules.process(readings)
-        self.metrics.inc("rules_dropped", len(readings) - len(records))
+        self.metrics.inc("rules_dropped", self.rules.dropped - dropped)
+        await self._store(records)
+
+    async def _tick_rules(self) -> None:
+        await self._store(self.rules.tick(now_ms()))
+
+    async def _store(self, records: list[Record]) -> None:
         if not records or self.buffer is None:
             return
         try:

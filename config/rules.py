@@ -1,0 +1,410 @@
+"""Schema of `[[rules]]`: rules attach to points by id or glob and list steps run in order.
+
+A rule is identified by its whole content (name, points and steps): a reload keeps the state
+of every rule whose content did not change. Expressions are validated and compiled here, once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .errors import ConfigError
+from .expr import Expr, ExprError, compile_expr
+
+if TYPE_CHECKING:
+    from .parse import Section
+
+LaneName = Literal["alarm", "event", "telemetry"]
+Severity = Literal["info", "warning", "minor", "major", "critical"]
+Aggregate = Literal["min", "max", "mean", "count", "last"]
+AGGREGATES: tuple[Aggregate, ...] = ("min", "max", "mean", "count", "last")
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "minor", "major", "critical")
+
+# unit -> (quantity, factor, offset) with si = x * factor + offset
+UNITS: dict[str, tuple[str, float, float]] = {
+    "degC": ("temperature", 1.0, 273.15),
+    "degF": ("temperature", 5 / 9, 273.15 - 32 * 5 / 9),
+    "K": ("temperature", 1.0, 0.0),
+    "Pa": ("pressure", 1.0, 0.0),
+    "hPa": ("pressure", 100.0, 0.0),
+    "kPa": ("pressure", 1e3, 0.0),
+    "MPa": ("pressure", 1e6, 0.0),
+    "mbar": ("pressure", 100.0, 0.0),
+    "bar": ("pressure", 1e5, 0.0),
+    "psi": ("pressure", 6894.757293168361, 0.0),
+    "m3/h": ("flow", 1 / 3600, 0.0),
+    "m3/s": ("flow", 1.0, 0.0),
+    "l/s": ("flow", 1e-3, 0.0),
+    "l/min": ("flow", 1e-3 / 60, 0.0),
+    "W": ("power", 1.0, 0.0),
+    "kW": ("power", 1e3, 0.0),
+    "MW": ("power", 1e6, 0.0),
+    "hp": ("power", 745.6998715822702, 0.0),
+    "Wh": ("energy", 3600.0, 0.0),
+    "kWh": ("energy", 3.6e6, 0.0),
+    "MWh": ("energy", 3.6e9, 0.0),
+    "J": ("energy", 1.0, 0.0),
+    "kJ": ("energy", 1e3, 0.0),
+    "MJ": ("energy", 1e6, 0.0),
+    "mm": ("length", 1e-3, 0.0),
+    "cm": ("length", 1e-2, 0.0),
+    "m": ("length", 1.0, 0.0),
+    "in": ("length", 0.0254, 0.0),
+    "ft": ("length", 0.3048, 0.0),
+    "m/s": ("speed", 1.0, 0.0),
+    "km/h": ("speed", 1 / 3.6, 0.0),
+    "rpm": ("rotation", 1 / 60, 0.0),
+    "Hz": ("rotation", 1.0, 0.0),
+    "%": ("ratio", 0.01, 0.0),
+    "ratio": ("ratio", 1.0, 0.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStep:
+    """value * factor + offset (also what a unit conversion compiles to)."""
+
+    factor: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertStep:
+    source: str
+    target: str
+
+    @property
+    def affine(self) -> tuple[float, float]:
+        _, a1, b1 = UNITS[self.source]
+        _, a2, b2 = UNITS[self.target]
+        return a1 / a2, (b1 - b2) / a2
+
+
+@dataclass(frozen=True, slots=True)
+class ClampStep:
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStep:
+    digits: int = 0  # 0 gives an integer
+
+
+@dataclass(frozen=True, slots=True)
+class ExprStep:
+    expr: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class DeadbandStep:
+    """Report by exception: pass a value only when it moved at least the band since the last
+    one passed, or when `heartbeat_s` has gone by. absolute = 0 passes every change."""
+
+    absolute: float | None = None
+    percent: float | None = None  # of the last value passed
+    heartbeat_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitStep:
+    min_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionStep:
+    keep: bool  # True: keep when `when` holds; False: drop when it holds
+    when: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class QualityStep:
+    bad: Literal["drop", "pass"] = "drop"
+    uncertain: Literal["drop", "pass"] = "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStep:
+    seconds: int
+    emit: tuple[Aggregate, ...] = ("mean",)
+    grace_s: float = 1.0  # a window closes by the clock this long after its end
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmStep:
+    name: str
+    high: float | None = None
+    low: float | None = None
+    hysteresis: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    severity: Severity = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStep:
+    subfolder: str | None = None
+    lane: LaneName | None = None
+    drop: bool = False
+
+
+StepConfig = (
+    ScaleStep
+    | ConvertStep
+    | ClampStep
+    | RoundStep
+    | ExprStep
+    | DeadbandStep
+    | RateLimitStep
+    | ConditionStep
+    | QualityStep
+    | WindowStep
+    | AlarmStep
+    | RouteStep
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    points: tuple[str, ...]  # point ids or globs: "boiler/pressure", "pump-*/pressure"
+    steps: tuple[StepConfig, ...]
+
+
+_LANES = ("alarm", "event", "telemetry")
+_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+/[A-Za-z0-9_.*?\[\]!-]+$")
+_SUBFOLDER = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def parse_rules(sections: list[Section], known_points: Iterable[str]) -> tuple[RuleConfig, ...]:
+    """`[[rules]]` tables; `known_points` ("device/point") are what point("...") may name."""
+    known = sorted(set(known_points))
+    rules = tuple(_rule(s, known) for s in sections)
+    seen: set[str] = set()
+    for i, r in enumerate(rules):
+        if r.name in seen:
+            raise ConfigError(
+                f"rules[{i}].name", f"{r.name!r} is used twice", "give each a unique name"
+            )
+        seen.add(r.name)
+    return rules
+
+
+def _rule(s: Section, known: list[str]) -> RuleConfig:
+    name = s.ident("name")
+    points = s.strings("points")
+    if not points:
+        raise ConfigError(
+            s.at("points"), "is empty", 'list point ids or globs, e.g. "pump-*/pressure"'
+        )
+    for i, p in enumerate(points):
+        if not _GLOB.match(p):
+            raise ConfigError(
+                f"{s.at('points')}[{i}]",
+                f"{p!r} is not a point id or glob",
+                'write "device/point"; * and ? match any characters, e.g. "pump-*/pressure"',
+            )
+    sections = s.tables("steps")
+    if not sections:
+        raise ConfigError(s.at("steps"), "missing", "add at least one [[rules.steps]] table")
+    steps = tuple(_step(st, name, known) for st in sections)
+    s.done()
+    return RuleConfig(name, points, steps)
+
+
+def _step(s: Section, rule: str, known: list[str]) -> StepConfig:
+    kind = s.choice("kind", tuple(_KINDS))
+    step = _KINDS[kind](s, rule, known)
+    s.done()
+    return step
+
+
+def _scale(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return ScaleStep(s.number("factor", 1.0), s.number("offset", 0.0))
+
+
+def _convert(s: Section, rule: str, known: list[str]) -> StepConfig:
+    units = tuple(UNITS)
+    source, target = s.choice("from", units), s.choice("to", units)
+    if UNITS[source][0] != UNITS[target][0]:
+        same = [u for u in units if UNITS[u][0] == UNITS[source][0]]
+        raise ConfigError(
+            s.at("to"),
+            f"{source!r} is a {UNITS[source][0]} but {target!r} a {UNITS[target][0]}",
+            f"convert {source!r} to one of {', '.join(map(repr, same))}",
+        )
+    return ConvertStep(source, target)
+
+
+def _clamp(s: Section, rule: str, known: list[str]) -> StepConfig:
+    lo, hi = s.opt_number("min"), s.opt_number("max")
+    if lo is None and hi is None:
+        raise ConfigError(s.at("min"), "missing, as is max", "set min, max or both")
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(s.at("max"), f"{hi} is below min = {lo}", "swap them")
+    return ClampStep(lo, hi)
+
+
+def _round(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return RoundStep(s.integer("digits", 0, lo=-6, hi=12))
+
+
+def _expr_at(s: Section, key: str, known: list[str]) -> Expr:
+    text = s.text(key)
+    try:
+        expr = compile_expr(text)
+    except ExprError as exc:
+        raise ConfigError(s.at(key), str(exc), exc.fix) from None
+    for p in expr.points:
+        if p not in known:
+            near = difflib.get_close_matches(p, known, n=1)
+            raise ConfigError(
+                s.at(key),
+                f"point({p!r}) names no configured point",
+                f"did you mean {near[0]!r}?" if near else "use a device/point id of this file",
+            )
+    return expr
+
+
+def _expr(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return ExprStep(_expr_at(s, "expr", known))
+
+
+def _deadband(s: Section, rule: str, known: list[str]) -> StepConfig:
+    absolute = s.opt_number("absolute")
+    percent = s.opt_number("percent")
+    if (absolute is None) == (percent is None):
+        raise ConfigError(
+            s.at("absolute"),
+            "set exactly one of absolute and percent",
+            "absolute = 0 passes every change (report by exception)",
+        )
+    for key, v in (("absolute", absolute), ("percent", percent)):
+        if v is not None and v < 0:
+            raise ConfigError(s.at(key), f"{v} is below 0", "use a band of 0 or more")
+    heartbeat = s.opt_number("heartbeat_s")
+    if heartbeat is not None and heartbeat <= 0:
+        raise ConfigError(s.at("heartbeat_s"), f"{heartbeat} is not above 0", "use seconds > 0")
+    return DeadbandStep(absolute, percent, heartbeat)
+
+
+def _rate_limit(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return RateLimitStep(s.number("min_interval_s", lo=0.001))
+
+
+def _keep(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return ConditionStep(True, _expr_at(s, "when", known))
+
+
+def _drop(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return ConditionStep(False, _expr_at(s, "when", known))
+
+
+def _quality(s: Section, rule: str, known: list[str]) -> StepConfig:
+    return QualityStep(
+        s.choice("bad", ("drop", "pass"), "drop"), s.choice("uncertain", ("drop", "pass"), "pass")
+    )
+
+
+def _window(s: Section, rule: str, known: list[str]) -> StepConfig:
+    seconds = s.integer("seconds", lo=1, hi=24 * 3600)
+    emit = s.strings("emit", ("mean",))
+    if not emit:
+        raise ConfigError(s.at("emit"), "is empty", f"list some of {', '.join(AGGREGATES)}")
+    for i, agg in enumerate(emit):
+        if agg not in AGGREGATES:
+            raise ConfigError(
+                f"{s.at('emit')}[{i}]",
+                f"{agg!r} is not an aggregate",
+                f"use some of {', '.join(map(repr, AGGREGATES))}",
+            )
+    grace = s.number("grace_s", min(1.0, seconds / 2), lo=0.0)
+    if grace >= seconds:
+        raise ConfigError(s.at("grace_s"), f"{grace} is not below seconds = {seconds}", "lower it")
+    aggs = tuple(dict.fromkeys(emit))
+    return WindowStep(seconds, aggs, grace)  # type: ignore[arg-type]
+
+
+def _alarm(s: Section, rule: str, known: list[str]) -> StepConfig:
+    high, low = s.opt_number("high"), s.opt_number("low")
+    if high is None and low is None:
+        raise ConfigError(s.at("high"), "missing, as is low", "set high, low or both")
+    if high is not None and low is not None and low >= high:
+        raise ConfigError(s.at("low"), f"{low} is not below high = {high}", "swap them")
+    return AlarmStep(
+        name=s.ident("name", rule),
+        high=high,
+        low=low,
+        hysteresis=s.number("hysteresis", 0.0, lo=0.0),
+        on_delay_s=s.number("on_delay_s", 0.0, lo=0.0),
+        off_delay_s=s.number("off_delay_s", 0.0, lo=0.0),
+        severity=s.choice("severity", SEVERITIES, "warning"),
+    )
+
+
+def _route(s: Section, rule: str, known: list[str]) -> StepConfig:
+    subfolder = s.opt_text("subfolder")
+    lane = s.opt_text("lane")
+    if lane is not None and lane not in _LANES:
+        raise ConfigError(
+            s.at("lane"), f"{lane!r} is not allowed", f"use one of {', '.join(map(repr, _LANES))}"
+        )
+    drop = s.flag("drop", False)
+    if subfolder is not None and not _SUBFOLDER.match(subfolder):
+        raise ConfigError(
+            s.at("subfolder"),
+            f"{subfolder!r} is not a topic subfolder",
+            "use letters, digits, '_', '.', '-' and '/' between levels (no + or #)",
+        )
+    if drop and (subfolder is not None or lane is not None):
+        raise ConfigError(
+            s.at("drop"),
+            "drops the reading, so subfolder and lane do nothing",
+            "remove them or drop",
+        )
+    if not drop and subfolder is None and lane is None:
+        raise ConfigError(
+            s.at("subfolder"), "missing, as are lane and drop", "set subfolder, lane or drop = true"
+        )
+    return RouteStep(subfolder, lane, drop)  # type: ignore[arg-type]
+
+
+_KINDS: dict[str, Callable[[Section, str, list[str]], StepConfig]] = {
+    "scale": _scale,
+    "convert": _convert,
+    "clamp": _clamp,
+    "round": _round,
+    "expr": _expr,
+    "deadband": _deadband,
+    "rate_limit": _rate_limit,
+    "keep": _keep,
+    "drop": _drop,
+    "quality": _quality,
+    "window": _window,
+    "alarm": _alarm,
+    "route": _route,
+}
+
+__all__ = [
+    "AGGREGATES",
+    "UNITS",
+    "AlarmStep",
+    "ClampStep",
+    "ConditionStep",
+    "ConvertStep",
+    "DeadbandStep",
+    "ExprStep",
+    "QualityStep",
+    "RateLimitStep",
+    "RoundStep",
+    "RouteStep",
+    "RuleConfig",
+    "ScaleStep",
+    "StepConfig",
+    "WindowStep",
+    "parse_rules",
+]
