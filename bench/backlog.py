@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gatewayd.buffer import Store
-from gatewayd.config import BufferConfig
 from harness import LatencySubscriber, Mosquitto, rig, wait_for
 
+from gatewayd.buffer import Store
+from gatewayd.config import BufferConfig
 from gatewayd.reading import Record
 
 

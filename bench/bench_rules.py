@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from gatewayd.config import load
-
 from gatewayd.reading import Lane, Quality, Reading, Record
 from gatewayd.rules import Rules
 

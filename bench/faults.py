@@ -118,3 +118,50 @@ def gateway_kill() -> dict[str, Any]:
         proxy.close()
         sub.close()
         return out
+
+
+def jwt_expiry(seconds: float) -> dict[str, Any]:
+    """Under load against the cloud stand-in, with 60 s tokens: refreshes must lose nothing."""
+    import asyncio
+    import threading
+
+    from gatewayd.uplink.device_jwt import generate_key
+    from gatewayd_sim.cloud import Broker, Registry
+
+    with rig() as r:
+        r.start_devices(1, POINTS)
+        registry = Registry("bench-project", "local", "gateways")
+        registry.add("bench", generate_key(r.work / "device.key", "ES256"))
+        broker = Broker(registry)
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(broker.start(), loop).result(10)
+        auth = (
+            'kind = "jwt"\nalgorithm = "ES256"\nprivate_key = "device.key"\n'
+            'audience = "bench-project"\nlifetime_s = 60'
+        )
+        extra = 'project = "bench-project"\nregion = "local"\nregistry = "gateways"'
+        cfg = r.config(broker.port, POINTS, INTERVAL_MS, extra=extra, auth=auth)
+        r.start_gateway(cfg)
+        wait_for(lambda: broker.recorder.unique > 1000, 30, "load to flow")
+        time.sleep(seconds)
+        assert r.gateway is not None
+        r.gateway.send_signal(signal.SIGTERM)
+        r.gateway.wait(15)
+        r.device_ports = []
+        r.start_gateway(r.config(broker.port, POINTS, INTERVAL_MS, extra=extra, auth=auth))
+        db = r.work / "buffer.sqlite"
+        wait_for(lambda: _depth(db) == 0, 300, "the buffer to drain", interval=0.2)
+        expected = delivered_range(db)
+        wait_for(lambda: expected <= set(broker.recorder.counts), 30, "the last records")
+        accepted = sum(1 for e in broker.auth_log if e.accepted)
+        out = {
+            "fault": f"60 s device tokens under load for {seconds:g} s",
+            "stored": len(expected),
+            "lost": len(expected - set(broker.recorder.counts)),
+            "duplicated": broker.recorder.duplicates,
+            "connections_accepted": accepted,
+        }
+        asyncio.run_coroutine_threadsafe(broker.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gatewayd.config import RuleConfig, load
-
 from gatewayd.reading import Lane, Quality, Reading, Record, Value
 from gatewayd.rules import Rules
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gatewayd_sim.cloud import Broker, Registry
 from helpers import (
     BrokerThread,
     delivered_range,
@@ -27,6 +26,7 @@ from helpers import (
 )
 
 from gatewayd.uplink.device_jwt import generate_key
+from gatewayd_sim.cloud import Broker, Registry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CONFIG_TOPIC = "/devices/gw-test/config"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from gatewayd.config import ConfigError, load
-from gatewayd.config.expr import MAX_DEPTH, MAX_NODES, MAX_SOURCE, compile_expr
 from rules_support import BASE, engine, feed, rule_toml
 
+from gatewayd.config import ConfigError, load
+from gatewayd.config.expr import MAX_DEPTH, MAX_NODES, MAX_SOURCE, compile_expr
 from gatewayd.reading import Quality
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gatewayd.config import example_path, load
 from rules_support import P, alarms, configs, engine, feed, rule_toml, telemetry, values
 
+from gatewayd.config import example_path, load
 from gatewayd.reading import Lane, Quality, Reading, Record
 from gatewayd.rules import Rules
 
