@@ -56,7 +56,9 @@ class Gateway:
         for i, dev in enumerate(self.cfg.devices):
             self.drivers[dev.id] = load_driver(dev.driver, f"devices[{i}].driver")(dev)
         self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
-        self.uplink = Uplink(self.cfg.uplink, self.buffer, self.metrics, key_dir=self.config_dir)
+        self.uplink = Uplink(
+            self.cfg.uplink, self.buffer, self.metrics, key_dir=self.config_dir, state=self._state
+        )
         self._tasks.append(asyncio.get_running_loop().create_task(self.uplink.run(), name="uplink"))
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
@@ -75,6 +77,18 @@ class Gateway:
                 )
         self._scheduler.start()
         log.info("gateway_started devices=%d buffer=%s", len(self.drivers), self.buffer_path)
+
+    async def _state(self) -> dict[str, object]:
+        """What the uplink publishes on the state topic (on change, at most once per second)."""
+        stats = await self.buffer.stats() if self.buffer is not None else None
+        counters = sorted({name for name, _ in self.metrics.counters})
+        return {
+            "config_version": self.cfg.version,
+            "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
+            "counters": {name: self.metrics.total(name) for name in counters},
+            "buffer_depth": stats.depth if stats else None,
+            "evictions": sum(stats.evicted.values()) if stats else 0,
+        }
 
     async def _poll(self, group: PollGroup) -> None:
         driver = self.drivers[group.device]
