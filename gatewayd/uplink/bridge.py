@@ -115,7 +115,8 @@ class Uplink:
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
         self._stopping = False
         self._misc_task: asyncio.Task[None] | None = None
-        self._minted_at = 0.0  # monotonic
+        self._fd = -1  # the paho socket's descriptor, registered with the loop
+        self._expires_at = 0.0  # monotonic, of the current token
         self._next_send = 0.0
         self._last_state: bytes | None = None
         self._next_state = 0.0
@@ -202,15 +203,11 @@ class Uplink:
         a = self.cfg.auth
         if a.kind == "jwt":
             self.metrics.inc("uplink_tokens_minted")
-            self._minted_at = time.monotonic()
+            wall = self.wall_clock()
+            # iat is a whole second, so the token's life started up to 1 s before now.
+            self._expires_at = time.monotonic() + a.lifetime_s - (wall - int(wall))
             return mint_jwt(
-                self._key,
-                a.algorithm,
-                a.audience,
-                a.lifetime_s,
-                a.key_id,
-                extra=dict(a.claims),
-                now=self.wall_clock(),
+                self._key, a.algorithm, a.audience, a.lifetime_s, a.key_id, dict(a.claims), wall
             )
         return a.password if a.kind == "password" else None
 
@@ -303,7 +300,7 @@ class Uplink:
         assert self._client is not None and self._closed is not None
         client, closed = self._client, self._closed
         refresh_at = (
-            self._minted_at + REFRESH_AT * self.cfg.auth.lifetime_s
+            self._expires_at - (1 - REFRESH_AT) * self.cfg.auth.lifetime_s
             if self.cfg.auth.kind == "jwt"
             else float("inf")
         )
@@ -351,7 +348,9 @@ class Uplink:
 
     async def _refresh_drain(self, closed: asyncio.Future[str]) -> None:
         """Before reconnecting with a new token, give in-flight messages time to be acked."""
-        deadline = time.monotonic() + min(5.0, self.cfg.puback_timeout_s)
+        deadline = min(
+            time.monotonic() + min(5.0, self.cfg.puback_timeout_s), self._expires_at - 0.5
+        )
         while self._inflight and not closed.done() and time.monotonic() < deadline:
             self._wake.clear()
             await _first([self._wake.wait()], timeout=0.2, stop=closed)
@@ -423,9 +422,8 @@ class Uplink:
             with contextlib.suppress(Exception):
                 client.disconnect()
             sock = client.socket()
-            if sock is not None and self._loop is not None:
-                self._loop.remove_reader(sock)
-                self._loop.remove_writer(sock)
+            self._forget_fd()
+            if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
         self._inflight.clear()
@@ -486,7 +484,9 @@ class Uplink:
                 client.loop_read()
 
         assert self._loop is not None
-        self._in_loop(self._loop.add_reader, sock, readable)
+        # Register by number: paho may close the socket object (fileno -1) before telling us.
+        self._fd = sock.fileno()
+        self._in_loop(self._loop.add_reader, self._fd, readable)
         self._in_loop(self._start_misc, client)
 
     def _start_misc(self, client: Any) -> None:
@@ -503,17 +503,23 @@ class Uplink:
         self._misc_task = self._loop.create_task(misc())
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: socket.socket) -> None:
-        assert self._loop is not None
-        self._in_loop(self._loop.remove_reader, sock)
-        self._in_loop(self._loop.remove_writer, sock)
+        self._in_loop(self._forget_fd)
+
+    def _forget_fd(self) -> None:
+        if self._fd >= 0 and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = -1
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: socket.socket) -> None:
         assert self._loop is not None
-        self._in_loop(self._loop.add_writer, sock, client.loop_write)
+        if self._fd >= 0:
+            self._in_loop(self._loop.add_writer, self._fd, client.loop_write)
 
     def _on_socket_unregister_write(self, client: Any, userdata: Any, sock: socket.socket) -> None:
         assert self._loop is not None
-        self._in_loop(self._loop.remove_writer, sock)
+        if self._fd >= 0:
+            self._in_loop(self._loop.remove_writer, self._fd)
 
 
 class _Closed:
