@@ -154,16 +154,21 @@ def test_token_refresh_while_publishing_loses_and_reorders_nothing(tmp_path: Pat
     asyncio.run(scenario())
 
 
-def test_alarms_overtake_a_telemetry_backlog(tmp_path: Path) -> None:
+def test_clock_before_build_date_holds_uplink_then_alarms_go_first(tmp_path: Path) -> None:
     from gatewayd.reading import Lane
 
     async def scenario() -> None:
-        broker = await Broker().start()
-        cfg = dataclasses.replace(uplink_cfg(broker.port), batch_max_records=50)
-        h = await Harness.open(tmp_path, cfg, wall_clock=lambda: 0.0)  # held: clock implausible
+        broker = await Broker().start()  # open: accepts any token
+        generate_key(tmp_path / "device.key", "ES256")
+        cfg = dataclasses.replace(uplink_cfg(broker.port, auth=jwt_auth()), batch_max_records=50)
+        # Held while the clock is implausible, so the backlog builds up before the first take.
+        h = await Harness.open(tmp_path, cfg, wall_clock=lambda: 0.0)
         try:
             tele = await h.append(500)
             alarms = await h.append(3, lane=Lane.ALARM, point="plc/alarm")
+            await until(lambda: h.uplink.last_error == "clock_implausible", 5, "uplink held")
+            assert broker.connections == 0
+            assert h.metrics.get("uplink_clock_held") == 1
             h.uplink.wall_clock = time.time
             await h.drained(20)
             first = [r["id"] for r in broker.recorder.records[:3]]

@@ -138,7 +138,7 @@ class Uplink:
                 level = logging.WARNING if held_streak == 0 else logging.DEBUG
                 log.log(level, "uplink_held reason=clock_implausible now=%d", self.wall_clock())
                 held_streak += 1
-                await self._sleep(5.0)
+                await self._sleep(1.0)
                 continue
             if held_streak:
                 log.info("uplink_clock_recovered held_checks=%d", held_streak)

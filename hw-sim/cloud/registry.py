@@ -99,7 +99,8 @@ class Registry:
                 )
             except jwt.InvalidAudienceError:
                 return AuthResult(None, "wrong audience")
-            except jwt.InvalidSignatureError:
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.InvalidAlgorithmError):
+                # Another algorithm's key, or this key did not sign it: try the device's next key.
                 last = "signature does not match a registered key"
                 continue
             except jwt.PyJWTError as exc:
