@@ -110,7 +110,7 @@ class UplinkConfig:
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = 60
     connect_timeout_s: float = 10.0  # TCP + TLS + CONNACK
-    batch_max_records: int = 500
+    batch_max_records: int = 2000  # ~170 KB of typical readings, under batch_max_bytes
     batch_max_bytes: int = 256 * 1024
     inflight_window: int = 20
     max_messages_per_s: float = 100.0
