@@ -88,6 +88,8 @@ class AuthConfig:
     key_id: str | None = None
     username: str = "unused"
     password: str | None = None
+    # Extra JWT claims, e.g. (("scope", "mqtt:publish"),) for brokers that check a scope.
+    claims: tuple[tuple[str, str | int | float | bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +110,19 @@ class UplinkConfig:
     registry: str = ""
     device: str = ""
     client_id: str = "projects/{project}/locations/{region}/registries/{registry}/devices/{device}"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = 60
-    batch_max_records: int = 500
+    connect_timeout_s: float = 10.0  # TCP + TLS + CONNACK
+    batch_max_records: int = 2000  # ~170 KB of typical readings, under batch_max_bytes
     batch_max_bytes: int = 256 * 1024
     inflight_window: int = 20
+    max_messages_per_s: float = 100.0
     puback_timeout_s: float = 30.0
+    # Full jitter, random(0, min(cap, base * 2^n)): a cap of 10 s brings a gateway back within
+    # about 3 s (median) of a broker's return, while a fleet's attempts spread over 10 s.
     backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
+    backoff_cap_s: float = 10.0
+    encoder: str = "json"  # "json" or a name registered under entry points "gatewayd.encoders"
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)

@@ -128,15 +128,19 @@ def _uplink(s: Section) -> UplinkConfig:
         registry=s.text("registry", d.registry),
         device=s.text("device", d.device),
         client_id=s.text("client_id", d.client_id),
+        protocol=s.choice("protocol", ("3.1.1", "5"), d.protocol),
         keepalive_s=s.integer("keepalive_s", d.keepalive_s, lo=5, hi=1200),
+        connect_timeout_s=s.number("connect_timeout_s", d.connect_timeout_s, lo=0.5, hi=300),
         batch_max_records=s.integer("batch_max_records", d.batch_max_records, lo=1, hi=100_000),
         batch_max_bytes=s.integer(
             "batch_max_bytes", d.batch_max_bytes, lo=1024, hi=256 * 1024 * 1024
         ),
         inflight_window=s.integer("inflight_window", d.inflight_window, lo=1, hi=65535),
+        max_messages_per_s=s.number("max_messages_per_s", d.max_messages_per_s, lo=0.1),
         puback_timeout_s=s.number("puback_timeout_s", d.puback_timeout_s, lo=0.5),
         backoff_base_s=s.number("backoff_base_s", d.backoff_base_s, lo=0.01),
         backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01),
+        encoder=s.text("encoder", d.encoder),
         tls=TlsConfig(
             enabled=tls.flag("enabled", True),
             ca_file=tls.opt_text("ca_file"),
@@ -153,6 +157,7 @@ def _uplink(s: Section) -> UplinkConfig:
             key_id=auth.opt_text("key_id"),
             username=auth.text("username", "unused"),
             password=auth.opt_text("password"),
+            claims=_claims(auth.table("claims")),
         ),
         topics=TopicsConfig(
             events=topics.text("events", TopicsConfig().events),
@@ -179,6 +184,21 @@ def _uplink(s: Section) -> UplinkConfig:
     if cfg.backoff_cap_s < cfg.backoff_base_s:
         raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")
     return cfg
+
+
+_RESERVED_CLAIMS = ("iat", "exp", "aud")
+
+
+def _claims(s: Section) -> tuple[tuple[str, str | int | float | bool], ...]:
+    out = []
+    for key in s.names():
+        if key in _RESERVED_CLAIMS:
+            raise ConfigError(
+                s.at(key), "is set by the gateway itself", "remove it (audience: set `audience`)"
+            )
+        out.append((key, s.scalar(key)))
+    s.done()
+    return tuple(out)
 
 
 _DRIVER_DEFAULT_PORT = {"modbus_tcp": 502}
@@ -315,6 +335,15 @@ class Section:
 
     def text(self, key: str, default: Any = _MISSING) -> str:
         return cast(str, self._get(key, default, (str,), "a string"))
+
+    def names(self) -> list[str]:
+        return [str(k) for k in self._data]
+
+    def scalar(self, key: str) -> str | int | float | bool:
+        what = "a string, number or boolean"
+        return cast(
+            "str | int | float | bool", self._get(key, _MISSING, (str, int, float, bool), what)
+        )
 
     def opt_text(self, key: str) -> str | None:
         return cast("str | None", self._get(key, None, (str,), "a string"))

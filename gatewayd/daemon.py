@@ -180,9 +180,8 @@ class Gateway:
             self.metrics,
             key_dir=self.config_dir,
             on_message=self._on_message,
+            state=self._state,
         )
-        if self.remote is not None and self.remote.last_outcome is not None:
-            self.uplink.publish_state({"config": self.remote.last_outcome})
         self._uplink_task = asyncio.get_running_loop().create_task(self.uplink.run(), name="uplink")
 
     async def _stop_uplink(self) -> None:
@@ -220,14 +219,29 @@ class Gateway:
             self.commands.on_message(topic, payload)
 
     def _report_config(self, outcome: dict[str, Any]) -> None:
+        """Outcomes reach the cloud in the state document (see `_state`)."""
         if self.uplink is not None:
-            self.uplink.publish_state({"config": outcome})
+            self.uplink.state_changed()
 
     def _reply_command(self, result: dict[str, Any]) -> None:
         if self.uplink is not None:
             self.uplink.publish_json("command_results", result)
 
     # -- polling -----------------------------------------------------------------------------
+
+    async def _state(self) -> dict[str, object]:
+        """What the uplink publishes on the state topic (on change, at most once per second)."""
+        stats = await self.buffer.stats() if self.buffer is not None else None
+        counters = sorted({name for name, _ in self.metrics.counters})
+        outcome = self.remote.last_outcome if self.remote is not None else None
+        return {
+            **({"config": outcome} if outcome else {}),
+            "config_version": self.cfg.version,
+            "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
+            "counters": {name: self.metrics.total(name) for name in counters},
+            "buffer_depth": stats.depth if stats else None,
+            "evictions": sum(stats.evicted.values()) if stats else 0,
+        }
 
     async def _poll(self, group: PollGroup) -> None:
         driver = self.drivers.get(group.device)

@@ -63,6 +63,7 @@ def mint_jwt(
     extra: dict[str, Any] | None = None,
     now: float | None = None,
 ) -> str:
+    """A token valid from `now` for `lifetime_s`; `extra` claims never override iat/exp/aud."""
     import jwt
 
     iat = int(time.time() if now is None else now)

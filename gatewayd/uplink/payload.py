@@ -1,15 +1,45 @@
-"""Message encoding: a JSON array of records, each with its stable id first.
+"""Message encoders: a batch of buffer entries in, one MQTT payload out.
 
-The buffer stores each record's JSON body; the id is spliced in front, so nothing is decoded on
-the way out.
+The default is a JSON array of records, each with its stable id first. The buffer stores each
+record's JSON body; the id is spliced in front, so nothing is decoded on the way out. Other
+formats plug in through the entry point group "gatewayd.encoders" (name -> callable taking a
+sequence of `Entry` and returning bytes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from gatewayd.buffer import Entry
+from gatewayd.config import ConfigError
+
+Encoder = Callable[[Sequence[Entry]], bytes]
 
 
 def encode_json(entries: Sequence[Entry]) -> bytes:
-    return ("[" + ",".join(f'{{"id":{e.id},{e.body[1:]}' for e in entries) + "]").encode()
+    return ("[" + ",".join([f'{{"id":{e.id},{e.body[1:]}' for e in entries]) + "]").encode()
+
+
+def load_encoder(name: str, place: str = "uplink.encoder") -> Encoder:
+    if name == "json":
+        return encode_json
+    eps = entry_points(group="gatewayd.encoders")
+    if name not in eps.names:
+        raise ConfigError(
+            place,
+            f"unknown encoder {name!r}",
+            f"use 'json' or one of {sorted(eps.names)}, or install the package that provides it",
+        )
+    enc: Encoder = eps[name].load()
+    return enc
+
+
+def subfolder_of(entry: Entry) -> str | None:
+    """The telemetry subfolder a routing rule chose; a cheap substring test skips the rest."""
+    if '"subfolder":' not in entry.body:
+        return None
+    import json
+
+    sub = json.loads(entry.body).get("subfolder")
+    return sub if isinstance(sub, str) and sub else None

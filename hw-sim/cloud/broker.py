@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .mqtt_wire import (
     CONNACK,
@@ -69,6 +70,8 @@ class AuthEvent:
     accepted: bool
     reason: str
     at: float
+    claims: dict[str, Any] = field(default_factory=dict)
+    kid: str | None = None
 
 
 class Broker:
@@ -91,6 +94,7 @@ class Broker:
         self.acks_enabled = True  # fault switch: a broker that silently stops acknowledging
         self.on_message: Callable[[str, bytes], None] | None = None
         self.connections = 0
+        self.expired_disconnects = 0  # connections closed because their token expired
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,6 +129,20 @@ class Broker:
                 self.retained.pop(topic, None)
         self._route(topic, payload, qos, retain=False)
 
+    def _expire(self, s: Session) -> None:
+        """Cloud IoT Core closed a connection whose token expired; so does the stand-in."""
+        self.expired_disconnects += 1
+        log.info("token_expired_disconnect client=%s", s.client_id)
+        s.writer.close()
+
+    def push_config(self, device: str, document: bytes) -> None:
+        """Cloud IoT Core style: the latest config is retained, and sent on every subscribe."""
+        self.publish(f"/devices/{device}/config", document, retain=True)
+
+    def send_command(self, device: str, payload: bytes, subfolder: str | None = None) -> None:
+        topic = f"/devices/{device}/commands" + (f"/{subfolder}" if subfolder else "")
+        self.publish(topic, payload)
+
     def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         for s in list(self.sessions.values()):
             for pattern, sub_qos in s.subscriptions.items():
@@ -152,9 +170,10 @@ class Broker:
             session, keepalive, exp = self._connect(body, writer)
             if session is None:
                 return
-            deadline = exp - time.time() if exp else None
+            now = self.registry.clock() if self.registry is not None else time.time()
+            deadline = exp - now if exp else None
             expiry = (
-                asyncio.get_running_loop().call_later(max(deadline, 0), writer.close)
+                asyncio.get_running_loop().call_later(max(deadline, 0), self._expire, session)
                 if deadline is not None
                 else None
             )
@@ -187,8 +206,10 @@ class Broker:
             c.blob()
         username = c.text() if flags & 0x80 else None
         password = c.blob() if flags & 0x40 else None
-        code, reason, device, exp = self._authenticate(client_id, username, password)
-        self.auth_log.append(AuthEvent(client_id, code == ACCEPTED, reason, time.time()))
+        code, reason, device, exp, claims, kid = self._authenticate(client_id, username, password)
+        self.auth_log.append(
+            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid)
+        )
         if code != ACCEPTED:
             log.info("connect_refused client=%s reason=%s", client_id, reason)
             writer.write(packet(CONNACK, 0, bytes([0, code])))
@@ -203,18 +224,18 @@ class Broker:
 
     def _authenticate(
         self, client_id: str, username: str | None, password: bytes | None
-    ) -> tuple[int, str, str | None, float]:
-        if self.registry is None:
-            return ACCEPTED, "open broker", None, 0.0
+    ) -> tuple[int, str, str | None, float, dict[str, Any], str | None]:
         if username == OBSERVER and self.observer_password is not None:
             if password == self.observer_password.encode():
-                return ACCEPTED, "observer", None, 0.0
-            return BAD_CREDENTIALS, "wrong observer password", None, 0.0
-        result = self.registry.authenticate(client_id, password)
-        if result.device is None:
-            code = BAD_CLIENT_ID if "client id" in result.reason else NOT_AUTHORIZED
-            return code, result.reason, None, 0.0
-        return ACCEPTED, "ok", result.device, result.exp
+                return ACCEPTED, "observer", None, 0.0, {}, None
+            return BAD_CREDENTIALS, "wrong observer password", None, 0.0, {}, None
+        if self.registry is None:
+            return ACCEPTED, "open broker", None, 0.0, {}, None
+        r = self.registry.authenticate(client_id, password)
+        if r.device is None:
+            code = BAD_CLIENT_ID if "client id" in r.reason else NOT_AUTHORIZED
+            return code, r.reason, None, 0.0, {}, None
+        return ACCEPTED, "ok", r.device, r.exp, r.claims, r.kid
 
     def _allowed(self, s: Session, topic: str) -> bool:
         """A device may touch only its own /devices/{id}/... topics."""

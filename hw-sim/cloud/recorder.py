@@ -38,3 +38,7 @@ class Recorder:
 
     def missing(self, expected_ids: set[int]) -> set[int]:
         return expected_ids - self.counts.keys()
+
+    def report(self, expected_ids: set[int]) -> str:
+        lost = len(self.missing(expected_ids))
+        return f"{len(expected_ids)} sent, {lost} lost, {self.duplicates} duplicated"

@@ -1,0 +1,165 @@
+"""In-process uplink under test: a real Buffer file, the real Uplink, a producer of records.
+
+The uplink runs on the test's own event loop (asyncio.run in the test), against a real broker:
+mosquitto on a free port or the cloud stand-in. Records are counted by their buffer ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gatewayd.buffer import Buffer
+from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
+from gatewayd.metrics import Metrics
+from gatewayd.reading import Lane, Record
+from gatewayd.uplink import Uplink
+
+CLIENT_ID = "projects/p1/locations/r1/registries/reg1/devices/gw-test"
+EVENTS = "/devices/gw-test/events"
+
+
+def uplink_cfg(port: int, **changes: Any) -> UplinkConfig:
+    base = UplinkConfig(
+        host="127.0.0.1",
+        port=port,
+        project="p1",
+        region="r1",
+        registry="reg1",
+        device="gw-test",
+        backoff_base_s=0.2,
+        backoff_cap_s=1.0,
+        tls=TlsConfig(enabled=False),
+        auth=AuthConfig(kind="none"),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def jwt_auth(key: str = "device.key", **changes: Any) -> AuthConfig:
+    return dataclasses.replace(
+        AuthConfig(kind="jwt", algorithm="ES256", private_key=key, audience="p1"), **changes
+    )
+
+
+async def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Harness:
+    def __init__(self, buffer: Buffer, uplink: Uplink) -> None:
+        self.buffer = buffer
+        self.uplink = uplink
+        self.sent: list[int] = []
+        self._task = asyncio.get_running_loop().create_task(uplink.run())
+        self._producer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, tmp: Path, cfg: UplinkConfig, **kw: Any) -> Harness:
+        buffer = await Buffer.open(tmp / "buffer.sqlite", BufferConfig())
+        return cls(buffer, Uplink(cfg, buffer, Metrics(), key_dir=tmp, **kw))
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.uplink.metrics
+
+    async def append(self, n: int, lane: Lane = Lane.TELEMETRY, point: str = "plc/x") -> list[int]:
+        now = int(time.time() * 1000)
+        ids = await self.buffer.append([Record(point, now, float(i), lane=lane) for i in range(n)])
+        self.sent.extend(ids)
+        return ids
+
+    def produce(self, per_tick: int = 20, tick_s: float = 0.02) -> None:
+        """Append records steadily in the background (1,000/s by default) until `halt`."""
+
+        async def run() -> None:
+            while True:
+                await self.append(per_tick)
+                await asyncio.sleep(tick_s)
+
+        self._producer = asyncio.get_running_loop().create_task(run())
+
+    async def halt(self) -> None:
+        if self._producer is not None:
+            self._producer.cancel()
+            with_suppress = asyncio.gather(self._producer, return_exceptions=True)
+            await with_suppress
+            self._producer = None
+
+    async def depth(self) -> int:
+        return (await self.buffer.stats()).depth
+
+    async def drained(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while await self.depth():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"buffer not drained after {timeout} s: {await self.depth()}")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.halt()
+        await self.uplink.stop(drain_s=1.0)
+        try:
+            await asyncio.wait_for(self._task, 5)
+        except TimeoutError:
+            self._task.cancel()
+        await self.buffer.close()
+
+
+class Collector:
+    """A paho subscriber on its own thread that counts records by id and re-subscribes."""
+
+    def __init__(self, port: int, topic: str = EVENTS + "/#", **auth: str) -> None:
+        self.counts: dict[int, int] = {}
+        self.order: list[int] = []
+        self.subscribed = 0  # SUBACKs seen; grows after each reconnect
+        self.lock = threading.Lock()
+        self.topic = topic
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"collector-{id(self)}", clean_session=True
+        )
+        if auth:
+            self.client.username_pw_set(auth["username"], auth["password"])
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = lambda c, *a: c.subscribe([(topic, 1), (EVENTS, 1)])
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_subscribe(self, *a: Any) -> None:
+        with self.lock:
+            self.subscribed += 1
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        recs = json.loads(msg.payload)
+        with self.lock:
+            for r in recs:
+                self.counts[r["id"]] = self.counts.get(r["id"], 0) + 1
+                self.order.append(r["id"])
+
+    def missing(self, ids: list[int]) -> set[int]:
+        with self.lock:
+            return set(ids) - self.counts.keys()
+
+    def duplicates(self) -> int:
+        with self.lock:
+            return sum(n - 1 for n in self.counts.values())
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
