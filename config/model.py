@@ -127,6 +127,13 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Prometheus text endpoint; loopback only by default, "" turns it off. `gatewayd status`
+    # reads it too.
+    listen: str = "127.0.0.1:9108"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
@@ -134,3 +141,4 @@ class GatewayConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

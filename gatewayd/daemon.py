@@ -1,8 +1,13 @@
 """Orchestration: drivers → rules → buffer → uplink, on one asyncio loop.
 
 APScheduler fires each poll group on its interval (one instance at a time, missed runs
-coalesced, so a slow device never piles up work); the buffer's SQLite work runs on its own thread;
-the uplink drives paho's socket from the loop.
+coalesced, so a slow device never piles up work; see `polling`); the buffer's SQLite work runs on
+its own thread; the uplink drives paho's socket from the loop. Long-running tasks (the uplink) are
+supervised: a crash is logged, counted and the task restarted, never fatal to the process.
+
+Stop order, within systemd's 5 s budget: no new polls → polls in flight finish and their records
+are committed → the uplink waits for PUBACKs in flight → buffer closed. Whatever was committed and
+not acknowledged stays in the buffer for the next start.
 """
 
 from __future__ import annotations
@@ -12,37 +17,53 @@ import contextlib
 import logging
 import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gatewayd import sdnotify
+from gatewayd import __version__, sdnotify
 from gatewayd.buffer import Buffer
+from gatewayd.clock import clock_plausible
 from gatewayd.config import GatewayConfig
-from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
+from gatewayd.drivers import PollGroup
+from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
-from gatewayd.reading import Quality
+from gatewayd.metrics_http import MetricsServer
+from gatewayd.polling import Poller
+from gatewayd.reading import Reading
 from gatewayd.rules import Rules
 from gatewayd.uplink import Uplink
 
-if TYPE_CHECKING:
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 log = logging.getLogger("gatewayd")
+
+POLL_GRACE_S = 1.5  # polls in flight at stop
+UPLINK_DRAIN_S = 2.0  # PUBACKs in flight at stop
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, config_dir: Path, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        config_dir: Path,
+        state_dir: Path | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_dir = config_dir
+        self.config_path = config_path
         self.state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY") or cfg.state_dir)
         self.metrics = Metrics()
         self.rules = Rules()
-        self.drivers: dict[str, Driver] = {}
+        self.poller = Poller(cfg.devices, self.metrics, self._handle)
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
-        self._scheduler: AsyncIOScheduler | None = None
+        self.metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._started = time.time()
+        for name in ("config_applies", "config_rollbacks", "uplink_reconnects", "rules_dropped"):
+            self.metrics.inc(name, 0)
+        for name in ("buffered_records", "published_records", "acked_records"):
+            self.metrics.inc(name, 0)
 
     @property
     def buffer_path(self) -> Path:
@@ -50,47 +71,51 @@ class Gateway:
         return p if p.is_absolute() else self.state_dir / p
 
     async def start(self) -> None:
-        """Open the buffer, build drivers, start polling and the uplink. Raises on bad config."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        """Open the buffer, start the metrics endpoint, polling and the uplink.
 
-        for i, dev in enumerate(self.cfg.devices):
-            self.drivers[dev.id] = load_driver(dev.driver, f"devices[{i}].driver")(dev)
+        Raises only when the buffer cannot be opened: without it nothing could be kept.
+        """
         self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
+        if self.cfg.metrics.listen:
+            self.metrics_server = MetricsServer(self.cfg.metrics.listen, self.render_metrics)
+            await self.metrics_server.start()
         self.uplink = Uplink(self.cfg.uplink, self.buffer, self.metrics, key_dir=self.config_dir)
-        self._tasks.append(asyncio.get_running_loop().create_task(self.uplink.run(), name="uplink"))
-        self._scheduler = AsyncIOScheduler(timezone=UTC)
-        now = datetime.now(UTC)
-        for dev in self.cfg.devices:
-            for group in poll_groups(dev):
-                self._scheduler.add_job(
-                    self._poll,
-                    "interval",
-                    seconds=group.interval_ms / 1000,
-                    args=[group],
-                    id=group.name,
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=max(1, group.interval_ms // 1000),
-                    next_run_time=now,
-                )
-        self._scheduler.start()
-        log.info("gateway_started devices=%d buffer=%s", len(self.drivers), self.buffer_path)
+        self._supervise("uplink", self.uplink.run)
+        self.poller.start(maintenance=[(self.collect, 10.0)])
+        log.info(
+            "gateway_started version=%s config_version=%d devices=%d buffer=%s",
+            __version__,
+            self.cfg.version,
+            len(self.cfg.devices),
+            quote(self.buffer_path),
+        )
 
-    async def _poll(self, group: PollGroup) -> None:
-        driver = self.drivers[group.device]
-        t0 = time.monotonic()
-        try:
-            readings = await driver.poll(group)
-        except Exception:  # a driver bug must not stop the scheduler or other devices
-            log.exception("driver_crashed device=%s group=%s", group.device, group.name)
-            self.metrics.inc("driver_crashes", device=group.device)
-            return
-        self.metrics.inc("polls", device=group.device)
-        self.metrics.set("poll_duration_seconds", time.monotonic() - t0, device=group.device)
-        bad = sum(1 for r in readings if r.quality is Quality.BAD)
-        self.metrics.inc("readings", len(readings), device=group.device)
-        if bad:
-            self.metrics.inc("readings_bad", bad, device=group.device)
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-lived coroutine; if it raises, log, count and start it again."""
+
+        async def keep() -> None:
+            failures = 0
+            while not self._stopping:
+                try:
+                    await run()
+                    return
+                except Exception as exc:
+                    failures += 1
+                    self.metrics.inc("task_restarts", task=name)
+                    log.error(
+                        "task_crashed task=%s error=%s restarts=%d",
+                        name,
+                        quote(f"{type(exc).__name__}: {exc}"),
+                        failures,
+                        exc_info=failures == 1,
+                    )
+                    await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+        self.metrics.inc("task_restarts", 0, task=name)
+        self._tasks.append(asyncio.get_running_loop().create_task(keep(), name=name))
+
+    async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
+        """One poll's readings through the rules into the buffer (committed when this returns)."""
         records = self.rules.process(readings)
         self.metrics.inc("rules_dropped", len(readings) - len(records))
         if not records or self.buffer is None:
@@ -98,41 +123,115 @@ class Gateway:
         try:
             await self.buffer.append(records)
         except Exception as exc:
-            log.error("buffer_append_failed error=%s", exc)
+            log.error("buffer_append_failed error=%s", quote(exc))
             self.metrics.inc("buffer_append_failures")
             return
         self.metrics.inc("buffered_records", len(records))
 
+    async def collect(self) -> None:
+        """Refresh the gauges that are read rather than counted (buffer, uplink, clock)."""
+        m = self.metrics
+        m.set("info", 1, version=__version__)
+        m.set("config_version", self.cfg.version)
+        m.set("start_time_seconds", self._started)
+        m.set("clock_plausible", 1 if clock_plausible() else 0)
+        if self.buffer is not None:
+            st = await self.buffer.stats()
+            m.set("buffer_depth", st.depth)
+            m.set("buffer_bytes", st.bytes)
+            m.set("buffer_file_bytes", st.file_bytes)
+            oldest = (
+                0.0 if st.oldest_ts_ms is None else max(0.0, time.time() - st.oldest_ts_ms / 1e3)
+            )
+            m.set("buffer_oldest_age_seconds", oldest)
+            for lane in ("alarm", "event", "telemetry"):
+                m.set("buffer_depth_lane", st.depth_by_lane.get(lane, 0), lane=lane)
+            for key, n in st.evicted.items():
+                lane, _, reason = key.partition("/")
+                m.counters[("buffer_evicted_records", (("lane", lane), ("reason", reason)))] = n
+            if not st.evicted:
+                m.inc("buffer_evicted_records", 0, lane="telemetry", reason="full")
+        up = self.uplink
+        m.set("uplink_connected", 1 if up is not None and up.connected else 0)
+        m.drop("uplink_last_error")
+        if up is not None and up.last_error and not up.connected:
+            m.set("uplink_last_error", 1, reason=up.last_error)
+
+    async def render_metrics(self) -> str:
+        await self.collect()
+        return self.metrics.render()
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read and check the local file. Applying it is the remote-config path's job."""
+        from gatewayd.config import ConfigError, load_file
+
+        if self.config_path is None:
+            log.warning("reload_ignored reason=no_config_file")
+            return
+        try:
+            cfg = load_file(self.config_path)
+        except ConfigError as exc:
+            log.error("reload_refused error=%s", quote(exc))
+            return
+        log.warning("reload_not_yet_supported version=%d running=%d", cfg.version, self.cfg.version)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Start, tell systemd we are ready, feed its watchdog, stop when `stop` is set."""
         await self.start()
-        sdnotify.notify("READY=1\nSTATUS=running")
+        sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
+        log.info("ready")
+        # The watchdog is fed from this loop: a loop stalled by blocking work stops the pings and
+        # systemd restarts the process.
         interval = sdnotify.watchdog_interval_s()
+        tick = min(interval or 10.0, 10.0)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval or 3600)
+                    await asyncio.wait_for(stop.wait(), tick)
                 if interval:
-                    sdnotify.notify("WATCHDOG=1")
+                    sdnotify.notify(f"WATCHDOG=1\nSTATUS={self.status_line()}")
+                else:
+                    sdnotify.notify(f"STATUS={self.status_line()}")
         finally:
-            sdnotify.notify("STOPPING=1")
+            sdnotify.notify("STOPPING=1\nSTATUS=stopping")
             await self.stop()
 
+    def status_line(self) -> str:
+        up = self.uplink
+        if up is None:
+            state = "starting"
+        else:
+            state = "connected" if up.connected else f"offline ({up.last_error or 'connecting'})"
+        m = self.metrics
+        return (
+            f"uplink {state}; buffered {m.total('buffered_records'):.0f}, "
+            f"acked {m.total('acked_records'):.0f}; driver crashes {m.total('driver_crashes'):.0f}"
+        )
+
     async def stop(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        t0 = time.monotonic()
+        self._stopping = True
+        await self.poller.stop(POLL_GRACE_S)
         if self.uplink is not None:
-            await self.uplink.stop()
+            await self.uplink.stop(UPLINK_DRAIN_S)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
+            await asyncio.wait(self._tasks, timeout=1.0)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for d in self.drivers.values():
-            await d.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        depth = None
         if self.buffer is not None:
+            with contextlib.suppress(Exception):
+                depth = (await self.buffer.stats()).depth
             await self.buffer.close()
             self.buffer = None
-        log.info("gateway_stopped")
+        log.info(
+            "gateway_stopped seconds=%.2f buffered=%.0f acked=%.0f left_in_buffer=%s",
+            time.monotonic() - t0,
+            self.metrics.total("buffered_records"),
+            self.metrics.total("acked_records"),
+            depth,
+        )
