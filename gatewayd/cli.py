@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from gatewayd import __version__
@@ -161,12 +164,30 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
         await gw.run(stop)
 
+    loop = asyncio.new_event_loop()
+    rc = 0
     try:
-        asyncio.run(go())
+        loop.run_until_complete(go())
     except GatewaydError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        rc = 2
+    except Exception:
+        logging.getLogger("gatewayd").exception("daemon_crashed")
+        rc = 1
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for t in leftovers:
+            t.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=1.0))
+        loop.close()  # does not wait for the default executor
+    # A connect() to an unreachable broker (DNS, SYN) may still block an executor thread for
+    # many seconds; everything that matters is closed, so do not let the interpreter wait for it.
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 def _demo(args: argparse.Namespace) -> int:
