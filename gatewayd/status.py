@@ -158,7 +158,7 @@ def render(s: Samples, now: float | None = None) -> str:
         failed = s.get(g + "poll_failures_total", device=dev)
         crashes = s.get(g + "driver_crashes_total", device=dev)
         lines.append(
-            f"  {dev:<{width}}  {when}, {quality}; polls {polls:.0f}, failed {failed:.0f}, "
-            f"skipped {skipped:.0f}, driver crashes {crashes:.0f}"
+            f"  {dev:<{width}}  {when}, {quality}; "
+            f"polls {polls:.0f} ({failed:.0f} failed, {skipped:.0f} skipped), crashes {crashes:.0f}"
         )
     return "\n".join(lines) + "\n"
