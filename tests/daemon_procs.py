@@ -37,6 +37,7 @@ def start(
     log: Path,
     env: dict[str, str] | None = None,
     plugins: bool = False,
+    log_level: str = "INFO",
 ) -> subprocess.Popen[bytes]:
     full = {**os.environ, **(env or {})}
     if plugins:
@@ -45,7 +46,16 @@ def start(
         )
     out = open(log, "ab")  # noqa: SIM115
     p = subprocess.Popen(
-        [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "gatewayd",
+            "--log-level",
+            log_level,
+            "run",
+            "--config",
+            str(config),
+        ],
         stdout=out,
         stderr=subprocess.STDOUT,
         env=full,
