@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from gatewayd import __version__
@@ -147,6 +141,13 @@ def _print_public_key(path: Path, alg: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import logging
+    import os
+    import signal
+    import threading
+
     from gatewayd.config import load_file
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
@@ -191,6 +192,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gatewayd.demo import run_demo
 
     return asyncio.run(run_demo(args.duration, sys.stdout))
