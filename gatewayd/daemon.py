@@ -35,8 +35,12 @@ from gatewayd.uplink import Uplink
 
 log = logging.getLogger("gatewayd")
 
-POLL_GRACE_S = 1.5  # polls in flight at stop
-UPLINK_DRAIN_S = 2.0  # PUBACKs in flight at stop
+# The stop budget (systemd and the issue allow 5 s): polls in flight, then PUBACKs in flight,
+# then the uplink task; drivers close within 1 s inside the poller's stop.
+POLL_GRACE_S = 1.0
+UPLINK_DRAIN_S = 2.0
+TASKS_GRACE_S = 0.5
+LOOP_STALL_S = 0.5  # a loop late by this much is logged and counted
 
 
 class Gateway:
@@ -81,6 +85,7 @@ class Gateway:
             await self.metrics_server.start()
         self.uplink = Uplink(self.cfg.uplink, self.buffer, self.metrics, key_dir=self.config_dir)
         self._supervise("uplink", self.uplink.run)
+        self._supervise("loop_monitor", self._monitor_loop)
         self.poller.start(maintenance=[(self.collect, 10.0)])
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
@@ -102,17 +107,41 @@ class Gateway:
                 except Exception as exc:
                     failures += 1
                     self.metrics.inc("task_restarts", task=name)
-                    log.error(
-                        "task_crashed task=%s error=%s restarts=%d",
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    log.log(
+                        logging.ERROR if failures == 1 else logging.DEBUG,
+                        "task_crashed task=%s error=%s restarts=%d retry_in_s=%.1f",
                         name,
                         quote(f"{type(exc).__name__}: {exc}"),
                         failures,
+                        delay,
                         exc_info=failures == 1,
                     )
-                    await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                    await asyncio.sleep(delay)
 
         self.metrics.inc("task_restarts", 0, task=name)
         self._tasks.append(asyncio.get_running_loop().create_task(keep(), name=name))
+
+    async def _monitor_loop(self) -> None:
+        """Measure how late the loop wakes up: blocking work on it shows here first."""
+        self.metrics.inc("loop_stalls", 0)
+        stalls = 0
+        while not self._stopping:
+            t0 = time.monotonic()
+            await asyncio.sleep(1.0)
+            lag = max(0.0, time.monotonic() - t0 - 1.0)
+            self.metrics.set("loop_lag_seconds", lag)
+            if lag > self.metrics.get("loop_lag_max_seconds"):
+                self.metrics.set("loop_lag_max_seconds", lag)
+            if lag >= LOOP_STALL_S:
+                stalls += 1
+                self.metrics.inc("loop_stalls")
+                log.log(
+                    logging.WARNING if stalls == 1 or stalls % 100 == 0 else logging.DEBUG,
+                    "loop_stalled lag_s=%.2f count=%d",
+                    lag,
+                    stalls,
+                )
 
     async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
         """One poll's readings through the rules into the buffer (committed when this returns)."""
@@ -211,17 +240,17 @@ class Gateway:
     async def stop(self) -> None:
         t0 = time.monotonic()
         self._stopping = True
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.poller.stop(POLL_GRACE_S)
         if self.uplink is not None:
             await self.uplink.stop(UPLINK_DRAIN_S)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=1.0)
+            await asyncio.wait(self._tasks, timeout=TASKS_GRACE_S)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self.metrics_server is not None:
-            await self.metrics_server.stop()
         depth = None
         if self.buffer is not None:
             with contextlib.suppress(Exception):

@@ -106,7 +106,7 @@ class DriverSlot:
         driver, self.driver = self.driver, None
         if driver is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(driver.close(), 2.0)
+                await asyncio.wait_for(driver.close(), 1.0)
 
 
 class Poller:
@@ -232,8 +232,8 @@ class Poller:
         if leftovers:
             log.warning("polls_cancelled_at_stop count=%d", len(leftovers))
             await asyncio.gather(*leftovers, return_exceptions=True)
-        for slot in self.slots.values():
-            await slot.close()
+        # Drivers close together, bounded: a device that hangs on close must not eat the budget.
+        await asyncio.gather(*(slot.close() for slot in self.slots.values()))
 
 
 def _bad(group: PollGroup, reason: str) -> list[Reading]:
