@@ -233,7 +233,9 @@ def bench_rss(work: Path, procs: Procs, duration_s: float) -> None:
         f"peak {peak:.1f} MB, first sample {samples[0] / 1024:.1f} MB vs {base / 1024:.1f} MB for "
         f"an idle interpreter, {final / (base / 1024):.1f}x; goal <= 40 MB: "
         f"{'met' if peak <= 40 else 'NOT met'}; {acked:.0f} records acked "
-        f"({acked / elapsed:.0f}/s), buffer depth {m.get('gatewayd_buffer_depth'):.0f}"
+        f"({acked / elapsed:.0f}/s), buffer depth {m.get('gatewayd_buffer_depth'):.0f}, "
+        f"worst event-loop lag {m.get('gatewayd_loop_lag_max_seconds') * 1e3:.0f} ms "
+        f"(SQLite commits run on the buffer's thread)"
     )
     gw.terminate()
     gw.wait(10)

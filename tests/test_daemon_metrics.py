@@ -125,3 +125,12 @@ def test_metrics_port_taken_is_logged_and_the_gateway_runs_on(
         assert "event=metrics_listen_failed" in log.read_text()
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(15) == 0, log.read_text()
+
+
+def test_metrics_endpoint_is_on_loopback_by_default_and_empty_turns_it_off() -> None:
+    from gatewayd.config import load
+
+    base = '[uplink.auth]\nkind = "none"\n'
+    assert load(base).metrics.listen == "127.0.0.1:9108"
+    assert load('[metrics]\nlisten = ""\n' + base).metrics.listen == ""
+    assert load('[metrics]\nlisten = "[::1]:9200"\n' + base).metrics.listen == "[::1]:9200"
