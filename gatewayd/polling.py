@@ -125,7 +125,12 @@ class Poller:
         self, maintenance: Sequence[tuple[Callable[[], Awaitable[None]], float]] = ()
     ) -> None:
         """Schedule every poll group from now on, and the maintenance jobs (coroutine, period)."""
-        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+        from apscheduler.events import (
+            EVENT_JOB_MAX_INSTANCES,
+            EVENT_JOB_MISSED,
+            JobExecutionEvent,
+            JobSubmissionEvent,
+        )
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         for slot in self.slots.values():
@@ -138,6 +143,7 @@ class Poller:
                 self.metrics.inc("poll_failures", 0, device=dev.id)
                 self.metrics.inc("driver_crashes", 0, device=dev.id)
                 self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
+                self.metrics.inc("polls_missed", 0, device=dev.id)
                 sched.add_job(
                     self._poll,
                     "interval",
@@ -169,7 +175,12 @@ class Poller:
                     "poll_skipped group=%s reason=previous_poll_running count=%d", ev.job_id, n
                 )
 
+        def missed(ev: JobExecutionEvent) -> None:  # the loop was later than the grace time
+            if not ev.job_id.startswith("maintenance-"):
+                self.metrics.inc("polls_missed", device=ev.job_id.rpartition("@")[0])
+
         sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
+        sched.add_listener(missed, EVENT_JOB_MISSED)
         sched.start()
 
     async def _poll(self, group: PollGroup) -> None:
