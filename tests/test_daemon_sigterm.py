@@ -36,6 +36,13 @@ def _all_ids(db: Path) -> set[int]:
     return set(range(base + 1, seq + 1))
 
 
+def _depth(db: Path) -> int:
+    try:
+        return len(buffer_ids(db)) if db.exists() else 0
+    except sqlite3.OperationalError:  # the gateway is still creating the schema
+        return 0
+
+
 def _stop_seconds(log: Path) -> float:
     m = re.findall(r"event=gateway_stopped seconds=([0-9.]+)", log.read_text())
     assert m, log.read_text()
@@ -63,7 +70,7 @@ def test_sigterm_during_busy_publish_exits_0_in_5_s_and_loses_nothing(
     # 1. Broker down: a backlog builds up; SIGTERM with the uplink offline.
     mosquitto.stop()
     gw = start(cfg, procs, tmp_path / "gw1.log")
-    wait_for(lambda: db.exists() and len(buffer_ids(db)) >= 1500, 30, "a backlog of 1500")
+    wait_for(lambda: _depth(db) >= 1500, 30, "a backlog of 1500")
     gw.send_signal(signal.SIGTERM)
     assert gw.wait(15) == 0, (tmp_path / "gw1.log").read_text()
     offline_stop = _stop_seconds(tmp_path / "gw1.log")
