@@ -134,3 +134,32 @@ def test_metrics_endpoint_is_on_loopback_by_default_and_empty_turns_it_off() -> 
     assert load(base).metrics.listen == "127.0.0.1:9108"
     assert load('[metrics]\nlisten = ""\n' + base).metrics.listen == ""
     assert load('[metrics]\nlisten = "[::1]:9200"\n' + base).metrics.listen == "[::1]:9200"
+
+
+def test_evictions_of_a_full_buffer_show_by_lane_and_reason(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    device_port, metrics_port = free_port(), free_port()
+    start_modbus_sim(FIXTURES / "plc_map.toml", device_port, procs)
+    points = (FIXTURES / "plc_points.toml").read_text()
+    # No broker and the smallest buffer allowed: it fills within seconds.
+    toml = gateway_toml(tmp_path, free_port(), device_port, points, interval_ms=10)
+    toml = toml.replace("[uplink]\n", "[buffer]\nmax_bytes = 65536\n[uplink]\n", 1)
+    cfg = write_config(tmp_path / "gw.toml", with_metrics(toml, metrics_port))
+    log = tmp_path / "gw.log"
+    gw = start(cfg, procs, log)
+
+    def evicted() -> float:
+        s = try_scrape(metrics_port)
+        if s is None:
+            return 0.0
+        return s.get("gatewayd_buffer_evicted_records_total", lane="telemetry", reason="full")
+
+    wait_for(evicted, 30, "evictions counted")
+    s = scrape(metrics_port)
+    assert 0 < s.get("gatewayd_buffer_bytes") <= 65536
+    assert s.get("gatewayd_buffer_depth") > 0
+    assert s.get("gatewayd_buffer_oldest_age_seconds") >= 0
+    assert s.get("gatewayd_uplink_connected") == 0
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(15) == 0, log.read_text()
