@@ -144,6 +144,7 @@ class Poller:
                 self.metrics.inc("driver_crashes", 0, device=dev.id)
                 self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
                 self.metrics.inc("polls_missed", 0, device=dev.id)
+                self.metrics.inc("pipeline_errors", 0, device=dev.id)
                 sched.add_job(
                     self._poll,
                     "interval",
@@ -167,6 +168,8 @@ class Poller:
             )
 
         def skipped(ev: JobSubmissionEvent) -> None:
+            if ev.job_id.startswith("maintenance-"):
+                return
             n = self._skips[ev.job_id] = self._skips.get(ev.job_id, 0) + 1
             device = ev.job_id.rpartition("@")[0]
             self.metrics.inc("polls_skipped", device=device, group=ev.job_id)
@@ -189,7 +192,16 @@ class Poller:
             self._inflight.add(task)
         try:
             readings = await self._read(group)
-            await self.sink(group, readings)
+            try:
+                await self.sink(group, readings)
+            except Exception as exc:  # a rules or buffer bug loses this poll, not the scheduler
+                self.metrics.inc("pipeline_errors", device=group.device)
+                log.error(
+                    "pipeline_failed group=%s error=%s",
+                    group.name,
+                    quote(_describe(exc)),
+                    exc_info=True,
+                )
         finally:
             if task is not None:
                 self._inflight.discard(task)
