@@ -120,6 +120,7 @@ class Poller:
         self._scheduler: AsyncIOScheduler | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._skips: dict[str, int] = {}
+        self._pipeline_errors: dict[str, int] = {}
 
     def start(
         self, maintenance: Sequence[tuple[Callable[[], Awaitable[None]], float]] = ()
@@ -196,11 +197,14 @@ class Poller:
                 await self.sink(group, readings)
             except Exception as exc:  # a rules or buffer bug loses this poll, not the scheduler
                 self.metrics.inc("pipeline_errors", device=group.device)
-                log.error(
-                    "pipeline_failed group=%s error=%s",
+                n = self._pipeline_errors[group.name] = self._pipeline_errors.get(group.name, 0) + 1
+                log.log(
+                    logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
+                    "pipeline_failed group=%s error=%s count=%d",
                     group.name,
                     quote(_describe(exc)),
-                    exc_info=True,
+                    n,
+                    exc_info=n == 1,
                 )
         finally:
             if task is not None:
