@@ -57,7 +57,7 @@ class Gateway:
         self.state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY") or cfg.state_dir)
         self.metrics = Metrics()
         self.rules = Rules()
-        self.poller = Poller(cfg.devices, self.metrics, self._handle)
+        self.poller = Poller(self.metrics, self._handle)
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
         self.metrics_server: MetricsServer | None = None
@@ -86,7 +86,7 @@ class Gateway:
         self.uplink = Uplink(self.cfg.uplink, self.buffer, self.metrics, key_dir=self.config_dir)
         self._supervise("uplink", self.uplink.run)
         self._supervise("loop_monitor", self._monitor_loop)
-        self.poller.start(maintenance=[(self.collect, 10.0)])
+        self.poller.start(self.cfg.devices, maintenance=[(self.collect, 10.0)])
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
             __version__,

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -110,22 +110,27 @@ class DriverSlot:
 
 
 class Poller:
-    def __init__(self, devices: Sequence[DeviceConfig], metrics: Metrics, sink: Sink) -> None:
-        self.devices = tuple(devices)
+    """Owns the scheduler and one DriverSlot per device; devices can be added and removed live
+    (a new configuration restarts only the devices that changed)."""
+
+    def __init__(self, metrics: Metrics, sink: Sink) -> None:
         self.metrics = metrics
         self.sink = sink
-        self.slots = {
-            d.id: DriverSlot(d, f"devices[{i}].driver", metrics) for i, d in enumerate(devices)
-        }
+        self.slots: dict[str, DriverSlot] = {}
+        # device -> monotonic time of its last poll the driver answered (crashes do not count)
+        self.polled_at: dict[str, float] = {}
         self._scheduler: AsyncIOScheduler | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._skips: dict[str, int] = {}
         self._pipeline_errors: dict[str, int] = {}
 
     def start(
-        self, maintenance: Sequence[tuple[Callable[[], Awaitable[None]], float]] = ()
+        self,
+        devices: Iterable[DeviceConfig],
+        maintenance: Sequence[tuple[Callable[[], Awaitable[None]], float]] = (),
     ) -> None:
-        """Schedule every poll group from now on, and the maintenance jobs (coroutine, period)."""
+        """Start the scheduler with the devices' poll groups and the maintenance jobs
+        (coroutine, period in seconds)."""
         from apscheduler.events import (
             EVENT_JOB_MAX_INSTANCES,
             EVENT_JOB_MISSED,
@@ -134,29 +139,7 @@ class Poller:
         )
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        for slot in self.slots.values():
-            slot.get()
         self._scheduler = sched = AsyncIOScheduler(timezone=UTC)
-        now = datetime.now(UTC)
-        for dev in self.devices:
-            for group in poll_groups(dev):
-                self.metrics.inc("polls", 0, device=dev.id)
-                self.metrics.inc("poll_failures", 0, device=dev.id)
-                self.metrics.inc("driver_crashes", 0, device=dev.id)
-                self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
-                self.metrics.inc("polls_missed", 0, device=dev.id)
-                self.metrics.inc("pipeline_errors", 0, device=dev.id)
-                sched.add_job(
-                    self._poll,
-                    "interval",
-                    seconds=group.interval_ms / 1000,
-                    args=[group],
-                    id=group.name,
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=max(1, group.interval_ms // 1000),
-                    next_run_time=now,
-                )
         for i, (job, period_s) in enumerate(maintenance):
             sched.add_job(
                 job,
@@ -186,13 +169,54 @@ class Poller:
         sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
         sched.add_listener(missed, EVENT_JOB_MISSED)
         sched.start()
+        self.add(devices)
+
+    def add(self, devices: Iterable[DeviceConfig], places: Mapping[str, str] | None = None) -> None:
+        """Build each device's driver (a failure is counted, not raised) and schedule its groups
+        from now on. `places` names each device's config path for errors (default: its order)."""
+        assert self._scheduler is not None, "start() first"
+        now = datetime.now(UTC)
+        for i, dev in enumerate(devices):
+            place = (places or {}).get(dev.id, f"devices[{i}].driver")
+            slot = self.slots[dev.id] = DriverSlot(dev, place, self.metrics)
+            slot.get()
+            for name in ("polls", "poll_failures", "driver_crashes", "polls_missed"):
+                self.metrics.inc(name, 0, device=dev.id)
+            self.metrics.inc("pipeline_errors", 0, device=dev.id)
+            for group in poll_groups(dev):
+                self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
+                self._scheduler.add_job(
+                    self._poll,
+                    "interval",
+                    seconds=group.interval_ms / 1000,
+                    args=[group],
+                    id=group.name,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=max(1, group.interval_ms // 1000),
+                    next_run_time=now,
+                )
+
+    async def remove(self, dev_id: str) -> None:
+        """Unschedule a device's groups and close its driver; a poll in flight ends on its own."""
+        if self._scheduler is not None:
+            for job in self._scheduler.get_jobs():
+                if job.args and isinstance(job.args[0], PollGroup) and job.args[0].device == dev_id:
+                    job.remove()
+        self.polled_at.pop(dev_id, None)
+        slot = self.slots.pop(dev_id, None)
+        if slot is not None:
+            await slot.close()
 
     async def _poll(self, group: PollGroup) -> None:
+        slot = self.slots.get(group.device)
+        if slot is None:  # removed by a new configuration while this run was being submitted
+            return
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            readings = await self._read(group)
+            readings = await self._read(group, slot)
             try:
                 await self.sink(group, readings)
             except Exception as exc:  # a rules or buffer bug loses this poll, not the scheduler
@@ -210,8 +234,7 @@ class Poller:
             if task is not None:
                 self._inflight.discard(task)
 
-    async def _read(self, group: PollGroup) -> list[Reading]:
-        slot = self.slots[group.device]
+    async def _read(self, group: PollGroup, slot: DriverSlot) -> list[Reading]:
         driver = slot.get()
         t0 = time.monotonic()
         if driver is None:
@@ -226,6 +249,7 @@ class Poller:
                 readings = _bad(group, DRIVER_ERROR)
             else:
                 slot.ok()
+                self.polled_at[group.device] = time.monotonic()
         self._account(group.device, readings, time.monotonic() - t0)
         return readings
 
