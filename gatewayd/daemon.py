@@ -58,14 +58,18 @@ class Gateway:
         self.metrics = Metrics()
         self.rules = Rules()
         self.poller = Poller(self.metrics, self._handle)
+        self.drivers = self.poller.drivers  # live view: device id -> running driver
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
         self.metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._started = time.time()
-        for name in ("config_applies", "config_rollbacks", "uplink_reconnects", "rules_dropped"):
+        for name in ("uplink_reconnects", "rules_dropped"):
             self.metrics.inc(name, 0)
+        # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
+        for status in ("applied", "rejected", "rolled_back"):
+            self.metrics.inc("config_outcomes", 0, status=status)
         for name in ("buffered_records", "published_records", "acked_records"):
             self.metrics.inc(name, 0)
 

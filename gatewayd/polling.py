@@ -51,10 +51,13 @@ def poll_deadline_s(dev: DeviceConfig, group: PollGroup) -> float:
 class DriverSlot:
     """One device's driver instance: built lazily, thrown away and rebuilt after a crash."""
 
-    def __init__(self, dev: DeviceConfig, place: str, metrics: Metrics) -> None:
+    def __init__(
+        self, dev: DeviceConfig, place: str, metrics: Metrics, live: dict[str, Driver]
+    ) -> None:
         self.dev = dev
         self.place = place
         self.metrics = metrics
+        self.live = live  # the poller's map of built drivers (commands write through it)
         self.driver: Driver | None = None
         self.failures = 0  # consecutive
         self._retry_at = 0.0  # monotonic
@@ -67,6 +70,7 @@ class DriverSlot:
             except Exception as exc:  # a plugin's constructor is not allowed to stop the gateway
                 self._failed("driver_start_failed", exc)
                 return None
+            self.live[self.dev.id] = self.driver
             if self.failures:
                 self.metrics.inc("driver_restarts", device=self.dev.id)
                 log.info("driver_restarted device=%s after=%d", self.dev.id, self.failures)
@@ -74,6 +78,7 @@ class DriverSlot:
 
     async def crashed(self, exc: BaseException) -> None:
         driver, self.driver = self.driver, None
+        self.live.pop(self.dev.id, None)
         self._failed("driver_crashed", exc)
         if driver is not None:
             with contextlib.suppress(Exception):
@@ -104,6 +109,7 @@ class DriverSlot:
 
     async def close(self) -> None:
         driver, self.driver = self.driver, None
+        self.live.pop(self.dev.id, None)
         if driver is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(driver.close(), 1.0)
@@ -117,6 +123,7 @@ class Poller:
         self.metrics = metrics
         self.sink = sink
         self.slots: dict[str, DriverSlot] = {}
+        self.drivers: dict[str, Driver] = {}  # the built ones, by device id
         # device -> monotonic time of its last poll the driver answered (crashes do not count)
         self.polled_at: dict[str, float] = {}
         self._scheduler: AsyncIOScheduler | None = None
@@ -178,7 +185,7 @@ class Poller:
         now = datetime.now(UTC)
         for i, dev in enumerate(devices):
             place = (places or {}).get(dev.id, f"devices[{i}].driver")
-            slot = self.slots[dev.id] = DriverSlot(dev, place, self.metrics)
+            slot = self.slots[dev.id] = DriverSlot(dev, place, self.metrics, self.drivers)
             slot.get()
             for name in ("polls", "poll_failures", "driver_crashes", "polls_missed"):
                 self.metrics.inc(name, 0, device=dev.id)

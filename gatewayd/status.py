@@ -132,8 +132,9 @@ def render(s: Samples, now: float | None = None) -> str:
     )
     lines.append(
         f"rules    dropped {s.total(g + 'rules_dropped_total'):.0f}; "
-        f"config applies {s.total(g + 'config_applies_total'):.0f}, "
-        f"rollbacks {s.total(g + 'config_rollbacks_total'):.0f}"
+        f"config applied {s.get(g + 'config_outcomes_total', status='applied'):.0f}, "
+        f"rejected {s.get(g + 'config_outcomes_total', status='rejected'):.0f}, "
+        f"rolled back {s.get(g + 'config_outcomes_total', status='rolled_back'):.0f}"
     )
     devices = sorted(lab["device"] for lab, _ in s.series(g + "polls_total") if "device" in lab)
     lines.append(f"devices  {len(devices)}")

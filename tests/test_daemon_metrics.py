@@ -69,8 +69,7 @@ def test_metrics_endpoint_serves_prometheus_text_with_counters_moving(
         "gatewayd_acked_records_total",
         "gatewayd_buffer_evicted_records_total",
         "gatewayd_uplink_reconnects_total",
-        "gatewayd_config_applies_total",
-        "gatewayd_config_rollbacks_total",
+        "gatewayd_config_outcomes_total",
         "gatewayd_buffer_depth",
         "gatewayd_buffer_bytes",
         "gatewayd_buffer_oldest_age_seconds",
@@ -78,6 +77,8 @@ def test_metrics_endpoint_serves_prometheus_text_with_counters_moving(
     ):
         assert name in first.values, name
     assert first.get("gatewayd_uplink_connected") == 1
+    for status in ("applied", "rejected", "rolled_back"):
+        assert first.get("gatewayd_config_outcomes_total", -1, status=status) == 0
     assert first.get("gatewayd_config_version") == 1
 
     def moved() -> bool:

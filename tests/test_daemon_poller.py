@@ -52,6 +52,7 @@ def test_devices_added_and_removed_live_start_and_stop_polling() -> None:
         assert metrics.get("polls", device="a") == polls_a, "a removed device is not polled"
         assert metrics.get("polls", device="b") > polls_b
         assert "a" not in poller.slots and "a" not in poller.polled_at
+        assert set(poller.drivers) == {"b"}
         assert "b" in poller.polled_at
         await poller.stop()
         await slave.stop()
