@@ -150,6 +150,13 @@ class RemoteConfigConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Prometheus text endpoint; loopback only by default, "" turns it off. `gatewayd status`
+    # reads it too.
+    listen: str = "127.0.0.1:9108"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
@@ -159,3 +166,4 @@ class GatewayConfig:
     devices: tuple[DeviceConfig, ...] = ()
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
     rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -20,6 +20,7 @@ from .model import (
     BufferConfig,
     DeviceConfig,
     GatewayConfig,
+    MetricsConfig,
     PointConfig,
     RemoteConfigConfig,
     TlsConfig,
@@ -74,6 +75,7 @@ def load_document(doc: Any) -> GatewayConfig:
         uplink=_uplink(root.table("uplink")),
         devices=tuple(_device(s) for s in root.tables("devices")),
         remote_config=_remote_config(root.table("remote_config")),
+        metrics=_metrics(root.table("metrics")),
     )
     gw.done()
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
@@ -113,6 +115,22 @@ def _buffer(s: Section) -> BufferConfig:
     )
     s.done()
     return cfg
+
+
+_LISTEN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def _metrics(s: Section) -> MetricsConfig:
+    listen = s.text("listen", MetricsConfig().listen)
+    m = _LISTEN.match(listen)
+    if listen and (m is None or not 0 < int(m.group(1)) < 65536):
+        raise ConfigError(
+            s.at("listen"),
+            f"{listen!r} is not host:port",
+            'write e.g. "127.0.0.1:9108", or "" to turn the endpoint off',
+        )
+    s.done()
+    return MetricsConfig(listen=listen)
 
 
 def _uplink(s: Section) -> UplinkConfig:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
 from pathlib import Path
 
@@ -29,18 +26,69 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keygen", help="create a device key pair; prints the public key to register")
     k.add_argument("--alg", choices=["ES256", "RS256"], default="ES256")
     k.add_argument("--out", default="device.key", help="private key file to create (mode 0600)")
+    k.add_argument(
+        "--reuse", action="store_true", help="if --out exists, print its public key instead"
+    )
+    st = sub.add_parser("status", help="one screen about the running daemon (from its metrics)")
+    st.add_argument(
+        "--config", "-c", default="/etc/gatewayd/gateway.toml", help="where [metrics] listen is"
+    )
+    st.add_argument("--listen", help="host:port of the metrics endpoint (overrides --config)")
     sub.add_parser("version", help="print the version")
     args = p.parse_args(argv)
 
     from gatewayd import logs
 
     logs.setup(args.log_level if args.cmd != "demo" or args.log_level != "INFO" else "WARNING")
-    handler = {"run": _run, "demo": _demo, "check": _check, "keygen": _keygen, "version": _version}
+    handler = {
+        "run": _run,
+        "demo": _demo,
+        "check": _check,
+        "keygen": _keygen,
+        "status": _status,
+        "version": _version,
+    }
     return handler[args.cmd](args)
 
 
 def _version(args: argparse.Namespace) -> int:
-    print(f"gatewayd {__version__}")
+    print(f"gatewayd {__version__} (Python {sys.version.split()[0]})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gatewayd import status
+    from gatewayd.config import ConfigError, MetricsConfig, load_file
+    from gatewayd.metrics_http import parse_listen
+
+    listen = args.listen
+    if listen is None:
+        try:
+            listen = load_file(args.config).metrics.listen
+        except ConfigError as exc:
+            listen = MetricsConfig().listen
+            print(f"note: {exc}; trying {listen}", file=sys.stderr)
+    if not listen:
+        print(
+            "error: [metrics] listen is off in the configuration; status reads it", file=sys.stderr
+        )
+        return 2
+    host, port = parse_listen(listen)
+    try:
+        text = status.fetch(host, port)
+    except OSError as exc:
+        print(
+            f"error: no gatewayd answers on {listen} ({exc}); is it running "
+            "(systemctl status gatewayd)?",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        samples = status.parse(text)
+    except status.ParseError as exc:
+        print(f"error: {listen} does not speak gatewayd metrics: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(status.render(samples))
     return 0
 
 
@@ -60,8 +108,11 @@ def _check(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     from gatewayd.uplink.device_jwt import generate_key
 
+    out = Path(args.out)
+    if args.reuse and out.exists():
+        return _print_public_key(out, args.alg)
     try:
-        pub = generate_key(Path(args.out), args.alg)
+        pub = generate_key(out, args.alg)
     except FileExistsError:
         print(
             f"error: {args.out}: exists; remove it first or choose another --out", file=sys.stderr
@@ -71,7 +122,31 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_public_key(path: Path, alg: str) -> int:
+    """The public half of an existing device key (install.sh re-runs print it again)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from gatewayd.uplink.device_jwt import DeviceKeyError, load_private_key
+
+    try:
+        key = load_private_key(path, alg)
+    except DeviceKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pub: bytes = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    sys.stdout.write(pub.decode())
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import logging
+    import os
+    import signal
+    import threading
     import tomllib
 
     from gatewayd.config import load_file
@@ -79,30 +154,51 @@ def _run(args: argparse.Namespace) -> int:
     from gatewayd.errors import GatewaydError
 
     async def go() -> None:
-        path = Path(args.config)
+        path = Path(args.config).resolve()
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError):
             doc = None  # load_file below reports it with the place and the fix
         cfg = load_file(path)
-        gw = Gateway(cfg, config_dir=path.resolve().parent, local_doc=doc)
+        gw = Gateway(cfg, config_dir=path.parent, config_path=path, local_doc=doc)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, gw.reload_local_file, path)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
         await gw.run(stop)
 
+    loop = asyncio.new_event_loop()
+    rc = 0
     try:
-        asyncio.run(go())
+        loop.run_until_complete(go())
     except GatewaydError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        rc = 2
+    except Exception:
+        logging.getLogger("gatewayd").exception("daemon_crashed")
+        rc = 1
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for t in leftovers:
+            t.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=1.0))
+        loop.close()  # does not wait for the default executor
+    # A connect() to an unreachable broker (DNS, SYN) may still block an executor thread for
+    # many seconds; everything that matters is closed, so do not let the interpreter wait for it.
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gatewayd.demo import run_demo
 
     return asyncio.run(run_demo(args.duration, sys.stdout))

@@ -1,9 +1,15 @@
 """Orchestration: drivers → rules → buffer → uplink, on one asyncio loop.
 
 APScheduler fires each poll group on its interval (one instance at a time, missed runs
-coalesced, so a slow device never piles up work); the buffer's SQLite work runs on its own thread;
-the uplink drives paho's socket from the loop. A new configuration (pushed or local) is applied
-live by `reconfigure`: only changed devices restart, the buffer is never touched.
+coalesced, so a slow device never piles up work; see `polling`); the buffer's SQLite work runs on
+its own thread; the uplink drives paho's socket from the loop. Long-running tasks (the uplink) are
+supervised: a crash is logged, counted and the task restarted, never fatal to the process.
+A new configuration (pushed, or the local file on SIGHUP) is applied live by `reconfigure`: only
+changed devices restart, the buffer is never touched (see `remote_config`).
+
+Stop order, within systemd's 5 s budget: no new polls → polls in flight finish and their records
+are committed → the uplink waits for PUBACKs in flight → buffer closed. Whatever was committed and
+not acknowledged stays in the buffer for the next start.
 """
 
 from __future__ import annotations
@@ -13,25 +19,34 @@ import contextlib
 import logging
 import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd import sdnotify
+from gatewayd import __version__, sdnotify
 from gatewayd.buffer import Buffer
+from gatewayd.clock import clock_plausible
 from gatewayd.config import GatewayConfig
-from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
+from gatewayd.drivers import PollGroup
+from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
-from gatewayd.reading import Quality, Record, now_ms
+from gatewayd.metrics_http import MetricsServer
+from gatewayd.polling import Poller
+from gatewayd.reading import Reading, Record, now_ms
 from gatewayd.rules import Rules
 from gatewayd.uplink import Uplink
 
 if TYPE_CHECKING:
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
     from gatewayd.remote_config import CommandHandler, ConfigManager
 
 log = logging.getLogger("gatewayd")
+
+# The stop budget (systemd and the issue allow 5 s): polls in flight, then PUBACKs in flight,
+# then the uplink task; drivers close within 1 s inside the poller's stop.
+POLL_GRACE_S = 1.0
+UPLINK_DRAIN_S = 2.0
+TASKS_GRACE_S = 0.5
+LOOP_STALL_S = 0.5  # a loop late by this much is logged and counted
 
 
 class Gateway:
@@ -40,23 +55,34 @@ class Gateway:
         cfg: GatewayConfig,
         config_dir: Path,
         state_dir: Path | None = None,
+        config_path: Path | None = None,
         local_doc: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_dir = config_dir
+        self.config_path = config_path
         self.state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY") or cfg.state_dir)
-        self.local_doc = local_doc
+        self.local_doc = local_doc  # the local file as a document: remote config's baseline
         self.metrics = Metrics()
         self.rules = Rules(cfg.rules)
-        self.drivers: dict[str, Driver] = {}
+        self.poller = Poller(self.metrics, self._handle)
+        self.drivers = self.poller.drivers  # live view: device id -> running driver
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
+        self.metrics_server: MetricsServer | None = None
         self.remote: ConfigManager | None = None
         self.commands: CommandHandler | None = None
-        self.polled_at: dict[str, float] = {}  # device -> monotonic time of last completed poll
-        self._scheduler: AsyncIOScheduler | None = None
         self._uplink_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._started = time.time()
+        for name in ("uplink_reconnects", "rules_dropped"):
+            self.metrics.inc(name, 0)
+        # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
+        for status in ("applied", "rejected", "rolled_back"):
+            self.metrics.inc("config_outcomes", 0, status=status)
+        for name in ("buffered_records", "published_records", "acked_records"):
+            self.metrics.inc(name, 0)
 
     @property
     def buffer_path(self) -> Path:
@@ -64,29 +90,35 @@ class Gateway:
         return p if p.is_absolute() else self.state_dir / p
 
     async def start(self) -> None:
-        """Open the buffer, build drivers, start polling and the uplink. Raises on bad config."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        """Open the buffer, start the metrics endpoint, polling and the uplink.
 
+        Raises only when the buffer cannot be opened: without it nothing could be kept.
+        """
+        # The buffer first: an unusable state directory is reported with its path right here.
+        # (A push cannot move the buffer, so the configuration chosen below shares this one.)
+        self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
         trial = None
         if self.local_doc is not None and self.cfg.remote_config.enabled:
             trial = self._init_remote_config()
             self.rules = Rules(self.cfg.rules)  # the configuration chosen at start may differ
-        self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
-        self._scheduler = AsyncIOScheduler(timezone=UTC)
-        self._scheduler.start()
-        # Rule windows close by the clock too, not only on their point's next reading.
-        self._scheduler.add_job(
-            self._tick_rules, "interval", seconds=1, id="rules_tick", max_instances=1, coalesce=True
-        )
-        self._apply_devices(self.cfg.devices)
+        if self.cfg.metrics.listen:
+            self.metrics_server = MetricsServer(self.cfg.metrics.listen, self.render_metrics)
+            await self.metrics_server.start()
         self._start_uplink()
+        self._supervise("loop_monitor", self._monitor_loop)
+        # Rule windows close by the clock too, not only on their point's next reading.
+        self.poller.start(
+            self.cfg.devices, maintenance=[(self.collect, 10.0), (self._tick_rules, 1.0)]
+        )
         if self.remote is not None:
-            self._tasks.append(asyncio.get_running_loop().create_task(self.remote.run(trial)))
+            remote = self.remote
+            self._supervise("remote_config", lambda: remote.run(trial))
         log.info(
-            "gateway_started version=%d devices=%d buffer=%s",
+            "gateway_started version=%s config_version=%d devices=%d buffer=%s",
+            __version__,
             self.cfg.version,
-            len(self.drivers),
-            self.buffer_path,
+            len(self.cfg.devices),
+            quote(self.buffer_path),
         )
 
     def _init_remote_config(self) -> Any:
@@ -117,22 +149,24 @@ class Gateway:
         new_devs = {d.id: d for d in new.devices}
         for dev_id, dev in old_devs.items():
             if new_devs.get(dev_id) != dev:
-                await self._remove_device(dev_id)
-        self._apply_devices(d for d in new.devices if old_devs.get(d.id) != d)
+                await self.poller.remove(dev_id)
+        places = {d.id: f"devices[{i}].driver" for i, d in enumerate(new.devices)}
+        self.poller.add((d for d in new.devices if old_devs.get(d.id) != d), places)
         if new.rules != old.rules:
             self.rules.reload(new.rules)  # unchanged rules keep their state
         if new.uplink != old.uplink:
             await self._stop_uplink()
             self._start_uplink()
         self.metrics.inc("config_reconfigures")
-        log.info("gateway_reconfigured version=%d devices=%d", new.version, len(self.drivers))
+        log.info("gateway_reconfigured version=%d devices=%d", new.version, len(new.devices))
 
     async def wait_healthy(self, deadline_s: float) -> str | None:
         """None once the uplink is connected and every device completed a poll; else why not."""
         t0 = time.monotonic()
+        polled = self.poller.polled_at
         while True:
             uplink_ok = self.uplink is not None and self.uplink.connected
-            unpolled = [d.id for d in self.cfg.devices if self.polled_at.get(d.id, 0) < t0]
+            unpolled = [d.id for d in self.cfg.devices if polled.get(d.id, 0) < t0]
             if uplink_ok and not unpolled:
                 return None
             if time.monotonic() - t0 >= deadline_s:
@@ -141,36 +175,6 @@ class Gateway:
                     return f"uplink not connected within {deadline_s:g} s ({why or 'no answer'})"
                 return f"devices {', '.join(unpolled)} completed no poll within {deadline_s:g} s"
             await asyncio.sleep(0.1)
-
-    def _apply_devices(self, devices: Any) -> None:
-        assert self._scheduler is not None
-        now = datetime.now(UTC)
-        index = {d.id: i for i, d in enumerate(self.cfg.devices)}
-        for dev in devices:
-            cls = load_driver(dev.driver, f"devices[{index[dev.id]}].driver")
-            self.drivers[dev.id] = cls(dev)
-            for group in poll_groups(dev):
-                self._scheduler.add_job(
-                    self._poll,
-                    "interval",
-                    seconds=group.interval_ms / 1000,
-                    args=[group],
-                    id=group.name,
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=max(1, group.interval_ms // 1000),
-                    next_run_time=now,
-                )
-
-    async def _remove_device(self, dev_id: str) -> None:
-        assert self._scheduler is not None
-        for job in self._scheduler.get_jobs():
-            if job.args and isinstance(job.args[0], PollGroup) and job.args[0].device == dev_id:
-                job.remove()
-        driver = self.drivers.pop(dev_id, None)
-        self.polled_at.pop(dev_id, None)
-        if driver is not None:
-            await driver.close()
 
     def _start_uplink(self) -> None:
         assert self.buffer is not None
@@ -182,31 +186,18 @@ class Gateway:
             on_message=self._on_message,
             state=self._state,
         )
-        self._uplink_task = asyncio.get_running_loop().create_task(self.uplink.run(), name="uplink")
+        self._uplink_task = self._supervise("uplink", self.uplink.run)
 
-    async def _stop_uplink(self) -> None:
+    async def _stop_uplink(self, drain_s: float = UPLINK_DRAIN_S) -> None:
         if self.uplink is not None:
-            await self.uplink.stop()
-        if self._uplink_task is not None:
-            await asyncio.wait([self._uplink_task], timeout=2.0)
-            self._uplink_task.cancel()
+            await self.uplink.stop(drain_s)
+        task, self._uplink_task = self._uplink_task, None
+        if task is not None:
+            await asyncio.wait([task], timeout=TASKS_GRACE_S)
+            task.cancel()
             with contextlib.suppress(BaseException):
-                await self._uplink_task
-            self._uplink_task = None
-
-    def reload_local_file(self, path: Path) -> None:
-        """SIGHUP: re-read the local file and apply it through the remote-config path."""
-        import tomllib
-
-        if self.remote is None:
-            log.warning("reload_ignored reason=remote_config_disabled")
-            return
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            log.error("reload_failed path=%s error=%s", path, exc)
-            return
-        self.remote.on_local(doc)
+                await task
+            self._tasks.remove(task)
 
     # -- messages from the cloud -----------------------------------------------------------
 
@@ -227,8 +218,6 @@ class Gateway:
         if self.uplink is not None:
             self.uplink.publish_json("command_results", result)
 
-    # -- polling -----------------------------------------------------------------------------
-
     async def _state(self) -> dict[str, object]:
         """What the uplink publishes on the state topic (on change, at most once per second)."""
         stats = await self.buffer.stats() if self.buffer is not None else None
@@ -243,24 +232,58 @@ class Gateway:
             "evictions": sum(stats.evicted.values()) if stats else 0,
         }
 
-    async def _poll(self, group: PollGroup) -> None:
-        driver = self.drivers.get(group.device)
-        if driver is None:
-            return
-        t0 = time.monotonic()
-        try:
-            readings = await driver.poll(group)
-        except Exception:  # a driver bug must not stop the scheduler or other devices
-            log.exception("driver_crashed device=%s group=%s", group.device, group.name)
-            self.metrics.inc("driver_crashes", device=group.device)
-            return
-        self.polled_at[group.device] = time.monotonic()
-        self.metrics.inc("polls", device=group.device)
-        self.metrics.set("poll_duration_seconds", time.monotonic() - t0, device=group.device)
-        bad = sum(1 for r in readings if r.quality is Quality.BAD)
-        self.metrics.inc("readings", len(readings), device=group.device)
-        if bad:
-            self.metrics.inc("readings_bad", bad, device=group.device)
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run a long-lived coroutine; if it raises, log, count and start it again."""
+
+        async def keep() -> None:
+            failures = 0
+            while not self._stopping:
+                try:
+                    await run()
+                    return
+                except Exception as exc:
+                    failures += 1
+                    self.metrics.inc("task_restarts", task=name)
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    log.log(
+                        logging.ERROR if failures == 1 else logging.DEBUG,
+                        "task_crashed task=%s error=%s restarts=%d retry_in_s=%.1f",
+                        name,
+                        quote(f"{type(exc).__name__}: {exc}"),
+                        failures,
+                        delay,
+                        exc_info=failures == 1,
+                    )
+                    await asyncio.sleep(delay)
+
+        self.metrics.inc("task_restarts", 0, task=name)
+        task = asyncio.get_running_loop().create_task(keep(), name=name)
+        self._tasks.append(task)
+        return task
+
+    async def _monitor_loop(self) -> None:
+        """Measure how late the loop wakes up: blocking work on it shows here first."""
+        self.metrics.inc("loop_stalls", 0)
+        stalls = 0
+        while not self._stopping:
+            t0 = time.monotonic()
+            await asyncio.sleep(1.0)
+            lag = max(0.0, time.monotonic() - t0 - 1.0)
+            self.metrics.set("loop_lag_seconds", lag)
+            if lag > self.metrics.get("loop_lag_max_seconds"):
+                self.metrics.set("loop_lag_max_seconds", lag)
+            if lag >= LOOP_STALL_S:
+                stalls += 1
+                self.metrics.inc("loop_stalls")
+                log.log(
+                    logging.WARNING if stalls == 1 or stalls % 100 == 0 else logging.DEBUG,
+                    "loop_stalled lag_s=%.2f count=%d",
+                    lag,
+                    stalls,
+                )
+
+    async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
+        """One poll's readings through the rules into the buffer (committed when this returns)."""
         dropped = self.rules.dropped
         records = self.rules.process(readings)
         self.metrics.inc("rules_dropped", self.rules.dropped - dropped)
@@ -275,40 +298,117 @@ class Gateway:
         try:
             await self.buffer.append(records)
         except Exception as exc:
-            log.error("buffer_append_failed error=%s", exc)
+            log.error("buffer_append_failed error=%s", quote(exc))
             self.metrics.inc("buffer_append_failures")
             return
         self.metrics.inc("buffered_records", len(records))
 
-    # -- lifecycle -------------------------------------------------------------------------
+    async def collect(self) -> None:
+        """Refresh the gauges that are read rather than counted (buffer, uplink, clock)."""
+        m = self.metrics
+        m.set("info", 1, version=__version__)
+        m.set("config_version", self.cfg.version)
+        m.set("start_time_seconds", self._started)
+        m.set("clock_plausible", 1 if clock_plausible() else 0)
+        if self.buffer is not None:
+            st = await self.buffer.stats()
+            m.set("buffer_depth", st.depth)
+            m.set("buffer_bytes", st.bytes)
+            m.set("buffer_file_bytes", st.file_bytes)
+            oldest = (
+                0.0 if st.oldest_ts_ms is None else max(0.0, time.time() - st.oldest_ts_ms / 1e3)
+            )
+            m.set("buffer_oldest_age_seconds", oldest)
+            for lane in ("alarm", "event", "telemetry"):
+                m.set("buffer_depth_lane", st.depth_by_lane.get(lane, 0), lane=lane)
+            for key, n in st.evicted.items():
+                lane, _, reason = key.partition("/")
+                m.counters[("buffer_evicted_records", (("lane", lane), ("reason", reason)))] = n
+            if not st.evicted:
+                m.inc("buffer_evicted_records", 0, lane="telemetry", reason="full")
+        up = self.uplink
+        m.set("uplink_connected", 1 if up is not None and up.connected else 0)
+        m.drop("uplink_last_error")
+        if up is not None and up.last_error and not up.connected:
+            m.set("uplink_last_error", 1, reason=up.last_error)
+
+    async def render_metrics(self) -> str:
+        await self.collect()
+        return self.metrics.render()
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the local file and apply it through the remote-config path."""
+        import tomllib
+
+        if self.config_path is None or self.remote is None:
+            log.warning(
+                "reload_ignored reason=%s",
+                "no_config_file" if self.config_path is None else "remote_config_disabled",
+            )
+            return
+        try:
+            doc = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            log.error("reload_refused error=%s", quote(exc))
+            return
+        self.remote.on_local(doc)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, tell systemd we are ready, feed its watchdog, stop when `stop` is set."""
         await self.start()
-        sdnotify.notify("READY=1\nSTATUS=running")
+        sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
+        log.info("ready")
+        # The watchdog is fed from this loop: a loop stalled by blocking work stops the pings and
+        # systemd restarts the process.
         interval = sdnotify.watchdog_interval_s()
+        tick = min(interval or 10.0, 10.0)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval or 3600)
+                    await asyncio.wait_for(stop.wait(), tick)
                 if interval:
-                    sdnotify.notify("WATCHDOG=1")
+                    sdnotify.notify(f"WATCHDOG=1\nSTATUS={self.status_line()}")
+                else:
+                    sdnotify.notify(f"STATUS={self.status_line()}")
         finally:
-            sdnotify.notify("STOPPING=1")
+            sdnotify.notify("STOPPING=1\nSTATUS=stopping")
             await self.stop()
 
+    def status_line(self) -> str:
+        up = self.uplink
+        if up is None:
+            state = "starting"
+        else:
+            state = "connected" if up.connected else f"offline ({up.last_error or 'connecting'})"
+        m = self.metrics
+        return (
+            f"uplink {state}; buffered {m.total('buffered_records'):.0f}, "
+            f"acked {m.total('acked_records'):.0f}; driver crashes {m.total('driver_crashes'):.0f}"
+        )
+
     async def stop(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
-        await self._stop_uplink()
+        t0 = time.monotonic()
+        self._stopping = True
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        await self.poller.stop(POLL_GRACE_S)
+        await self._stop_uplink(UPLINK_DRAIN_S)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=TASKS_GRACE_S)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for d in self.drivers.values():
-            await d.close()
+        depth = None
         if self.buffer is not None:
+            with contextlib.suppress(Exception):
+                depth = (await self.buffer.stats()).depth
             await self.buffer.close()
             self.buffer = None
-        log.info("gateway_stopped")
+        log.info(
+            "gateway_stopped seconds=%.2f buffered=%.0f acked=%.0f left_in_buffer=%s",
+            time.monotonic() - t0,
+            self.metrics.total("buffered_records"),
+            self.metrics.total("acked_records"),
+            depth,
+        )

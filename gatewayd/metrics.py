@@ -19,6 +19,12 @@ class Metrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self.gauges[(name, tuple(sorted(labels.items())))] = value
 
+    def drop(self, name: str, **match: str) -> None:
+        """Forget the gauge series of `name` whose labels include `match` (e.g. an old reason)."""
+        want = set(match.items())
+        for key in [k for k in self.gauges if k[0] == name and want <= set(k[1])]:
+            del self.gauges[key]
+
     def get(self, name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
         return self.counters.get(key, self.gauges.get(key, 0))
@@ -39,7 +45,17 @@ class Metrics:
                     seen.add(full)
                     yield f"# TYPE {full} {kind}\n"
                 lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                yield f"{full}{{{lab}}} {value:g}\n" if lab else f"{full} {value:g}\n"
+                v = _number(value)
+                yield f"{full}{{{lab}}} {v}\n" if lab else f"{full} {v}\n"
+
+
+def _number(v: float) -> str:
+    # Exact: timestamps and large counters must not be rounded to 6 digits.
+    if v != v or v in (float("inf"), float("-inf")):
+        return {True: "NaN"}.get(v != v, "+Inf" if v > 0 else "-Inf")
+    if float(v).is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return repr(float(v))
 
 
 def _escape(v: str) -> str:

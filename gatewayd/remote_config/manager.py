@@ -164,6 +164,11 @@ class ConfigManager:
             return Outcome.REJECTED
         cand = Stored(cfg.version, doc, starts=1)
         self.store.save_candidate(cand)
+        log.info(
+            "config_candidate version=%d source=%s",
+            cfg.version,
+            "local_file" if trusted else "push",
+        )
         t0 = time.monotonic()
         try:
             await self.target.reconfigure(cfg)

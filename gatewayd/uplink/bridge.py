@@ -96,11 +96,14 @@ class Uplink:
             for name in ("events", "state", "config", "commands", "command_results")
         }
         self._key: Any = None
+        self._key_path: Path | None = None
         if cfg.auth.kind == "jwt":
             path = Path(cfg.auth.private_key)
-            self._key = load_private_key(
-                path if path.is_absolute() else key_dir / path, cfg.auth.algorithm
-            )
+            self._key_path = path if path.is_absolute() else key_dir / path
+            # A key that exists but is unsafe or unusable stops the daemon at start; a key not
+            # provisioned yet does not: the gateway buffers and `run` retries (supervised).
+            if self._key_path.exists():
+                self._key = load_private_key(self._key_path, cfg.auth.algorithm)
         self.connected = False
         self.last_error: str | None = None
         self.first_puback_at: float | None = None  # monotonic, of the current session
@@ -128,6 +131,8 @@ class Uplink:
         """Connect, publish, reconnect with jittered backoff; returns after `stop()`."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        if self._key_path is not None and self._key is None:
+            self._key = load_private_key(self._key_path, self.cfg.auth.algorithm)
         attempt = 0
         reminted = False
         held_streak = 0

@@ -1,0 +1,289 @@
+"""Start-up time, memory and idle CPU of a real `gatewayd run` process.
+
+    .venv/bin/python bench/bench_startup.py [--quick]
+
+1. READY: time from spawning `gatewayd run` to the READY=1 datagram on $NOTIFY_SOCKET (a socket
+   this script owns, as systemd would), against `python -c pass` measured in the same run.
+   Goal: READY within 1 s.
+2. RSS: a gateway polling 100 points every 100 ms from a simulated Modbus device and publishing
+   to a broker (mosquitto if installed, else the hw-sim cloud stand-in), sampled from /proc
+   (10 minutes; --quick: 30 s), against an idle interpreter. Goal: at most 40 MB.
+3. Idle CPU: 10 devices polled every 10 s (--quick: 20 s window, full: 120 s), against an idle
+   asyncio interpreter over the same window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def config(
+    work: Path, broker_port: int, devices: list[tuple[str, int, int, int]], metrics: int = 0
+) -> Path:
+    """devices: (id, Modbus port, interval ms, points); points are consecutive registers."""
+    text = f"""
+version = 1
+[gateway]
+id = "bench"
+state_dir = "{work}"
+[metrics]
+listen = "{f"127.0.0.1:{metrics}" if metrics else ""}"
+[uplink]
+host = "127.0.0.1"
+port = {broker_port}
+device = "bench"
+backoff_base_s = 0.5
+backoff_cap_s = 2.0
+[uplink.tls]
+enabled = false
+[uplink.auth]
+kind = "none"
+"""
+    for dev_id, port, interval_ms, n in devices:
+        text += (
+            f'[[devices]]\nid = "{dev_id}"\ndriver = "modbus_tcp"\nport = {port}\n'
+            f"interval_ms = {interval_ms}\n"
+        )
+        for i in range(n):
+            text += f'[[devices.points]]\nid = "r{i}"\ntable = "holding"\naddress = {i}\n'
+    path = work / "gw.toml"
+    path.write_text(text)
+    return path
+
+
+def device_map(work: Path, n: int) -> Path:
+    regs = ",\n".join(
+        f'  {{ table = "holding", address = {i}, type = "uint16", signal = "counter", '
+        f"step = 1, period_s = 0.1 }}"
+        for i in range(n)
+    )
+    path = work / "map.toml"
+    path.write_text(f"[[units]]\nid = 1\nregisters = [\n{regs}\n]\n")
+    return path
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        p = subprocess.Popen(args, **kw)  # type: ignore[call-overload]
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def start_broker(procs: Procs, work: Path) -> tuple[int, str]:
+    port = free_port()
+    mosq = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    if mosq:
+        conf = work / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_inflight_messages 0\nmax_queued_messages 100000\n"
+        )
+        procs.spawn([mosq, "-c", str(conf)])
+        what = "mosquitto"
+    else:
+        procs.spawn([PY, "-m", "gatewayd_sim", "cloud", "--port", str(port)])
+        what = "hw-sim cloud stand-in"
+    wait_port(port)
+    return port, what
+
+
+def start_device(procs: Procs, work: Path, points: int) -> int:
+    port = free_port()
+    procs.spawn(
+        [
+            PY,
+            "-m",
+            "gatewayd_sim",
+            "modbus",
+            "--map",
+            str(device_map(work, points)),
+            "--port",
+            str(port),
+        ]
+    )
+    wait_port(port)
+    return port
+
+
+def time_to_ready(cfg: Path, work: Path, procs: Procs) -> float:
+    sock_path = work / f"notify-{time.monotonic_ns()}.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(sock_path))
+        s.settimeout(30)
+        t0 = time.perf_counter()
+        p = procs.spawn(
+            [PY, "-m", "gatewayd", "run", "--config", str(cfg)],
+            env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
+        )
+        while True:
+            msg = s.recv(4096).decode()
+            if "READY=1" in msg.splitlines():
+                dt = time.perf_counter() - t0
+                break
+    p.terminate()
+    p.wait(10)
+    sock_path.unlink()
+    return dt
+
+
+def time_python_pass() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([PY, "-c", "pass"], check=True)
+    return time.perf_counter() - t0
+
+
+def bench_ready(work: Path, procs: Procs, runs: int) -> None:
+    broker_port, _ = start_broker(procs, work)
+    device_port = start_device(procs, work, 10)
+    cfg = config(work, broker_port, [("plc", device_port, 1000, 10)], metrics=free_port())
+    time_to_ready(cfg, work, procs)  # warm the page cache and __pycache__, as a second boot would
+    base = statistics.median(time_python_pass() for _ in range(runs))
+    ready = statistics.median(time_to_ready(cfg, work, procs) for _ in range(runs))
+    print(
+        f"READY: {ready * 1e3:.0f} ms from spawn to READY=1 (median of {runs}) vs "
+        f"{base * 1e3:.0f} ms for `python -c pass`, {ready / base:.1f}x; goal <= 1000 ms: "
+        f"{'met' if ready <= 1.0 else 'NOT met'}"
+    )
+
+
+def bench_rss(work: Path, procs: Procs, duration_s: float) -> None:
+    broker_port, broker = start_broker(procs, work)
+    device_port = start_device(procs, work, 100)
+    metrics_port = free_port()
+    cfg = config(work, broker_port, [("plc", device_port, 100, 100)], metrics=metrics_port)
+    idle = procs.spawn([PY, "-c", "import time; time.sleep(3600)"])
+    gw = procs.spawn(
+        [PY, "-m", "gatewayd", "run", "--config", str(cfg)],
+        stdout=open(work / "rss-gw.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    samples: list[int] = []
+    t0 = time.monotonic()
+    time.sleep(2)
+    while time.monotonic() - t0 < duration_s:
+        if gw.poll() is not None:
+            raise RuntimeError(f"gateway exited: {(work / 'rss-gw.log').read_text()}")
+        samples.append(rss_kib(gw.pid))
+        time.sleep(min(10.0, duration_s / 10))
+    samples.append(rss_kib(gw.pid))
+    elapsed = time.monotonic() - t0
+    from gatewayd.status import fetch, parse
+
+    m = parse(fetch("127.0.0.1", metrics_port))
+    acked = m.get("gatewayd_acked_records_total")
+    base = rss_kib(idle.pid)
+    final, peak = samples[-1] / 1024, max(samples) / 1024
+    print(
+        f"RSS: 100 points every 100 ms to {broker} for {duration_s:.0f} s: final {final:.1f} MB, "
+        f"peak {peak:.1f} MB, first sample {samples[0] / 1024:.1f} MB vs {base / 1024:.1f} MB for "
+        f"an idle interpreter, {final / (base / 1024):.1f}x; goal <= 40 MB: "
+        f"{'met' if peak <= 40 else 'NOT met'}; {acked:.0f} records acked "
+        f"({acked / elapsed:.0f}/s), buffer depth {m.get('gatewayd_buffer_depth'):.0f}, "
+        f"worst event-loop lag {m.get('gatewayd_loop_lag_max_seconds') * 1e3:.0f} ms "
+        f"(SQLite commits run on the buffer's thread)"
+    )
+    gw.terminate()
+    gw.wait(10)
+
+
+def bench_idle_cpu(work: Path, procs: Procs, window_s: float) -> None:
+    broker_port, _ = start_broker(procs, work)
+    device_port = start_device(procs, work, 10)
+    devices = [(f"dev{i}", device_port, 10_000, 10) for i in range(10)]
+    cfg = config(work, broker_port, devices)
+    idle = procs.spawn([PY, "-c", "import asyncio; asyncio.run(asyncio.sleep(3600))"])
+    gw = procs.spawn([PY, "-m", "gatewayd", "run", "--config", str(cfg)])
+    time.sleep(5)  # start-up and the first polls are not idle
+    c0, b0, t0 = cpu_s(gw.pid), cpu_s(idle.pid), time.monotonic()
+    time.sleep(window_s)
+    c1, b1, t1 = cpu_s(gw.pid), cpu_s(idle.pid), time.monotonic()
+    used, base = (c1 - c0) / (t1 - t0), (b1 - b0) / (t1 - t0)
+    print(
+        f"idle CPU: 10 devices x 10 points every 10 s: {used * 100:.2f} % of one core over "
+        f"{t1 - t0:.0f} s (about {(c1 - c0) * 1e3 / (t1 - t0):.1f} ms CPU per device poll) vs "
+        f"{base * 100:.2f} % for an idle asyncio interpreter"
+    )
+    gw.terminate()
+    gw.wait(10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    args = p.parse_args()
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{'quick' if args.quick else 'full'} run"
+    )
+    with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp:
+        for name, fn, arg in (
+            ("ready", bench_ready, 3 if args.quick else 10),
+            ("rss", bench_rss, 30.0 if args.quick else 600.0),
+            ("cpu", bench_idle_cpu, 20.0 if args.quick else 120.0),
+        ):
+            work = Path(tmp) / name
+            work.mkdir()
+            procs = Procs()
+            try:
+                fn(work, procs, arg)  # type: ignore[operator]
+            finally:
+                procs.close()
+
+
+if __name__ == "__main__":
+    main()

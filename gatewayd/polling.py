@@ -1,0 +1,306 @@
+"""Poll groups on APScheduler, each device's driver supervised.
+
+Invariants:
+- at most one poll of a group runs at a time (`max_instances=1`) and missed runs are coalesced
+  into one, so a slow device never piles up work; a run skipped because the previous one is still
+  going is counted (`polls_skipped`), not queued;
+- a driver that raises, hangs past its deadline or cannot be built never stops the process or the
+  other devices: it is logged (first at WARNING, repeats at DEBUG), counted, its points come out as
+  BAD readings with reason `driver_error`, and it is rebuilt after a backoff;
+- a poll hands its readings to the sink (rules → buffer) before it ends, so `stop()`, which waits
+  for the polls in flight, leaves nothing half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from gatewayd.config import DeviceConfig
+from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
+from gatewayd.logs import quote
+from gatewayd.metrics import Metrics
+from gatewayd.reading import Quality, Reading, now_ms
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+log = logging.getLogger("gatewayd.polling")
+
+Sink = Callable[[PollGroup, list[Reading]], Awaitable[None]]
+
+DRIVER_ERROR = "driver_error"
+
+
+def restart_delay_s(failures: int) -> float:
+    """Backoff before rebuilding a driver after its n-th consecutive failure (0.5 s … 60 s)."""
+    return float(min(60.0, 0.5 * 2 ** min(max(failures - 1, 0), 7)))
+
+
+def poll_deadline_s(dev: DeviceConfig, group: PollGroup) -> float:
+    # A safety net against a driver that never returns, far above any honest timeout chain
+    # (one request per point, each bounded by the device timeout).
+    return max(30.0, 2 * dev.timeout_s * len(group.points))
+
+
+class DriverSlot:
+    """One device's driver instance: built lazily, thrown away and rebuilt after a crash."""
+
+    def __init__(
+        self, dev: DeviceConfig, place: str, metrics: Metrics, live: dict[str, Driver]
+    ) -> None:
+        self.dev = dev
+        self.place = place
+        self.metrics = metrics
+        self.live = live  # the poller's map of built drivers (commands write through it)
+        self.driver: Driver | None = None
+        self.failures = 0  # consecutive
+        self._retry_at = 0.0  # monotonic
+
+    def get(self) -> Driver | None:
+        """The driver, building it if it is due; None while it is down."""
+        if self.driver is None and time.monotonic() >= self._retry_at:
+            try:
+                self.driver = load_driver(self.dev.driver, self.place)(self.dev)
+            except Exception as exc:  # a plugin's constructor is not allowed to stop the gateway
+                self._failed("driver_start_failed", exc)
+                return None
+            self.live[self.dev.id] = self.driver
+            if self.failures:
+                self.metrics.inc("driver_restarts", device=self.dev.id)
+                log.info("driver_restarted device=%s after=%d", self.dev.id, self.failures)
+        return self.driver
+
+    async def crashed(self, exc: BaseException) -> None:
+        driver, self.driver = self.driver, None
+        self.live.pop(self.dev.id, None)
+        self._failed("driver_crashed", exc)
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(driver.close(), 2.0)
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("driver_recovered device=%s failures=%d", self.dev.id, self.failures)
+        self.failures = 0
+
+    def _failed(self, event: str, exc: BaseException) -> None:
+        self.failures += 1
+        delay = restart_delay_s(self.failures)
+        self._retry_at = time.monotonic() + delay
+        self.metrics.inc("driver_crashes", device=self.dev.id)
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        log.log(
+            level,
+            "%s device=%s driver=%s error=%s streak=%d retry_in_s=%.1f",
+            event,
+            self.dev.id,
+            self.dev.driver,
+            quote(_describe(exc)),
+            self.failures,
+            delay,
+            exc_info=self.failures == 1 and not isinstance(exc, TimeoutError),
+        )
+
+    async def close(self) -> None:
+        driver, self.driver = self.driver, None
+        self.live.pop(self.dev.id, None)
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(driver.close(), 1.0)
+
+
+class Poller:
+    """Owns the scheduler and one DriverSlot per device; devices can be added and removed live
+    (a new configuration restarts only the devices that changed)."""
+
+    def __init__(self, metrics: Metrics, sink: Sink) -> None:
+        self.metrics = metrics
+        self.sink = sink
+        self.slots: dict[str, DriverSlot] = {}
+        self.drivers: dict[str, Driver] = {}  # the built ones, by device id
+        # device -> monotonic time of its last poll the driver answered (crashes do not count)
+        self.polled_at: dict[str, float] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._skips: dict[str, int] = {}
+        self._pipeline_errors: dict[str, int] = {}
+
+    def start(
+        self,
+        devices: Iterable[DeviceConfig],
+        maintenance: Sequence[tuple[Callable[[], Awaitable[None]], float]] = (),
+    ) -> None:
+        """Start the scheduler with the devices' poll groups and the maintenance jobs
+        (coroutine, period in seconds)."""
+        from apscheduler.events import (
+            EVENT_JOB_MAX_INSTANCES,
+            EVENT_JOB_MISSED,
+            JobExecutionEvent,
+            JobSubmissionEvent,
+        )
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self._scheduler = sched = AsyncIOScheduler(timezone=UTC)
+        for i, (job, period_s) in enumerate(maintenance):
+            sched.add_job(
+                job,
+                "interval",
+                seconds=period_s,
+                id=f"maintenance-{i}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(period_s)),
+            )
+
+        def skipped(ev: JobSubmissionEvent) -> None:
+            if ev.job_id.startswith("maintenance-"):
+                return
+            n = self._skips[ev.job_id] = self._skips.get(ev.job_id, 0) + 1
+            device = ev.job_id.rpartition("@")[0]
+            self.metrics.inc("polls_skipped", device=device, group=ev.job_id)
+            if n == 1 or n % 100 == 0:  # a slow device: say so, then every 100th skip
+                log.warning(
+                    "poll_skipped group=%s reason=previous_poll_running count=%d", ev.job_id, n
+                )
+
+        def missed(ev: JobExecutionEvent) -> None:  # the loop was later than the grace time
+            if not ev.job_id.startswith("maintenance-"):
+                self.metrics.inc("polls_missed", device=ev.job_id.rpartition("@")[0])
+
+        sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
+        sched.add_listener(missed, EVENT_JOB_MISSED)
+        sched.start()
+        self.add(devices)
+
+    def add(self, devices: Iterable[DeviceConfig], places: Mapping[str, str] | None = None) -> None:
+        """Build each device's driver (a failure is counted, not raised) and schedule its groups
+        from now on. `places` names each device's config path for errors (default: its order)."""
+        assert self._scheduler is not None, "start() first"
+        now = datetime.now(UTC)
+        for i, dev in enumerate(devices):
+            place = (places or {}).get(dev.id, f"devices[{i}].driver")
+            slot = self.slots[dev.id] = DriverSlot(dev, place, self.metrics, self.drivers)
+            slot.get()
+            for name in ("polls", "poll_failures", "driver_crashes", "polls_missed"):
+                self.metrics.inc(name, 0, device=dev.id)
+            self.metrics.inc("pipeline_errors", 0, device=dev.id)
+            for group in poll_groups(dev):
+                self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
+                self._scheduler.add_job(
+                    self._poll,
+                    "interval",
+                    seconds=group.interval_ms / 1000,
+                    args=[group],
+                    id=group.name,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=max(1, group.interval_ms // 1000),
+                    next_run_time=now,
+                )
+
+    async def remove(self, dev_id: str) -> None:
+        """Unschedule a device's groups and close its driver; a poll in flight ends on its own."""
+        if self._scheduler is not None:
+            for job in self._scheduler.get_jobs():
+                if job.args and isinstance(job.args[0], PollGroup) and job.args[0].device == dev_id:
+                    job.remove()
+        self.polled_at.pop(dev_id, None)
+        slot = self.slots.pop(dev_id, None)
+        if slot is not None:
+            await slot.close()
+
+    async def _poll(self, group: PollGroup) -> None:
+        slot = self.slots.get(group.device)
+        if slot is None:  # removed by a new configuration while this run was being submitted
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            readings = await self._read(group, slot)
+            try:
+                await self.sink(group, readings)
+            except Exception as exc:  # a rules or buffer bug loses this poll, not the scheduler
+                self.metrics.inc("pipeline_errors", device=group.device)
+                n = self._pipeline_errors[group.name] = self._pipeline_errors.get(group.name, 0) + 1
+                log.log(
+                    logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
+                    "pipeline_failed group=%s error=%s count=%d",
+                    group.name,
+                    quote(_describe(exc)),
+                    n,
+                    exc_info=n == 1,
+                )
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _read(self, group: PollGroup, slot: DriverSlot) -> list[Reading]:
+        driver = slot.get()
+        t0 = time.monotonic()
+        if driver is None:
+            readings = _bad(group, DRIVER_ERROR)
+        else:
+            try:
+                readings = await asyncio.wait_for(
+                    driver.poll(group), poll_deadline_s(slot.dev, group)
+                )
+            except Exception as exc:  # a driver bug must not stop the scheduler or other devices
+                await slot.crashed(exc)
+                readings = _bad(group, DRIVER_ERROR)
+            else:
+                slot.ok()
+                self.polled_at[group.device] = time.monotonic()
+        self._account(group.device, readings, time.monotonic() - t0)
+        return readings
+
+    def _account(self, device: str, readings: list[Reading], elapsed: float) -> None:
+        m = self.metrics
+        bad = sum(1 for r in readings if r.quality is Quality.BAD)
+        m.inc("polls", device=device)
+        if readings and bad == len(readings):
+            m.inc("poll_failures", device=device)
+        m.inc("readings", len(readings), device=device)
+        m.inc("readings_bad", bad, device=device)
+        m.set("poll_duration_seconds", elapsed, device=device)
+        m.set("device_last_poll_timestamp_seconds", time.time(), device=device)
+        m.set("device_last_poll_good", len(readings) - bad, device=device)
+        m.set("device_last_poll_bad", bad, device=device)
+        m.drop("device_last_bad_reason", device=device)
+        reasons = {r.reason for r in readings if r.quality is Quality.BAD}
+        for reason in sorted(str(r) for r in reasons)[:3]:
+            m.set("device_last_bad_reason", 1, device=device, reason=reason)
+
+    async def stop(self, grace_s: float = 1.5) -> None:
+        """Stop firing polls, let the ones in flight finish (up to `grace_s`), close drivers."""
+        sched, self._scheduler = self._scheduler, None
+        if sched is not None:
+            sched.pause()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=grace_s)
+        if sched is not None:
+            sched.shutdown(wait=False)  # cancels what did not finish in time
+        leftovers = [t for t in self._inflight if not t.done()]
+        if leftovers:
+            log.warning("polls_cancelled_at_stop count=%d", len(leftovers))
+            await asyncio.gather(*leftovers, return_exceptions=True)
+        # Drivers close together, bounded: a device that hangs on close must not eat the budget.
+        await asyncio.gather(*(slot.close() for slot in self.slots.values()))
+
+
+def _bad(group: PollGroup, reason: str) -> list[Reading]:
+    ts = now_ms()
+    return [Reading(f"{group.device}/{p.id}", ts, None, Quality.BAD, reason) for p in group.points]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "hung (no answer within the poll deadline)"
+    text = str(exc).replace("\n", " ")[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

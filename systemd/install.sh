@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Install gatewayd as a systemd service on Raspberry Pi OS Bookworm / Debian 12.
+#
+#   sudo systemd/install.sh                 install or upgrade (idempotent), print the public key
+#   sudo systemd/install.sh --uninstall     remove the unit and the venv; keep config, key, buffer
+#   sudo systemd/install.sh --uninstall --purge   also remove /etc/gatewayd, /var/lib/gatewayd, user
+#   systemd/install.sh --root DIR           stage into DIR (testing): system changes that need
+#                                           root (apt-get, useradd, chown, pip, systemctl) are
+#                                           written to DIR/install-actions.log instead of run
+#
+# Options: --alg ES256|RS256 (new device key, default ES256), --source DIR (what pip installs,
+# default: this repository). Re-running never overwrites the config or the device key.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source_dir=$(dirname "$here")
+root=""
+mode=install
+purge=no
+alg=ES256
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) root=$(realpath -m "${2:?--root needs a directory}"); shift 2 ;;
+    --uninstall) mode=uninstall; shift ;;
+    --purge) purge=yes; shift ;;
+    --alg) alg=${2:?--alg needs ES256 or RS256}; shift 2 ;;
+    --source) source_dir=${2:?--source needs a directory}; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) echo "install.sh: unknown option $1" >&2; usage 2 >&2 ;;
+  esac
+done
+case "$alg" in ES256|RS256) ;; *) echo "install.sh: --alg must be ES256 or RS256" >&2; exit 2 ;; esac
+
+USER_NAME=gatewayd
+OPT=$root/opt/gatewayd
+VENV=$OPT/venv
+ETC=$root/etc/gatewayd
+STATE=$root/var/lib/gatewayd
+UNIT=$root/etc/systemd/system/gatewayd.service
+KEY=$ETC/device.key
+ACTIONS=$root/install-actions.log
+
+if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (sudo), or use --root DIR to stage into a directory" >&2
+  exit 1
+fi
+
+# Run a command that changes the system; in --root mode only record it, with the paths it would
+# touch on the real system (the staging prefix removed).
+sys() {
+  if [ -n "$root" ]; then
+    local a line=""
+    for a in "$@"; do line+=$(printf '%q ' "${a//"$root"/}"); done
+    printf '%s\n' "${line% }" >>"$ACTIONS"
+  else
+    "$@"
+  fi
+}
+say() { printf 'gatewayd install: %s\n' "$*" >&2; }
+
+do_uninstall() {
+  if [ -n "$root" ] || command -v systemctl >/dev/null; then
+    sys systemctl disable --now gatewayd.service || true
+  fi
+  rm -f "$UNIT"
+  sys systemctl daemon-reload || true
+  rm -rf "$OPT"
+  if [ "$purge" = yes ]; then
+    rm -rf "$ETC" "$STATE"
+    if [ -n "$root" ] || getent passwd "$USER_NAME" >/dev/null; then
+      sys userdel "$USER_NAME"
+    fi
+    say "removed the service, the venv, the config with the device key, the buffer and the user"
+  else
+    say "removed the service and the venv; kept $ETC (config, device key) and $STATE (buffer);"
+    say "run again with --uninstall --purge to remove those too"
+  fi
+}
+
+do_install() {
+  [ -n "$root" ] && mkdir -p "$root" && : >"$ACTIONS"
+
+  # 1. Python venv support (the Lite image may lack it).
+  if [ -n "$root" ] || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    sys apt-get install -y --no-install-recommends python3-venv
+  fi
+
+  # 2. The service user: no login, no home of its own beyond the state directory.
+  if [ -n "$root" ] || ! getent passwd "$USER_NAME" >/dev/null; then
+    sys useradd --system --user-group --home-dir /var/lib/gatewayd --no-create-home \
+      --shell /usr/sbin/nologin --comment "gatewayd edge gateway" "$USER_NAME"
+  fi
+
+  # 3. The venv under /opt/gatewayd, upgraded in place on every run.
+  mkdir -p "$OPT"
+  chmod 0755 "$OPT"
+  if [ ! -x "$VENV/bin/python" ]; then
+    sys python3 -m venv "$VENV"
+  fi
+  sys "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$source_dir"
+
+  # 4. /etc/gatewayd: root owns it, the service group may read it.
+  mkdir -p "$ETC"
+  chmod 0750 "$ETC"
+  sys chown root:"$USER_NAME" "$ETC"
+  if [ ! -e "$ETC/gateway.toml" ]; then
+    install -m 0640 "$source_dir/config/examples/gateway.toml" "$ETC/gateway.toml"
+    sys chown root:"$USER_NAME" "$ETC/gateway.toml"
+    say "wrote the example configuration to $ETC/gateway.toml: edit it for this site"
+  else
+    say "kept the existing $ETC/gateway.toml"
+  fi
+
+  # 5. The device key: created once, mode 0600, owned by the service user who signs with it.
+  local gatewayd
+  if [ -x "$VENV/bin/gatewayd" ]; then
+    gatewayd=$VENV/bin/gatewayd
+  elif [ -n "$root" ] && command -v gatewayd >/dev/null; then
+    gatewayd=$(command -v gatewayd)  # staging: the venv was only recorded, use the one at hand
+  else
+    echo "install.sh: no gatewayd executable found (expected $VENV/bin/gatewayd)" >&2
+    exit 1
+  fi
+  local pub
+  if [ -e "$KEY" ]; then
+    pub=$("$gatewayd" keygen --alg "$alg" --out "$KEY" --reuse)
+  else
+    pub=$(umask 077 && "$gatewayd" keygen --alg "$alg" --out "$KEY")
+    say "created the device key $KEY ($alg)"
+  fi
+  chmod 0600 "$KEY"
+  sys chown "$USER_NAME:$USER_NAME" "$KEY"
+  printf '%s\n' "$pub" >"$ETC/device.pub"
+  chmod 0644 "$ETC/device.pub"
+
+  # 6. The unit: installed, enabled; restarted only if it was already running (an upgrade).
+  mkdir -p "$(dirname "$UNIT")"
+  install -m 0644 "$here/gatewayd.service" "$UNIT"
+  sys systemctl daemon-reload
+  sys systemctl enable gatewayd.service
+  sys systemctl try-restart gatewayd.service
+
+  say "installed. Register this public key for the device in the cloud, then start the service:"
+  say "  systemctl start gatewayd && gatewayd status"
+  printf '%s\n' "$pub"
+}
+
+if [ "$mode" = uninstall ]; then do_uninstall; else do_install; fi
