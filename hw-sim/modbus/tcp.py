@@ -1,4 +1,7 @@
-"""Modbus TCP slave serving one or more unit ids, each with its own DataModel and signals."""
+"""Modbus TCP slave serving one or more unit ids, each with its own DataModel, signals and faults.
+
+An unknown unit id gets no answer at all, like a device that is not on the bus behind a gateway.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .datamodel import DataModel
+from .faults import Faults
 from .signals import Signal
 
 
@@ -28,6 +32,7 @@ class ModbusTcpSlave:
         self.host = host
         self.port = port
         self.units: dict[int, DataModel] = {}
+        self._faults: dict[int, Faults] = {}
         self.feeds: dict[int, list[Feed]] = {}
         self.tick_s = tick_s
         self.requests = 0
@@ -38,6 +43,9 @@ class ModbusTcpSlave:
 
     def unit(self, unit_id: int = 1) -> DataModel:
         return self.units.setdefault(unit_id, DataModel())
+
+    def faults(self, unit_id: int = 1) -> Faults:
+        return self._faults.setdefault(unit_id, Faults())
 
     def feed(
         self,
@@ -94,6 +102,19 @@ class ModbusTcpSlave:
                 if model is None:
                     continue  # an unknown unit stays silent, like a device that is not there
                 reply = model.handle(pdu)
+                fault = self._faults.get(unit_id)
+                if fault is not None and fault.active():
+                    f = Faults(**vars(fault))
+                    fault.used()
+                    if f.delay_s:
+                        await asyncio.sleep(f.delay_s)
+                    if f.disconnect:
+                        return
+                    if f.drop:
+                        continue
+                    reply = f.mangle(reply)
+                    tid = (tid + 1000) & 0xFFFF if f.wrong_transaction else tid
+                    unit_id = (unit_id + 1) & 0xFF if f.wrong_unit else unit_id
                 writer.write(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit_id) + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
