@@ -230,3 +230,34 @@ class ModbusDriver(Driver):
         if self._link is not None:
             self._link.close()
             self._link = None
+
+
+class ModbusRtuDriver(ModbusDriver):
+    """Modbus RTU on a serial port; devices on one port share it (see bus.py)."""
+
+    def _bus_url(self) -> str:
+        return self.device.serial_port
+
+    def _open_link(self) -> Link:
+        from . import bus
+        from .rtu import RtuLink
+
+        d = self.device
+        url = self._bus_url()
+        return bus.acquire(
+            url, lambda: RtuLink(url, d.baud, d.parity, d.stopbits, d.bytesize, d.request_delay_s)
+        )
+
+    async def close(self) -> None:
+        from . import bus
+
+        if self._link is not None:
+            bus.release(self._bus_url())
+            self._link = None
+
+
+class ModbusRtuOverTcpDriver(ModbusRtuDriver):
+    """RTU frames through a TCP serial gateway (host, port): a shared bus like a serial port."""
+
+    def _bus_url(self) -> str:
+        return f"socket://{self.device.host}:{self.device.port}"

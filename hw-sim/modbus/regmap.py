@@ -23,7 +23,7 @@ from typing import Any
 
 from . import signals
 from .encode import to_words
-from .tcp import ModbusTcpSlave
+from .slave import Slave
 
 _SIGNALS: dict[str, Any] = {
     "constant": lambda r: signals.constant(r["value"]),
@@ -36,12 +36,12 @@ _SIGNALS: dict[str, Any] = {
 }
 
 
-def load_map(slave: ModbusTcpSlave, path: str | Path) -> None:
+def load_map(slave: Slave, path: str | Path) -> None:
     doc = tomllib.loads(Path(path).read_text())
     apply_map(slave, doc)
 
 
-def apply_map(slave: ModbusTcpSlave, doc: dict[str, Any]) -> None:
+def apply_map(slave: Slave, doc: dict[str, Any]) -> None:
     for unit in doc.get("units", []):
         uid = int(unit.get("id", 1))
         model = slave.unit(uid)
