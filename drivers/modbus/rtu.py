@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import select
+import termios
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -100,7 +103,7 @@ class RtuLink:
 
         try:
             self._port = serial.serial_for_url(self.url, timeout=0, **self._settings)
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise ModbusFault("disconnected", f"open {self.url}: {exc}") from exc
         return self._port
 
@@ -110,7 +113,7 @@ class RtuLink:
         port = self._open()
         try:
             return self._exchange(port, unit, pdu, timeout_s)
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             self._close_port()
             raise ModbusFault("disconnected", str(exc)) from exc
         finally:
@@ -147,20 +150,26 @@ class RtuLink:
 
     @staticmethod
     def _read_into(port: Any, buf: bytearray, n: int, deadline: float) -> bool:
+        # select + os.read on the port's descriptor: pyserial's read would reconfigure the
+        # port (tcsetattr) for every new timeout.
+        fd = port.fileno()
         while len(buf) < n:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return False
-            port.timeout = left
-            buf += port.read(n - len(buf))
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                raise OSError("the port was closed")
+            buf += chunk
         return True
 
     def _settle(self, port: Any, silence_s: float) -> None:
         """Wait until nothing has arrived for `silence_s` (at most 3 of them), then flush."""
+        fd = port.fileno()
         give_up = time.monotonic() + 3 * silence_s
-        port.timeout = silence_s
-        while time.monotonic() < give_up and port.read(4096):
-            pass
+        while time.monotonic() < give_up and select.select([fd], [], [], silence_s)[0]:
+            if not os.read(fd, 4096):
+                break
         port.reset_input_buffer()
 
     def _close_port(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import termios
 import threading
 import time
 from typing import Any
@@ -99,7 +100,7 @@ class SerialLineDriver(Driver):
                     bytesize=d.bytesize,
                     timeout=0.2,
                 )
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except (serial.SerialException, OSError, ValueError, termios.error) as exc:
                 failures += 1
                 if failures == 1:
                     log.warning("port_unavailable device=%s error=%s", d.id, exc)
@@ -108,7 +109,7 @@ class SerialLineDriver(Driver):
             failures = 0
             try:
                 self._read_lines(port)
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, termios.error) as exc:
                 log.warning("port_lost device=%s error=%s", d.id, exc)
                 self.counters["reconnects"] += 1
             finally:
