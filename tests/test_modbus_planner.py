@@ -4,9 +4,11 @@ Telegraf's shrink/rearrange on the same points; exception 02 on a merged read sp
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import ModbusDriver, plan_requests
+from gatewayd_sim.modbus.regmap import load_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from modbus_env import device, group, point, tcp_slave
@@ -95,6 +97,20 @@ def test_exception_02_on_one_register_costs_only_its_point() -> None:
                 (None, "exception_02"),
                 (12, None),
             ]
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_map_file_holes_and_faults_drive_split_and_busy_retry() -> None:
+    async def body() -> None:
+        async with tcp_slave() as slave:
+            load_map(slave, Path(__file__).parent / "fixtures" / "faulty_map.toml")
+            pts = [point("a", 0), point("b", 40, type="int32")]
+            drv = ModbusDriver(device(slave.port, pts, max_gap=50, busy_delay_s=0.01))
+            rs = await drv.poll(group(drv.device))
+            assert [(r.value, r.quality) for r in rs] == [(100, Quality.GOOD), (-5, Quality.GOOD)]
+            assert (drv.counters["busy_retries"], drv.counters["splits"]) == (2, 1)
             await drv.close()
 
     asyncio.run(body())
