@@ -58,7 +58,8 @@ class ModbusDriver(Driver):
     def _open_link(self) -> Link:
         from .tcp import TcpLink
 
-        return TcpLink(self.device.host, self.device.port)
+        # A host that is down drops SYNs: give up as soon as a request would have.
+        return TcpLink(self.device.host, self.device.port, max(1.0, self.device.timeout_s))
 
     async def _ask(self, request: bytes, parse: Callable[[bytes, bytes], T]) -> T:
         """One request and its checked answer; busy (exception 06) is retried after a delay."""

@@ -72,6 +72,9 @@ class TcpLink:
                 if exc.reason == "bad_frame":
                     self.close()  # the byte stream can no longer be trusted
                 raise
+            except asyncio.CancelledError:
+                self.close()  # the reply may still come: start the next request afresh
+                raise
 
     async def _reply(self, reader: asyncio.StreamReader, tid: int, unit: int) -> bytes:
         while True:
