@@ -74,6 +74,7 @@ def load_document(doc: Any) -> GatewayConfig:
     gw.done()
     root.done()
     _unique((d.id for d in cfg.devices), "devices", "id")
+    _one_setting_per_bus(cfg.devices)
     return cfg
 
 
@@ -182,6 +183,26 @@ def _device(s: Section) -> DeviceConfig:
     if line and cfg.line_format == "regex":
         _check_regex(s, cfg)
     return cfg
+
+
+_BUS_SETTINGS = ("baud", "parity", "stopbits", "bytesize", "request_delay_s")
+
+
+def _one_setting_per_bus(devices: tuple[DeviceConfig, ...]) -> None:
+    """Devices on one serial port share it, so they must agree on how the line is driven."""
+    first: dict[str, int] = {}
+    for i, d in enumerate(devices):
+        if d.driver != "modbus_rtu":
+            continue
+        j = first.setdefault(d.serial_port, i)
+        for key in _BUS_SETTINGS:
+            if getattr(d, key) != getattr(devices[j], key):
+                raise ConfigError(
+                    f"devices[{i}].{key}",
+                    f"{getattr(d, key)!r} differs from devices[{j}] on the same serial_port "
+                    f"{d.serial_port!r} ({getattr(devices[j], key)!r})",
+                    "use one setting for every device on a bus",
+                )
 
 
 def _device_options(s: Section, d: DeviceConfig) -> dict[str, Any]:

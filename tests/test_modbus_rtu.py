@@ -198,3 +198,18 @@ def test_rtu_over_tcp_reads_and_checks_the_unit() -> None:
         asyncio.run(body())
     finally:
         slave.stop()
+
+
+def test_inter_request_delay_keeps_the_bus_quiet_between_requests(slave: ModbusRtuSlave) -> None:
+    slave.unit(1)
+
+    async def body() -> None:
+        pts = [point("a", 0), point("b", 60)]
+        drv = ModbusRtuDriver(rtu_device(slave.path, pts, max_gap=0, request_delay_s=0.15))
+        for _ in range(2):
+            assert all(r.quality is Quality.GOOD for r in await drv.poll(group(drv.device)))
+        await drv.close()
+
+    asyncio.run(body())
+    gaps = [b - a for a, b in zip(slave.heard_at, slave.heard_at[1:], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= 0.15

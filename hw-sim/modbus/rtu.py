@@ -54,6 +54,7 @@ class ModbusRtuSlave(Slave):
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.heard_at: list[float] = []  # monotonic arrival of each valid request (last 1000)
 
     def wire_s(self, nbytes: int) -> float:
         return wire_time_s(nbytes, self.baud, self.bits_per_char)
@@ -127,6 +128,8 @@ class ModbusRtuSlave(Slave):
     def _answer(self, fd: int, frame: bytes, heard_at: float) -> None:
         if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:]:
             return  # a slave ignores a frame it cannot trust
+        self.heard_at.append(heard_at)
+        del self.heard_at[:-1000]
         unit = frame[0]
         model = self.units.get(unit)
         if model is None:
