@@ -180,6 +180,12 @@ def _device(s: Section) -> DeviceConfig:
             f"missing, demanded by driver = {driver!r}",
             'give the serial device, e.g. "/dev/ttyUSB0"',
         )
+    if driver in ("modbus_rtu", "modbus_rtu_over_tcp") and not 1 <= cfg.unit <= 247:
+        raise ConfigError(
+            s.at("unit"),
+            f"{cfg.unit} is not a device address on an RTU bus (0 is broadcast, never answered)",
+            "use 1..247",
+        )
     if line and cfg.line_format == "regex":
         _check_regex(s, cfg)
     return cfg
