@@ -21,6 +21,7 @@ class ModbusTcpSlave(Slave):
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> ModbusTcpSlave:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -39,6 +40,9 @@ class ModbusTcpSlave(Slave):
             self._ticker.cancel()
         for w in list(self._clients):
             w.close()
+        for t in list(self._handlers):
+            t.cancel()  # a handler may be sleeping in an injected delay
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         if self._server:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -46,6 +50,9 @@ class ModbusTcpSlave(Slave):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             while True:
                 header = await reader.readexactly(7)
@@ -74,4 +81,6 @@ class ModbusTcpSlave(Slave):
             pass
         finally:
             self._clients.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
