@@ -193,6 +193,11 @@ def test_rtu_over_tcp_reads_and_checks_the_unit() -> None:
             assert r.reason == "wrong_unit"
             (r,) = await drv.poll(group(dev))
             assert r.value == 333
+            slave.faults(3).__dict__.update(disconnect=True, times=1)
+            (r,) = await drv.poll(group(dev))
+            assert r.reason == "disconnected"
+            (r,) = await drv.poll(group(dev))
+            assert (r.value, r.quality) == (333, Quality.GOOD), "reconnected on its own"
             await drv.close()
 
         asyncio.run(body())

@@ -5,7 +5,7 @@ a bad CRC, gets no answer. Every answer is written only after the line would hav
 request, a t3.5 pause and the answer itself at the configured baud (a pty has no baud rate of its
 own), so throughput matches a real line: about 3.2 reads of 125 registers a second at 9600 baud.
 Faults as in faults.py; `bad_crc` flips the CRC, `delay_s` beyond the master's timeout is a late
-reply.
+reply, `disconnect` hangs up an RTU-over-TCP client.
 """
 
 from __future__ import annotations
@@ -122,25 +122,29 @@ class ModbusRtuSlave(Slave):
             while (n := request_length(bytes(buf))) and len(buf) >= n:
                 frame = bytes(buf[:n])
                 del buf[:n]
-                self._answer(fd, frame, first)
+                if not self._answer(fd, frame, first) and self._listener is not None:
+                    return  # disconnect fault: drop the TCP client
                 first = time.monotonic()
 
-    def _answer(self, fd: int, frame: bytes, heard_at: float) -> None:
+    def _answer(self, fd: int, frame: bytes, heard_at: float) -> bool:
+        """Answer one request frame; False when a disconnect fault says to hang up."""
         if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:]:
-            return  # a slave ignores a frame it cannot trust
+            return True  # a slave ignores a frame it cannot trust
         self.heard_at.append(heard_at)
         del self.heard_at[:-1000]
         unit = frame[0]
         model = self.units.get(unit)
         if model is None:
-            return  # nobody at this address: the bus stays silent
+            return True  # nobody at this address: the bus stays silent
         f = self._note(unit)
         if unit in self.feeds:
             self._apply(unit)
         pdu = model.handle(frame[1:-2])
         if f is not None:
+            if f.disconnect:
+                return False
             if f.drop:
-                return
+                return True
             pdu = f.mangle(pdu)
             unit = (unit + 1) & 0xFF if f.wrong_unit else unit
         reply = bytes([unit]) + pdu
@@ -153,3 +157,4 @@ class ModbusRtuSlave(Slave):
         time.sleep(max(0.0, at - time.monotonic()))
         with contextlib.suppress(OSError):
             os.write(fd, reply)
+        return True
