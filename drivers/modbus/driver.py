@@ -90,6 +90,13 @@ class ModbusDriver(Driver):
             plan = self._plans[group] = plan_requests(
                 group.points, d.max_gap, d.max_registers, d.max_bits
             )
+            log.info(
+                "poll_group_planned device=%s group=%s points=%d requests=%d",
+                d.id,
+                group.name,
+                len(group.points),
+                len(plan),
+            )
         out: list[Reading] = []
         answered = False
         last_fault = ""

@@ -35,6 +35,7 @@ class SerialLineDriver(Driver):
         self._latest: dict[str, tuple[str, float, int]] = {}  # field: (text, monotonic, ts_ms)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # counters are bumped by the reader thread and by polls
 
     def _start(self) -> None:
         if self._thread is None:
@@ -45,7 +46,8 @@ class SerialLineDriver(Driver):
 
     async def poll(self, group: PollGroup) -> list[Reading]:
         self._start()
-        self.counters["polls"] += 1
+        with self._lock:
+            self.counters["polls"] += 1
         now, ts = time.monotonic(), now_ms()
         max_age = max(3 * group.interval_ms / 1000, 1.0)
         out = []
@@ -71,19 +73,23 @@ class SerialLineDriver(Driver):
             return
         if self.device.line_format == "nmea" and line.rfind("$") > 0:
             # a sentence cut off by the next one: drop the fragment, keep the whole sentence
-            self.counters["lines_dropped.partial"] += 1
+            self._count("lines_dropped.partial")
             line = line[line.rfind("$") :]
         try:
             fields = parse_line(
                 line, self.device.line_format, self._regex, self.device.csv_delimiter
             )
         except LineError as exc:
-            self.counters[f"lines_dropped.{exc.reason}"] += 1
+            self._count(f"lines_dropped.{exc.reason}")
             return
-        self.counters["lines"] += 1
+        self._count("lines")
         now, ts = time.monotonic(), now_ms()
         for k, v in fields.items():
             self._latest[k] = (v, now, ts)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] += 1
 
     def _read_forever(self) -> None:
         import serial
@@ -111,7 +117,7 @@ class SerialLineDriver(Driver):
                 self._read_lines(port)
             except (serial.SerialException, OSError, termios.error) as exc:
                 log.warning("port_lost device=%s error=%s", d.id, exc)
-                self.counters["reconnects"] += 1
+                self._count("reconnects")
             finally:
                 with contextlib.suppress(Exception):
                     port.close()
@@ -125,7 +131,7 @@ class SerialLineDriver(Driver):
             for line in lines:
                 self.handle_line(line)
             if len(buf) > MAX_LINE:
-                self.counters["lines_dropped.too_long"] += 1
+                self._count("lines_dropped.too_long")
                 buf = b""
 
     async def write(self, point: PointConfig, value: Value) -> None:
