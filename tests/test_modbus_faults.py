@@ -18,6 +18,7 @@ FAULTS: list[tuple[dict[str, Any], str]] = [
     ({"drop": True}, "timeout"),
     ({"exception": 4}, "exception_04"),
     ({"truncate": True}, "short_reply"),
+    ({"cut": True}, "short_reply"),
     ({"short": True}, "short_reply"),
     ({"wrong_unit": True}, "wrong_unit"),
     ({"wrong_function": True}, "wrong_function"),

@@ -59,11 +59,13 @@ class TcpLink:
             tid = self._tid
             try:
                 writer.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
-                return await asyncio.wait_for(self._reply(reader, tid, unit), timeout_s)
+                async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                    return await self._reply(reader, tid, unit)
             except TimeoutError:
                 self._stale.append(tid)
-                if self._midframe:
+                if self._midframe:  # a header promised more bytes than came: a cut-off reply
                     self.close()
+                    raise ModbusFault("short_reply", "frame cut off") from None
                 raise ModbusFault("timeout") from None
             except (OSError, asyncio.IncompleteReadError) as exc:
                 self.close()

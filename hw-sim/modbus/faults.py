@@ -15,6 +15,7 @@ class Faults:
     exception: int | None = None  # answer every request with this exception code
     drop: bool = False  # read the request, never answer
     truncate: bool = False  # cut the reply PDU in half (TCP: with a matching MBAP length)
+    cut: bool = False  # TCP: send the MBAP header of the whole reply but only half its PDU
     short: bool = False  # a well-formed read reply with one register (or 8 bits) fewer
     wrong_unit: bool = False  # answer with unit id + 1
     wrong_function: bool = False  # answer with another function code

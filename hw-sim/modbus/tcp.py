@@ -75,6 +75,10 @@ class ModbusTcpSlave(Slave):
                     reply = f.mangle(reply)
                     tid = (tid + 1000) & 0xFFFF if f.wrong_transaction else tid
                     unit_id = (unit_id + 1) & 0xFF if f.wrong_unit else unit_id
+                    if f.cut:
+                        head = struct.pack(">HHHB", tid, pid, len(reply) + 1, unit_id)
+                        writer.write(head + reply[: len(reply) // 2])
+                        continue
                 writer.write(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit_id) + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
