@@ -112,3 +112,24 @@ def test_failing_device_backs_off_and_is_polled_again() -> None:
             await drv.close()
 
     asyncio.run(body())
+
+
+def test_units_behind_one_tcp_gateway_share_a_connection_and_interleave() -> None:
+    async def body() -> None:
+        async with tcp_slave({0: 10}, unit=1) as slave:
+            slave.unit(2).holding[0] = 20
+            pts = [point("a", 0), point("b", 50)]
+            drvs = [
+                ModbusDriver(device(slave.port, pts, id=f"u{u}", unit=u, max_gap=0))
+                for u in (1, 2, 3)
+            ]
+            results = await asyncio.gather(*(d.poll(group(d.device)) for d in drvs))
+            assert [r.value for r in results[0]] == [10, 0]
+            assert [r.value for r in results[1]] == [20, 0]
+            assert [r.reason for r in results[2]] == ["timeout", "timeout"], "unit 3 is absent"
+            assert len(slave._clients) == 1, "one connection for the three units"
+            assert slave.asked[:4] == [1, 2, 1, 2]
+            for d in drvs:
+                await d.close()
+
+    asyncio.run(body())

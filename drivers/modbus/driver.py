@@ -51,19 +51,29 @@ class ModbusDriver(Driver):
     def __init__(self, device: DeviceConfig) -> None:
         super().__init__(device)
         self._link: Link | None = None
+        self._key = ""  # the link's key in bus.py
         self._plans: dict[PollGroup, list[ReadRequest]] = {}
         self._health = Health(device.fail_threshold, device.backoff_base_s, device.backoff_cap_s)
         self._failing = False  # for logging the first failure at WARNING, repeats at DEBUG
 
+    def _bus_key(self) -> str:
+        loop = id(asyncio.get_running_loop())
+        return f"tcp://{self.device.host}:{self.device.port}@{loop}"
+
     def _open_link(self) -> Link:
+        from . import bus
         from .tcp import TcpLink
 
         # A host that is down drops SYNs: give up as soon as a request would have.
-        return TcpLink(self.device.host, self.device.port, max(1.0, self.device.timeout_s))
+        timeout = max(1.0, self.device.timeout_s)
+        return bus.acquire(
+            self._bus_key(), lambda: TcpLink(self.device.host, self.device.port, timeout)
+        )
 
     async def _ask(self, request: bytes, parse: Callable[[bytes, bytes], T]) -> T:
         """One request and its checked answer; busy (exception 06) is retried after a delay."""
         if self._link is None:
+            self._key = self._bus_key()
             self._link = self._open_link()
         dev = self.device
         for attempt in range(dev.busy_retries + 1):
@@ -235,15 +245,17 @@ class ModbusDriver(Driver):
         await self._write_words(point.address, [word | mask if on else word & ~mask])
 
     async def close(self) -> None:
+        from . import bus
+
         if self._link is not None:
-            self._link.close()
+            bus.release(self._key)
             self._link = None
 
 
 class ModbusRtuDriver(ModbusDriver):
-    """Modbus RTU on a serial port; devices on one port share it (see bus.py)."""
+    """Modbus RTU on a serial port; the devices on one port share it (see bus.py)."""
 
-    def _bus_url(self) -> str:
+    def _bus_key(self) -> str:
         return self.device.serial_port
 
     def _open_link(self) -> Link:
@@ -251,21 +263,14 @@ class ModbusRtuDriver(ModbusDriver):
         from .rtu import RtuLink
 
         d = self.device
-        url = self._bus_url()
+        url = self._bus_key()
         return bus.acquire(
             url, lambda: RtuLink(url, d.baud, d.parity, d.stopbits, d.bytesize, d.request_delay_s)
         )
-
-    async def close(self) -> None:
-        from . import bus
-
-        if self._link is not None:
-            bus.release(self._bus_url())
-            self._link = None
 
 
 class ModbusRtuOverTcpDriver(ModbusRtuDriver):
     """RTU frames through a TCP serial gateway (host, port): a shared bus like a serial port."""
 
-    def _bus_url(self) -> str:
+    def _bus_key(self) -> str:
         return f"socket://{self.device.host}:{self.device.port}"
