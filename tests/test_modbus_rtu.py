@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import serial
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers.modbus import ModbusRtuDriver, ModbusRtuOverTcpDriver
 from gatewayd_sim.modbus import ModbusRtuSlave, to_words
@@ -218,3 +219,22 @@ def test_inter_request_delay_keeps_the_bus_quiet_between_requests(slave: ModbusR
     asyncio.run(body())
     gaps = [b - a for a, b in zip(slave.heard_at, slave.heard_at[1:], strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.15
+
+
+def test_a_port_held_by_another_program_is_reported_not_shared(slave: ModbusRtuSlave) -> None:
+    slave.unit(1)
+    other = serial.Serial(slave.path, exclusive=True)
+    try:
+
+        async def body() -> None:
+            drv = ModbusRtuDriver(rtu_device(slave.path, [point("a", 0)]))
+            (r,) = await drv.poll(group(drv.device))
+            assert (r.quality, r.reason) == (Quality.BAD, "disconnected")
+            other.close()
+            (r,) = await drv.poll(group(drv.device))
+            assert r.quality is Quality.GOOD
+            await drv.close()
+
+        asyncio.run(body())
+    finally:
+        other.close()

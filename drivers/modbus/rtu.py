@@ -102,7 +102,9 @@ class RtuLink:
         import serial
 
         try:
-            self._port = serial.serial_for_url(self.url, timeout=0, **self._settings)
+            # exclusive: a second program on the same bus would garble both conversations
+            extra = {} if not self.on_line else {"exclusive": True}
+            self._port = serial.serial_for_url(self.url, timeout=0, **self._settings, **extra)
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise ModbusFault("disconnected", f"open {self.url}: {exc}") from exc
         return self._port
