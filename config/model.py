@@ -12,6 +12,8 @@ DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
 ]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+Parity = Literal["N", "E", "O"]
+LineFormat = Literal["nmea", "kv", "csv", "regex"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class PointConfig:
     min: float | None = None
     max: float | None = None
     interval_ms: int | None = None  # overrides the device's interval
+    field: str = ""  # serial_line: the field of a line that holds the value (NMEA: "GGA.lat")
 
     @property
     def register_count(self) -> int:
@@ -60,6 +63,28 @@ class DeviceConfig:
     unit: int = 1
     timeout_s: float = 1.0
     points: tuple[PointConfig, ...] = ()
+    # Request planning: registers a merged read may bridge, and the device's read limits.
+    max_gap: int = 16
+    max_registers: int = 125
+    max_bits: int = 2000
+    # Faults: exception 06 (busy) retries, and the backoff of a device failing polls in a row.
+    busy_retries: int = 2
+    busy_delay_s: float = 0.1
+    fail_threshold: int = 3
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    write_multiple: bool = False  # always write with fc 15/16, for devices without fc 5/6
+    # Serial line (modbus_rtu, serial_line); RTU over TCP uses host and port instead.
+    serial_port: str = ""
+    baud: int = 9600
+    parity: Parity = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    request_delay_s: float = 0.0  # extra quiet time between requests on a bus, beyond t3.5
+    # serial_line instruments
+    line_format: LineFormat = "kv"
+    line_regex: str = ""
+    csv_delimiter: str = ","
 
 
 @dataclass(frozen=True, slots=True)

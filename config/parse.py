@@ -82,6 +82,7 @@ def load_document(doc: Any) -> GatewayConfig:
     cfg = replace(cfg, rules=parse_rules(root.tables("rules"), known))
     root.done()
     _unique((d.id for d in cfg.devices), "devices", "id")
+    _one_setting_per_bus(cfg.devices)
     return cfg
 
 
@@ -219,11 +220,14 @@ def _claims(s: Section) -> tuple[tuple[str, str | int | float | bool], ...]:
     return tuple(out)
 
 
-_DRIVER_DEFAULT_PORT = {"modbus_tcp": 502}
+_DRIVER_DEFAULT_PORT = {"modbus_tcp": 502, "modbus_rtu_over_tcp": 502}
+_SERIAL_DRIVERS = ("modbus_rtu", "serial_line")
 
 
 def _device(s: Section) -> DeviceConfig:
     driver = s.text("driver")
+    d = DeviceConfig(id="", driver="")
+    line = driver == "serial_line"
     cfg = DeviceConfig(
         id=s.ident("id"),
         driver=driver,
@@ -232,10 +236,106 @@ def _device(s: Section) -> DeviceConfig:
         port=s.integer("port", _DRIVER_DEFAULT_PORT.get(driver, 502), lo=1, hi=65535),
         unit=s.integer("unit", 1, lo=0, hi=255),
         timeout_s=s.number("timeout_s", 1.0, lo=0.01, hi=60.0),
-        points=tuple(_point(p) for p in s.tables("points")),
+        points=tuple(_line_point(p) if line else _point(p) for p in s.tables("points")),
+        **_device_options(s, d),
     )
     s.done()
     _unique((p.id for p in cfg.points), s.at("points"), "id")
+    if driver in _SERIAL_DRIVERS and not cfg.serial_port:
+        raise ConfigError(
+            s.at("serial_port"),
+            f"missing, demanded by driver = {driver!r}",
+            'give the serial device, e.g. "/dev/ttyUSB0"',
+        )
+    if driver in ("modbus_rtu", "modbus_rtu_over_tcp") and not 1 <= cfg.unit <= 247:
+        raise ConfigError(
+            s.at("unit"),
+            f"{cfg.unit} is not a device address on an RTU bus (0 is broadcast, never answered)",
+            "use 1..247",
+        )
+    if line and cfg.line_format == "regex":
+        _check_regex(s, cfg)
+    return cfg
+
+
+_BUS_SETTINGS = ("baud", "parity", "stopbits", "bytesize", "request_delay_s")
+
+
+def _one_setting_per_bus(devices: tuple[DeviceConfig, ...]) -> None:
+    """Devices on one serial port share it, so they must agree on how the line is driven."""
+    first: dict[str, int] = {}
+    for i, d in enumerate(devices):
+        if d.driver != "modbus_rtu":
+            continue
+        j = first.setdefault(d.serial_port, i)
+        for key in _BUS_SETTINGS:
+            if getattr(d, key) != getattr(devices[j], key):
+                raise ConfigError(
+                    f"devices[{i}].{key}",
+                    f"{getattr(d, key)!r} differs from devices[{j}] on the same serial_port "
+                    f"{d.serial_port!r} ({getattr(devices[j], key)!r})",
+                    "use one setting for every device on a bus",
+                )
+
+
+def _device_options(s: Section, d: DeviceConfig) -> dict[str, Any]:
+    """The transport, planning and fault options of a device (see DeviceConfig)."""
+    return {
+        "max_gap": s.integer("max_gap", d.max_gap, lo=0, hi=124),
+        "max_registers": s.integer("max_registers", d.max_registers, lo=1, hi=125),
+        "max_bits": s.integer("max_bits", d.max_bits, lo=1, hi=2000),
+        "busy_retries": s.integer("busy_retries", d.busy_retries, lo=0, hi=10),
+        "busy_delay_s": s.number("busy_delay_s", d.busy_delay_s, lo=0.0, hi=10.0),
+        "fail_threshold": s.integer("fail_threshold", d.fail_threshold, lo=1, hi=100),
+        "backoff_base_s": s.number("backoff_base_s", d.backoff_base_s, lo=0.01, hi=3600.0),
+        "backoff_cap_s": s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01, hi=24 * 3600.0),
+        "write_multiple": s.flag("write_multiple", d.write_multiple),
+        "serial_port": s.text("serial_port", d.serial_port),
+        "baud": s.integer("baud", d.baud, lo=50, hi=4_000_000),
+        "parity": s.choice("parity", ("N", "E", "O"), d.parity),
+        "stopbits": s.integer("stopbits", d.stopbits, lo=1, hi=2),
+        "bytesize": s.integer("bytesize", d.bytesize, lo=5, hi=8),
+        "request_delay_s": s.number("request_delay_s", d.request_delay_s, lo=0.0, hi=10.0),
+        "line_format": s.choice("line_format", ("nmea", "kv", "csv", "regex"), d.line_format),
+        "line_regex": s.text("line_regex", d.line_regex),
+        "csv_delimiter": s.text("csv_delimiter", d.csv_delimiter),
+    }
+
+
+def _check_regex(s: Section, cfg: DeviceConfig) -> None:
+    try:
+        groups = set(re.compile(cfg.line_regex).groupindex)
+    except re.error as exc:
+        raise ConfigError(
+            s.at("line_regex"), f"not a valid regular expression: {exc}", "fix the pattern"
+        ) from exc
+    if not groups:
+        raise ConfigError(
+            s.at("line_regex"), "has no named group", "name each value, e.g. (?P<temp>[-0-9.]+)"
+        )
+    for i, p in enumerate(cfg.points):
+        if p.field not in groups:
+            raise ConfigError(
+                f"{s.at('points')}[{i}].field",
+                f"{p.field!r} is not a group of line_regex",
+                f"use one of {sorted(groups)}",
+            )
+
+
+def _line_point(s: Section) -> PointConfig:
+    """A point of a serial line instrument: a named field of a line, no register."""
+    cfg = PointConfig(
+        id=s.ident("id"),
+        table="input",
+        address=0,
+        field=s.text("field"),
+        type=s.choice("type", ("float64", "int64", "string", "bool"), "float64"),
+        scale=s.number("scale", 1.0),
+        offset=s.number("offset", 0.0),
+        unit=s.text("unit", ""),
+        interval_ms=s.opt_integer("interval_ms", lo=10, hi=24 * 3600 * 1000),
+    )
+    s.done()
     return cfg
 
 
@@ -298,6 +398,8 @@ def _point(s: Section) -> PointConfig:
         raise ConfigError(
             s.at("address"), "the point ends past register 65535", "lower the address or the length"
         )
+    if cfg.min is not None and cfg.max is not None and cfg.min > cfg.max:
+        raise ConfigError(s.at("min"), f"{cfg.min} is above max = {cfg.max}", "swap them")
     if cfg.writable and table in ("discrete", "input"):
         raise ConfigError(
             s.at("writable"),

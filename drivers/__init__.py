@@ -1,6 +1,6 @@
 """Field drivers: poll groups in, Readings out; found through `gatewayd.drivers` entry points."""
 
-from .base import Driver, PollGroup, poll_groups
+from .base import Driver, PollGroup, WriteError, poll_groups
 from .registry import available_drivers, load_driver
 
-__all__ = ["Driver", "PollGroup", "available_drivers", "load_driver", "poll_groups"]
+__all__ = ["Driver", "PollGroup", "WriteError", "available_drivers", "load_driver", "poll_groups"]

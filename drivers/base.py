@@ -7,10 +7,19 @@ bad-quality readings with a reason), and reconnects on its own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 
 from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.errors import PlacedError
 from gatewayd.reading import Reading, Value
+
+
+class WriteError(PlacedError):
+    """A write was refused (not writable, out of range, wrong type) or the device failed it.
+
+    `place` is `device/point`.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +45,11 @@ def poll_groups(device: DeviceConfig) -> list[PollGroup]:
 class Driver(ABC):
     def __init__(self, device: DeviceConfig) -> None:
         self.device = device
+        # Plain counters the daemon may copy into its metrics, e.g. "requests", "faults.timeout",
+        # "busy_retries", "backoffs", "splits", "lines_dropped.checksum".
+        self.counters: Counter[str] = Counter()
+        # Requests each poll group costs (by PollGroup.name), once planned.
+        self.requests_per_group: dict[str, int] = {}
 
     @abstractmethod
     async def poll(self, group: PollGroup) -> list[Reading]:

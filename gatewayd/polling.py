@@ -257,6 +257,10 @@ class Poller:
             else:
                 slot.ok()
                 self.polled_at[group.device] = time.monotonic()
+                # The driver's own counts (requests, faults by reason, retries) as counters.
+                for kind, n in driver.counters.items():
+                    key = ("driver_events", (("device", group.device), ("kind", kind)))
+                    self.metrics.counters[key] = n
         self._account(group.device, readings, time.monotonic() - t0)
         return readings
 

@@ -1,4 +1,15 @@
-"""`python -m gatewayd_sim`: run simulators from the command line, for users without hardware."""
+"""`python -m gatewayd_sim`: run simulators from the command line, for users without hardware.
+
+    python -m gatewayd_sim modbus --map plc.toml --port 5020      # Modbus TCP slave
+    python -m gatewayd_sim rtu --map plc.toml --baud 19200        # RTU slave on a new pty
+    python -m gatewayd_sim rtu --map plc.toml --port 4001         # RTU over TCP (serial gateway)
+    python -m gatewayd_sim gps --rate 1 --baud 4800               # NMEA GPS on a new pty
+    python -m gatewayd_sim sensor --rate 2                        # key=value sensor on a new pty
+    python -m gatewayd_sim cloud --port 1883 --device gw1=public.pem   # the cloud stand-in
+    python -m gatewayd_sim cloud push-config doc.json --to gw1 --port 1883 --admin-password PW
+
+Each prints where it listens (the pty path to put in `serial_port`) and runs until Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +18,55 @@ import asyncio
 import contextlib
 import logging
 import sys
+from typing import Any
 
 
-async def _serve_modbus(args: argparse.Namespace) -> None:
-    from gatewayd_sim.modbus import ModbusTcpSlave
+async def _serve(args: argparse.Namespace) -> None:
     from gatewayd_sim.plant import boiler
 
-    slave = await ModbusTcpSlave(args.host, args.port).start()
-    if args.map:
+    if args.what == "modbus":
+        from gatewayd_sim.modbus import ModbusTcpSlave
         from gatewayd_sim.modbus.regmap import load_map
 
-        load_map(slave, args.map)
-    else:
-        boiler(slave)
-    what = args.map or "the demo boiler"
-    print(f"modbus: {what} on {args.host}:{slave.port}", flush=True)
+        slave = await ModbusTcpSlave(args.host, args.port).start()
+        if args.map:
+            load_map(slave, args.map)
+        else:
+            boiler(slave)
+        what = args.map or "the demo boiler"
+        print(f"modbus: {what} on {args.host}:{slave.port}", flush=True)
+    elif args.what == "rtu":
+        from gatewayd_sim.modbus import ModbusRtuSlave
+        from gatewayd_sim.modbus.regmap import load_map
+
+        rtu = ModbusRtuSlave(baud=args.baud)
+        if args.map:
+            load_map(rtu, args.map)
+        else:
+            boiler(rtu)
+        if args.port:
+            rtu.start_tcp(args.host, args.port)
+            print(
+                f"rtu over tcp: {args.map or 'the demo boiler'} on {args.host}:{rtu.port}",
+                flush=True,
+            )
+        else:
+            rtu.start()
+            print(
+                f"rtu: {args.map or 'the demo boiler'} on {rtu.path} at {args.baud} baud",
+                flush=True,
+            )
+    elif args.what in ("gps", "sensor"):
+        from gatewayd_sim.modbus.signals import random_walk, sine
+        from gatewayd_sim.serial import LineInstrument, gps_lines, kv_lines
+
+        lines: Any = (
+            gps_lines(args.lat, args.lon, speed_kn=1.0)
+            if args.what == "gps"
+            else kv_lines({"temp": sine(21.0, 2.0, 60.0), "hum": random_walk(45.0, 0.5, 20, 80)})
+        )
+        inst = LineInstrument(lines, rate_hz=args.rate, baud=args.baud).start()
+        print(f"{args.what}: lines on {inst.path} at {args.rate} Hz", flush=True)
     await asyncio.Event().wait()
 
 
@@ -29,16 +74,20 @@ def main() -> int:
     from gatewayd_sim.cloud import cli as cloud_cli
 
     p = argparse.ArgumentParser(prog="python -m gatewayd_sim")
-    p.add_argument("what", choices=["modbus", "cloud"])
-    p.add_argument("--map", help="modbus: register map TOML (default: the demo boiler)")
+    p.add_argument("what", choices=["modbus", "rtu", "gps", "sensor", "cloud"])
+    p.add_argument("--map", help="modbus, rtu: register map TOML (default: the demo boiler)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port", type=int, default=0, help="the port to listen on (rtu: RTU over TCP)")
+    p.add_argument("--baud", type=int, default=9600, help="rtu, gps, sensor: line speed")
+    p.add_argument("--rate", type=float, default=1.0, help="gps, sensor: lines a second")
+    p.add_argument("--lat", type=float, default=48.1173)
+    p.add_argument("--lon", type=float, default=11.5167)
     cloud_cli.add_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.what == "cloud" and args.action != "serve":
         return cloud_cli.send(args)
-    serve = _serve_modbus(args) if args.what == "modbus" else cloud_cli.serve(args)
+    serve = cloud_cli.serve(args) if args.what == "cloud" else _serve(args)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve)
     return 0

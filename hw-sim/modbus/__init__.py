@@ -1,12 +1,16 @@
-"""Simulated Modbus devices: a register map, signal generators, and a TCP server."""
+"""Simulated Modbus devices: register maps, signal generators, faults, TCP and RTU slaves."""
 
 from .datamodel import DataModel
 from .encode import to_words
+from .faults import Faults
+from .rtu import ModbusRtuSlave
 from .signals import Signal, constant, counter, ramp, random_walk, sine
 from .tcp import ModbusTcpSlave
 
 __all__ = [
     "DataModel",
+    "Faults",
+    "ModbusRtuSlave",
     "ModbusTcpSlave",
     "Signal",
     "constant",

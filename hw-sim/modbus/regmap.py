@@ -12,18 +12,28 @@ scale = 0.1
 value = -123.4           # a constant, or:
 # signal = "sine"        # constant counter ramp sine random_walk, with its parameters:
 # mean = 20.0, amplitude = 5.0, period_s = 60.0
+
+# Optional, per unit: registers that exist (others answer exception 02), and faults
+# (see faults.py: delay_s, exception, drop, truncate, short, wrong_unit, wrong_function,
+# wrong_transaction, bad_crc, disconnect, times).
+[[units]]
+id = 2
+defined = [[0, 9], [20, 29]]
+faults = { delay_s = 0.05, exception = 6, times = 3 }
 ```
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from . import signals
 from .encode import to_words
-from .tcp import ModbusTcpSlave
+from .faults import Faults
+from .slave import Slave
 
 _SIGNALS: dict[str, Any] = {
     "constant": lambda r: signals.constant(r["value"]),
@@ -36,15 +46,24 @@ _SIGNALS: dict[str, Any] = {
 }
 
 
-def load_map(slave: ModbusTcpSlave, path: str | Path) -> None:
+def load_map(slave: Slave, path: str | Path) -> None:
     doc = tomllib.loads(Path(path).read_text())
     apply_map(slave, doc)
 
 
-def apply_map(slave: ModbusTcpSlave, doc: dict[str, Any]) -> None:
-    for unit in doc.get("units", []):
+def apply_map(slave: Slave, doc: dict[str, Any]) -> None:
+    for i, unit in enumerate(doc.get("units", [])):
         uid = int(unit.get("id", 1))
         model = slave.unit(uid)
+        if "defined" in unit:
+            model.defined = {a for lo, hi in unit["defined"] for a in range(lo, hi + 1)}
+        known = {f.name for f in fields(Faults)}
+        for key, value in unit.get("faults", {}).items():
+            if key not in known:
+                raise ValueError(
+                    f"units[{i}].faults.{key}: unknown fault; use one of {sorted(known)}"
+                )
+            setattr(slave.faults(uid), key, value)
         for r in unit.get("registers", []):
             table, address = r["table"], int(r["address"])
             if table in ("coil", "discrete"):

@@ -1,0 +1,40 @@
+"""Builders shared by the Modbus driver tests: device configs and running simulated slaves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.drivers import PollGroup
+from gatewayd_sim.modbus import ModbusTcpSlave
+
+
+def point(pid: str, address: int, **kw: Any) -> PointConfig:
+    return PointConfig(id=pid, table=kw.pop("table", "holding"), address=address, **kw)
+
+
+def device(port: int, points: list[PointConfig], **kw: Any) -> DeviceConfig:
+    kw.setdefault("timeout_s", 0.3)
+    return DeviceConfig(
+        id=kw.pop("id", "dev"), driver="modbus_tcp", port=port, points=tuple(points), **kw
+    )
+
+
+def group(dev: DeviceConfig) -> PollGroup:
+    return PollGroup(dev.id, dev.interval_ms, dev.points)
+
+
+@asynccontextmanager
+async def tcp_slave(
+    values: dict[int, int] | None = None, unit: int = 1
+) -> AsyncIterator[ModbusTcpSlave]:
+    slave = await ModbusTcpSlave().start()
+    model = slave.unit(unit)
+    for addr, v in (values or {}).items():
+        model.holding[addr] = v
+    try:
+        yield slave
+    finally:
+        await slave.stop()

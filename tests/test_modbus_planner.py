@@ -1,0 +1,116 @@
+"""The request planner: every point covered, no request over the limit, never more requests than
+Telegraf's shrink/rearrange on the same points; exception 02 on a merged read splits it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from modbus_env import device, group, point, tcp_slave
+from telegraf_planner import telegraf_requests
+
+from gatewayd.config import PointConfig
+from gatewayd.drivers.modbus import ModbusDriver, plan_requests
+from gatewayd.reading import Quality
+from gatewayd_sim.modbus.regmap import load_map
+
+_TYPES = {"uint16": 1, "int32": 2, "float64": 4}
+
+
+@st.composite
+def points(draw: st.DrawFn) -> list[PointConfig]:
+    table = draw(st.sampled_from(["holding", "input", "coil"]))
+    n = draw(st.integers(1, 25))
+    out = []
+    for i in range(n):
+        addr = draw(st.integers(0, 600))
+        if table == "coil":
+            out.append(PointConfig(id=f"p{i}", table="coil", address=addr, type="bool"))
+        else:
+            t = draw(st.sampled_from(list(_TYPES)))
+            out.append(PointConfig(id=f"p{i}", table=table, address=addr, type=t))  # type: ignore[arg-type]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(pts=points(), max_gap=st.integers(0, 40), limit=st.sampled_from([8, 125]))
+def test_plan_covers_every_point_within_limit_and_beats_telegraf(
+    pts: list[PointConfig], max_gap: int, limit: int
+) -> None:
+    bits = pts[0].table == "coil"
+    lim = 2000 if bits else limit
+    plan = plan_requests(pts, max_gap=max_gap, max_registers=limit)
+    covered = [p.id for r in plan for p in r.points]
+    assert sorted(covered) == sorted(p.id for p in pts), "each point in exactly one request"
+    for r in plan:
+        assert 1 <= r.count <= lim
+        for p in r.points:
+            assert r.address <= p.address and p.address + p.register_count <= r.address + r.count
+    fields = [(p.address, p.register_count) for p in pts]
+    for strategy in ("shrink", "rearrange"):
+        assert len(plan) <= len(telegraf_requests(fields, lim, strategy)), strategy
+
+
+def test_gap_option_bridges_only_small_holes() -> None:
+    pts = [point("a", 0), point("b", 5), point("c", 30)]
+    assert [(r.address, r.count) for r in plan_requests(pts, max_gap=4)] == [(0, 6), (30, 1)]
+    assert [(r.address, r.count) for r in plan_requests(pts, max_gap=3)] == [
+        (0, 1),
+        (5, 1),
+        (30, 1),
+    ]
+    assert [(r.address, r.count) for r in plan_requests(pts, max_gap=40)] == [(0, 31)]
+
+
+def test_exception_02_splits_merged_read_and_remembers() -> None:
+    async def body() -> None:
+        async with tcp_slave({0: 10, 1: 11, 20: 20, 21: 21}) as slave:
+            slave.unit(1).defined = {0, 1, 20, 21}  # the hole 2..19 does not exist
+            pts = [point("a", 0), point("b", 1), point("c", 20), point("d", 21)]
+            drv = ModbusDriver(device(slave.port, pts, max_gap=20))
+            g = group(drv.device)
+            first = await drv.poll(g)
+            assert [(r.value, r.quality) for r in first] == [
+                (v, Quality.GOOD) for v in (10, 11, 20, 21)
+            ]
+            assert drv.counters["splits"] == 1
+            assert drv.requests_per_group[g.name] == 2
+            asked = slave.requests
+            second = await drv.poll(g)
+            assert [r.value for r in second] == [10, 11, 20, 21]
+            assert slave.requests - asked == 2, "the split is remembered: no refused read again"
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_exception_02_on_one_register_costs_only_its_point() -> None:
+    async def body() -> None:
+        async with tcp_slave({0: 10, 1: 11, 2: 12}) as slave:
+            slave.unit(1).defined = {0, 2}
+            drv = ModbusDriver(device(slave.port, [point("a", 0), point("b", 1), point("c", 2)]))
+            rs = await drv.poll(group(drv.device))
+            assert [(r.value, r.reason) for r in rs] == [
+                (10, None),
+                (None, "exception_02"),
+                (12, None),
+            ]
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_map_file_holes_and_faults_drive_split_and_busy_retry() -> None:
+    async def body() -> None:
+        async with tcp_slave() as slave:
+            load_map(slave, Path(__file__).parent / "fixtures" / "faulty_map.toml")
+            pts = [point("a", 0), point("b", 40, type="int32")]
+            drv = ModbusDriver(device(slave.port, pts, max_gap=50, busy_delay_s=0.01))
+            rs = await drv.poll(group(drv.device))
+            assert [(r.value, r.quality) for r in rs] == [(100, Quality.GOOD), (-5, Quality.GOOD)]
+            assert (drv.counters["busy_retries"], drv.counters["splits"]) == (2, 1)
+            await drv.close()
+
+    asyncio.run(body())
