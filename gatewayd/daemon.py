@@ -128,16 +128,16 @@ class Gateway:
 
         assert self.local_doc is not None
         store = ConfigStore(self.state_dir / "config")
-        lkg, trial, outcome = startup_config(self.cfg, self.local_doc, store)
-        self.cfg = load_document((trial or lkg).document)
+        start = startup_config(self.cfg, self.local_doc, store)
+        self.cfg = load_document((start.trial or start.lkg).document)
         self.remote = ConfigManager(
-            self, store, self.cfg, lkg, self._report_config, self.metrics, self.config_dir
+            self, store, self.cfg, start.lkg, self._report_config, self.metrics, self.config_dir
         )
-        if outcome is not None:
-            self.remote.last_outcome = outcome
-            self.metrics.inc("config_outcomes", status=outcome["status"])
+        self.remote.last_outcome = start.outcome
+        if start.outcome is not None and start.new_outcome:
+            self.metrics.inc("config_outcomes", status=start.outcome["status"])
         self.commands = CommandHandler(self, self._reply_command, self.metrics)
-        return trial
+        return start.trial
 
     # -- live reconfiguration ----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,10 +44,16 @@ class Target(Protocol):
 Report = Callable[[dict[str, Any]], None]
 
 
-def startup_config(
-    local: GatewayConfig, local_doc: dict[str, Any], store: ConfigStore
-) -> tuple[Stored, Stored | None, dict[str, Any] | None]:
-    """(last known good, candidate to try at start or None, outcome to report or None)."""
+@dataclass(frozen=True)
+class Startup:
+    lkg: Stored  # the last known good configuration
+    trial: Stored | None  # a candidate to try at start, under the health deadline
+    outcome: dict[str, Any] | None  # the outcome to report (restored from disk, or new)
+    new_outcome: bool = False  # decided at this start (a rollback), so count it
+
+
+def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: ConfigStore) -> Startup:
+    """Which configuration to start with."""
     base = Stored(local.version, local_doc)
     applied = store.applied()
     if applied is not None and applied.version >= local.version:
@@ -58,16 +65,18 @@ def startup_config(
     cand = store.candidate()
     if cand is None or cand.version <= base.version:
         store.drop_candidate()
-        return base, None, None
+        return Startup(base, None, store.last_outcome())
     if cand.starts >= MAX_STARTS:
         reason = "the gateway stopped while applying it, twice; rolled back at start"
         store.note_rollback(cand.version, reason)
         store.drop_candidate()
         log.warning("config_rolled_back version=%d reason=%r", cand.version, reason)
-        return base, None, _outcome(cand.version, Outcome.ROLLED_BACK, reason)
+        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
+        store.note_outcome(outcome)
+        return Startup(base, None, outcome, new_outcome=True)
     cand = Stored(cand.version, cand.document, cand.starts + 1)
     store.save_candidate(cand)
-    return base, cand, None
+    return Startup(base, cand, store.last_outcome())
 
 
 def _outcome(version: int | None, status: Outcome, reason: str = "") -> dict[str, Any]:
@@ -134,6 +143,8 @@ class ConfigManager:
     def _emit(self, version: int | None, status: Outcome, reason: str = "") -> None:
         out = _outcome(version, status, reason)
         self.last_outcome = out
+        if status is not Outcome.REJECTED:  # rejections change nothing on disk; keep writes few
+            self.store.note_outcome(out)
         self.metrics.inc("config_outcomes", status=str(status))
         log.info("config_%s version=%s reason=%r", status, version, reason)
         self.report(out)

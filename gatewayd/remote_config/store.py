@@ -2,7 +2,8 @@
 
 - `applied.json`: the last known good document (what the gateway starts with);
 - `candidate.json`: a document being tried, with how many process starts it has seen;
-- `history.json`: the highest version ever tried, and the last rollback's version and reason.
+- `history.json`: the highest version ever tried, the last rollback, and the last outcome
+  reported (re-reported after a restart).
 Every write is atomic (write, fsync, rename, fsync the directory).
 """
 
@@ -87,4 +88,14 @@ class ConfigStore:
     def note_rollback(self, version: int, reason: str) -> None:
         d = self._read("history.json") or {}
         d["last_rollback"] = {"version": version, "reason": reason}
+        self._write("history.json", d)
+
+    def last_outcome(self) -> dict[str, Any] | None:
+        """The last reported outcome, kept so a restart still tells the cloud what happened."""
+        out = (self._read("history.json") or {}).get("last_outcome")
+        return out if isinstance(out, dict) else None
+
+    def note_outcome(self, outcome: dict[str, Any]) -> None:
+        d = self._read("history.json") or {}
+        d["last_outcome"] = outcome
         self._write("history.json", d)
