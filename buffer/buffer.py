@@ -1,7 +1,9 @@
 """asyncio face of the Store: every call runs on the one thread that owns the SQLite connection.
 
 Group commit: appends that arrive while a commit is running are queued and committed together in
-the next transaction, so many drivers appending at once cost one fsync, not one each.
+the next transaction, so many drivers appending at once cost one fsync, not one each. `append`
+never raises for a full buffer, a full disk or a corrupt file (the Store evicts, counts, and
+replaces the file); it waits only for its own commit, never for the uplink.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class Buffer:
 
     async def ack(self, ids: Sequence[int]) -> int:
         return await self._run(self._store.ack, ids)
+
+    async def nack(self, ids: Sequence[int]) -> None:
+        await self._run(self._store.nack, ids)
 
     async def rewind(self) -> None:
         await self._run(self._store.rewind)
