@@ -29,6 +29,7 @@ class Buffer:
         self._db = executor
         self._pending: list[tuple[Sequence[Record], asyncio.Future[list[int]]]] = []
         self._flushing = False
+        self.commits = 0  # transactions for appends (fewer than appends: group commit)
         # Set whenever records were appended; the uplink waits on it when the buffer is drained.
         self.appended = asyncio.Event()
 
@@ -64,6 +65,7 @@ class Buffer:
                 flat = [r for recs, _ in batch for r in recs]
                 try:
                     ids: list[int] = await self._run(self._store.append, flat)
+                    self.commits += 1
                 except Exception as exc:  # resolve every waiter; the caller decides
                     for _, fut in batch:
                         if not fut.done():

@@ -66,6 +66,10 @@ VACUUM_FREE_FRACTION = 0.5
 VACUUM_STEP_PAGES = 1024
 # A learned disk-full cap is retried after this long (space may have been freed meanwhile).
 DISK_FULL_HOLD_S = 600.0
+# Free space kept on the file system. A WAL holding pages that grow the file cannot be
+# checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
+# growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
+RESERVE_BYTES = 2 << 20
 
 TELEMETRY = int(Lane.TELEMETRY)
 LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
@@ -188,7 +192,9 @@ class Store:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.sync == 'full' else 'NORMAL'}")
-            db.execute(f"PRAGMA journal_size_limit={8 << 20}")
+            # A small WAL: fewer pages to checkpoint at once, and less to reclaim on a full disk.
+            db.execute("PRAGMA wal_autocheckpoint=256")
+            db.execute(f"PRAGMA journal_size_limit={4 << 20}")
             problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise _Corrupt("; ".join(problems))
@@ -331,6 +337,16 @@ class Store:
         return rows
 
     def _limit(self) -> tuple[int, str]:
+        try:
+            st = os.statvfs(self.path.parent)
+            low = st.f_bavail * st.f_frsize < RESERVE_BYTES
+        except OSError:
+            low = False
+        if low and self._cap > self._bytes:
+            if self._cap == self.cfg.max_bytes:
+                log.warning("buffer_disk_low path=%s bytes=%d", self.path, self._bytes)
+            self._cap = self._bytes
+            self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
         if self._cap < self.cfg.max_bytes:
             if time.monotonic() < self._cap_until:
                 return self._cap, "disk_full"
@@ -452,18 +468,29 @@ class Store:
             self._inflight.pop(rid, None)
 
     def _shrink_for_disk_full(self, attempt: int) -> bool:
-        """After SQLITE_FULL: lower the bound below what fits now; False if nothing can go."""
-        if sum(self._depth) == 0:
-            return False
-        self._cap = int(min(self._cap, self._bytes) * (0.8 ** (attempt + 1)))
-        self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
+        """After SQLITE_FULL: lower the bound below what is stored now, evict down to it in a
+        transaction of its own (deletes need little new space), and checkpoint so the WAL gives
+        its space back. False when nothing more can be done for this append."""
         if attempt == 0:
-            log.warning(
-                "buffer_disk_full path=%s bytes=%d new_cap=%d", self.path, self._bytes, self._cap
-            )
-        # Let the next transaction reuse the WAL file from its start instead of growing it.
+            log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._bytes)
+        if sum(self._depth) > 0:
+            self._cap = int(min(self._cap, self._bytes) * 0.8)
+            self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
+            txn = _Txn()
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                self._make_room([], txn)
+                self._save_evictions(txn)
+                db.execute("COMMIT")
+                self._apply(txn)
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+        elif attempt > 0:
+            return False
         with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return True
 
     def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
