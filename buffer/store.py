@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS evictions (
 """
 _INSERT = "INSERT INTO records (id, lane, ts_ms, body) VALUES (?, ?, ?, ?)"
 # Lane filters that let SQLite use the rowid for telemetry and the partial index for the others.
-_LANE_WHERE = {
+LANE_WHERE = {
     int(lane): "lane = ?" if lane is Lane.TELEMETRY else "lane < 2 AND lane = ?" for lane in Lane
 }
 
@@ -388,7 +388,7 @@ class Store:
         for span in ("id > ?", "id <= ?"):
             if freed >= need or self._depth[lane] + txn.depth[lane] == 0:
                 break
-            where = f"{_LANE_WHERE[lane]} AND {span}"
+            where = f"{LANE_WHERE[lane]} AND {span}"
             q = self._db.execute(
                 f"SELECT id, LENGTH(body) FROM records WHERE {where} ORDER BY id", (lane, cursor)
             )
@@ -528,7 +528,7 @@ class Store:
             if self._depth[lane] == 0:
                 continue
             rows = self._db.execute(
-                f"SELECT id, body FROM records WHERE {_LANE_WHERE[lane]} AND id > ? "
+                f"SELECT id, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
                 "ORDER BY id LIMIT ?",
                 (lane, self._cursor[lane], want),
             ).fetchall()
@@ -650,7 +650,7 @@ class Store:
         for lane in (0, 1, 2):
             if self._depth[lane]:
                 row = self._db.execute(
-                    f"SELECT ts_ms FROM records WHERE {_LANE_WHERE[lane]} ORDER BY id LIMIT 1",
+                    f"SELECT ts_ms FROM records WHERE {LANE_WHERE[lane]} ORDER BY id LIMIT 1",
                     (lane,),
                 ).fetchone()
                 if row is not None and (oldest is None or row[0] < oldest):
@@ -696,7 +696,7 @@ def peek(db: sqlite3.Connection, n: int, lane: Lane | None = None) -> list[Entry
         if len(out) >= n:
             break
         q = db.execute(
-            f"SELECT id, body FROM records WHERE {_LANE_WHERE[int(la)]} ORDER BY id LIMIT ?",
+            f"SELECT id, body FROM records WHERE {LANE_WHERE[int(la)]} ORDER BY id LIMIT ?",
             (int(la), n - len(out)),
         )
         out.extend(Entry(i, int(la), b) for i, b in q)

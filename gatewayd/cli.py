@@ -30,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--alg", choices=["ES256", "RS256"], default="ES256")
     k.add_argument("--out", default="device.key", help="private key file to create (mode 0600)")
     sub.add_parser("version", help="print the version")
+    from gatewayd import buffer_cli
+
+    buffer_cli.add_parser(sub)
     args = p.parse_args(argv)
 
     from gatewayd import logs
 
     logs.setup(args.log_level if args.cmd != "demo" or args.log_level != "INFO" else "WARNING")
     handler = {"run": _run, "demo": _demo, "check": _check, "keygen": _keygen, "version": _version}
+    handler["buffer"] = buffer_cli.run
     return handler[args.cmd](args)
 
 
