@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from gatewayd.config import BufferConfig
 
@@ -60,9 +61,12 @@ ROW_OVERHEAD = 32
 EVICT_SLACK = 1 / 200
 # Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md).
 PLAUSIBLE_MS = 1_704_067_200_000  # 2024-01-01
-# Give pages back to the file system once most of the file is free (after a drained outage).
-VACUUM_MIN_FREE_PAGES = 256
-VACUUM_FREE_FRACTION = 0.5
+# Give pages back to the file system once nearly all of the file is free (a drained outage).
+# Vacuuming moves live pages from the end of the file into the holes: waiting for 90% free
+# keeps those extra SD-card writes under a tenth of the file. 1 MiB of free pages is kept for
+# reuse, so normal operation does not shrink and regrow the file.
+VACUUM_KEEP_FREE_PAGES = 256
+VACUUM_FREE_FRACTION = 0.9
 VACUUM_STEP_PAGES = 1024
 # A learned disk-full cap is retried after this long (space may have been freed meanwhile).
 DISK_FULL_HOLD_S = 600.0
@@ -89,7 +93,8 @@ CREATE TABLE IF NOT EXISTS evictions (
     PRIMARY KEY (lane, reason)
 ) WITHOUT ROWID;
 """
-_INSERT = "INSERT INTO records (id, lane, ts_ms, body) VALUES (?, ?, ?, ?)"
+_INSERT = "INSERT INTO records (lane, ts_ms, body) VALUES (?, ?, ?)"
+_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
 # Lane filters that let SQLite use the rowid for telemetry and the partial index for the others.
 LANE_WHERE = {
     int(lane): "lane = ?" if lane is Lane.TELEMETRY else "lane < 2 AND lane = ?" for lane in Lane
@@ -104,8 +109,9 @@ class DiskFull(Exception):
     """SQLite reported SQLITE_FULL (disk full or max_page_count reached)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """A stored record as taken: a tuple, so a backlog drains without per-row object set-up."""
+
     id: int
     lane: int
     body: str
@@ -175,6 +181,9 @@ class Store:
         self._cap = cfg.max_bytes  # lowered after a disk-full error
         self._cap_until = 0.0
         self._next_expiry = 0.0
+        self._next_statvfs = 0.0
+        self._statvfs_bytes = 0
+        self._dir = str(self.path.parent)
         self.appended = 0
         self.acked = 0
         self._recount()
@@ -265,8 +274,6 @@ class Store:
             (lane, reason): n
             for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
         }
-        (seq,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        self._next_id = int(seq) + 1
         self._inflight.clear()
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
 
@@ -283,15 +290,12 @@ class Store:
         if not records:
             return []
         self._sync_external()
-        nid = self._next_id
-        rows = [(nid + i, int(r.lane), r.ts_ms, encode_body(r)) for i, r in enumerate(records)]
+        bodies = [encode_body(r) for r in records]
+        rows = list(zip([r.lane for r in records], [r.ts_ms for r in records], bodies, strict=True))
         reason = "disk_full"
         for attempt in range(4):
-            if rows[0][0] != self._next_id:  # the file was replaced: ids of its incarnation
-                nid = self._next_id
-                rows = [(nid + i, lane, ts, body) for i, (_, lane, ts, body) in enumerate(rows)]
             try:
-                kept = self._append_txn(rows)
+                first, dropped = self._append_txn(rows)
             except DiskFull:
                 if not self._shrink_for_disk_full(attempt):
                     break
@@ -302,26 +306,34 @@ class Store:
                     reason = "error"
                     break
                 continue
-            self._next_id = nid + len(rows)
-            self.appended += len(kept)
-            if len(kept) == len(rows):
-                return [r[0] for r in rows]
-            ids = {r[0] for r in kept}
-            return [r[0] if r[0] in ids else 0 for r in rows]
+            self.appended += len(rows) - len(dropped)
+            if not dropped:
+                return list(range(first, first + len(rows)))
+            ids = []
+            for i in range(len(rows)):
+                ids.append(0 if i in dropped else first)
+                first += i not in dropped
+            return ids
         # Nothing could be written: the records are lost, and counted.
-        for r in rows:
-            key = (r[1], reason)
+        for lane, _, _ in rows:
+            key = (int(lane), reason)
             self._unsaved[key] = self._unsaved.get(key, 0) + 1
         return [0] * len(rows)
 
-    def _append_txn(self, rows: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
+    def _append_txn(self, rows: Sequence[tuple[int, int, str]]) -> tuple[int, set[int]]:
+        """One transaction: expire, make room, insert. (first id, positions not kept)."""
         db = self._db
         txn = _Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
             self._expire(txn)
-            rows = self._make_room(rows, txn)
-            db.executemany(_INSERT, rows)
+            incoming = sum(map(len, (r[2] for r in rows))) + ROW_OVERHEAD * len(rows)
+            dropped = self._make_room(rows, incoming, txn)
+            kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
+            if kept:
+                db.executemany(_INSERT, kept)
+            # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
+            (seq,) = db.execute(_SEQ).fetchone()
             self._save_evictions(txn)
             db.execute("COMMIT")
         except BaseException as exc:
@@ -330,18 +342,32 @@ class Store:
             if sqlite_code(exc) == sqlite3.SQLITE_FULL:
                 raise DiskFull() from exc
             raise
-        for _, lane, _, body in rows:
-            txn.depth[lane] += 1
-            txn.bytes += len(body) + ROW_OVERHEAD
+        if dropped:
+            for lane, _, body in kept:
+                txn.depth[lane] += 1
+                txn.bytes += len(body) + ROW_OVERHEAD
+        else:
+            lanes = [r[0] for r in rows]
+            alarms, events = lanes.count(Lane.ALARM), lanes.count(Lane.EVENT)
+            txn.depth[0] += alarms
+            txn.depth[1] += events
+            txn.depth[2] += len(rows) - alarms - events
+            txn.bytes += incoming
         self._apply(txn)
-        return rows
+        return seq - len(kept) + 1, dropped
 
     def _limit(self) -> tuple[int, str]:
-        try:
-            st = os.statvfs(self.path.parent)
-            low = st.f_bavail * st.f_frsize < RESERVE_BYTES
-        except OSError:
-            low = False
+        low = False
+        now = time.monotonic()
+        # A syscall per second, or per 512 KiB stored, is enough to see the disk filling.
+        if now >= self._next_statvfs or self._bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
+            self._next_statvfs = now + 1.0
+            self._statvfs_bytes = self._bytes
+            try:
+                st = os.statvfs(self._dir)
+                low = st.f_bavail * st.f_frsize < RESERVE_BYTES
+            except OSError:
+                pass
         if low and self._cap > self._bytes:
             if self._cap == self.cfg.max_bytes:
                 log.warning("buffer_disk_low path=%s bytes=%d", self.path, self._bytes)
@@ -354,32 +380,31 @@ class Store:
         return self.cfg.max_bytes, "full"
 
     def _make_room(
-        self, rows: list[tuple[int, int, int, str]], txn: _Txn
-    ) -> list[tuple[int, int, int, str]]:
-        """Evict so that `rows` fit under the bound; returns the rows that are kept."""
+        self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: _Txn
+    ) -> set[int]:
+        """Evict so that `rows` fit under the bound; returns the positions of rows not kept."""
         limit, reason = self._limit()
-        incoming = sum(len(r[3]) for r in rows) + ROW_OVERHEAD * len(rows)
         excess = self._bytes + txn.bytes + incoming - limit
+        dropped: set[int] = set()
         if excess <= 0:
-            return rows
-        excess += int(limit * EVICT_SLACK)
+            return dropped
+        slack = int(limit * EVICT_SLACK)  # only for stored records, never for incoming ones
+        excess += slack
         for lane in (TELEMETRY, int(Lane.EVENT), int(Lane.ALARM)):
-            excess -= self._evict_oldest(lane, excess, reason, txn)
-            if excess <= 0:
-                return rows
+            need = excess if lane == TELEMETRY else excess - slack
+            excess -= self._evict_oldest(lane, need, reason, txn)
+            if excess <= slack:
+                return dropped
             # Nothing older is left in this lane: the incoming records of the lane go next.
-            kept = []
-            for r in rows:
-                if r[1] == lane and excess > 0:
-                    excess -= len(r[3]) + ROW_OVERHEAD
+            for i, r in enumerate(rows):
+                if r[0] == lane and excess > slack:
+                    excess -= len(r[2]) + ROW_OVERHEAD
+                    dropped.add(i)
                     key = (lane, reason)
                     txn.evicted[key] = txn.evicted.get(key, 0) + 1
-                else:
-                    kept.append(r)
-            rows = kept
-            if excess <= 0:
-                return rows
-        return rows
+            if excess <= slack:
+                return dropped
+        return dropped
 
     def _evict_oldest(self, lane: int, need: int, reason: str, txn: _Txn) -> int:
         """Delete a lane's oldest records (not in flight first) until `need` bytes are freed."""
@@ -480,7 +505,7 @@ class Store:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                self._make_room([], txn)
+                self._make_room([], 0, txn)
                 self._save_evictions(txn)
                 db.execute("COMMIT")
                 self._apply(txn)
@@ -521,6 +546,7 @@ class Store:
         out: list[Entry] = []
         size = 0
         inflight = self._inflight
+        make = Entry._make
         for lane in (0, 1, 2):
             want = max_records - len(out)
             if want <= 0:
@@ -528,18 +554,20 @@ class Store:
             if self._depth[lane] == 0:
                 continue
             rows = self._db.execute(
-                f"SELECT id, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
+                f"SELECT id, lane, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
                 "ORDER BY id LIMIT ?",
                 (lane, self._cursor[lane], want),
             ).fetchall()
-            for rid, body in rows:
-                n = len(body)
+            for row in rows:
+                n = len(row[2])
                 if out and size + n > max_bytes:
                     return out
-                out.append(Entry(rid, lane, body))
                 size += n
-                inflight[rid] = n << 2 | lane
-                self._cursor[lane] = rid
+                inflight[row[0]] = n << 2 | lane
+                self._cursor[lane] = row[0]
+                out.append(make(row))
+        if not out:  # idle: a moment to give a drained outage's space back
+            self._maybe_vacuum()
         return out
 
     def _expire_now(self) -> None:
@@ -632,13 +660,15 @@ class Store:
     def _maybe_vacuum(self) -> None:
         db = self._db
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if free < VACUUM_MIN_FREE_PAGES:
+        if free < 2 * VACUUM_KEEP_FREE_PAGES:
             return
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         if free < pages * VACUUM_FREE_FRACTION:
             return
+        step = min(VACUUM_STEP_PAGES, free - VACUUM_KEEP_FREE_PAGES)
         try:
-            db.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
+            # executescript steps the pragma to the end; execute() would free a single page.
+            db.executescript(f"PRAGMA incremental_vacuum({step});")
         except sqlite3.Error as exc:
             log.warning("buffer_vacuum_failed error=%s", exc)
 
