@@ -40,8 +40,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from gatewayd.config import BufferConfig
 
@@ -59,6 +60,7 @@ ID_BITS = 40
 ROW_OVERHEAD = 32
 # Evict a little more than needed, so a full buffer deletes in chunks, not a row per append.
 EVICT_SLACK = 1 / 200
+EXPIRE_SLICE = 20_000
 # Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md).
 PLAUSIBLE_MS = 1_704_067_200_000  # 2024-01-01
 # Give pages back to the file system once nearly all of the file is free (a drained outage).
@@ -291,7 +293,8 @@ class Store:
             return []
         self._sync_external()
         bodies = [encode_body(r) for r in records]
-        rows = list(zip([r.lane for r in records], [r.ts_ms for r in records], bodies, strict=True))
+        lanes = [int(r.lane) for r in records]  # sqlite3 binds an exact int faster than an IntEnum
+        rows = list(zip(lanes, [r.ts_ms for r in records], bodies, strict=True))
         reason = "disk_full"
         for attempt in range(4):
             try:
@@ -348,7 +351,7 @@ class Store:
                 txn.bytes += len(body) + ROW_OVERHEAD
         else:
             lanes = [r[0] for r in rows]
-            alarms, events = lanes.count(Lane.ALARM), lanes.count(Lane.EVENT)
+            alarms, events = lanes.count(0), lanes.count(1)
             txn.depth[0] += alarms
             txn.depth[1] += events
             txn.depth[2] += len(rows) - alarms - events
@@ -439,8 +442,9 @@ class Store:
         return freed
 
     def _expire(self, txn: _Txn) -> None:
-        """Drop telemetry older than max_age_s (by its own timestamp), oldest first, counted."""
-        if self.cfg.max_age_s is None or time.monotonic() < self._next_expiry:
+        """Drop telemetry older than max_age_s (by its own timestamp), oldest first, counted.
+        Looks at the oldest rows only: one short query per transaction when nothing is due."""
+        if self.cfg.max_age_s is None:
             return
         self._next_expiry = time.monotonic() + 1.0
         now = self._now()
@@ -448,8 +452,9 @@ class Store:
             return
         cutoff = now - self.cfg.max_age_s * 1000
         q = self._db.execute(
-            "SELECT id, ts_ms, LENGTH(body) FROM records WHERE lane = ? AND id > ? ORDER BY id",
-            (TELEMETRY, self._cursor[TELEMETRY]),
+            "SELECT id, ts_ms, LENGTH(body) FROM records WHERE lane = ? AND id > ? ORDER BY id "
+            "LIMIT ?",  # a long-expired backlog goes in slices: appends never wait long
+            (TELEMETRY, self._cursor[TELEMETRY], EXPIRE_SLICE),
         )
         n = size = 0
         last = None
@@ -546,7 +551,7 @@ class Store:
         out: list[Entry] = []
         size = 0
         inflight = self._inflight
-        make = Entry._make
+        make = partial(tuple.__new__, Entry)  # a C-level Entry from a row tuple
         for lane in (0, 1, 2):
             want = max_records - len(out)
             if want <= 0:
@@ -558,14 +563,29 @@ class Store:
                 "ORDER BY id LIMIT ?",
                 (lane, self._cursor[lane], want),
             ).fetchall()
-            for row in rows:
-                n = len(row[2])
-                if out and size + n > max_bytes:
-                    return out
-                size += n
-                inflight[row[0]] = n << 2 | lane
-                self._cursor[lane] = row[0]
-                out.append(make(row))
+            if not rows:
+                continue
+            lens = [len(r[2]) for r in rows]
+            total = sum(lens)
+            full = size + total > max_bytes
+            if full:  # cut where the batch would exceed max_bytes (it holds at least one record)
+                cut = 0
+                for n in lens:
+                    if (out or cut) and size + n > max_bytes:
+                        break
+                    size += n
+                    cut += 1
+                rows, lens = rows[:cut], lens[:cut]
+            else:
+                size += total
+            if rows:
+                inflight.update(
+                    zip([r[0] for r in rows], [n << 2 | lane for n in lens], strict=True)
+                )
+                self._cursor[lane] = rows[-1][0]
+                out.extend(map(make, rows))
+            if full:
+                return out
         if not out:  # idle: a moment to give a drained outage's space back
             self._maybe_vacuum()
         return out
@@ -588,19 +608,19 @@ class Store:
     def ack(self, ids: Iterable[int]) -> int:
         """Delete acknowledged records; unknown ids (already acked or evicted) are ignored."""
         self._sync_external()
-        known: list[int] = []
-        unknown: list[int] = []
-        inflight = self._inflight
-        popped: dict[int, int] = {}
-        for i in ids:
-            v = inflight.pop(i, None)
-            if v is None:
-                unknown.append(i)
-            else:
-                popped[i] = v
-                known.append(i)
-        if not known and not unknown:
+        ids = list(ids)
+        if not ids:
             return 0
+        inflight = self._inflight
+        pop = inflight.pop
+        vals = [pop(i, None) for i in ids]
+        if None in vals:  # some were not taken by this process (after a rewind or restart)
+            known = [i for i, v in zip(ids, vals, strict=True) if v is not None]
+            unknown = [i for i, v in zip(ids, vals, strict=True) if v is None]
+            popped = {i: v for i, v in zip(ids, vals, strict=True) if v is not None}
+        else:
+            known, unknown = ids, []
+            popped = dict(zip(ids, cast("list[int]", vals), strict=True))
         db = self._db
         txn = _Txn()
         try:
@@ -610,9 +630,12 @@ class Store:
                 db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             if db.total_changes - before != len(known):  # cannot happen without another writer
                 raise _Recount()
-            for v in popped.values():
-                txn.depth[v & 3] -= 1
-                txn.bytes -= (v >> 2) + ROW_OVERHEAD
+            lanes = [v & 3 for v in popped.values()]
+            alarms, events = lanes.count(0), lanes.count(1)
+            txn.depth[0] -= alarms
+            txn.depth[1] -= events
+            txn.depth[2] -= len(lanes) - alarms - events
+            txn.bytes -= sum([v >> 2 for v in popped.values()]) + ROW_OVERHEAD * len(lanes)
             # Ids not taken by this process (after a rewind or restart): sizes from the rows.
             for chunk in _chunks(unknown, 500):
                 for lane, length in db.execute(
