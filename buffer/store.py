@@ -544,7 +544,16 @@ class Store:
     # -- take / ack / nack ---------------------------------------------------------------------
 
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
-        """The next records not in flight, highest-priority lane first, in id order."""
+        """The next records not in flight, highest-priority lane first, in id order. Never
+        raises for the file: a corrupt one is replaced, other errors give [] (try again)."""
+        try:
+            return self._take(max_records, max_bytes)
+        except sqlite3.DatabaseError as exc:
+            if not self._replace_if_corrupt(exc):
+                log.warning("buffer_take_failed path=%s error=%s", self.path, exc)
+            return []
+
+    def _take(self, max_records: int, max_bytes: int) -> list[Entry]:
         self._sync_external()
         if self.cfg.max_age_s is not None and time.monotonic() >= self._next_expiry:
             self._expire_now()
@@ -653,6 +662,8 @@ class Store:
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError) and self._replace_if_corrupt(exc):
+                return 0
             inflight.update(popped)
             # The records stay and are sent again later: a duplicate, never a loss.
             log.warning("buffer_ack_failed n=%d error=%s", len(known) + len(unknown), exc)

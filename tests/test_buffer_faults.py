@@ -147,3 +147,23 @@ def test_concurrent_appends_share_commits_and_each_gets_its_own_ids(tmp_path: Pa
     assert len(set(flat)) == 180 and all(i > 0 for i in flat)
     assert all(ids == list(range(ids[0], ids[0] + 3)) for ids in results)
     assert commits < 60, f"{commits} commits for 60 concurrent appends: no group commit"
+
+
+def test_corruption_found_while_running_replaces_the_file_and_counts_the_loss(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.sqlite"
+    store = Store(path, BufferConfig())
+    old = store.append(recs(3000))
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store._db.execute("PRAGMA cache_size=1")  # so the next read comes from the damaged file
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(os.urandom(size - 3 * 4096))
+    assert store.take(10, 1 << 20) == [], "the uplink gets nothing, not an exception"
+    assert len(store.quarantined) == 1 and store.quarantined[0].exists()
+    new = store.append(recs(2))
+    assert min(new) > max(old)
+    assert store.snapshot().evicted == {"telemetry/corrupt": 3000}
+    assert [e.id for e in store.take(10, 1 << 20)] == new
