@@ -22,9 +22,14 @@ On-disk layout (WAL, auto_vacuum=INCREMENTAL):
 
 Ids: a new file starts its AUTOINCREMENT sequence at `incarnation << 40`. The incarnation is
 counted in the sidecar `<file>.incarnation` (written atomically before the file is seeded) and the
-file's own sequence repairs a sidecar that fell behind, so a file that is deleted or quarantined
-as corrupt is followed by one whose ids are all higher. 2^40 ids per incarnation (35 years at
-1000 readings/s); ids stay JSON-safe (< 2^53) for 8191 incarnations.
+file's own sequence repairs a sidecar that fell behind at every open, so a file that is deleted or
+quarantined as corrupt is followed by one whose ids are all higher. Only losing the sidecar and
+the file together (or a corrupt file whose sidecar was lost since its last open) can restart the
+ids. 2^40 ids per incarnation (35 years at 1000 readings/s); JSON-safe (< 2^53) for 8191 of them.
+
+Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
+less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
+file found corrupt while running), error (an append no write could store), purged (the CLI).
 
 In flight: `take` moves a per-lane cursor in memory only; after a crash everything not acked is
 taken again. `nack(ids)` moves a lane's cursor back before the first nacked id.
@@ -251,11 +256,11 @@ class Store:
         if row is not None:
             incarnation = int(row[0]) >> ID_BITS
             if known < incarnation:  # the sidecar was lost: repair it from the file
-                write_atomic(sidecar, f"{incarnation}\n")
+                _write_sidecar(sidecar, incarnation)
             return incarnation
         incarnation = known + 1
         # Sidecar first: a crash before the seed commits only skips an incarnation.
-        write_atomic(sidecar, f"{incarnation}\n")
+        _write_sidecar(sidecar, incarnation)
         db.execute(
             "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)",
             (incarnation << ID_BITS,),
@@ -793,6 +798,15 @@ def _check_directory(path: Path) -> None:
         raise BufferOpenError(
             str(path), "file is not readable and writable", "give the gatewayd user access to it"
         )
+
+
+def _write_sidecar(path: Path, incarnation: int) -> None:
+    try:
+        write_atomic(path, f"{incarnation}\n")
+    except OSError as exc:
+        raise BufferOpenError(
+            str(path), f"cannot write the id counter: {exc.strerror}", "give gatewayd access"
+        ) from exc
 
 
 def _open_error(path: Path, exc: sqlite3.Error) -> BufferOpenError:
