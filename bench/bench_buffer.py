@@ -211,7 +211,7 @@ def main() -> None:
             ):
                 if sync == "full" and batch == 1:
                     n //= 4
-                bench_append(d, sync, batch, n, 3)
+                bench_append(d, sync, batch, n, 3 if q else 5)
         bench_group_commit(d, 20, 25 if q else 100)
         bench_outage(d, 100_000 if q else 1_000_000)
     print(f"(pid {os.getpid()}; write_bytes from /proc/self/io)")

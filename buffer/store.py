@@ -210,7 +210,7 @@ class Store:
             db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.sync == 'full' else 'NORMAL'}")
             # A small WAL: fewer pages to checkpoint at once, and less to reclaim on a full disk.
             db.execute("PRAGMA wal_autocheckpoint=256")
-            db.execute(f"PRAGMA journal_size_limit={4 << 20}")
+            db.execute(f"PRAGMA journal_size_limit={2 << 20}")
             problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise _Corrupt("; ".join(problems))
