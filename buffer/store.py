@@ -300,10 +300,11 @@ class Store:
         bodies = [encode_body(r) for r in records]
         lanes = [int(r.lane) for r in records]  # sqlite3 binds an exact int faster than an IntEnum
         rows = list(zip(lanes, [r.ts_ms for r in records], bodies, strict=True))
+        incoming = sum(map(len, bodies)) + ROW_OVERHEAD * len(bodies)
         reason = "disk_full"
         for attempt in range(4):
             try:
-                first, dropped = self._append_txn(rows)
+                first, dropped = self._append_txn(rows, incoming)
             except DiskFull:
                 if not self._shrink_for_disk_full(attempt):
                     break
@@ -328,14 +329,15 @@ class Store:
             self._unsaved[key] = self._unsaved.get(key, 0) + 1
         return [0] * len(rows)
 
-    def _append_txn(self, rows: Sequence[tuple[int, int, str]]) -> tuple[int, set[int]]:
+    def _append_txn(
+        self, rows: Sequence[tuple[int, int, str]], incoming: int
+    ) -> tuple[int, set[int]]:
         """One transaction: expire, make room, insert. (first id, positions not kept)."""
         db = self._db
         txn = _Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
             self._expire(txn)
-            incoming = sum(map(len, (r[2] for r in rows))) + ROW_OVERHEAD * len(rows)
             dropped = self._make_room(rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
             if kept:
@@ -382,7 +384,7 @@ class Store:
             self._cap = self._bytes
             self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
         if self._cap < self.cfg.max_bytes:
-            if time.monotonic() < self._cap_until:
+            if now < self._cap_until:
                 return self._cap, "disk_full"
             self._cap = self.cfg.max_bytes
         return self.cfg.max_bytes, "full"
@@ -478,6 +480,8 @@ class Store:
             txn.evict(TELEMETRY, "age", n, size)
 
     def _save_evictions(self, txn: _Txn) -> None:
+        if not txn.evicted and not self._unsaved:
+            return
         counts = dict(txn.evicted)
         for key, n in self._unsaved.items():
             counts[key] = counts.get(key, 0) + n
