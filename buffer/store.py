@@ -68,12 +68,13 @@ EVICT_SLACK = 1 / 200
 EXPIRE_SLICE = 20_000
 # Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md).
 PLAUSIBLE_MS = 1_704_067_200_000  # 2024-01-01
-# Give pages back to the file system once nearly all of the file is free (a drained outage).
-# Vacuuming moves live pages from the end of the file into the holes: waiting for 90% free
-# keeps those extra SD-card writes under a tenth of the file. 1 MiB of free pages is kept for
-# reuse, so normal operation does not shrink and regrow the file.
+# Give pages back to the file system once a backlog is drained: when `take` finds nothing to
+# send and over half of the file is free. Vacuuming moves live pages from the end of the file
+# into the holes; after a drain few pages are live, so it costs few SD-card writes (during the
+# drain it would move the whole remaining backlog). 1 MiB of free pages is kept for reuse, so
+# normal operation does not shrink and regrow the file.
 VACUUM_KEEP_FREE_PAGES = 256
-VACUUM_FREE_FRACTION = 0.9
+VACUUM_FREE_FRACTION = 0.5
 VACUUM_STEP_PAGES = 1024
 # A learned disk-full cap is retried after this long (space may have been freed meanwhile).
 DISK_FULL_HOLD_S = 600.0
@@ -680,7 +681,6 @@ class Store:
         self._apply(txn)
         n = -sum(txn.depth)
         self.acked += n
-        self._maybe_vacuum()
         return n
 
     def nack(self, ids: Iterable[int]) -> None:
