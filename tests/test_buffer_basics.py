@@ -86,3 +86,21 @@ def test_expiry_waits_for_a_plausible_clock(tmp_path: Path) -> None:
     s = Store(tmp_path / "b.sqlite", BufferConfig(max_age_s=600), now=lambda: 86_400_000)
     s.append([Record("d/p", 0, 1.0), Record("d/p", 1, 2.0)])  # a Pi booted in 1970
     assert s.snapshot().evicted == {} and s.snapshot().depth == 2
+
+
+def test_file_gives_its_space_back_once_a_backlog_is_drained(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    s = Store(path, BufferConfig())
+    for i in range(40):
+        s.append(recs(1000, start=i * 1000))
+    s.close()  # checkpoints the WAL into the file
+    full = path.stat().st_size
+    s = Store(path, BufferConfig())
+    while batch := s.take(500, 1 << 20):
+        s.ack([e.id for e in batch])
+    for _ in range(20):  # the uplink's idle polls
+        assert s.take(500, 1 << 20) == []
+    s.append(recs(10))  # and life goes on in the same file
+    s.close()
+    assert full > 3 << 20
+    assert path.stat().st_size < full * 0.4, f"{path.stat().st_size} of {full} bytes kept"
