@@ -54,7 +54,6 @@ def fresh(path: Path) -> Path:
 
 def raw_db(path: Path, sync: str) -> sqlite3.Connection:
     db = sqlite3.connect(fresh(path), isolation_level=None)
-    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={sync.upper()}")
     db.execute("PRAGMA wal_autocheckpoint=256")
@@ -150,7 +149,7 @@ def bench_outage(d: Path, n: int) -> None:
     drained = store.snapshot()
     w0 = write_bytes()
     idle_s, _ = timed(lambda: [store.take(500, 256 * 1024) for _ in range(100)])
-    idle_wb = write_bytes() - w0  # the uplink's idle polls: the incremental vacuum's turn
+    idle_wb = write_bytes() - w0  # the uplink's idle polls: the VACUUM's turn
     idle = store.snapshot()
     store.close()
     # Raw comparison for the drain: the same select and delete by id, no accounting.
@@ -190,7 +189,7 @@ def bench_outage(d: Path, n: int) -> None:
     print(
         f"file (with WAL) after draining: {drained.file_bytes / mib:.2f} MiB"
         f" ({drained.file_bytes / filled.file_bytes:.1%} of full);"
-        f" after 100 idle takes {idle.file_bytes / mib:.2f} MiB (incremental vacuum:"
+        f" after 100 idle takes {idle.file_bytes / mib:.2f} MiB (VACUUM:"
         f" {idle_s:.2f} s, {idle_wb / mib:.1f} MiB written);"
         f" after close {Path(path).stat().st_size / mib:.2f} MiB"
     )

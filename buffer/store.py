@@ -12,7 +12,7 @@ Invariants:
   a commit by another connection (the `gatewayd buffer` CLI) is noticed through `data_version`
   and recounted.
 
-On-disk layout (WAL, auto_vacuum=INCREMENTAL):
+On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain):
 - `records(id INTEGER PRIMARY KEY AUTOINCREMENT, lane, ts_ms, body)`: `body` is the record's
   canonical JSON (see codec) without the id. Telemetry is taken and evicted by rowid order;
   alarms and events, which are few, have a partial index `(lane, id) WHERE lane < 2`, so a
@@ -68,14 +68,15 @@ EVICT_SLACK = 1 / 200
 EXPIRE_SLICE = 20_000
 # Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md).
 PLAUSIBLE_MS = 1_704_067_200_000  # 2024-01-01
-# Give pages back to the file system once a backlog is drained: when `take` finds nothing to
-# send and over half of the file is free. Vacuuming moves live pages from the end of the file
-# into the holes; after a drain few pages are live, so it costs few SD-card writes (during the
-# drain it would move the whole remaining backlog). 1 MiB of free pages is kept for reuse, so
-# normal operation does not shrink and regrow the file.
-VACUUM_KEEP_FREE_PAGES = 256
+# Give space back to the file system once a backlog is drained: when `take` finds nothing to
+# send, half of the file is free and little is live, VACUUM rewrites the file. It writes only the
+# live pages (then just records in flight), where incremental vacuum would rewrite about half a
+# page per freed page; until then freed pages are reused by new records.
+VACUUM_MIN_FREE_PAGES = 256
 VACUUM_FREE_FRACTION = 0.5
-VACUUM_STEP_PAGES = 1024
+VACUUM_MAX_LIVE_BYTES = 16 << 20
+# How long a write waits for the CLI's short transactions.
+BUSY_TIMEOUT_MS = 5000
 # A learned disk-full cap is retried after this long (space may have been freed meanwhile).
 DISK_FULL_HOLD_S = 600.0
 # Free space kept on the file system. A WAL holding pages that grow the file cannot be
@@ -204,9 +205,7 @@ class Store:
         except sqlite3.Error as exc:
             raise _open_error(self.path, exc) from exc
         try:
-            db.execute("PRAGMA busy_timeout=5000")
-            # Must precede the first table of a new file; a no-op on an existing one.
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.sync == 'full' else 'NORMAL'}")
             # A small WAL: fewer pages to checkpoint at once, and less to reclaim on a full disk.
@@ -703,17 +702,22 @@ class Store:
     def _maybe_vacuum(self) -> None:
         db = self._db
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if free < 2 * VACUUM_KEEP_FREE_PAGES:
+        if free < VACUUM_MIN_FREE_PAGES or self._bytes > VACUUM_MAX_LIVE_BYTES:
             return
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         if free < pages * VACUUM_FREE_FRACTION:
             return
-        step = min(VACUUM_STEP_PAGES, free - VACUUM_KEEP_FREE_PAGES)
+        db.execute("PRAGMA busy_timeout=0")  # never make appends wait for a reader's snapshot
         try:
-            # executescript steps the pragma to the end; execute() would free a single page.
-            db.executescript(f"PRAGMA incremental_vacuum({step});")
-        except sqlite3.Error as exc:
-            log.warning("buffer_vacuum_failed error=%s", exc)
+            db.execute("VACUUM")
+            # The file shrinks when the WAL is checkpointed; do it now, not after 1 MiB more.
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # e.g. the CLI holds a read snapshot: next time
+            log.info("buffer_vacuum_postponed error=%s", exc)
+            return
+        finally:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        log.info("buffer_vacuumed pages_before=%d free_before=%d", pages, free)
 
     # -- inspection ----------------------------------------------------------------------------
 
