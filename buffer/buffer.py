@@ -1,7 +1,9 @@
 """asyncio face of the Store: every call runs on the one thread that owns the SQLite connection.
 
 Group commit: appends that arrive while a commit is running are queued and committed together in
-the next transaction, so many drivers appending at once cost one fsync, not one each.
+the next transaction, so many drivers appending at once cost one fsync, not one each. `append`
+never raises for a full buffer, a full disk or a corrupt file (the Store evicts, counts, and
+replaces the file); it waits only for its own commit, never for the uplink.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Buffer:
         self._db = executor
         self._pending: list[tuple[Sequence[Record], asyncio.Future[list[int]]]] = []
         self._flushing = False
+        self.commits = 0  # transactions for appends (fewer than appends: group commit)
         # Set whenever records were appended; the uplink waits on it when the buffer is drained.
         self.appended = asyncio.Event()
 
@@ -61,6 +64,7 @@ class Buffer:
                 flat = [r for recs, _ in batch for r in recs]
                 try:
                     ids: list[int] = await self._run(self._store.append, flat)
+                    self.commits += 1
                 except Exception as exc:  # resolve every waiter; the caller decides
                     for _, fut in batch:
                         if not fut.done():
@@ -80,6 +84,9 @@ class Buffer:
 
     async def ack(self, ids: Sequence[int]) -> int:
         return await self._run(self._store.ack, ids)
+
+    async def nack(self, ids: Sequence[int]) -> None:
+        await self._run(self._store.nack, ids)
 
     async def rewind(self) -> None:
         await self._run(self._store.rewind)

@@ -1,33 +1,90 @@
 """The synchronous SQLite outbox. One thread owns a Store; `Buffer` is its asyncio face.
 
-On-disk layout:
-- table `records(id INTEGER PRIMARY KEY AUTOINCREMENT, lane, ts_ms, body)`; `body` is the
-  record's canonical JSON (see codec), without the id;
-- AUTOINCREMENT guarantees an id is never reused within a file; a new file starts its sequence
-  at `incarnation << 40`, the incarnation counted in a sidecar `<file>.incarnation`, so ids never
-  repeat across re-creation either (2^40 ids per incarnation, JSON-safe up to 8192 incarnations);
-- in-flight state lives only in memory (a per-lane cursor): after a crash everything not acked is
-  simply taken again.
+Invariants:
+- `append` returns after one transaction committed its records (and any evictions they caused);
+  it never raises for a full buffer, a full disk or a corrupt file: what it could not keep is
+  counted in `evicted` under "<lane>/<reason>" and gets id 0;
+- a record leaves the file only through `ack` or a counted eviction; eviction takes the oldest
+  telemetry first (records not in flight before those in flight), events only when no telemetry
+  is left, alarms only when nothing else is left, incoming records included in that order;
+- ids never repeat on a gateway: see "Ids" below;
+- the in-memory accounting (depth per lane, bytes) is exact: it changes only after a commit, and
+  a commit by another connection (the `gatewayd buffer` CLI) is noticed through `data_version`
+  and recounted.
+
+On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain):
+- `records(id INTEGER PRIMARY KEY AUTOINCREMENT, lane, ts_ms, body)`: `body` is the record's
+  canonical JSON (see codec) without the id. Telemetry is taken and evicted by rowid order;
+  alarms and events, which are few, have a partial index `(lane, id) WHERE lane < 2`, so a
+  telemetry insert touches no index;
+- `evictions(lane, reason, n)`: eviction totals since the file was created, written in the same
+  transaction as the deletes, so after a crash the counts still match the data.
+
+Ids: a new file starts its AUTOINCREMENT sequence at `incarnation << 40`. The incarnation is
+counted in the sidecar `<file>.incarnation` (written atomically before the file is seeded) and the
+file's own sequence repairs a sidecar that fell behind at every open, so a file that is deleted or
+quarantined as corrupt is followed by one whose ids are all higher. Only losing the sidecar and
+the file together (or a corrupt file whose sidecar was lost since its last open) can restart the
+ids. 2^40 ids per incarnation (35 years at 1000 readings/s); JSON-safe (< 2^53) for 8191 of them.
+
+Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
+less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
+file found corrupt while running), error (an append no write could store), purged (the CLI).
+
+In flight: `take` moves a per-lane cursor in memory only; after a crash everything not acked is
+taken again. `nack(ids)` moves a lane's cursor back before the first nacked id.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple, cast
 
 from gatewayd.config import BufferConfig
 from gatewayd.errors import PlacedError
 from gatewayd.files import write_atomic
-from gatewayd.reading import Lane, Record
+from gatewayd.reading import Lane, Record, now_ms
 
 from .codec import decode_body, encode_body
 
+log = logging.getLogger("gatewayd.buffer")
+
 ID_BITS = 40
-# Per-row bytes beyond the body (rowid, lane, ts, b-tree cell), for the size bound.
-ROW_OVERHEAD = 24
+# Per-row bytes beyond the body (rowid, lane, ts, cell header and pointer, page slack), so that
+# `bytes` tracks the file's real size for the bound.
+ROW_OVERHEAD = 32
+# Evict a little more than needed, so a full buffer deletes in chunks, not a row per append.
+EVICT_SLACK = 1 / 200
+EXPIRE_SLICE = 20_000
+# Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md).
+PLAUSIBLE_MS = 1_704_067_200_000  # 2024-01-01
+# Give space back to the file system once a backlog is drained: when `take` finds nothing to
+# send, half of the file is free and little is live, VACUUM rewrites the file. It writes only the
+# live pages (then just records in flight), where incremental vacuum would rewrite about half a
+# page per freed page; until then freed pages are reused by new records.
+VACUUM_MIN_FREE_PAGES = 256
+VACUUM_FREE_FRACTION = 0.5
+VACUUM_MAX_LIVE_BYTES = 16 << 20
+# How long a write waits for the CLI's short transactions.
+BUSY_TIMEOUT_MS = 5000
+# A learned disk-full cap is retried after this long (space may have been freed meanwhile).
+DISK_FULL_HOLD_S = 600.0
+# Free space kept on the file system. A WAL holding pages that grow the file cannot be
+# checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
+# growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
+RESERVE_BYTES = 2 << 20
+
+TELEMETRY = int(Lane.TELEMETRY)
+LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -36,16 +93,33 @@ CREATE TABLE IF NOT EXISTS records (
     ts_ms INTEGER NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_by_lane ON records (lane, id);
+CREATE INDEX IF NOT EXISTS records_priority ON records (lane, id) WHERE lane < 2;
+CREATE TABLE IF NOT EXISTS evictions (
+    lane INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (lane, reason)
+) WITHOUT ROWID;
 """
+_INSERT = "INSERT INTO records (lane, ts_ms, body) VALUES (?, ?, ?)"
+_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
+# Lane filters that let SQLite use the rowid for telemetry and the partial index for the others.
+LANE_WHERE = {
+    int(lane): "lane = ?" if lane is Lane.TELEMETRY else "lane < 2 AND lane = ?" for lane in Lane
+}
 
 
 class BufferOpenError(PlacedError):
     """The buffer file cannot be opened or created (missing or read-only directory, ...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class DiskFull(Exception):
+    """SQLite reported SQLITE_FULL (disk full or max_page_count reached)."""
+
+
+class Entry(NamedTuple):
+    """A stored record as taken: a tuple, so a backlog drains without per-row object set-up."""
+
     id: int
     lane: int
     body: str
@@ -63,193 +137,691 @@ class Stats:
     evicted: dict[str, int] = field(default_factory=dict)  # "lane/reason" -> count
     appended: int = 0
     acked: int = 0
-    file_bytes: int = 0
+    file_bytes: int = 0  # the database file plus its WAL
+    inflight: int = 0
+    quarantined: int = 0  # corrupt files moved aside by this process
+    incarnation: int = 0
+
+
+class _Txn:
+    """What a transaction changed, applied to the in-memory accounting only after COMMIT."""
+
+    __slots__ = ("bytes", "depth", "evicted", "saved_unsaved", "uncursored")
+
+    def __init__(self) -> None:
+        self.saved_unsaved = False
+        self.bytes = 0
+        self.depth = [0, 0, 0]
+        self.evicted: dict[tuple[int, str], int] = {}
+        self.uncursored: list[int] = []  # evicted ids that may be in the in-flight map
+
+    def evict(self, lane: int, reason: str, n: int, size: int) -> None:
+        self.depth[lane] -= n
+        self.bytes -= size
+        key = (lane, reason)
+        self.evicted[key] = self.evicted.get(key, 0) + n
+
+
+def sqlite_code(exc: BaseException) -> int:
+    """The primary SQLite result code of an exception (extended codes folded), 0 if none."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
 class Store:
-    def __init__(self, path: str | Path, cfg: BufferConfig) -> None:
+    def __init__(
+        self, path: str | Path, cfg: BufferConfig, now: Callable[[], int] = now_ms
+    ) -> None:
         self.path = Path(path)
         self.cfg = cfg
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise BufferOpenError(
-                str(directory),
-                "directory does not exist",
-                "create it, or set [gateway] state_dir / [buffer] path",
-            )
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise BufferOpenError(
-                str(directory),
-                "directory is not writable",
-                "give the gatewayd user write access (systemd: StateDirectory=)",
-            )
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        self._now = now
+        self.quarantined: list[Path] = []
+        _check_directory(self.path)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if cfg.sync == 'full' else 'NORMAL'}")
-            self._db.executescript(_SCHEMA)
-            if fresh:
-                self._seed_ids()
-        except sqlite3.Error as exc:
-            raise BufferOpenError(
-                str(self.path), f"cannot open: {exc}", "check the file system and free space"
-            ) from exc
-        self._cursor = {lane: 0 for lane in Lane}
-        self.stats = Stats()
-        self._bytes = self._db.execute(
-            f"SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * {ROW_OVERHEAD}, 0) FROM records"
-        ).fetchone()[0]
+            self._db = self._open_checked()
+        except _Corrupt as exc:
+            self._quarantine(str(exc))
+            self._db = self._open_checked()
+        self.incarnation = self._seed_ids()
+        self._cursor = [0, 0, 0]
+        self._inflight: dict[int, int] = {}  # taken id -> len(body) << 2 | lane
+        self._evicted: dict[tuple[int, str], int] = {}
+        self._unsaved: dict[tuple[int, str], int] = {}  # counted but not yet written (disk full)
+        self._cap = cfg.max_bytes  # lowered after a disk-full error
+        self._cap_until = 0.0
+        self._next_expiry = 0.0
+        self._next_statvfs = 0.0
+        self._statvfs_bytes = 0
+        self._dir = str(self.path.parent)
+        self.appended = 0
+        self.acked = 0
+        self._recount()
 
-    def _seed_ids(self) -> None:
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open_checked(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.sync == 'full' else 'NORMAL'}")
+            # A small WAL: fewer pages to checkpoint at once, and less to reclaim on a full disk.
+            db.execute("PRAGMA wal_autocheckpoint=256")
+            db.execute(f"PRAGMA journal_size_limit={2 << 20}")
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _Corrupt("; ".join(problems))
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if sqlite_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise _Corrupt(str(exc)) from exc
+            raise _open_error(self.path, exc) from exc
+        except _Corrupt:
+            db.close()
+            raise
+        return db
+
+    def _quarantine(self, problem: str) -> None:
+        """Move a corrupt file (and its WAL) aside with a timestamp; the caller starts afresh."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, moved)
+            wal = Path(f"{self.path}-wal")
+            if wal.exists():
+                os.replace(wal, f"{moved}-wal")
+            Path(f"{self.path}-shm").unlink(missing_ok=True)
+        except OSError as exc:
+            raise BufferOpenError(
+                str(self.path),
+                f"corrupt ({problem}) and cannot be moved aside: {exc.strerror}",
+                "remove the file by hand",
+            ) from exc
+        self.quarantined.append(moved)
+        log.error("buffer_quarantined path=%s moved_to=%s problem=%r", self.path, moved, problem)
+
+    def _seed_ids(self) -> int:
+        """This file's incarnation; a new file is seeded from the sidecar counter first."""
+        db = self._db
         sidecar = self.path.with_name(self.path.name + ".incarnation")
         try:
-            incarnation = int(sidecar.read_text().strip()) + 1
+            known = int(sidecar.read_text().strip())
         except (OSError, ValueError):
-            incarnation = 1
-        write_atomic(sidecar, f"{incarnation}\n")
-        self._db.execute(
+            known = 0
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        if row is not None:
+            incarnation = int(row[0]) >> ID_BITS
+            if known < incarnation:  # the sidecar was lost: repair it from the file
+                _write_sidecar(sidecar, incarnation)
+            return incarnation
+        incarnation = known + 1
+        # Sidecar first: a crash before the seed commits only skips an incarnation.
+        _write_sidecar(sidecar, incarnation)
+        db.execute(
             "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)",
             (incarnation << ID_BITS,),
         )
+        return incarnation
+
+    def _recount(self) -> None:
+        """Rebuild the in-memory accounting from the file (at start, or after another writer)."""
+        db = self._db
+        self._depth = [0, 0, 0]
+        self._bytes = 0
+        for lane, n, size in db.execute(
+            "SELECT lane, COUNT(*), SUM(LENGTH(body)) FROM records GROUP BY lane"
+        ):
+            self._depth[lane] = n
+            self._bytes += size + n * ROW_OVERHEAD
+        self._evicted = {
+            (lane, reason): n
+            for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
+        }
+        self._inflight.clear()
+        self._version = db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _sync_external(self) -> None:
+        v = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if v != self._version:
+            log.info("buffer_changed_externally path=%s", self.path)
+            self._recount()
+
+    # -- append --------------------------------------------------------------------------------
 
     def append(self, records: Sequence[Record]) -> list[int]:
-        """Commit records in one transaction; returns their ids in order."""
-        rows = [(int(r.lane), r.ts_ms, encode_body(r)) for r in records]
-        added = sum(len(b) for _, _, b in rows) + ROW_OVERHEAD * len(rows)
-        self._make_room(added)
+        """Commit records in one transaction; their ids in order (0: not kept, counted)."""
+        if not records:
+            return []
+        self._sync_external()
+        bodies = [encode_body(r) for r in records]
+        lanes = [int(r.lane) for r in records]  # sqlite3 binds an exact int faster than an IntEnum
+        rows = list(zip(lanes, [r.ts_ms for r in records], bodies, strict=True))
+        incoming = sum(map(len, bodies)) + ROW_OVERHEAD * len(bodies)
+        reason = "disk_full"
+        for attempt in range(4):
+            try:
+                first, dropped = self._append_txn(rows, incoming)
+            except DiskFull:
+                if not self._shrink_for_disk_full(attempt):
+                    break
+                continue
+            except sqlite3.DatabaseError as exc:
+                if not self._replace_if_corrupt(exc):
+                    log.error("buffer_append_failed path=%s error=%s", self.path, exc)
+                    reason = "error"
+                    break
+                continue
+            self.appended += len(rows) - len(dropped)
+            if not dropped:
+                return list(range(first, first + len(rows)))
+            ids = []
+            for i in range(len(rows)):
+                ids.append(0 if i in dropped else first)
+                first += i not in dropped
+            return ids
+        # Nothing could be written: the records are lost, and counted.
+        for lane, _, _ in rows:
+            key = (int(lane), reason)
+            self._unsaved[key] = self._unsaved.get(key, 0) + 1
+        return [0] * len(rows)
+
+    def _append_txn(
+        self, rows: Sequence[tuple[int, int, str]], incoming: int
+    ) -> tuple[int, set[int]]:
+        """One transaction: expire, make room, insert. (first id, positions not kept)."""
         db = self._db
+        txn = _Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            first = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
-            db.executemany("INSERT INTO records (lane, ts_ms, body) VALUES (?, ?, ?)", rows)
+            self._expire(txn)
+            dropped = self._make_room(rows, incoming, txn)
+            kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
+            if kept:
+                db.executemany(_INSERT, kept)
+            # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
+            (seq,) = db.execute(_SEQ).fetchone()
+            self._save_evictions(txn)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if sqlite_code(exc) == sqlite3.SQLITE_FULL:
+                raise DiskFull() from exc
             raise
-        start = (first[0] if first else 0) + 1
-        self._bytes += added
-        self.stats.appended += len(rows)
-        return list(range(start, start + len(rows)))
+        if dropped:
+            for lane, _, body in kept:
+                txn.depth[lane] += 1
+                txn.bytes += len(body) + ROW_OVERHEAD
+        else:
+            lanes = [r[0] for r in rows]
+            alarms, events = lanes.count(0), lanes.count(1)
+            txn.depth[0] += alarms
+            txn.depth[1] += events
+            txn.depth[2] += len(rows) - alarms - events
+            txn.bytes += incoming
+        self._apply(txn)
+        return seq - len(kept) + 1, dropped
 
-    def _make_room(self, incoming: int) -> None:
-        """Evict the oldest telemetry until `incoming` bytes fit under the bound."""
-        excess = self._bytes + incoming - self.cfg.max_bytes
+    def _limit(self) -> tuple[int, str]:
+        low = False
+        now = time.monotonic()
+        # A syscall per second, or per 512 KiB stored, is enough to see the disk filling.
+        if now >= self._next_statvfs or self._bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
+            self._next_statvfs = now + 1.0
+            self._statvfs_bytes = self._bytes
+            try:
+                st = os.statvfs(self._dir)
+                low = st.f_bavail * st.f_frsize < RESERVE_BYTES
+            except OSError:
+                pass
+        if low and self._cap > self._bytes:
+            if self._cap == self.cfg.max_bytes:
+                log.warning("buffer_disk_low path=%s bytes=%d", self.path, self._bytes)
+            self._cap = self._bytes
+            self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
+        if self._cap < self.cfg.max_bytes:
+            if now < self._cap_until:
+                return self._cap, "disk_full"
+            self._cap = self.cfg.max_bytes
+        return self.cfg.max_bytes, "full"
+
+    def _make_room(
+        self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: _Txn
+    ) -> set[int]:
+        """Evict so that `rows` fit under the bound; returns the positions of rows not kept."""
+        limit, reason = self._limit()
+        excess = self._bytes + txn.bytes + incoming - limit
+        dropped: set[int] = set()
         if excess <= 0:
-            return
+            return dropped
+        slack = int(limit * EVICT_SLACK)  # only for stored records, never for incoming ones
+        excess += slack
+        for lane in (TELEMETRY, int(Lane.EVENT), int(Lane.ALARM)):
+            need = excess if lane == TELEMETRY else excess - slack
+            excess -= self._evict_oldest(lane, need, reason, txn)
+            if excess <= slack:
+                return dropped
+            # Nothing older is left in this lane: the incoming records of the lane go next.
+            for i, r in enumerate(rows):
+                if r[0] == lane and excess > slack:
+                    excess -= len(r[2]) + ROW_OVERHEAD
+                    dropped.add(i)
+                    key = (lane, reason)
+                    txn.evicted[key] = txn.evicted.get(key, 0) + 1
+            if excess <= slack:
+                return dropped
+        return dropped
+
+    def _evict_oldest(self, lane: int, need: int, reason: str, txn: _Txn) -> int:
+        """Delete a lane's oldest records (not in flight first) until `need` bytes are freed."""
         freed = 0
-        evicted = 0
-        rows = self._db.execute(
-            "SELECT id, LENGTH(body) FROM records WHERE lane = ? ORDER BY id",
-            (int(Lane.TELEMETRY),),
-        )
-        last = None
-        for rid, size in rows:
-            freed += size + ROW_OVERHEAD
-            evicted += 1
-            last = rid
-            if freed >= excess:
+        cursor = self._cursor[lane]
+        for span in ("id > ?", "id <= ?"):
+            if freed >= need or self._depth[lane] + txn.depth[lane] == 0:
                 break
+            where = f"{LANE_WHERE[lane]} AND {span}"
+            q = self._db.execute(
+                f"SELECT id, LENGTH(body) FROM records WHERE {where} ORDER BY id", (lane, cursor)
+            )
+            n = 0
+            size = 0
+            last = None
+            ids = []
+            for rid, length in q:
+                n += 1
+                size += length + ROW_OVERHEAD
+                last = rid
+                if span == "id <= ?":
+                    ids.append(rid)
+                if freed + size >= need:
+                    break
+            q.close()
+            if last is None:
+                continue
+            self._db.execute(f"DELETE FROM records WHERE {where} AND id <= ?", (lane, cursor, last))
+            txn.evict(lane, reason, n, size)
+            txn.uncursored.extend(ids)
+            freed += size
+        return freed
+
+    def _expire(self, txn: _Txn) -> None:
+        """Drop telemetry older than max_age_s (by its own timestamp), oldest first, counted.
+        Looks at the oldest rows only: one short query per transaction when nothing is due."""
+        if self.cfg.max_age_s is None:
+            return
+        self._next_expiry = time.monotonic() + 1.0
+        now = self._now()
+        if now < PLAUSIBLE_MS or self._depth[TELEMETRY] == 0:
+            return
+        cutoff = now - self.cfg.max_age_s * 1000
+        q = self._db.execute(
+            "SELECT id, ts_ms, LENGTH(body) FROM records WHERE lane = ? AND id > ? ORDER BY id "
+            "LIMIT ?",  # a long-expired backlog goes in slices: appends never wait long
+            (TELEMETRY, self._cursor[TELEMETRY], EXPIRE_SLICE),
+        )
+        n = size = 0
+        last = None
+        for rid, ts, length in q:
+            if ts >= cutoff:
+                break
+            n += 1
+            size += length + ROW_OVERHEAD
+            last = rid
+        q.close()
         if last is not None:
             self._db.execute(
-                "DELETE FROM records WHERE lane = ? AND id <= ?", (int(Lane.TELEMETRY), last)
+                "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ?",
+                (TELEMETRY, self._cursor[TELEMETRY], last),
             )
-            self._bytes -= freed
-            key = "telemetry/full"
-            self.stats.evicted[key] = self.stats.evicted.get(key, 0) + evicted
+            txn.evict(TELEMETRY, "age", n, size)
+
+    def _save_evictions(self, txn: _Txn) -> None:
+        if not txn.evicted and not self._unsaved:
+            return
+        counts = dict(txn.evicted)
+        for key, n in self._unsaved.items():
+            counts[key] = counts.get(key, 0) + n
+        txn.saved_unsaved = True
+        if counts:
+            self._db.executemany(
+                "INSERT INTO evictions (lane, reason, n) VALUES (?, ?, ?) "
+                "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
+                [(lane, reason, n) for (lane, reason), n in counts.items()],
+            )
+
+    def _apply(self, txn: _Txn) -> None:
+        for lane in range(3):
+            self._depth[lane] += txn.depth[lane]
+        self._bytes += txn.bytes
+        if txn.saved_unsaved:
+            for key, n in self._unsaved.items():
+                self._evicted[key] = self._evicted.get(key, 0) + n
+            self._unsaved.clear()
+        for key, n in txn.evicted.items():
+            self._evicted[key] = self._evicted.get(key, 0) + n
+        for rid in txn.uncursored:
+            self._inflight.pop(rid, None)
+
+    def _shrink_for_disk_full(self, attempt: int) -> bool:
+        """After SQLITE_FULL: lower the bound below what is stored now, evict down to it in a
+        transaction of its own (deletes need little new space), and checkpoint so the WAL gives
+        its space back. False when nothing more can be done for this append."""
+        if attempt == 0:
+            log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._bytes)
+        if sum(self._depth) > 0:
+            self._cap = int(min(self._cap, self._bytes) * 0.8)
+            self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
+            txn = _Txn()
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                self._make_room([], 0, txn)
+                self._save_evictions(txn)
+                db.execute("COMMIT")
+                self._apply(txn)
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+        elif attempt > 0:
+            return False
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return True
+
+    def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
+        """A file found corrupt while running is moved aside and replaced; its records are
+        counted as lost ("<lane>/corrupt"). False for any other error."""
+        if sqlite_code(exc) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return False
+        lost = list(self._depth)
+        self._db.close()
+        self._quarantine(str(exc))
+        self._db = self._open_checked()
+        self.incarnation = self._seed_ids()
+        self._cursor = [0, 0, 0]
+        self._recount()
+        for lane, n in enumerate(lost):
+            if n:
+                key = (lane, "corrupt")
+                self._unsaved[key] = self._unsaved.get(key, 0) + n
+        return True
+
+    # -- take / ack / nack ---------------------------------------------------------------------
 
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
-        """The next records not yet in flight, highest-priority lane first, in id order."""
+        """The next records not in flight, highest-priority lane first, in id order. Never
+        raises for the file: a corrupt one is replaced, other errors give [] (try again)."""
+        try:
+            return self._take(max_records, max_bytes)
+        except sqlite3.DatabaseError as exc:
+            if not self._replace_if_corrupt(exc):
+                log.warning("buffer_take_failed path=%s error=%s", self.path, exc)
+            return []
+
+    def _take(self, max_records: int, max_bytes: int) -> list[Entry]:
+        self._sync_external()
+        if self.cfg.max_age_s is not None and time.monotonic() >= self._next_expiry:
+            self._expire_now()
         out: list[Entry] = []
         size = 0
-        for lane in Lane:
-            if len(out) >= max_records:
+        inflight = self._inflight
+        make = partial(tuple.__new__, Entry)  # a C-level Entry from a row tuple
+        for lane in (0, 1, 2):
+            want = max_records - len(out)
+            if want <= 0:
                 break
+            if self._depth[lane] == 0:
+                continue
             rows = self._db.execute(
-                "SELECT id, body FROM records WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
-                (int(lane), self._cursor[lane], max_records - len(out)),
+                f"SELECT id, lane, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (lane, self._cursor[lane], want),
             ).fetchall()
-            for rid, body in rows:
-                if out and size + len(body) > max_bytes:
-                    return out
-                out.append(Entry(rid, int(lane), body))
-                size += len(body)
-                self._cursor[lane] = rid
+            if not rows:
+                continue
+            lens = [len(r[2]) for r in rows]
+            total = sum(lens)
+            full = size + total > max_bytes
+            if full:  # cut where the batch would exceed max_bytes (it holds at least one record)
+                cut = 0
+                for n in lens:
+                    if (out or cut) and size + n > max_bytes:
+                        break
+                    size += n
+                    cut += 1
+                rows, lens = rows[:cut], lens[:cut]
+            else:
+                size += total
+            if rows:
+                inflight.update(
+                    zip([r[0] for r in rows], [n << 2 | lane for n in lens], strict=True)
+                )
+                self._cursor[lane] = rows[-1][0]
+                out.extend(map(make, rows))
+            if full:
+                return out
+        if not out:  # idle: a moment to give a drained outage's space back
+            self._maybe_vacuum()
         return out
+
+    def _expire_now(self) -> None:
+        txn = _Txn()
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            self._expire(txn)
+            self._save_evictions(txn)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.warning("buffer_expiry_failed error=%s", exc)
+            return
+        self._apply(txn)
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete acknowledged records; unknown ids (already acked or evicted) are ignored."""
-        idl = [(i,) for i in ids]
-        if not idl:
+        self._sync_external()
+        ids = list(ids)
+        if not ids:
             return 0
+        inflight = self._inflight
+        pop = inflight.pop
+        vals = [pop(i, None) for i in ids]
+        if None in vals:  # some were not taken by this process (after a rewind or restart)
+            known = [i for i, v in zip(ids, vals, strict=True) if v is not None]
+            unknown = [i for i, v in zip(ids, vals, strict=True) if v is None]
+            popped = {i: v for i, v in zip(ids, vals, strict=True) if v is not None}
+        else:
+            known, unknown = ids, []
+            popped = dict(zip(ids, cast("list[int]", vals), strict=True))
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        txn = _Txn()
         try:
+            db.execute("BEGIN IMMEDIATE")
             before = db.total_changes
-            # Sizes first, so the byte bound stays exact without a full re-scan.
-            freed = 0
-            for chunk in _chunks(idl, 500):
-                marks = ",".join("?" * len(chunk))
-                args = [i for (i,) in chunk]
-                freed += db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * {ROW_OVERHEAD}, 0) "
-                    f"FROM records WHERE id IN ({marks})",
-                    args,
-                ).fetchone()[0]
-                db.execute(f"DELETE FROM records WHERE id IN ({marks})", args)
+            for chunk in _chunks(known, 500):
+                db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            if db.total_changes - before != len(known):  # cannot happen without another writer
+                raise _Recount()
+            lanes = [v & 3 for v in popped.values()]
+            alarms, events = lanes.count(0), lanes.count(1)
+            txn.depth[0] -= alarms
+            txn.depth[1] -= events
+            txn.depth[2] -= len(lanes) - alarms - events
+            txn.bytes -= sum([v >> 2 for v in popped.values()]) + ROW_OVERHEAD * len(lanes)
+            # Ids not taken by this process (after a rewind or restart): sizes from the rows.
+            for chunk in _chunks(unknown, 500):
+                for lane, length in db.execute(
+                    f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))}) "
+                    "RETURNING lane, LENGTH(body)",
+                    chunk,
+                ):
+                    txn.depth[lane] -= 1
+                    txn.bytes -= length + ROW_OVERHEAD
             db.execute("COMMIT")
-        except BaseException:
+        except _Recount:
             db.execute("ROLLBACK")
-            raise
-        n = db.total_changes - before
-        self._bytes -= freed
-        self.stats.acked += n
+            self._recount()
+            return self.ack(known + unknown)
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError) and self._replace_if_corrupt(exc):
+                return 0
+            inflight.update(popped)
+            # The records stay and are sent again later: a duplicate, never a loss.
+            log.warning("buffer_ack_failed n=%d error=%s", len(known) + len(unknown), exc)
+            return 0
+        self._apply(txn)
+        n = -sum(txn.depth)
+        self.acked += n
         return n
+
+    def nack(self, ids: Iterable[int]) -> None:
+        """Give taken records back: each nacked id and whatever its lane took after it is taken
+        again by the next `take` (so order within a lane is kept)."""
+        first = [0, 0, 0]
+        for i in ids:
+            v = self._inflight.get(i)
+            if v is not None:
+                lane = v & 3
+                first[lane] = i if first[lane] == 0 else min(first[lane], i)
+        for lane in range(3):
+            if first[lane] and first[lane] <= self._cursor[lane]:
+                self._cursor[lane] = first[lane] - 1
 
     def rewind(self) -> None:
         """Forget what is in flight: the next take starts again at the oldest unacked record."""
-        self._cursor = {lane: 0 for lane in Lane}
+        self._cursor = [0, 0, 0]
+
+    def _maybe_vacuum(self) -> None:
+        db = self._db
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        if free < VACUUM_MIN_FREE_PAGES or self._bytes > VACUUM_MAX_LIVE_BYTES:
+            return
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        if free < pages * VACUUM_FREE_FRACTION:
+            return
+        db.execute("PRAGMA busy_timeout=0")  # never make appends wait for a reader's snapshot
+        try:
+            db.execute("VACUUM")
+            # The file shrinks when the WAL is checkpointed; do it now, not after 1 MiB more.
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # e.g. the CLI holds a read snapshot: next time
+            log.info("buffer_vacuum_postponed error=%s", exc)
+            return
+        finally:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        log.info("buffer_vacuumed pages_before=%d free_before=%d", pages, free)
+
+    # -- inspection ----------------------------------------------------------------------------
 
     def snapshot(self) -> Stats:
-        s = self.stats
-        s.depth_by_lane = {
-            Lane(lane).name.lower(): n
-            for lane, n in self._db.execute("SELECT lane, COUNT(*) FROM records GROUP BY lane")
-        }
-        s.depth = sum(s.depth_by_lane.values())
-        s.bytes = self._bytes
-        s.oldest_ts_ms = self._db.execute("SELECT MIN(ts_ms) FROM records").fetchone()[0]
-        try:
-            s.file_bytes = self.path.stat().st_size
-        except OSError:
-            s.file_bytes = 0
+        self._sync_external()
+        oldest = None
+        for lane in (0, 1, 2):
+            if self._depth[lane]:
+                row = self._db.execute(
+                    f"SELECT ts_ms FROM records WHERE {LANE_WHERE[lane]} ORDER BY id LIMIT 1",
+                    (lane,),
+                ).fetchone()
+                if row is not None and (oldest is None or row[0] < oldest):
+                    oldest = row[0]
+        evicted: dict[str, int] = {}
+        for counts in (self._evicted, self._unsaved):
+            for (lane, reason), n in counts.items():
+                key = f"{LANE_NAMES[lane]}/{reason}"
+                evicted[key] = evicted.get(key, 0) + n
         return Stats(
-            s.depth,
-            s.bytes,
-            s.oldest_ts_ms,
-            dict(s.depth_by_lane),
-            dict(s.evicted),
-            s.appended,
-            s.acked,
-            s.file_bytes,
+            depth=sum(self._depth),
+            bytes=self._bytes,
+            oldest_ts_ms=oldest,
+            depth_by_lane={LANE_NAMES[lane]: n for lane, n in enumerate(self._depth) if n},
+            evicted=evicted,
+            appended=self.appended,
+            acked=self.acked,
+            file_bytes=file_bytes(self.path),
+            inflight=len(self._inflight),
+            quarantined=len(self.quarantined),
+            incarnation=self.incarnation,
         )
 
     def peek(self, n: int, lane: Lane | None = None) -> list[Entry]:
-        if lane is None:
-            q = self._db.execute(
-                "SELECT id, lane, body FROM records ORDER BY lane, id LIMIT ?", (n,)
-            )
-        else:
-            q = self._db.execute(
-                "SELECT id, lane, body FROM records WHERE lane = ? ORDER BY id LIMIT ?",
-                (int(lane), n),
-            )
-        return [Entry(i, la, b) for i, la, b in q]
+        return peek(self._db, n, lane)
 
     def close(self) -> None:
         self._db.close()
 
 
-def _chunks(seq: list[tuple[int]], n: int) -> Iterable[list[tuple[int]]]:
+class _Corrupt(Exception):
+    pass
+
+
+class _Recount(Exception):
+    pass
+
+
+def peek(db: sqlite3.Connection, n: int, lane: Lane | None = None) -> list[Entry]:
+    """The first `n` records in delivery order (or of one lane)."""
+    out: list[Entry] = []
+    for la in Lane if lane is None else (lane,):
+        if len(out) >= n:
+            break
+        q = db.execute(
+            f"SELECT id, body FROM records WHERE {LANE_WHERE[int(la)]} ORDER BY id LIMIT ?",
+            (int(la), n - len(out)),
+        )
+        out.extend(Entry(i, int(la), b) for i, b in q)
+    return out
+
+
+def file_bytes(path: Path) -> int:
+    total = 0
+    for p in (path, Path(f"{path}-wal")):
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
+
+
+def _check_directory(path: Path) -> None:
+    directory = path.parent
+    if not directory.is_dir():
+        raise BufferOpenError(
+            str(directory),
+            "directory does not exist",
+            "create it, or set [gateway] state_dir / [buffer] path",
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BufferOpenError(
+            str(directory),
+            "directory is not writable",
+            "give the gatewayd user write access (systemd: StateDirectory=)",
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise BufferOpenError(
+            str(path), "file is not readable and writable", "give the gatewayd user access to it"
+        )
+
+
+def _write_sidecar(path: Path, incarnation: int) -> None:
+    try:
+        write_atomic(path, f"{incarnation}\n")
+    except OSError as exc:
+        raise BufferOpenError(
+            str(path), f"cannot write the id counter: {exc.strerror}", "give gatewayd access"
+        ) from exc
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> BufferOpenError:
+    return BufferOpenError(
+        str(path), f"cannot open: {exc}", "check the file system, its permissions and free space"
+    )
+
+
+def _chunks(seq: list[int], n: int) -> Iterable[list[int]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]

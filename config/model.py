@@ -92,6 +92,7 @@ class BufferConfig:
     path: str = "buffer.sqlite"  # relative paths are inside the state directory
     sync: Literal["full", "normal"] = "normal"
     max_bytes: int = 256 * 1024 * 1024
+    max_age_s: int | None = None  # telemetry older than this (by its timestamp) is dropped, counted
 
 
 @dataclass(frozen=True, slots=True)

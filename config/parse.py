@@ -113,6 +113,7 @@ def _buffer(s: Section) -> BufferConfig:
         path=s.text("path", BufferConfig().path),
         sync=s.choice("sync", ("full", "normal"), BufferConfig().sync),
         max_bytes=s.integer("max_bytes", BufferConfig().max_bytes, lo=64 * 1024),
+        max_age_s=s.opt_integer("max_age_s", lo=60),
     )
     s.done()
     return cfg

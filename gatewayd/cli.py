@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     st.add_argument("--listen", help="host:port of the metrics endpoint (overrides --config)")
     sub.add_parser("version", help="print the version")
+    from gatewayd import buffer_cli
+
+    buffer_cli.add_parser(sub)
     args = p.parse_args(argv)
 
     from gatewayd import logs
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "keygen": _keygen,
         "status": _status,
         "version": _version,
+        "buffer": buffer_cli.run,
     }
     return handler[args.cmd](args)
 

@@ -68,3 +68,39 @@ def test_full_buffer_evicts_oldest_telemetry_and_counts(tmp_path: Path) -> None:
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BufferOpenError, match="directory does not exist"):
         Store(tmp_path / "nope" / "b.sqlite", BufferConfig())
+
+
+def test_telemetry_older_than_max_age_is_dropped_and_counted_alarms_stay(tmp_path: Path) -> None:
+    now = [1_764_000_000_000]
+    s = Store(tmp_path / "b.sqlite", BufferConfig(max_age_s=600), now=lambda: now[0])
+    old = [Record("d/p", now[0] - 700_000, 1.0), Record("d/p", now[0] - 650_000, 2.0)]
+    old_alarm = Record("d/hi", now[0] - 3_600_000, True, lane=Lane.ALARM)
+    s.append([*old, old_alarm])
+    fresh = s.append([Record("d/p", now[0] - 1000, 3.0)])
+    assert s.snapshot().evicted == {"telemetry/age": 2}
+    taken = s.take(10, 1 << 20)
+    assert [e.record().point for e in taken] == ["d/hi", "d/p"] and taken[1].id == fresh[0]
+
+
+def test_expiry_waits_for_a_plausible_clock(tmp_path: Path) -> None:
+    s = Store(tmp_path / "b.sqlite", BufferConfig(max_age_s=600), now=lambda: 86_400_000)
+    s.append([Record("d/p", 0, 1.0), Record("d/p", 1, 2.0)])  # a Pi booted in 1970
+    assert s.snapshot().evicted == {} and s.snapshot().depth == 2
+
+
+def test_file_gives_its_space_back_once_a_backlog_is_drained(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    s = Store(path, BufferConfig())
+    for i in range(40):
+        s.append(recs(1000, start=i * 1000))
+    s.close()  # checkpoints the WAL into the file
+    full = path.stat().st_size
+    s = Store(path, BufferConfig())
+    while batch := s.take(500, 1 << 20):
+        s.ack([e.id for e in batch])
+    for _ in range(20):  # the uplink's idle polls
+        assert s.take(500, 1 << 20) == []
+    s.append(recs(10))  # and life goes on in the same file
+    s.close()
+    assert full > 3 << 20
+    assert path.stat().st_size < full * 0.4, f"{path.stat().st_size} of {full} bytes kept"
