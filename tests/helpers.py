@@ -147,7 +147,10 @@ def start_modbus_sim(map_file: Path, port: int, procs: list[subprocess.Popen[byt
 
 def buffer_ids(db: Path) -> list[int]:
     with sqlite3.connect(db) as c:
-        return [r[0] for r in c.execute("SELECT id FROM records ORDER BY id")]
+        try:
+            return [r[0] for r in c.execute("SELECT id FROM records ORDER BY id")]
+        except sqlite3.OperationalError:  # the file exists, its schema not yet
+            return []
 
 
 def gateway_toml(
