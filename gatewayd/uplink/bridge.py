@@ -114,6 +114,8 @@ class Uplink:
         self._closed: asyncio.Future[str] | None = None
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
         self._stopping = False
+        self._stop_deadline = 0.0
+        self._window = cfg.inflight_window  # lowered by an MQTT 5 server's Receive Maximum
         self._misc_task: asyncio.Task[None] | None = None
         self._fd = -1  # the paho socket's descriptor, registered with the loop
         self._expires_at = 0.0  # monotonic, of the current token
@@ -174,15 +176,15 @@ class Uplink:
             await self._sleep(delay)
 
     async def stop(self, drain_s: float = 3.0) -> None:
-        """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect."""
+        """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect.
+
+        `run()` returns soon after; what is still unacknowledged stays in the buffer.
+        """
+        self._stop_deadline = time.monotonic() + drain_s
         self._stopping = True
-        deadline = time.monotonic() + drain_s
-        while self._inflight and self.connected and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await self._flush_acks()
         self._wake.set()
-        if self._client is not None:
-            self._client.disconnect()
+        while self.connected and time.monotonic() < self._stop_deadline + 1.0:
+            await asyncio.sleep(0.02)
 
     def _needs_clock(self) -> bool:
         # A wrong clock makes tokens and certificate validity checks fail; plain MQTT works.
@@ -305,10 +307,16 @@ class Uplink:
             else float("inf")
         )
         appended = self.buffer.appended
-        window = self.cfg.inflight_window
         interval = 1.0 / self.cfg.max_messages_per_s
-        while not closed.done() and not self._stopping:
+        while not closed.done():
             now = time.monotonic()
+            if self._stopping:  # take nothing new; leave once in-flight messages are acked
+                await self._flush_acks()
+                if not self._inflight or now >= self._stop_deadline:
+                    return False
+                self._wake.clear()
+                await _first([self._wake.wait()], timeout=0.1, stop=closed)
+                continue
             if self._broken is not None:
                 self._set_error(self._broken)
                 return False
@@ -328,7 +336,7 @@ class Uplink:
             self._wake.clear()
             appended.clear()
             await self._flush_acks()
-            if len(self._inflight) >= window:
+            if len(self._inflight) >= self._window:
                 waiters = [self._wake.wait()]
             elif now < self._next_send:  # rate limit: messages are paced, not burst
                 await _first([], timeout=self._next_send - now, stop=closed)
@@ -427,6 +435,7 @@ class Uplink:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.disconnect()
+                client.loop_write()  # the DISCONNECT, before the socket goes
             sock = client.socket()
             self._forget_fd()
             if sock is not None:
@@ -440,6 +449,9 @@ class Uplink:
     # -- paho callbacks (loop thread) --------------------------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        # paho does not honour an MQTT 5 server's Receive Maximum; the window does.
+        server_max = getattr(props, "ReceiveMaximum", None)
+        self._window = min(self.cfg.inflight_window, server_max or self.cfg.inflight_window)
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(rc if rc.is_failure else None)
 
