@@ -108,3 +108,22 @@ def test_payload_has_stable_id_point_ts_value_quality(tmp_path: Path) -> None:
             await broker.stop()
 
     asyncio.run(scenario())
+
+
+def test_stop_waits_for_pubacks_in_flight(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        broker = await Broker().start()
+        broker.ack_delay_s = 0.5
+        h = await Harness.open(tmp_path, uplink_cfg(broker.port))
+        try:
+            await h.append(100)
+            await until(lambda: broker.recorder.messages, 10, "the batch at the broker")
+            assert h.metrics.total("acked_records") == 0
+            await h.uplink.stop(drain_s=3.0)
+            assert h.metrics.total("acked_records") == 100
+            assert await h.depth() == 0
+        finally:
+            await h.close()
+            await broker.stop()
+
+    asyncio.run(scenario())

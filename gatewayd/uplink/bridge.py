@@ -428,7 +428,6 @@ class Uplink:
         was_connected = self.connected
         self.connected = False
         self.metrics.set("uplink_connected", 0)
-        await self._flush_acks()
         if self._misc_task is not None:
             self._misc_task.cancel()
             self._misc_task = None
@@ -441,6 +440,9 @@ class Uplink:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
+        # No callback can run any more (socket closed, reader removed), so every PUBACK that
+        # came in is in _acks: acked before the rewind, they are not sent again.
+        await self._flush_acks()
         self._inflight.clear()
         await self.buffer.rewind()
         if was_connected:
