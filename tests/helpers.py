@@ -146,11 +146,14 @@ def start_modbus_sim(map_file: Path, port: int, procs: list[subprocess.Popen[byt
 
 
 def buffer_ids(db: Path) -> list[int]:
-    with sqlite3.connect(db) as c:
-        try:
+    """Ids in a buffer file; [] while the daemon has not created its table yet."""
+    try:
+        with sqlite3.connect(db, timeout=5) as c:
             return [r[0] for r in c.execute("SELECT id FROM records ORDER BY id")]
-        except sqlite3.OperationalError:  # the file exists, its schema not yet
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
             return []
+        raise
 
 
 def gateway_toml(
