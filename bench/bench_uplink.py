@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from gatewayd.buffer import Buffer
-from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from tls_certs import TestCA
 
+from gatewayd.buffer import Buffer
+from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Record
 from gatewayd.uplink import Uplink
@@ -135,8 +135,9 @@ async def drain(work: Path, n: int, port: int, tls: TlsConfig) -> tuple[float, f
 def raw_paho(n: int, port: int) -> float:
     """readings/s of a plain paho QoS 1 loop, one reading per message."""
     import paho.mqtt.client as mqtt
-    from gatewayd.buffer.codec import encode_body
     from paho.mqtt.enums import CallbackAPIVersion
+
+    from gatewayd.buffer.codec import encode_body
 
     bodies = [f'{{"id":{i},{encode_body(r)[1:]}'.encode() for i, r in enumerate(records(n))]
     done = threading.Event()

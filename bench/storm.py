@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gatewayd.config import UplinkConfig
-
 from gatewayd.uplink import full_jitter
 
 Policy = Callable[[int, random.Random], float]  # (failed attempts so far, rng) -> delay

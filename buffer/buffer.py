@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gatewayd.config import BufferConfig
-
 from gatewayd.reading import Lane, Record
 
 from .store import Entry, Stats, Store

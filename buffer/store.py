@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewayd.config import BufferConfig
-
 from gatewayd.errors import PlacedError
 from gatewayd.files import write_atomic
 from gatewayd.reading import Lane, Record

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from gatewayd.buffer import BufferOpenError, Store
 from gatewayd.config import BufferConfig
-
 from gatewayd.reading import Lane, Record
 
 

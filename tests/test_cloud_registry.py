@@ -11,11 +11,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from gatewayd_sim.cloud import Broker, Registry
 from helpers import BrokerThread, connack_code, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gatewayd.uplink.device_jwt import generate_key, load_private_key, mint_jwt
+from gatewayd_sim.cloud import Broker, Registry
 
 CLIENT_ID = "projects/p1/locations/r1/registries/reg1/devices/gw-test"
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gatewayd_sim.cloud import Broker, Registry
 from helpers import (
     BrokerThread,
     connack_code,
@@ -21,6 +20,7 @@ from helpers import (
 )
 
 from gatewayd.uplink.device_jwt import generate_key, load_private_key, mint_jwt
+from gatewayd_sim.cloud import Broker, Registry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLIENT_ID = "projects/p1/locations/r1/registries/reg1/devices/gw-test"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gatewayd.config import ConfigError, example_path, load, load_file
 
 CASES = sorted((Path(__file__).parent / "config_cases").iterdir())

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from gatewayd_sim.cloud import Broker, Registry
 from uplink_harness import Harness, jwt_auth, until, uplink_cfg
 
 from gatewayd.uplink.device_jwt import generate_key
+from gatewayd_sim.cloud import Broker, Registry
 
 
 async def _refused(tmp_path: Path, registry: Registry, **kw: object) -> tuple[Broker, Harness]:

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 from blackhole_proxy import BlackHoleProxy
-from gatewayd_sim.cloud import Broker, Registry
 from helpers import Mosquitto
 from uplink_harness import Collector, Harness, jwt_auth, until, uplink_cfg
 
 from gatewayd.uplink.device_jwt import generate_key
+from gatewayd_sim.cloud import Broker, Registry
 
 
 def _report(name: str, sent: list[int], dups: int) -> None:

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-from gatewayd.config import UplinkConfig
 from storm import fixed, jitter, simulate
+
+from gatewayd.config import UplinkConfig
 
 DEFAULTS = UplinkConfig()
 OURS = jitter(DEFAULTS.backoff_base_s, DEFAULTS.backoff_cap_s)

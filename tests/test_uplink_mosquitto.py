@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from conftest import require_binary
-from gatewayd.config import AuthConfig, TlsConfig
 from helpers import free_port, wait_port
 from tls_certs import TestCA
 from uplink_harness import Harness, until, uplink_cfg
+
+from gatewayd.config import AuthConfig, TlsConfig
 
 
 class SecureMosquitto:

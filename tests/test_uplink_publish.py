@@ -8,10 +8,10 @@ import json
 import time
 from pathlib import Path
 
-from gatewayd_sim.cloud import Broker
 from uplink_harness import EVENTS, Harness, until, uplink_cfg
 
 from gatewayd.reading import Record
+from gatewayd_sim.cloud import Broker
 
 
 def test_batches_stay_under_the_size_limit_and_the_message_rate(tmp_path: Path) -> None:

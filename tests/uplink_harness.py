@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from gatewayd.buffer import Buffer
-from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gatewayd.buffer import Buffer
+from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Lane, Record
 from gatewayd.uplink import Uplink

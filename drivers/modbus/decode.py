@@ -12,7 +12,6 @@ import struct
 from collections.abc import Sequence
 
 from gatewayd.config import PointConfig
-
 from gatewayd.reading import Value
 
 _FMT = {

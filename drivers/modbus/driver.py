@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.config import DeviceConfig, PointConfig
-
 from gatewayd.reading import Quality, Reading, Value, now_ms
 
 from ..base import Driver, PollGroup
