@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from uplink_harness import EVENTS, Harness, until, uplink_cfg
 
 from gatewayd.reading import Record
@@ -127,3 +128,12 @@ def test_stop_waits_for_pubacks_in_flight(tmp_path: Path) -> None:
             await broker.stop()
 
     asyncio.run(scenario())
+
+
+def test_unknown_encoder_is_refused_naming_the_setting() -> None:
+    from gatewayd.config import ConfigError
+    from gatewayd.uplink.payload import encode_json, load_encoder
+
+    assert load_encoder("json") is encode_json
+    with pytest.raises(ConfigError, match=r"^uplink.encoder: unknown encoder 'protobuf'"):
+        load_encoder("protobuf")
