@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from gatewayd.config import DeviceConfig, PointConfig
+
 from gatewayd.reading import Reading, Value
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import decode_point, encode_point
 from gatewayd_sim.modbus import to_words
