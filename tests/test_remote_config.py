@@ -194,12 +194,16 @@ def test_push_to_missing_broker_rolls_back_and_gateway_comes_back(
     assert "uplink not connected within 3 s" in out["reason"], out
     assert took < 20
     _wait_flowing(cloud, "plc", n=10)
-    # The retained bad push is re-delivered on every reconnect; it must stay refused.
+    # The retained bad push is re-delivered on every reconnect: it is not tried again, and the
+    # state keeps saying why it was rolled back.
     gw.send_signal(signal.SIGKILL)
     gw.wait(5)
+    n = len(cloud.states)
     start_gateway(cfg, procs, tmp_path / "gw2.log")
     _wait_flowing(cloud, "plc", n=10)
-    assert "not newer" in cloud.outcome(3, "rejected")["reason"]
+    wait_for(lambda: len(cloud.states) > n, 10, "a state report after the restart")
+    assert cloud.states[-1]["config"]["status"] == "rolled_back"
+    assert not (tmp_path / "config" / "candidate.json").exists()
 
 
 def test_sigkill_during_apply_restarts_on_a_consistent_config(
@@ -217,12 +221,16 @@ def test_sigkill_during_apply_restarts_on_a_consistent_config(
     gw.send_signal(signal.SIGKILL)  # mid-trial
     gw.wait(5)
     assert json.loads(cand.read_text())["version"] == 4
-    # Restarts: the candidate gets its one more try, fails again, and is rolled back.
-    for i in range(2):
-        g = start_gateway(cfg, procs, tmp_path / f"gw{i}.log")
-        time.sleep(1.5)
-        g.send_signal(signal.SIGKILL)
-        g.wait(5)
+    # Restarts: the candidate gets its one more try (killed again mid-trial), then the next
+    # start rolls it back. Each kill waits until that start has taken its decision.
+    g = start_gateway(cfg, procs, tmp_path / "gw0.log")
+    wait_for(lambda: json.loads(cand.read_text())["starts"] == 2, 30, "the second try")
+    g.send_signal(signal.SIGKILL)
+    g.wait(5)
+    g = start_gateway(cfg, procs, tmp_path / "gw1.log")
+    wait_for(lambda: not cand.exists(), 30, "the rollback at start")
+    g.send_signal(signal.SIGKILL)
+    g.wait(5)
     start_gateway(cfg, procs, tmp_path / "gw-final.log")
     out = cloud.outcome(4, "rolled_back", timeout=30)
     assert "stopped while applying" in out["reason"]

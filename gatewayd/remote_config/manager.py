@@ -68,7 +68,7 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
         return Startup(base, None, store.last_outcome())
     if cand.starts >= MAX_STARTS:
         reason = "the gateway stopped while applying it, twice; rolled back at start"
-        store.note_rollback(cand.version, reason)
+        store.note_rollback(cand, reason)
         store.drop_candidate()
         log.warning("config_rolled_back version=%d reason=%r", cand.version, reason)
         outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
@@ -164,6 +164,10 @@ class ConfigManager:
         if digest(doc) == self.lkg.digest:
             self._emit(cfg.version, Outcome.APPLIED, "identical to the applied configuration")
             return Outcome.APPLIED
+        if self.store.is_last_rollback(cfg.version, digest(doc)):
+            # The retained push comes again at every reconnect: the rollback stays the answer.
+            log.debug("config_replay_ignored version=%d", cfg.version)
+            return Outcome.ROLLED_BACK
         highest = max(self.store.highest_tried(), self.lkg.version)
         if cfg.version <= highest:
             self._emit(
@@ -201,7 +205,7 @@ class ConfigManager:
 
     async def _rollback(self, cand: Stored, reason: str) -> Outcome:
         good = load_document(self.lkg.document)
-        self.store.note_rollback(cand.version, reason)
+        self.store.note_rollback(cand, reason)
         await self.target.reconfigure(good)
         self.current = good
         self.store.drop_candidate()

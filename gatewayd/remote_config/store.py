@@ -85,10 +85,15 @@ class ConfigStore:
             d["highest_tried"] = version
             self._write("history.json", d)
 
-    def note_rollback(self, version: int, reason: str) -> None:
+    def note_rollback(self, c: Stored, reason: str) -> None:
         d = self._read("history.json") or {}
-        d["last_rollback"] = {"version": version, "reason": reason}
+        d["last_rollback"] = {"version": c.version, "digest": c.digest, "reason": reason}
         self._write("history.json", d)
+
+    def is_last_rollback(self, version: int, doc_digest: str) -> bool:
+        """The very document that was rolled back last (the broker re-delivers it, retained)."""
+        rb = (self._read("history.json") or {}).get("last_rollback") or {}
+        return bool(rb.get("version") == version and rb.get("digest") == doc_digest)
 
     def last_outcome(self) -> dict[str, Any] | None:
         """The last reported outcome, kept so a restart still tells the cloud what happened."""

@@ -117,6 +117,8 @@ class Uplink:
         self._closed: asyncio.Future[str] | None = None
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
         self._stopping = False
+        self._stop_deadline = 0.0
+        self._window = cfg.inflight_window  # lowered by an MQTT 5 server's Receive Maximum
         self._misc_task: asyncio.Task[None] | None = None
         self._fd = -1  # the paho socket's descriptor, registered with the loop
         self._expires_at = 0.0  # monotonic, of the current token
@@ -179,15 +181,15 @@ class Uplink:
             await self._sleep(delay)
 
     async def stop(self, drain_s: float = 3.0) -> None:
-        """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect."""
+        """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect.
+
+        `run()` returns soon after; what is still unacknowledged stays in the buffer.
+        """
+        self._stop_deadline = time.monotonic() + drain_s
         self._stopping = True
-        deadline = time.monotonic() + drain_s
-        while self._inflight and self.connected and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await self._flush_acks()
         self._wake.set()
-        if self._client is not None:
-            self._client.disconnect()
+        while self.connected and time.monotonic() < self._stop_deadline + 1.0:
+            await asyncio.sleep(0.02)
 
     def _needs_clock(self) -> bool:
         # A wrong clock makes tokens and certificate validity checks fail; plain MQTT works.
@@ -310,10 +312,16 @@ class Uplink:
             else float("inf")
         )
         appended = self.buffer.appended
-        window = self.cfg.inflight_window
         interval = 1.0 / self.cfg.max_messages_per_s
-        while not closed.done() and not self._stopping:
+        while not closed.done():
             now = time.monotonic()
+            if self._stopping:  # take nothing new; leave once in-flight messages are acked
+                await self._flush_acks()
+                if not self._inflight or now >= self._stop_deadline:
+                    return False
+                self._wake.clear()
+                await _first([self._wake.wait()], timeout=0.1, stop=closed)
+                continue
             if self._broken is not None:
                 self._set_error(self._broken)
                 return False
@@ -333,15 +341,15 @@ class Uplink:
             self._wake.clear()
             appended.clear()
             await self._flush_acks()
-            if len(self._inflight) >= window:
+            if len(self._inflight) >= self._window:
                 waiters = [self._wake.wait()]
             elif now < self._next_send:  # rate limit: messages are paced, not burst
                 await _first([], timeout=self._next_send - now, stop=closed)
                 continue
             else:
+                # The take counts body bytes only; _publish_fit splits what the ids overflow.
                 entries = await self.buffer.take(
-                    self.cfg.batch_max_records,
-                    max(1, self.cfg.batch_max_bytes - 32 * self.cfg.batch_max_records),
+                    self.cfg.batch_max_records, self.cfg.batch_max_bytes
                 )
                 if entries:
                     sent = self._publish(client, entries)
@@ -371,6 +379,8 @@ class Uplink:
 
     def _publish(self, client: mqtt.Client, entries: list[Entry]) -> int:
         """Publish a take as one message per subfolder run (usually one); returns how many."""
+        if not any('"subfolder":' in e.body for e in entries):  # the common case, kept cheap
+            return self._publish_fit(client, self.topics["events"], entries)
         sent = 0
         start = 0
         sub = subfolder_of(entries[0])
@@ -384,10 +394,14 @@ class Uplink:
 
     def _publish_fit(self, client: mqtt.Client, topic: str, entries: list[Entry]) -> int:
         payload = self.encode(entries)
-        if len(payload) > self.cfg.batch_max_bytes and len(entries) > 1:
-            half = len(entries) // 2
-            return self._publish_fit(client, topic, entries[:half]) + self._publish_fit(
-                client, topic, entries[half:]
+        limit = self.cfg.batch_max_bytes
+        if len(payload) > limit and len(entries) > 1:
+            # Even chunks just under the limit; each is checked again.
+            parts = min(len(entries), -(-len(payload) * 21 // (limit * 20)))
+            step = -(-len(entries) // parts)
+            return sum(
+                self._publish_fit(client, topic, entries[i : i + step])
+                for i in range(0, len(entries), step)
             )
         info = client.publish(topic, payload, qos=1)
         if info.rc != 0:  # not connected any more; the records come again after the rewind
@@ -430,18 +444,21 @@ class Uplink:
         was_connected = self.connected
         self.connected = False
         self.metrics.set("uplink_connected", 0)
-        await self._flush_acks()
         if self._misc_task is not None:
             self._misc_task.cancel()
             self._misc_task = None
         if client is not None:
             with contextlib.suppress(Exception):
                 client.disconnect()
+                client.loop_write()  # the DISCONNECT, before the socket goes
             sock = client.socket()
             self._forget_fd()
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
+        # No callback can run any more (socket closed, reader removed), so every PUBACK that
+        # came in is in _acks: acked before the rewind, they are not sent again.
+        await self._flush_acks()
         self._inflight.clear()
         await self.buffer.rewind()
         if was_connected:
@@ -450,6 +467,9 @@ class Uplink:
     # -- paho callbacks (loop thread) --------------------------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        # paho does not honour an MQTT 5 server's Receive Maximum; the window does.
+        server_max = getattr(props, "ReceiveMaximum", None)
+        self._window = min(self.cfg.inflight_window, server_max or self.cfg.inflight_window)
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(rc if rc.is_failure else None)
 

@@ -92,6 +92,7 @@ class Broker:
         self.retained: dict[str, bytes] = {}
         self.auth_log: list[AuthEvent] = []
         self.acks_enabled = True  # fault switch: a broker that silently stops acknowledging
+        self.ack_delay_s = 0.0  # fault switch: a slow broker (or a long round trip)
         self.on_message: Callable[[str, bytes], None] | None = None
         self.connections = 0
         self.expired_disconnects = 0  # connections closed because their token expired
@@ -299,4 +300,8 @@ class Broker:
             self.retained[topic] = payload
         self._route(topic, payload, qos, retain=False)
         if qos and self.acks_enabled:
-            s.send(packet(PUBACK, 0, struct.pack(">H", pid)))
+            ack = packet(PUBACK, 0, struct.pack(">H", pid))
+            if self.ack_delay_s:
+                asyncio.get_running_loop().call_later(self.ack_delay_s, s.send, ack)
+            else:
+                s.send(ack)
