@@ -323,7 +323,7 @@ class Gateway:
                 m.set("buffer_depth_lane", st.depth_by_lane.get(lane, 0), lane=lane)
             for key, n in st.evicted.items():
                 lane, _, reason = key.partition("/")
-                m.counters[("buffer_evicted_records", (("lane", lane), ("reason", reason)))] = n
+                m.total_from("buffer_evicted_records", n, lane=lane, reason=reason)
             if not st.evicted:
                 m.inc("buffer_evicted_records", 0, lane="telemetry", reason="full")
         up = self.uplink

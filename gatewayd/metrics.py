@@ -16,6 +16,10 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         self.counters[key] = self.counters.get(key, 0) + n
 
+    def total_from(self, name: str, value: float, **labels: str) -> None:
+        """Set a counter to a running total kept elsewhere (e.g. the buffer's eviction counts)."""
+        self.counters[(name, tuple(sorted(labels.items())))] = value
+
     def set(self, name: str, value: float, **labels: str) -> None:
         self.gauges[(name, tuple(sorted(labels.items())))] = value
 

@@ -45,16 +45,19 @@ def test_no_watchdog_pings_for_another_pid(
     notify.close()
 
 
-def test_unwritable_state_dir_never_reports_ready_and_exits_2(
+def test_unusable_state_dir_never_reports_ready_and_exits_2(
     procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
-    missing = tmp_path / "no" / "such" / "dir"
-    cfg = write_config(tmp_path / "gw.toml", gateway_toml(missing, free_port(), free_port(), ""))
+    # A file where the state directory should be: even root cannot create it.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    state = blocker / "state"
+    cfg = write_config(tmp_path / "gw.toml", gateway_toml(state, free_port(), free_port(), ""))
     log = tmp_path / "gw.log"
     gw = start(cfg, procs, log, env={"NOTIFY_SOCKET": str(notify.path)})
-    assert gw.wait(20) == 2
-    assert f"{missing}: directory does not exist" in log.read_text()
+    assert gw.wait(20) == 2, log.read_text()
+    assert log.read_text().startswith(f"error: {state}"), log.read_text()
     assert "READY=1" not in notify.states()
     notify.close()
 

@@ -55,7 +55,7 @@ def test_sigterm_during_busy_publish_exits_0_in_5_s_and_loses_nothing(
     device_port, metrics_port = free_port(), free_port()
     start_modbus_sim(FIXTURES / "plc_map.toml", device_port, procs)
     points = (FIXTURES / "plc_points.toml").read_text()
-    # One record per message: a backlog drains as thousands of QoS 1 messages in flight.
+    # Small messages: a backlog drains as hundreds of QoS 1 messages in flight.
     toml = gateway_toml(
         tmp_path,
         mosquitto.port,
@@ -105,7 +105,10 @@ def test_sigterm_during_busy_publish_exits_0_in_5_s_and_loses_nothing(
     # still be forwarding the last ones).
     wait_for(lambda: handed_out - left <= set(sub.ids()), 10, "every deleted record at the broker")
 
-    # 3. The rest is delivered by the next start.
-    start(cfg, procs, tmp_path / "gw3.log")
+    # 3. The rest is delivered by the next start (polling slowly, so the backlog drains).
+    slow = write_config(
+        tmp_path / "gw3.toml", cfg.read_text().replace("interval_ms = 10", "interval_ms = 1000")
+    )
+    start(slow, procs, tmp_path / "gw3.log")
     wait_for(lambda: handed_out <= set(sub.ids()), 30, "every record ever stored delivered")
     sub.close()

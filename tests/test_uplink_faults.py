@@ -133,12 +133,13 @@ def test_token_refresh_while_publishing_loses_and_reorders_nothing(tmp_path: Pat
         registry = Registry("p1", "r1", "reg1")
         registry.add("gw-test", generate_key(tmp_path / "device.key", "ES256"))
         broker = await Broker(registry).start()
-        # 4 s tokens (below the config file's 60 s floor) so that the test sees refreshes.
-        cfg = uplink_cfg(broker.port, auth=jwt_auth(lifetime_s=4))
+        # 8 s tokens (below the config file's 60 s floor) so that the test sees refreshes; the
+        # 1.2 s left at refresh time must hold on a loaded CI machine too.
+        cfg = uplink_cfg(broker.port, auth=jwt_auth(lifetime_s=8))
         h = await Harness.open(tmp_path, cfg)
         try:
             h.produce()
-            await until(lambda: h.metrics.total("uplink_token_refreshes") >= 2, 20, "two refreshes")
+            await until(lambda: h.metrics.total("uplink_token_refreshes") >= 2, 40, "two refreshes")
             await h.halt()
             await h.drained(20)
             rec = broker.recorder
