@@ -165,3 +165,108 @@ def jwt_expiry(seconds: float) -> dict[str, Any]:
         asyncio.run_coroutine_threadsafe(broker.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         return out
+
+
+# A sawtooth of period 10 s made from the first counter register, with a high alarm on it: one
+# raise and one clear every 10 s, in the alarm lane, among the telemetry.
+ALARM_RULE = """
+[[rules]]
+name = "saw"
+points = ["dev0/r0"]
+[[rules.steps]]
+kind = "expr"
+expr = "value % 200"
+[[rules.steps]]
+kind = "alarm"
+high = 150
+hysteresis = 10
+severity = "major"
+"""
+
+
+def disk_full(outage_s: float, size_mb: int = 4) -> dict[str, Any]:
+    """The buffer's file system fills during an outage: evictions counted, no alarm lost."""
+    import json
+    import subprocess
+    import sys
+
+    with rig() as r:
+        small = r.work / "small"
+        small.mkdir()
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(small)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+        if not mounted:
+            return {"error": "cannot mount a small tmpfs here (needs root); part skipped"}
+        try:
+            r.state_dir = small
+            r.start_devices(1, POINTS)
+            broker = Mosquitto(r.work / "mq").start()
+            r.procs.append(broker.proc)  # type: ignore[arg-type]
+            proxy = FaultProxy(broker.port, free_port())
+            sub = LatencySubscriber(broker.port)
+            cfg = r.config(proxy.listen_port, POINTS, INTERVAL_MS, tail=ALARM_RULE)
+            proxy.set_mode("down")
+            r.start_gateway(cfg)
+            time.sleep(outage_s)
+            proxy.set_mode("up")
+            time.sleep(3.0)
+            out: dict[str, Any] = {
+                "fault": f"{size_mb} MB file system filled during a {outage_s:g} s outage"
+            }
+            assert r.gateway is not None
+            r.gateway.send_signal(signal.SIGTERM)
+            r.gateway.wait(15)
+            r.device_ports = []
+            r.start_gateway(r.config(proxy.listen_port, POINTS, INTERVAL_MS))
+            db = small / "buffer.sqlite"
+            wait_for(lambda: _depth(db) == 0, 300, "the buffer to drain", interval=0.2)
+            assert r.gateway is not None
+            r.gateway.send_signal(signal.SIGTERM)
+            r.gateway.wait(15)
+            stats = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gatewayd",
+                        "buffer",
+                        "--file",
+                        str(db),
+                        "stats",
+                        "--json",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            expected = delivered_range(db)
+            time.sleep(1.0)
+            received = set(sub.counts)
+            evicted = {k: int(v) for k, v in stats.get("evicted", {}).items()}
+            lost = len(expected - received)
+            out.update(
+                {
+                    "stored": len(expected),
+                    "lost": lost,
+                    "duplicated": sub.duplicates,
+                    "evicted": evicted,
+                    "every_loss_counted": lost == sum(evicted.values()),
+                    "alarms_evicted": sum(n for k, n in evicted.items() if k.startswith("alarm/")),
+                    "alarms_received": sub.alarms,
+                }
+            )
+            proxy.close()
+            sub.close()
+            return out
+        finally:
+            for p in r.procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(5)
+            subprocess.run(["umount", "-l", str(small)], capture_output=True)

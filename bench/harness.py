@@ -130,6 +130,7 @@ class Rig:
     """Simulated devices, a broker, a subscriber and a gateway process in one temp folder."""
 
     work: Path
+    state_dir: Path | None = None  # default: work
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     device_ports: list[int] = field(default_factory=list)
     gateway: subprocess.Popen[bytes] | None = None
@@ -175,7 +176,7 @@ class Rig:
         text = f"""version = 1
 [gateway]
 id = "bench"
-state_dir = "{self.work}"
+state_dir = "{self.state_dir or self.work}"
 [uplink]
 host = "127.0.0.1"
 port = {broker_port}
@@ -248,6 +249,7 @@ class LatencySubscriber:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.counts: dict[int, int] = {}
+        self.alarms = 0  # alarm-lane records received (first copies)
         self.latencies_ms: list[float] = []
         self.timeline: list[tuple[float, float]] = []  # (monotonic, latency ms) samples
         self.lock = threading.Lock()
@@ -278,6 +280,8 @@ class LatencySubscriber:
                 if first:
                     lat = now_ms - r["ts"]
                     self.latencies_ms.append(lat)
+                    if r.get("lane") == "alarm":
+                        self.alarms += 1
             if records:
                 self.timeline.append((mono, now_ms - records[-1]["ts"]))
 

@@ -71,6 +71,8 @@ def one_line(part: str, data: dict[str, Any]) -> str:
         return f"ERROR {data['error']}"
     if part in FAULT_PARTS:
         return f"lost {data.get('lost')}, duplicated {data.get('duplicated')}"
+    if "summary" in data:
+        return str(data["summary"])
     rows = GOALS.get(part, [])
     return ", ".join(
         f"{label} {_fmt(data[k])} {unit}" for k, label, unit, _, _ in rows if k in data
@@ -93,8 +95,16 @@ def markdown(run: dict[str, Any], folder: Path, stamp: str) -> str:
         if part in FAULT_PARTS:
             lines.append(
                 f"| {part} | {data['fault']} | lost {data['lost']} of {data['stored']},"
-                f" duplicated {data['duplicated']} | 0 lost | | |"
+                f" duplicated {data['duplicated']} | {'counted' if 'evicted' in data else '0'} lost"
+                " | | |"
             )
+            if "evicted" in data:
+                lines.append(
+                    f"| {part} | evicted, by lane/reason | {data['evicted']}; every loss counted:"
+                    f" {data['every_loss_counted']}; alarms evicted {data['alarms_evicted']},"
+                    f" received {data['alarms_received']} | every loss counted, no alarm lost"
+                    " | | |"
+                )
             for k, v in data.items():
                 if k.endswith("_s"):
                     goal = "≤ 5 s median" if k == "first_puback_after_return_s" else ""
@@ -109,9 +119,15 @@ def markdown(run: dict[str, Any], folder: Path, stamp: str) -> str:
             lines.append(
                 f"| {part} | {label} | {_fmt(v)} {unit}{mark} | {goal} | {base} | {ratio} |"
             )
-    for part in ("storm",):
-        if part in run["parts"] and "error" not in run["parts"][part]:
-            lines.append(f"| storm | {run['parts'][part].get('summary', '')} | | | | |")
+    storm = run["parts"].get("storm", {})
+    for row in storm.get("policies", []):
+        cap = row["broker_capacity_per_s"]
+        lines.append(
+            f"| storm | {row['policy']}{f', broker takes {cap}/s' if cap else ''} | peak "
+            f"{row['peak_attempts_per_s']}/s ({row['peak_share']:.0%} of 1,000), 95 % back "
+            f"{row['t95_s']:.1f} s | {'small peak share' if row is storm['policies'][0] else ''}"
+            " | | |"
+        )
     plots = _plots(run, folder, stamp)
     if plots:
         lines += ["", *[f"![{name}]({name})" for name in plots]]
