@@ -8,11 +8,11 @@ batched messages straight from memory (the wire's lower bound, no storage at all
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_uplink import publish_loop
 from harness import LatencySubscriber, Mosquitto, rig, wait_for
 
 from gatewayd.buffer import Store
@@ -47,52 +47,18 @@ def _payloads(db: Path, batch: int) -> list[bytes]:
     return out
 
 
-def _raw_paho(port: int, payloads: list[bytes], window: int) -> float:
-    """Publish at QoS 1 with at most `window` unacknowledged; seconds until the last PUBACK.
-
-    The window is kept here, not by paho's queue: paho rescans its whole queue on every PUBACK,
-    which would make the baseline quadratic.
-    """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    slots = threading.Semaphore(window)
-    done = threading.Event()
-    acked = [0]
-
-    def on_publish(*_: Any) -> None:
-        slots.release()
-        acked[0] += 1
-        if acked[0] == len(payloads):
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-paho")
-    c.max_inflight_messages_set(window)
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    t0 = time.monotonic()
-    for p in payloads:
-        slots.acquire()
-        c.publish("/raw/events", p, qos=1)
-    done.wait(600)
-    took = time.monotonic() - t0
-    c.loop_stop()
-    c.disconnect()
-    return took
-
-
 def backlog(n: int) -> dict[str, Any]:
     with rig() as r:
         db = r.work / "buffer.sqlite"
         fill_s = _fill(db, n)
         size_full = db.stat().st_size
-        broker = Mosquitto(r.work / "mq").start()
+        broker = Mosquitto(r.work / "mq")
+        broker.start()
         r.procs.append(broker.proc)  # type: ignore[arg-type]
         batches = _payloads(db, 500)
-        raw_batches_s = _raw_paho(broker.port, batches, 20)
+        raw_batches_s = publish_loop(broker.port, batches, 20)
         singles = _payloads(db, 1)
-        raw_s = _raw_paho(broker.port, singles, 20)
+        raw_s = publish_loop(broker.port, singles, 20)
         del singles
         sub = LatencySubscriber(broker.port)
         t0 = time.monotonic()

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,55 +33,18 @@ from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Record
 from gatewayd.uplink import Uplink
+from gatewayd_sim.procs import Mosquitto
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return time.monotonic()
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"mosquitto did not listen on {port}")
-
-
-class Mosq:
-    def __init__(self, work: Path, tls: TestCA | None = None) -> None:
-        self.port = free_port()
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence false",
-            "user root",
-        ]
-        if tls is not None:
-            cert, key = tls.issue("broker", server=True)
-            lines += [f"cafile {tls.ca_file}", f"certfile {cert}", f"keyfile {key}"]
-        self.conf = work / f"mosquitto-{self.port}.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> float:
-        binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
-        if binary is None:
-            raise SystemExit("mosquitto is not installed (apt-get install mosquitto)")
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        return wait_port(self.port)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def mosquitto(work: Path, tls: TestCA | None = None) -> Mosquitto:
+    """A started mosquitto on a free port, with a TLS listener when `tls` is given."""
+    extra: list[str] = []
+    if tls is not None:
+        cert, key = tls.issue("broker", server=True)
+        extra = [f"cafile {tls.ca_file}", f"certfile {cert}", f"keyfile {key}"]
+    m = Mosquitto(work / f"mosquitto-{time.monotonic_ns()}", extra=extra)
+    m.start()
+    return m
 
 
 def records(n: int) -> list[Record]:
@@ -134,23 +94,31 @@ async def drain(work: Path, n: int, port: int, tls: TlsConfig) -> tuple[float, f
 
 def raw_paho(n: int, port: int) -> float:
     """readings/s of a plain paho QoS 1 loop, one reading per message."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from gatewayd.buffer.codec import encode_body
 
     bodies = [f'{{"id":{i},{encode_body(r)[1:]}'.encode() for i, r in enumerate(records(n))]
+    return n / publish_loop(port, bodies, UplinkConfig().inflight_window)
+
+
+def publish_loop(port: int, payloads: list[bytes], window: int) -> float:
+    """Seconds for a plain paho client to publish `payloads` at QoS 1 until the last PUBACK,
+    with at most `window` unacknowledged (the uplink's default window, for a fair comparison).
+
+    The window is kept here, not by paho's queue: paho rescans its whole queue on every PUBACK,
+    and with loop_start it stalled after ~67k queued messages.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    slots = threading.Semaphore(window)
     done = threading.Event()
     acked = 0
-    # The same in-flight window as the uplink's default. Left to paho's own queue (publish all,
-    # then wait), paho 2.2 with loop_start stalled here after ~67k queued messages.
-    window = threading.Semaphore(UplinkConfig().inflight_window)
 
     def on_publish(*_: object) -> None:
         nonlocal acked
         acked += 1
-        window.release()
-        if acked == n:
+        slots.release()
+        if acked == len(payloads):
             done.set()
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-paho")
@@ -159,17 +127,17 @@ def raw_paho(n: int, port: int) -> float:
     c.connect("127.0.0.1", port)
     c.loop_start()
     t0 = time.perf_counter()
-    for b in bodies:
-        window.acquire()
-        c.publish("/devices/bench/events", b, qos=1)
+    for p in payloads:
+        slots.acquire()
+        c.publish("/devices/bench/events", p, qos=1)
     done.wait(600)
-    wall = time.perf_counter() - t0
+    took = time.perf_counter() - t0
     c.loop_stop()
     c.disconnect()
-    return n / wall
+    return took
 
 
-async def outage(work: Path, mosq: Mosq, outage_s: float) -> float:
+async def outage(work: Path, mosq: Mosquitto, outage_s: float) -> float:
     """Seconds from the broker listening again to the first PUBACK after a restart."""
     buf = await fill(work / f"outage-{time.monotonic_ns()}.sqlite", 1000)
     up = Uplink(cfg(mosq.port, TlsConfig(enabled=False)), buf, Metrics())
@@ -209,7 +177,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-uplink-") as tmp:
         work = Path(tmp)
         ca = TestCA(work / "ca")
-        plain, tls = Mosq(work), Mosq(work, tls=ca)
+        plain, tls = mosquitto(work), mosquitto(work, tls=ca)
         try:
             base = raw_paho(n, plain.port)
             # Alternate plain and TLS runs and take medians: the machine may be shared.

@@ -46,7 +46,8 @@ def _drain_and_count(r: Rig, broker_port: int, sub: LatencySubscriber) -> dict[s
 
 def _setup(r: Rig) -> tuple[Mosquitto, FaultProxy, LatencySubscriber]:
     r.start_devices(1, POINTS)
-    broker = Mosquitto(r.work / "mq").start()
+    broker = Mosquitto(r.work / "mq")
+    broker.start()
     r.procs.append(broker.proc)  # type: ignore[arg-type]
     proxy = FaultProxy(broker.port, free_port())
     sub = LatencySubscriber(broker.port)
@@ -205,7 +206,8 @@ def disk_full(outage_s: float, size_mb: int = 4) -> dict[str, Any]:
         try:
             r.state_dir = small
             r.start_devices(1, POINTS)
-            broker = Mosquitto(r.work / "mq").start()
+            broker = Mosquitto(r.work / "mq")
+            broker.start()
             r.procs.append(broker.proc)  # type: ignore[arg-type]
             proxy = FaultProxy(broker.port, free_port())
             sub = LatencySubscriber(broker.port)

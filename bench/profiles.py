@@ -46,7 +46,8 @@ def steady(
 ) -> dict[str, Any]:
     with rig() as r:
         r.start_devices(devices, points)
-        broker = Mosquitto(r.work / "mq").start()
+        broker = Mosquitto(r.work / "mq")
+        broker.start()
         r.procs.append(broker.proc)  # type: ignore[arg-type]
         sub = LatencySubscriber(broker.port)
         gw = r.start_gateway(r.config(broker.port, points, interval_ms))
@@ -123,7 +124,8 @@ def startup(runs: int) -> dict[str, Any]:
     first: list[float] = []
     with rig() as r:
         r.start_devices(1, 10)
-        broker = Mosquitto(r.work / "mq").start()
+        broker = Mosquitto(r.work / "mq")
+        broker.start()
         r.procs.append(broker.proc)  # type: ignore[arg-type]
         sub = LatencySubscriber(broker.port)
         cfg = r.config(broker.port, 10, 100)

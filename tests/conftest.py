@@ -35,7 +35,7 @@ def mosquitto_bin() -> str:
 
 @pytest.fixture
 def mosquitto(mosquitto_bin: str, tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(mosquitto_bin, free_port(), tmp_path / "mosquitto")
+    m = Mosquitto(tmp_path / "mosquitto", free_port(), binary=mosquitto_bin)
     m.start()
     try:
         yield m

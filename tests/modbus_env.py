@@ -10,6 +10,18 @@ from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers import PollGroup
 from gatewayd_sim.modbus import ModbusTcpSlave
 
+# One value per data type, chosen to need every byte (and 64-bit exactness).
+VALUES = {
+    "int16": -12345,
+    "uint16": 54321,
+    "int32": -2_000_000_001,
+    "uint32": 4_000_000_001,
+    "int64": -9_000_000_000_000_000_001,
+    "uint64": 18_000_000_000_000_000_001,
+    "float32": 3.25,
+    "float64": -1234.5678,
+}
+
 
 def point(pid: str, address: int, **kw: Any) -> PointConfig:
     return PointConfig(id=pid, table=kw.pop("table", "holding"), address=address, **kw)

@@ -5,22 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modbus_env import VALUES
 
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import decode_point, encode_point
 from gatewayd_sim.modbus import to_words
 
 ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]
-VALUES = {
-    "int16": -12345,
-    "uint16": 54321,
-    "int32": -2_000_000_001,
-    "uint32": 4_000_000_001,
-    "int64": -9_000_000_000_000_000_001,
-    "uint64": 18_000_000_000_000_000_001,
-    "float32": 3.25,
-    "float64": -1234.5678,
-}
 
 
 @pytest.mark.parametrize("order", ORDERS)

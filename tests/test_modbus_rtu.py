@@ -10,23 +10,12 @@ from typing import Any
 
 import pytest
 import serial
-from modbus_env import group, point
+from modbus_env import VALUES, group, point
 
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers.modbus import ModbusRtuDriver, ModbusRtuOverTcpDriver
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus import ModbusRtuSlave, to_words
-
-VALUES = {
-    "int16": -12345,
-    "uint16": 54321,
-    "int32": -2_000_000_001,
-    "uint32": 4_000_000_001,
-    "int64": -9_000_000_000_000_000_001,
-    "uint64": 18_000_000_000_000_000_001,
-    "float32": 3.25,
-    "float64": -1234.5678,
-}
 
 
 def rtu_device(path: str, points: list[PointConfig], **kw: Any) -> DeviceConfig:

@@ -6,22 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from modbus_env import device, group, point, tcp_slave
+from modbus_env import VALUES, device, group, point, tcp_slave
 
 from gatewayd.drivers.modbus import ModbusDriver
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus import to_words
-
-VALUES = {
-    "int16": -12345,
-    "uint16": 54321,
-    "int32": -2_000_000_001,
-    "uint32": 4_000_000_001,
-    "int64": -9_000_000_000_000_000_001,
-    "uint64": 18_000_000_000_000_000_001,
-    "float32": 3.25,
-    "float64": -1234.5678,
-}
 
 
 def test_every_type_and_order_decodes_exactly_over_tcp() -> None:

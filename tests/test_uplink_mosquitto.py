@@ -10,19 +10,17 @@ from pathlib import Path
 
 import pytest
 from conftest import require_binary
-from helpers import free_port, wait_port
 from tls_certs import TestCA
 from uplink_harness import Harness, until, uplink_cfg
 
 from gatewayd.config import AuthConfig, TlsConfig
+from gatewayd_sim.procs import Mosquitto
 
 
-class SecureMosquitto:
+class SecureMosquitto(Mosquitto):
     """mosquitto with a TLS listener (test CA), a password file and an optional ACL."""
 
     def __init__(self, folder: Path, mtls: bool = False, acl: str | None = None) -> None:
-        self.folder = folder
-        self.port = free_port()
         self.ca = TestCA(folder / "ca")
         cert, key = self.ca.issue("broker", server=True)
         passwd = folder / "passwd"
@@ -32,31 +30,18 @@ class SecureMosquitto:
             capture_output=True,
         )
         lines = [
-            f"listener {self.port} 127.0.0.1",
             f"cafile {self.ca.ca_file}",
             f"certfile {cert}",
             f"keyfile {key}",
-            "allow_anonymous false",
             f"password_file {passwd}",
-            "persistence false",
-            "user root",  # read the test's 0600 files when the tests run as root (CI)
         ]
         if mtls:
             lines += ["require_certificate true", "use_identity_as_username true"]
         if acl is not None:
             (folder / "acl").write_text(acl)
             lines.append(f"acl_file {folder / 'acl'}")
-        conf = folder / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        log = open(folder / "mosquitto.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [require_binary("mosquitto"), "-c", str(conf)], stdout=log, stderr=log
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+        super().__init__(folder, binary=require_binary("mosquitto"), extra=lines, anonymous=False)
+        self.start()
 
 
 @pytest.fixture
