@@ -104,7 +104,7 @@ def _naive(
         time.sleep(2.0)
         cpu0, t0 = cpu_seconds(p.pid), time.monotonic()
         timeline: list[dict[str, float]] = []
-        peak = _sample(p.pid, min(seconds, 20.0), timeline, t0)  # enough for a stable figure
+        peak = _sample(p.pid, min(seconds, 20.0), timeline, t0)  # 20 s: a stable enough figure
         cpu1, t1 = cpu_seconds(p.pid), time.monotonic()
     finally:
         p.kill()

@@ -29,9 +29,9 @@ RESULTS = Path(__file__).parent / "results"
 def parts(quick: bool) -> dict[str, Callable[[], Any]]:
     q = quick
     return {
-        "p100": lambda: profiles.steady("p100", 1, 100, 100, 10 if q else 60),
-        "p1000": lambda: profiles.steady("p1000", 10, 100, 1000, 10 if q else 60),
-        "idle": lambda: profiles.steady("idle", 10, 100, 10_000, 12 if q else 120, warmup=1),
+        "p100": lambda: profiles.steady("p100", 1, 100, 100, 8 if q else 60),
+        "p1000": lambda: profiles.steady("p1000", 10, 100, 1000, 8 if q else 60),
+        "idle": lambda: profiles.steady("idle", 10, 100, 10_000, 8 if q else 120, warmup=1),
         "startup": lambda: profiles.startup(3 if q else 7),
         "backlog": lambda: backlog.backlog(50_000 if q else 1_000_000),
         "broker_kill": lambda: faults.broker_kill(5 if q else 20),
@@ -39,7 +39,7 @@ def parts(quick: bool) -> dict[str, Callable[[], Any]]:
         "gateway_kill": faults.gateway_kill,
         # Tokens live at least 60 s (the schema's floor): the quick run sees one refresh.
         "jwt_expiry": lambda: faults.jwt_expiry(55 if q else 130),
-        "disk_full": lambda: faults.disk_full(20 if q else 60),
+        "disk_full": lambda: faults.disk_full(12 if q else 60, size_mb=2 if q else 4),
         "storm": storm_part,
     }
 
