@@ -79,7 +79,8 @@ def steady(
         }
         base = _naive(r.device_ports, broker.port, points, interval_ms, seconds)
         result["baseline"] = base
-        result["cpu_ratio_vs_naive"] = result["cpu_us_per_reading"] / base["cpu_us_per_reading"]
+        if base["cpu_us_per_reading"] > 0:  # an idle script may use no CPU tick at all
+            result["cpu_ratio_vs_naive"] = result["cpu_us_per_reading"] / base["cpu_us_per_reading"]
         result["rss_ratio_vs_naive"] = result["rss_mb"] / base["rss_mb"]
         return result
 
