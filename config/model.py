@@ -14,6 +14,18 @@ DataType = Literal[
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 Parity = Literal["N", "E", "O"]
 LineFormat = Literal["nmea", "kv", "csv", "regex"]
+# Registers per data type (a string spans its `length`); a table, not built per call.
+_REGISTERS = {
+    "bool": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +51,7 @@ class PointConfig:
         """How many 16-bit registers (or bits, for coil/discrete) the point spans."""
         if self.table in ("coil", "discrete"):
             return 1
-        return {
-            "bool": 1,
-            "int16": 1,
-            "uint16": 1,
-            "int32": 2,
-            "uint32": 2,
-            "float32": 2,
-            "int64": 4,
-            "uint64": 4,
-            "float64": 4,
-            "string": self.length,
-        }[self.type]
+        return self.length if self.type == "string" else _REGISTERS[self.type]
 
 
 @dataclass(frozen=True, slots=True)

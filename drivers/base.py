@@ -34,6 +34,11 @@ class PollGroup:
     def name(self) -> str:
         return f"{self.device}@{self.interval_ms}ms"
 
+    def __hash__(self) -> int:
+        # Drivers look their plan up by group every poll: hashing every PointConfig of it would
+        # cost more than the decoding. Equal groups still hash equal.
+        return hash((self.device, self.interval_ms))
+
 
 def poll_groups(device: DeviceConfig) -> list[PollGroup]:
     by_interval: dict[int, list[PointConfig]] = {}

@@ -221,13 +221,15 @@ class Gateway:
     async def _state(self) -> dict[str, object]:
         """What the uplink publishes on the state topic (on change, at most once per second)."""
         stats = await self.buffer.stats() if self.buffer is not None else None
-        counters = sorted({name for name, _ in self.metrics.counters})
+        totals: dict[str, float] = {}  # Metrics.total of every name, in one pass
+        for (name, _), v in self.metrics.counters.items():
+            totals[name] = totals.get(name, 0) + v
         outcome = self.remote.last_outcome if self.remote is not None else None
         return {
             **({"config": outcome} if outcome else {}),
             "config_version": self.cfg.version,
             "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
-            "counters": {name: self.metrics.total(name) for name in counters},
+            "counters": {name: totals[name] for name in sorted(totals)},
             "buffer_depth": stats.depth if stats else None,
             "evictions": sum(stats.evicted.values()) if stats else 0,
         }

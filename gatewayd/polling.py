@@ -266,7 +266,8 @@ class Poller:
 
     def _account(self, device: str, readings: list[Reading], elapsed: float) -> None:
         m = self.metrics
-        bad = sum(1 for r in readings if r.quality is Quality.BAD)
+        bad_readings = [r for r in readings if r.quality is Quality.BAD]
+        bad = len(bad_readings)
         m.inc("polls", device=device)
         if readings and bad == len(readings):
             m.inc("poll_failures", device=device)
@@ -277,7 +278,7 @@ class Poller:
         m.set("device_last_poll_good", len(readings) - bad, device=device)
         m.set("device_last_poll_bad", bad, device=device)
         m.drop("device_last_bad_reason", device=device)
-        reasons = {r.reason for r in readings if r.quality is Quality.BAD}
+        reasons = {r.reason for r in bad_readings}
         for reason in sorted(str(r) for r in reasons)[:3]:
             m.set("device_last_bad_reason", 1, device=device, reason=reason)
 

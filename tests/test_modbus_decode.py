@@ -9,6 +9,7 @@ from modbus_env import VALUES
 
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import decode_point, encode_point
+from gatewayd.drivers.modbus.decode import request_decoder
 from gatewayd_sim.modbus import to_words
 
 ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]
@@ -75,3 +76,40 @@ def test_rtu_crc_matches_the_spec_example_and_the_simulator() -> None:
     assert crc16(frame) == bytes.fromhex("840a") == sim_crc16(frame)
     for n in range(1, 40):
         assert crc16(bytes(range(n))) == sim_crc16(bytes(range(n)))
+
+
+@settings(max_examples=200)
+@given(
+    layout=st.lists(
+        st.tuples(
+            st.sampled_from(list(VALUES)),
+            st.sampled_from(ORDERS),
+            st.booleans(),  # scaled
+            st.integers(0, 3),  # gap before the point
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_planned_request_decodes_every_point_at_its_offset(
+    layout: list[tuple[str, str, bool, int]],
+) -> None:
+    words: list[int] = []
+    points, expect = [], []
+    for i, (dtype, order, scaled, gap) in enumerate(layout):
+        words += [0xFFFF] * gap
+        scale, offset = (0.5, -3.0) if scaled else (1.0, 0.0)
+        points.append(
+            PointConfig(
+                id=f"p{i}",
+                table="holding",
+                address=100 + len(words),
+                type=dtype,  # type: ignore[arg-type]
+                order=order,  # type: ignore[arg-type]
+                scale=scale,
+                offset=offset,
+            )
+        )
+        words += to_words(VALUES[dtype], dtype, order)
+        expect.append(float(VALUES[dtype]) * 0.5 - 3.0 if scaled else VALUES[dtype])
+    assert request_decoder(points, 100, len(words))(words) == expect

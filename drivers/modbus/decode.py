@@ -9,7 +9,8 @@ byte swaps are done here.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import itemgetter
 
 from gatewayd.config import PointConfig
 from gatewayd.reading import Value
@@ -36,19 +37,103 @@ def _to_wire_order(words: Sequence[int], order: str) -> bytes:
     return raw
 
 
+Decoder = Callable[[Sequence[int]], list[Value]]
+# One point of a response: (the words, the words as big-endian bytes, as byte-swapped bytes).
+_PointDecoder = Callable[[Sequence[int], bytes, bytes], Value]
+_BIT_TABLES = ("coil", "discrete")
+
+
 def decode_point(p: PointConfig, words: Sequence[int]) -> Value:
     """Decode a point from its registers (or a single bit for coil/discrete tables)."""
-    if p.table in ("coil", "discrete"):
-        return bool(words[0])
+    return request_decoder((p,), p.address, len(words))(words)[0]
+
+
+def request_decoder(points: Sequence[PointConfig], start: int, count: int) -> Decoder:
+    """The values of `points` from the `count` words (or bits) read at `start`, in point order.
+
+    Built once per planned request, so a poll makes no per-point decisions: a request of only
+    unscaled uint16 registers (the common one) or only bits is one C-level itemgetter; other
+    points are closures over their offset and a precompiled struct that reads the response's
+    bytes, packed once per response (big-endian, and byte-swapped when an order needs it).
+    """
+    ats = [p.address - start for p in points]
+    if all(p.table in _BIT_TABLES for p in points):
+        bits = itemgetter(*ats)
+        if len(ats) == 1:
+            return lambda words: [bool(bits(words))]
+        return lambda words: list(map(bool, bits(words)))
+    if all(_is_plain_word(p) for p in points):
+        regs = itemgetter(*ats)
+        if len(ats) == 1:
+            return lambda words: [regs(words)]
+        return lambda words: list(regs(words))
+    decoders = [_point_decoder(p, at) for p, at in zip(points, ats, strict=True)]
+    wide = [p for p in points if p.table not in _BIT_TABLES and p.type in _WIDE]
+    pack_be = struct.Struct(f">{count}H").pack if wide else None
+    swapped = any(_WORD_SWAP[p.order] != _BYTE_SWAP[p.order] for p in wide)
+    pack_le = struct.Struct(f"<{count}H").pack if swapped else None
+
+    def decode(words: Sequence[int]) -> list[Value]:
+        be = pack_be(*words) if pack_be is not None else b""
+        le = pack_le(*words) if pack_le is not None else b""
+        return [d(words, be, le) for d in decoders]
+
+    return decode
+
+
+_WIDE = ("int32", "uint32", "int64", "uint64", "float32", "float64")
+
+
+def _is_plain_word(p: PointConfig) -> bool:
+    """A register whose value is the word itself."""
+    return (
+        p.table not in _BIT_TABLES
+        and p.type == "uint16"
+        and not _BYTE_SWAP[p.order]
+        and p.scale == 1.0
+        and p.offset == 0.0
+    )
+
+
+def _point_decoder(p: PointConfig, at: int) -> _PointDecoder:
+    if p.table in _BIT_TABLES:
+        return lambda w, be, le: bool(w[at])
     if p.type == "bool":
-        return bool((words[0] >> (p.bit or 0)) & 1)
+        bit = p.bit or 0
+        return lambda w, be, le: bool((w[at] >> bit) & 1)
     if p.type == "string":
-        raw = _to_wire_order(words, "BADC" if _BYTE_SWAP[p.order] else "ABCD")
-        return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace").rstrip()
-    (v,) = struct.unpack(_FMT[p.type], _to_wire_order(words, p.order))
-    if p.scale != 1.0 or p.offset != 0.0:
-        return float(v) * p.scale + p.offset
-    return float(v) if p.type.startswith("float") else int(v)
+        end, swap = at + p.length, _BYTE_SWAP[p.order]
+        return lambda w, be, le: _decode_string(w[at:end], swap)
+    scale, offset = p.scale, p.offset
+    scaled = scale != 1.0 or offset != 0.0
+    if p.type in ("int16", "uint16"):
+        swap, signed = _BYTE_SWAP[p.order], p.type == "int16"
+
+        def word(w: Sequence[int], be: bytes, le: bytes) -> Value:
+            v = w[at]
+            if swap:
+                v = (v & 0xFF) << 8 | v >> 8
+            if signed and v & 0x8000:
+                v -= 0x10000
+            return float(v) * scale + offset if scaled else v
+
+        return word
+    # The four orders are two struct endians over two byte strings: DCBA is ABCD read
+    # little-endian, BADC is ABCD with each word's bytes swapped, CDAB is that read little-endian.
+    unpack = struct.Struct(("<" if _WORD_SWAP[p.order] else ">") + _FMT[p.type][1]).unpack_from
+    off = 2 * at
+    if _WORD_SWAP[p.order] != _BYTE_SWAP[p.order]:
+        if scaled:
+            return lambda w, be, le: float(unpack(le, off)[0]) * scale + offset
+        return lambda w, be, le: unpack(le, off)[0]
+    if scaled:
+        return lambda w, be, le: float(unpack(be, off)[0]) * scale + offset
+    return lambda w, be, le: unpack(be, off)[0]
+
+
+def _decode_string(words: Sequence[int], swap: bool) -> str:
+    raw = _to_wire_order(words, "BADC" if swap else "ABCD")
+    return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace").rstrip()
 
 
 def encode_point(p: PointConfig, value: Value) -> list[int]:

@@ -28,7 +28,7 @@ from gatewayd.reading import Quality, Reading, Value, now_ms
 from ..base import Driver, PollGroup, WriteError
 from ..health import Health
 from . import pdu as P
-from .decode import decode_point, encode_point
+from .decode import encode_point
 from .planner import ReadRequest, plan_requests, split_request
 
 log = logging.getLogger("gatewayd.drivers.modbus")
@@ -52,6 +52,7 @@ class ModbusDriver(Driver):
         self._link: Link | None = None
         self._key = ""  # the link's key in bus.py
         self._plans: dict[PollGroup, list[ReadRequest]] = {}
+        self._names = _PointNames(device.id)
         self._health = Health(device.fail_threshold, device.backoff_base_s, device.backoff_cap_s)
         self._failing = False  # for logging the first failure at WARNING, repeats at DEBUG
 
@@ -139,11 +140,11 @@ class ModbusDriver(Driver):
                 continue
             answered = True
             ts = now_ms()
-            for p in req.points:
-                at = p.address - req.address
-                out.append(
-                    Reading(self._pid(p), ts, decode_point(p, words[at : at + p.register_count]))
-                )
+            names = self._names
+            out += [
+                Reading(names[p.id], ts, v)
+                for p, v in zip(req.points, req.decode(words), strict=True)
+            ]
         self.requests_per_group[group.name] = len(plan)
         self._note_health(answered, last_fault)
         return out
@@ -249,6 +250,18 @@ class ModbusDriver(Driver):
         if self._link is not None:
             bus.release(self._key)
             self._link = None
+
+
+class _PointNames(dict[str, str]):
+    """Point id -> "device/point", each made once: a poll reuses the string (and its hash)."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.prefix = f"{device}/"
+
+    def __missing__(self, point: str) -> str:
+        name = self[point] = self.prefix + point
+        return name
 
 
 class ModbusRtuDriver(ModbusDriver):

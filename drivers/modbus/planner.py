@@ -12,9 +12,11 @@ a request.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gatewayd.config import PointConfig
+
+from .decode import Decoder, request_decoder
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
@@ -27,6 +29,11 @@ class ReadRequest:
     address: int
     count: int
     points: tuple[PointConfig, ...]
+    # The response's words -> the points' values, compiled once when the request is planned.
+    decode: Decoder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode", request_decoder(self.points, self.address, self.count))
 
 
 def plan_requests(

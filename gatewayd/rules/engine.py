@@ -175,6 +175,7 @@ class Rules:
     def process(self, readings: Iterable[Reading]) -> list[Record]:
         out: list[Record] = []
         append = out.append
+        of = Record.of
         entries = self._entries
         last = self._last
         dropped = 0
@@ -185,7 +186,7 @@ class Rules:
             except KeyError:
                 entry = self._entry(point)
             if entry is None:
-                append(Record(point, r.ts_ms, r.value, r.quality, r.reason))
+                append(of(r))
                 continue
             f = entry.flow
             v = f.value = r.value
