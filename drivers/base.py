@@ -22,6 +22,35 @@ class WriteError(PlacedError):
     """
 
 
+def check_write(point: PointConfig, value: Value, place: str) -> None:
+    """Refuse (WriteError) a write the configuration does not allow: the point is not writable,
+    the value has the wrong type, lies outside min..max, or is a string longer than the point.
+
+    The one check for every write path: drivers call it, and so do cloud commands before they
+    reach a driver (a third-party driver may not check on its own).
+    """
+    if not point.writable:
+        raise WriteError(place, "is not writable", "set writable = true in the point's config")
+    if point.table == "holding" and point.type not in ("bool", "string"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise WriteError(place, f"expected a number, got {value!r}", "send a number")
+        if point.min is not None and value < point.min:
+            raise WriteError(
+                place, f"{value} is below min = {point.min}", f"send at least {point.min}"
+            )
+        if point.max is not None and value > point.max:
+            raise WriteError(
+                place, f"{value} is above max = {point.max}", f"send at most {point.max}"
+            )
+    elif point.type == "string":
+        if not isinstance(value, str) or len(value.encode("ascii", "replace")) > 2 * point.length:
+            raise WriteError(
+                place, f"expected a string of at most {2 * point.length} characters", "shorten it"
+            )
+    elif not isinstance(value, bool | int) or value not in (0, 1):
+        raise WriteError(place, f"expected true or false, got {value!r}", "send a boolean")
+
+
 @dataclass(frozen=True, slots=True)
 class PollGroup:
     """The points of one device polled at one interval."""

@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.reading import Quality, Reading, Value, now_ms
 
-from ..base import Driver, PollGroup, WriteError
+from ..base import Driver, PollGroup, WriteError, check_write
 from ..health import Health
 from . import pdu as P
 from .decode import encode_point
@@ -191,32 +191,7 @@ class ModbusDriver(Driver):
         self.counters["writes"] += 1
 
     def _encode_checked(self, point: PointConfig, value: Value, place: str) -> list[int]:
-        if not point.writable:
-            raise WriteError(place, "is not writable", "set writable = true in the point's config")
-        numeric = point.table == "holding" and point.type not in ("bool", "string")
-        if numeric:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise WriteError(place, f"expected a number, got {value!r}", "send a number")
-            if point.min is not None and value < point.min:
-                raise WriteError(
-                    place, f"{value} is below min = {point.min}", f"send at least {point.min}"
-                )
-            if point.max is not None and value > point.max:
-                raise WriteError(
-                    place, f"{value} is above max = {point.max}", f"send at most {point.max}"
-                )
-        elif point.type == "string":
-            if (
-                not isinstance(value, str)
-                or len(value.encode("ascii", "replace")) > 2 * point.length
-            ):
-                raise WriteError(
-                    place,
-                    f"expected a string of at most {2 * point.length} characters",
-                    "shorten it",
-                )
-        elif not isinstance(value, bool | int) or value not in (0, 1):
-            raise WriteError(place, f"expected true or false, got {value!r}", "send a boolean")
+        check_write(point, value, place)
         try:
             return encode_point(point, value)
         except (struct.error, OverflowError, ValueError) as exc:

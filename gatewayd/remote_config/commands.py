@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gatewayd.config import GatewayConfig, PointConfig
-from gatewayd.drivers import Driver
+from gatewayd.drivers import Driver, WriteError, check_write
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Value, now_ms
 
@@ -97,21 +97,10 @@ class CommandHandler:
         if isinstance(found, str):
             return "refused", found
         driver, p = found
-        if not p.writable:
-            return (
-                "refused",
-                f"{point_id} is not writable (set writable = true in the configuration)",
-            )
-        if p.type == "bool" or p.table == "coil":
-            if not isinstance(value, bool):
-                return "refused", f"{point_id} takes true or false"
-        elif not isinstance(value, int | float) or isinstance(value, bool):
-            return "refused", f"{point_id} takes a number"
-        else:
-            if p.min is not None and value < p.min:
-                return "refused", f"{value} is below the minimum {p.min:g} of {point_id}"
-            if p.max is not None and value > p.max:
-                return "refused", f"{value} is above the maximum {p.max:g} of {point_id}"
+        try:
+            check_write(p, value, point_id)  # before any driver: plugins may not check
+        except WriteError as exc:
+            return "refused", str(exc)
         try:
             await asyncio.wait_for(driver.write(p, value), WRITE_TIMEOUT_S)
         except Exception as exc:  # fail fast: the cloud retries if it wants to
