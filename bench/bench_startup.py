@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -25,25 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import cpu_seconds
+
+from gatewayd_sim.procs import free_port, mosquitto_binary, wait_port
+
 PY = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def rss_kib(pid: int) -> int:
@@ -51,11 +36,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def config(
@@ -126,7 +106,7 @@ class Procs:
 
 def start_broker(procs: Procs, work: Path) -> tuple[int, str]:
     port = free_port()
-    mosq = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    mosq = mosquitto_binary()
     if mosq:
         conf = work / "mosquitto.conf"
         conf.write_text(
@@ -249,9 +229,9 @@ def bench_idle_cpu(work: Path, procs: Procs, window_s: float) -> None:
     idle = procs.spawn([PY, "-c", "import asyncio; asyncio.run(asyncio.sleep(3600))"])
     gw = procs.spawn([PY, "-m", "gatewayd", "run", "--config", str(cfg)])
     time.sleep(5)  # start-up and the first polls are not idle
-    c0, b0, t0 = cpu_s(gw.pid), cpu_s(idle.pid), time.monotonic()
+    c0, b0, t0 = cpu_seconds(gw.pid), cpu_seconds(idle.pid), time.monotonic()
     time.sleep(window_s)
-    c1, b1, t1 = cpu_s(gw.pid), cpu_s(idle.pid), time.monotonic()
+    c1, b1, t1 = cpu_seconds(gw.pid), cpu_seconds(idle.pid), time.monotonic()
     used, base = (c1 - c0) / (t1 - t0), (b1 - b0) / (t1 - t0)
     print(
         f"idle CPU: 10 devices x 10 points every 10 s: {used * 100:.2f} % of one core over "
