@@ -55,6 +55,10 @@ StateSource = Callable[[], Awaitable[Mapping[str, Any]]]
 # CONNACK codes that mean "your credentials": 3.1.1 codes 4 and 5 arrive from paho as 134/135.
 _AUTH_REFUSED = {134, 135}
 REFRESH_AT = 0.85  # of the token's lifetime
+# At refresh, in-flight messages get until shortly before expiry to be acknowledged; keep at
+# least this long for it (at most half the life of a very short token), or a loaded gateway
+# re-sends them as duplicates after the reconnect.
+REFRESH_DRAIN_S = 6.0
 STATE_MIN_INTERVAL_S = 1.0
 # A session shorter than this does not reset the backoff: a broker that accepts and then drops
 # at once must not be hammered at the base delay.
@@ -306,8 +310,9 @@ class Uplink:
         """Publish until the connection ends; True when it ended for a token refresh."""
         assert self._client is not None and self._closed is not None
         client, closed = self._client, self._closed
+        life = self.cfg.auth.lifetime_s
         refresh_at = (
-            self._expires_at - (1 - REFRESH_AT) * self.cfg.auth.lifetime_s
+            self._expires_at - max((1 - REFRESH_AT) * life, min(REFRESH_DRAIN_S, life / 2))
             if self.cfg.auth.kind == "jwt"
             else float("inf")
         )
