@@ -1,5 +1,6 @@
 """The request planner: every point covered, no request over the limit, never more requests than
-Telegraf's shrink/rearrange on the same points; exception 02 on a merged read splits it."""
+Telegraf's shrink/rearrange on the same points; exception 02 on a merged read splits it, and the
+split is merged again once the device answers its parts."""
 
 from __future__ import annotations
 
@@ -111,6 +112,53 @@ def test_map_file_holes_and_faults_drive_split_and_busy_retry() -> None:
             rs = await drv.poll(group(drv.device))
             assert [(r.value, r.quality) for r in rs] == [(100, Quality.GOOD), (-5, Quality.GOOD)]
             assert (drv.counters["busy_retries"], drv.counters["splits"]) == (2, 1)
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_stray_exception_02_split_merges_again_after_good_polls() -> None:
+    async def body() -> None:
+        async with tcp_slave({a: 100 + a for a in range(45)}) as slave:
+            pts = [point(f"p{a}", a) for a in range(45)]
+            drv = ModbusDriver(device(slave.port, pts))
+            g = group(drv.device)
+            assert drv.requests_per_group == {}
+            await drv.poll(g)
+            assert drv.requests_per_group[g.name] == 1
+            slave.faults(1).__dict__.update(exception=2, times=1)  # one stray refusal
+            per_poll = []
+            for _ in range(20):
+                asked = slave.requests
+                rs = await drv.poll(g)
+                assert [(r.value, r.quality) for r in rs] == [
+                    (100 + a, Quality.GOOD) for a in range(45)
+                ]
+                per_poll.append(slave.requests - asked)
+            assert per_poll[0] == 1 + 45, "refused, then split into single points"
+            back = per_poll.index(1)
+            assert back <= 1 + 8, f"merged again after a few good polls: {per_poll}"
+            assert set(per_poll[back:]) == {1}, "and it stays merged"
+            assert drv.requests_per_group[g.name] == 1
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_real_hole_is_tried_merged_again_ever_less_often() -> None:
+    async def body() -> None:
+        async with tcp_slave({0: 10, 1: 11, 20: 20, 21: 21}) as slave:
+            slave.unit(1).defined = {0, 1, 20, 21}  # a hole the device never fills
+            pts = [point("a", 0), point("b", 1), point("c", 20), point("d", 21)]
+            drv = ModbusDriver(device(slave.port, pts, max_gap=20))
+            g = group(drv.device)
+            asked = slave.requests
+            for _ in range(60):
+                rs = await drv.poll(g)
+                assert [r.value for r in rs] == [10, 11, 20, 21]
+            # Tried merged at polls 1, 10, 27 and 60 (waits 8, 16, 32): one extra request each.
+            assert drv.counters["splits"] == 4
+            assert slave.requests - asked == 60 * 2 + 4
             await drv.close()
 
     asyncio.run(body())
