@@ -6,10 +6,11 @@ Invariants:
   its end into one `device_up` event);
 - nothing here delays a poll: a down device is still polled at its interval (drivers probe it
   cheaply), so it is back within one interval of its return;
-- log lines per device are bounded whatever the flapping: the first failure of an episode at
-  WARNING, at most one `device_recovered` per window, and at the end of a window in which
-  anything went unlogged one summary with counts, so at most three lines per `window_s`. An
-  episode ends, silently, once a whole window passed with the device up and nothing to report.
+- log lines per device are bounded whatever the flapping: per window (`window_s`) at most one
+  `device_failing` (WARNING, the first failure of an outage), one `device_recovered` (INFO), and,
+  at the window's end if anything went unlogged, one summary with counts, so at most three lines
+  per window. An episode (from its first failure) ends, silently, once a whole window passed
+  with the device up and nothing to report.
 """
 
 from __future__ import annotations
@@ -38,28 +39,31 @@ class FailureLog:
         self.failing = False
         self.lines = 0  # lines logged at INFO or above, for tests and benchmarks
         self._window_end = 0.0
-        self._recovered_logged = False  # in this window
+        self._failing_logged = self._recovered_logged = False  # in this window
         self._failed_at = 0.0  # monotonic start of the current failure
         self._cause = ""
         self._outage_fails = 0  # failed polls of the current failure
-        # Since the last line: failed polls and outages (a failure after a recovery).
+        # Not told yet in any line: failed polls, outages (a failure after a recovery), recoveries.
         self._fails = self._outages = self._recoveries = 0
 
     def failed(self, cause: str, now: float) -> None:
         self._roll(now)
         self._cause = cause
-        if not self.failing:
+        new_outage = not self.failing
+        if new_outage:
             self.failing, self._failed_at, self._outage_fails = True, now, 0
         self._outage_fails += 1
         if not self.open:
             self.open = True
             self._window_end = now + self.window_s
-            self._emit(logging.WARNING, "device_failing device=%s cause=%r", self.device, cause)
+            self._recovered_logged = False
+        elif not new_outage or self._failing_logged:
+            self._outages += new_outage
+            self._fails += 1
+            self.log.debug("device_failing device=%s cause=%r", self.device, cause)
             return
-        if self._outage_fails == 1:
-            self._outages += 1
-        self._fails += 1
-        self.log.debug("device_failing device=%s cause=%r", self.device, cause)
+        self._failing_logged = True
+        self._emit(logging.WARNING, "device_failing device=%s cause=%r", self.device, cause)
 
     def ok(self, now: float) -> None:
         if not self.open:
@@ -102,7 +106,7 @@ class FailureLog:
             self.open = False  # a quiet window with the device up: the episode is over
             return
         self._window_end = now + self.window_s
-        self._recovered_logged = False
+        self._failing_logged = self._recovered_logged = False
 
     def _emit(self, level: int, msg: str, *args: object) -> None:
         self.lines += 1
