@@ -14,6 +14,7 @@ from telegraf_planner import telegraf_requests
 
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import ModbusDriver, plan_requests
+from gatewayd.drivers.modbus.planner import REMERGE_MAX, GroupPlan
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus.regmap import load_map
 
@@ -162,3 +163,37 @@ def test_real_hole_is_tried_merged_again_ever_less_often() -> None:
             await drv.close()
 
     asyncio.run(body())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pts=points(),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 1000), st.booleans()), max_size=60),
+)
+def test_group_plan_covers_every_point_once_and_returns_to_the_fewest_requests(
+    pts: list[PointConfig], steps: list[tuple[bool, int, bool]]
+) -> None:
+    base = plan_requests(pts, max_gap=20)
+    plan = GroupPlan(list(base))
+
+    def covered() -> list[int]:
+        return sorted(id(p) for r in plan.requests for p in r.points)
+
+    everyone = sorted(id(p) for r in base for p in r.points)
+    for split, pick, fault in steps:
+        faulted = []
+        if split:  # the device refuses one request with exception 02
+            req = plan.requests[pick % len(plan.requests)]
+            plan.split(req)
+            faulted.append(req)
+        if fault:  # and another one fails this poll
+            faulted.append(plan.requests[pick * 7 % len(plan.requests)])
+        plan.end_poll(faulted)
+        assert covered() == everyone, "every point in exactly one request"
+    for _ in range(2 * REMERGE_MAX):  # the device behaves from now on
+        if len(plan.requests) == len(base):
+            break
+        plan.end_poll([])
+    assert [(r.table, r.address, r.count) for r in plan.requests] == [
+        (r.table, r.address, r.count) for r in base
+    ]

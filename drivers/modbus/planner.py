@@ -114,9 +114,9 @@ class GroupPlan:
     def split(self, req: ReadRequest) -> list[ReadRequest]:
         """Replace `req` (refused with exception 02) by smaller requests; [] if it is one point."""
         parts = split_request(req)
-        if len(parts) <= 1:
+        i = next((n for n, r in enumerate(self.requests) if r is req), None)
+        if len(parts) <= 1 or i is None:  # one point, or already replaced by another poll
             return []
-        i = next(n for n, r in enumerate(self.requests) if r is req)
         self.requests[i : i + 1] = parts
         prev = self.waits.get(_key(req))
         wait = REMERGE_AFTER if prev is None else min(REMERGE_MAX, 2 * prev)
