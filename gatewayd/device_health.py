@@ -7,8 +7,8 @@ Invariants:
   quality bad; device_up: value = the outage's length in seconds, quality good;
 - while a device is down its points' qualities are on the state document (`devices`), not in a
   bad reading per point per poll: every point bad with the outage's reason code;
-- the gauge `device_down{device, cause}` (the outage's start, epoch seconds) exists exactly while
-  the device is down, so `gatewayd status` shows the cause;
+- the gauge `device_down_since_timestamp_seconds{device, cause}` (the outage's start) exists
+  only while the device is down, so `gatewayd status` shows the cause;
 - observing a poll costs a dict store and an identity test: it runs after every poll.
 """
 
@@ -20,6 +20,7 @@ from gatewayd.reading import Lane, Quality, Reading, Record, now_ms
 
 DEVICE_DOWN = "device_down"
 DEVICE_UP = "device_up"
+DOWN_GAUGE = "device_down_since_timestamp_seconds"
 
 
 class DeviceHealth:
@@ -44,13 +45,13 @@ class DeviceHealth:
         events: list[Record] = []
         if prev is not None:
             del self._down[dev]
-            self.metrics.drop("device_down", device=dev)
+            self.metrics.drop(DOWN_GAUGE, device=dev)
             now = now_ms()
             seconds = round((now - prev.since_ms) / 1000, 3)
             events.append(Record(dev, now, seconds, Quality.GOOD, DEVICE_UP, Lane.EVENT))
         if down is not None:
             self._down[dev] = down
-            self.metrics.set("device_down", down.since_ms / 1000, device=dev, cause=down.cause)
+            self.metrics.set(DOWN_GAUGE, down.since_ms / 1000, device=dev, cause=down.cause)
             events.append(
                 Record(dev, down.since_ms, down.cause, Quality.BAD, DEVICE_DOWN, Lane.EVENT)
             )
@@ -59,7 +60,7 @@ class DeviceHealth:
     def forget(self, dev: str) -> None:
         """A device left the configuration."""
         self._down.pop(dev, None)
-        self.metrics.drop("device_down", device=dev)
+        self.metrics.drop(DOWN_GAUGE, device=dev)
         for name in [n for n, (g, _) in self._last.items() if g.device == dev]:
             del self._last[name]
 

@@ -86,7 +86,7 @@ def test_status_shows_a_down_device_with_its_cause_not_a_reason_code() -> None:
         'gatewayd_device_last_poll_timestamp_seconds{device="plc"} 99.9\n'
         'gatewayd_device_last_poll_good{device="plc"} 0\n'
         'gatewayd_device_last_poll_bad{device="plc"} 0\n'
-        'gatewayd_device_down{cause="connection refused",device="plc"} 88\n'
+        'gatewayd_device_down_since_timestamp_seconds{cause="connection refused",device="plc"} 88\n'
         'gatewayd_polls_total{device="boiler"} 120\n'
         'gatewayd_device_last_poll_timestamp_seconds{device="boiler"} 99.9\n'
         'gatewayd_device_last_poll_good{device="boiler"} 7\n'
