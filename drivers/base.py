@@ -6,31 +6,49 @@ bad-quality readings with a reason), and reconnects on its own.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.errors import PlacedError
 from gatewayd.reading import Reading, Value
 
+from .health import DeviceDown
+
+# refused: nothing was sent (the configuration or the value does not allow it); failed: the
+# device said no, or the request provably never left; unknown: it may have been applied.
+WriteOutcome = Literal["refused", "failed", "unknown"]
+
 
 class WriteError(PlacedError):
-    """A write was refused (not writable, out of range, wrong type) or the device failed it.
-
-    `place` is `device/point`.
+    """A write that did not succeed, with its `outcome` and a problem naming the reason
+    (`exception 02 illegal data address`, `timeout: outcome unknown`, `connection refused`,
+    `value 70000 does not fit uint16`). `place` is `device/point`.
     """
+
+    def __init__(
+        self, place: str, problem: str, fix: str | None = None, outcome: WriteOutcome = "refused"
+    ) -> None:
+        super().__init__(place, problem, fix)
+        self.outcome: WriteOutcome = outcome
 
 
 def check_write(point: PointConfig, value: Value, place: str) -> None:
     """Refuse (WriteError) a write the configuration does not allow: the point is not writable,
-    the value has the wrong type, lies outside min..max, or is a string longer than the point.
+    the value is not finite (NaN, ±Inf: refused for every type), has the wrong type, lies outside
+    min..max, or is a string longer than the point.
 
     The one check for every write path: drivers call it, and so do cloud commands before they
     reach a driver (a third-party driver may not check on its own).
     """
     if not point.writable:
         raise WriteError(place, "is not writable", "set writable = true in the point's config")
+    # NaN compares false with every limit, so it would pass a range check and be written.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WriteError(place, f"{value} is not a finite number", "send a finite number")
     if point.table == "holding" and point.type not in ("bool", "string"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise WriteError(place, f"expected a number, got {value!r}", "send a number")
@@ -84,14 +102,25 @@ class Driver(ABC):
         self.counters: Counter[str] = Counter()
         # Requests each poll group costs (by PollGroup.name), once planned.
         self.requests_per_group: dict[str, int] = {}
+        # The current outage while the device is down (a new object per outage), else None. The
+        # daemon turns each change into one device_down / device_up event; a driver that does not
+        # track outages leaves it None.
+        self.down: DeviceDown | None = None
 
     @abstractmethod
     async def poll(self, group: PollGroup) -> list[Reading]:
-        """Read every point of the group; failures come back as BAD readings, never as raises."""
+        """Read every point of the group; failures come back as BAD readings, never as raises.
+
+        While `down` is set a driver may return no readings at all: the outage is one event and
+        the points' qualities are on the state document, not a bad reading per point per poll.
+        """
 
     @abstractmethod
     async def write(self, point: PointConfig, value: Value) -> None:
-        """Write one point; the caller has checked that it is writable and within range."""
+        """Write one point; the caller has checked that it is writable and within range.
+
+        Raises WriteError with the outcome (refused, failed or unknown) and the reason.
+        """
 
     @abstractmethod
     async def close(self) -> None:

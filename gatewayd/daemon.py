@@ -27,6 +27,7 @@ from gatewayd import __version__, sdnotify
 from gatewayd.buffer import Buffer
 from gatewayd.clock import clock_plausible
 from gatewayd.config import GatewayConfig
+from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
@@ -67,6 +68,7 @@ class Gateway:
         self.rules = Rules(cfg.rules)
         self.poller = Poller(self.metrics, self._handle)
         self.drivers = self.poller.drivers  # live view: device id -> running driver
+        self.device_health = DeviceHealth(self.metrics)  # device_down/up events, state `devices`
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
         self.metrics_server: MetricsServer | None = None
@@ -150,6 +152,7 @@ class Gateway:
         for dev_id, dev in old_devs.items():
             if new_devs.get(dev_id) != dev:
                 await self.poller.remove(dev_id)
+                self.device_health.forget(dev_id)
         places = {d.id: f"devices[{i}].driver" for i, d in enumerate(new.devices)}
         self.poller.add((d for d in new.devices if old_devs.get(d.id) != d), places)
         if new.rules != old.rules:
@@ -232,6 +235,7 @@ class Gateway:
             "counters": {name: totals[name] for name in sorted(totals)},
             "buffer_depth": stats.depth if stats else None,
             "evictions": sum(stats.evicted.values()) if stats else 0,
+            "devices": self.device_health.document(),
         }
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -285,10 +289,16 @@ class Gateway:
                 )
 
     async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
-        """One poll's readings through the rules into the buffer (committed when this returns)."""
+        """One poll's readings through the rules into the buffer (committed when this returns);
+        a device going down or up is one event, stored beside them (not through the rules)."""
+        events = self.device_health.observe(group, readings, self.drivers.get(group.device))
         dropped = self.rules.dropped
         records = self.rules.process(readings)
         self.metrics.inc("rules_dropped", self.rules.dropped - dropped)
+        if events:
+            records = events + records
+            if self.uplink is not None:
+                self.uplink.state_changed()
         await self._store(records)
 
     async def _tick_rules(self) -> None:

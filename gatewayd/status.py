@@ -1,7 +1,9 @@
 """`gatewayd status`: one screen about the running daemon, read from its metrics endpoint.
 
 The endpoint is the only interface: what a human sees here is what Prometheus scrapes, so the two
-cannot disagree.
+cannot disagree. A device that is down shows as `DOWN for <age> (<cause>)` from the gauge
+`device_down_since_timestamp_seconds{device, cause}`: the cause in words (`connection refused`),
+not a reason code of the last poll.
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ def render(s: Samples, now: float | None = None) -> str:
         quality = f"{good:.0f} good, {bad:.0f} bad" + (
             f" ({', '.join(reasons)})" if reasons else ""
         )
+        for lab, since in s.series(g + "device_down_since_timestamp_seconds"):
+            if lab.get("device") == dev:
+                quality = f"DOWN for {_age(max(0.0, now - since))} ({lab.get('cause', '?')})"
         skipped = sum(
             v for lab, v in s.series(g + "polls_skipped_total") if lab.get("device") == dev
         )

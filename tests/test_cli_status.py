@@ -77,3 +77,23 @@ def test_status_says_when_the_uplink_is_offline_and_why() -> None:
     assert screen[0].endswith("CLOCK NOT SET (uplink held)")
     assert screen[1].startswith("uplink   OFFLINE (connection refused)")
     assert screen[2] == "buffer   1200 records, 2.0 MiB, oldest 1.5 h; evicted telemetry/full 17"
+
+
+def test_status_shows_a_down_device_with_its_cause_not_a_reason_code() -> None:
+    text = (
+        'gatewayd_polls_total{device="plc"} 120\n'
+        'gatewayd_poll_failures_total{device="plc"} 3\n'
+        'gatewayd_device_last_poll_timestamp_seconds{device="plc"} 99.9\n'
+        'gatewayd_device_last_poll_good{device="plc"} 0\n'
+        'gatewayd_device_last_poll_bad{device="plc"} 0\n'
+        'gatewayd_device_down_since_timestamp_seconds{cause="connection refused",device="plc"} 88\n'
+        'gatewayd_polls_total{device="boiler"} 120\n'
+        'gatewayd_device_last_poll_timestamp_seconds{device="boiler"} 99.9\n'
+        'gatewayd_device_last_poll_good{device="boiler"} 7\n'
+    )
+    screen = render(parse(text), now=100).splitlines()
+    plc = next(line for line in screen if line.startswith("  plc"))
+    boiler = next(line for line in screen if line.startswith("  boiler"))
+    assert "DOWN for 12.0 s (connection refused)" in plc, plc
+    assert "backoff" not in plc
+    assert "7 good, 0 bad;" in boiler, boiler

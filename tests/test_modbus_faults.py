@@ -4,7 +4,6 @@ while another device keeps polling; the faulty device recovers on its own."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -79,36 +78,6 @@ def test_busy_is_retried_with_delay_and_then_answers() -> None:
             slave.faults(1).__dict__.update(exception=6, times=5)
             (r,) = await drv.poll(group(drv.device))
             assert (r.quality, r.reason) == (Quality.BAD, "exception_06")
-            await drv.close()
-
-    asyncio.run(body())
-
-
-def test_failing_device_backs_off_and_is_polled_again() -> None:
-    async def body() -> None:
-        async with tcp_slave({0: 3}) as slave:
-            dev = device(
-                slave.port,
-                [point("a", 0)],
-                timeout_s=0.1,
-                fail_threshold=2,
-                backoff_base_s=0.4,
-                backoff_cap_s=0.8,
-            )
-            drv = ModbusDriver(dev)
-            slave.faults(1).drop = True
-            reasons = [(await drv.poll(group(dev)))[0].reason for _ in range(3)]
-            assert reasons == ["timeout", "timeout", "backoff"]
-            asked = slave.requests
-            assert drv.counters["backoffs"] == 1
-            slave.faults(1).clear()
-            t0 = time.monotonic()
-            while (await drv.poll(group(dev)))[0].reason == "backoff":
-                await asyncio.sleep(0.05)
-            assert time.monotonic() - t0 > 0.2, "the backoff was honoured"
-            assert slave.requests == asked + 1, "no request was sent while backed off"
-            (r,) = await drv.poll(group(dev))
-            assert (r.value, r.quality) == (3, Quality.GOOD)
             await drv.close()
 
     asyncio.run(body())

@@ -1,5 +1,6 @@
 """The request planner: every point covered, no request over the limit, never more requests than
-Telegraf's shrink/rearrange on the same points; exception 02 on a merged read splits it."""
+Telegraf's shrink/rearrange on the same points; exception 02 on a merged read splits it, and the
+split is merged again once the device answers its parts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from telegraf_planner import telegraf_requests
 
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import ModbusDriver, plan_requests
+from gatewayd.drivers.modbus.planner import REMERGE_MAX, GroupPlan
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus.regmap import load_map
 
@@ -114,3 +116,84 @@ def test_map_file_holes_and_faults_drive_split_and_busy_retry() -> None:
             await drv.close()
 
     asyncio.run(body())
+
+
+def test_stray_exception_02_split_merges_again_after_good_polls() -> None:
+    async def body() -> None:
+        async with tcp_slave({a: 100 + a for a in range(45)}) as slave:
+            pts = [point(f"p{a}", a) for a in range(45)]
+            drv = ModbusDriver(device(slave.port, pts))
+            g = group(drv.device)
+            assert drv.requests_per_group == {}
+            await drv.poll(g)
+            assert drv.requests_per_group[g.name] == 1
+            slave.faults(1).__dict__.update(exception=2, times=1)  # one stray refusal
+            per_poll = []
+            for _ in range(20):
+                asked = slave.requests
+                rs = await drv.poll(g)
+                assert [(r.value, r.quality) for r in rs] == [
+                    (100 + a, Quality.GOOD) for a in range(45)
+                ]
+                per_poll.append(slave.requests - asked)
+            assert per_poll[0] == 1 + 45, "refused, then split into single points"
+            back = per_poll.index(1)
+            assert back <= 1 + 8, f"merged again after a few good polls: {per_poll}"
+            assert set(per_poll[back:]) == {1}, "and it stays merged"
+            assert drv.requests_per_group[g.name] == 1
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_real_hole_is_tried_merged_again_ever_less_often() -> None:
+    async def body() -> None:
+        async with tcp_slave({0: 10, 1: 11, 20: 20, 21: 21}) as slave:
+            slave.unit(1).defined = {0, 1, 20, 21}  # a hole the device never fills
+            pts = [point("a", 0), point("b", 1), point("c", 20), point("d", 21)]
+            drv = ModbusDriver(device(slave.port, pts, max_gap=20))
+            g = group(drv.device)
+            asked = slave.requests
+            for _ in range(60):
+                rs = await drv.poll(g)
+                assert [r.value for r in rs] == [10, 11, 20, 21]
+            # Tried merged at polls 1, 10, 27 and 60 (waits 8, 16, 32): one extra request each.
+            assert drv.counters["splits"] == 4
+            assert slave.requests - asked == 60 * 2 + 4
+            await drv.close()
+
+    asyncio.run(body())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pts=points(),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 1000), st.booleans()), max_size=60),
+)
+def test_group_plan_covers_every_point_once_and_returns_to_the_fewest_requests(
+    pts: list[PointConfig], steps: list[tuple[bool, int, bool]]
+) -> None:
+    base = plan_requests(pts, max_gap=20)
+    plan = GroupPlan(list(base))
+
+    def covered() -> list[int]:
+        return sorted(id(p) for r in plan.requests for p in r.points)
+
+    everyone = sorted(id(p) for r in base for p in r.points)
+    for split, pick, fault in steps:
+        faulted = []
+        if split:  # the device refuses one request with exception 02
+            req = plan.requests[pick % len(plan.requests)]
+            plan.split(req)
+            faulted.append(req)
+        if fault:  # and another one fails this poll
+            faulted.append(plan.requests[pick * 7 % len(plan.requests)])
+        plan.end_poll(faulted)
+        assert covered() == everyone, "every point in exactly one request"
+    for _ in range(2 * REMERGE_MAX):  # the device behaves from now on
+        if len(plan.requests) == len(base):
+            break
+        plan.end_poll([])
+    assert [(r.table, r.address, r.count) for r in plan.requests] == [
+        (r.table, r.address, r.count) for r in base
+    ]

@@ -1,11 +1,15 @@
 """Writes reach the simulated device's registers encoded with the point's type and order, and
-are refused with a clear error when the point is not writable, out of range or mistyped."""
+are refused with a clear error when the point is not writable, out of range, not finite or
+mistyped; a write the device did not confirm names its reason and whether it may have been
+applied (failed vs unknown)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
+from helpers import free_port
 from modbus_env import device, point, tcp_slave
 
 from gatewayd.drivers import WriteError
@@ -82,7 +86,12 @@ def test_bit_in_register_write_keeps_the_other_bits() -> None:
         (
             {"writable": True, "type": "int16"},
             40000,
-            "dev/p: 40000 does not fit a int16; send a smaller value",
+            "dev/p: value 40000 does not fit int16; send a value int16 can hold",
+        ),
+        (
+            {"writable": True, "type": "uint16"},
+            70000,
+            "dev/p: value 70000 does not fit uint16; send a value uint16 can hold",
         ),
     ],
 )
@@ -102,16 +111,82 @@ def test_refused_writes_say_why_and_send_nothing(
     asyncio.run(body())
 
 
-def test_device_refusing_a_write_is_a_write_error() -> None:
+NOT_FINITE = [math.nan, math.inf, -math.inf]
+FINITE_CASES = [
+    {"type": "float32", "min": -100, "max": 100},
+    {"type": "float64"},
+    {"type": "int16", "min": -100, "max": 100},
+    {"type": "uint32"},
+    {"type": "bool", "bit": 2},
+    {"table": "coil", "type": "bool"},
+]
+
+
+@pytest.mark.parametrize("value", NOT_FINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("kw", FINITE_CASES, ids=lambda kw: f"{kw.get('table', '')}{kw['type']}")
+def test_nan_and_infinity_are_refused_for_every_point_type(
+    kw: dict[str, object], value: float
+) -> None:
+    async def body() -> None:
+        async with tcp_slave() as slave:
+            p = point("p", 0, writable=True, **kw)
+            drv = ModbusDriver(device(slave.port, [p]))
+            with pytest.raises(WriteError) as err:
+                await drv.write(p, value)
+            assert str(err.value) == f"dev/p: {value} is not a finite number; send a finite number"
+            assert err.value.outcome == "refused"
+            assert slave.unit(1).writes == 0, "nothing reached the device"
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_device_exception_is_a_failed_write_naming_the_exception() -> None:
     async def body() -> None:
         async with tcp_slave() as slave:
             p = point("p", 0, writable=True)
             drv = ModbusDriver(device(slave.port, [p]))
+            slave.faults(1).exception = 2
+            with pytest.raises(WriteError) as err:
+                await drv.write(p, 1)
+            assert str(err.value) == "dev/p: exception 02 illegal data address; nothing was written"
+            assert err.value.outcome == "failed"
             slave.faults(1).exception = 4
-            with pytest.raises(
-                WriteError, match="dev/p: the device refused the write: exception_04"
-            ):
+            with pytest.raises(WriteError, match="exception 04 server device failure"):
                 await drv.write(p, 1)
             await drv.close()
+
+    asyncio.run(body())
+
+
+def test_timed_out_write_is_unknown_not_failed_because_it_may_have_been_applied() -> None:
+    async def body() -> None:
+        async with tcp_slave() as slave:
+            p = point("p", 0, writable=True)
+            drv = ModbusDriver(device(slave.port, [p], timeout_s=0.2))
+            slave.faults(1).__dict__.update(delay_s=0.6, times=1)  # applies, answers late
+            with pytest.raises(WriteError) as err:
+                await drv.write(p, 1234)
+            assert err.value.outcome == "unknown"
+            assert str(err.value) == (
+                "dev/p: timeout: outcome unknown; read the point back before retrying"
+            )
+            assert slave.unit(1).holding[0] == 1234, "the device did apply it"
+            await drv.close()
+
+    asyncio.run(body())
+
+
+def test_refused_connection_is_a_failed_write() -> None:
+    async def body() -> None:
+        p = point("p", 0, writable=True)
+        drv = ModbusDriver(device(free_port(), [p]))
+        with pytest.raises(WriteError) as err:
+            await drv.write(p, 1)
+        assert (err.value.outcome, str(err.value)) == (
+            "failed",
+            "dev/p: connection refused; nothing was written",
+        )
+        await drv.close()
 
     asyncio.run(body())

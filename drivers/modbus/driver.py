@@ -3,14 +3,22 @@
 Invariants:
 - every point of a poll group comes back, good with its decoded value or bad with a reason code
   (timeout, disconnected, exception_NN, crc, short_reply, wrong_unit, wrong_function,
-  wrong_transaction, bad_frame, backoff); nothing raises into the scheduler;
+  wrong_transaction, bad_frame), except while the device is down (below); nothing raises into
+  the scheduler;
 - a reply is used only after it was checked against its request (see pdu.py and the links);
 - exception 06 (busy) is retried `busy_retries` times after a growing delay;
-- a merged read refused with exception 02 is split (contiguous runs, then single points), and the
-  split is remembered for the poll group;
-- a device failing `fail_threshold` polls in a row is skipped for an exponential, capped backoff,
-  then polled again; other devices never wait for it (each driver owns its link, or shares a bus
-  whose lock is FIFO-fair).
+- a merged read refused with exception 02 is split (contiguous runs, then single points) and
+  merged again after a number of polls in which its parts all answered (planner.GroupPlan);
+- a device failing `fail_threshold` polls in a row is down (`Driver.down`, one DeviceDown per
+  outage): each poll then sends one short probe (the first point's registers) instead of the
+  whole plan and returns no readings; the first probe that gets any answer runs the full poll,
+  so good readings are back within one poll interval (plus connect time) of the device's return.
+  Other devices never wait for it (each driver owns its link, or shares a bus whose lock is
+  FIFO-fair);
+- log lines are bounded per device whatever the flapping (health.FailureLog);
+- a write either succeeds or raises WriteError whose outcome says what is known: refused (nothing
+  sent), failed (the device said no, or the connection was refused) or unknown (no answer or an
+  unusable one: the write may have been applied).
 """
 
 from __future__ import annotations
@@ -26,16 +34,20 @@ from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.reading import Quality, Reading, Value, now_ms
 
 from ..base import Driver, PollGroup, WriteError, check_write
-from ..health import Health
+from ..health import FailureLog, Health
 from . import pdu as P
+from .causes import cause, exception_code, refused
 from .decode import encode_point
-from .planner import ReadRequest, plan_requests, split_request
+from .planner import GroupPlan, ReadRequest, plan_requests
 
 log = logging.getLogger("gatewayd.drivers.modbus")
 
 T = TypeVar("T")
 # After these the device is not answering at all: the rest of the poll would only time out too.
 _LINK_DOWN = ("timeout", "disconnected")
+# A write answered with these may still have been applied: 05 acknowledge (accepted, still
+# working), 11 the gateway's target did not answer.
+_WRITE_UNKNOWN_EXCEPTIONS = (5, 11)
 
 
 class Link(Protocol):
@@ -47,14 +59,16 @@ class Link(Protocol):
 class ModbusDriver(Driver):
     """Modbus TCP; the RTU drivers differ only in the link they open."""
 
+    log_window_s = 60.0  # FailureLog's window: at most three lines per device per window
+
     def __init__(self, device: DeviceConfig) -> None:
         super().__init__(device)
         self._link: Link | None = None
         self._key = ""  # the link's key in bus.py
-        self._plans: dict[PollGroup, list[ReadRequest]] = {}
+        self._plans: dict[PollGroup, GroupPlan] = {}
         self._names = _PointNames(device.id)
-        self._health = Health(device.fail_threshold, device.backoff_base_s, device.backoff_cap_s)
-        self._failing = False  # for logging the first failure at WARNING, repeats at DEBUG
+        self.failure_log = FailureLog(log, device.id, self.log_window_s)
+        self._health = Health(self.failure_log, device.fail_threshold)
 
     def _bus_key(self) -> str:
         loop = id(asyncio.get_running_loop())
@@ -89,28 +103,32 @@ class ModbusDriver(Driver):
                 await asyncio.sleep(dev.busy_delay_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def poll(self, group: PollGroup) -> list[Reading]:
-        self.counters["polls"] += 1
-        if not self._health.ready(time.monotonic()):
-            self.counters["polls_skipped"] += 1
-            return self._bad(group.points, "backoff")
+    def _plan(self, group: PollGroup) -> GroupPlan:
         plan = self._plans.get(group)
         if plan is None:
             d = self.device
-            plan = self._plans[group] = plan_requests(
-                group.points, d.max_gap, d.max_registers, d.max_bits
+            plan = self._plans[group] = GroupPlan(
+                plan_requests(group.points, d.max_gap, d.max_registers, d.max_bits)
             )
             log.info(
                 "poll_group_planned device=%s group=%s points=%d requests=%d",
                 d.id,
                 group.name,
                 len(group.points),
-                len(plan),
+                len(plan.requests),
             )
+        return plan
+
+    async def poll(self, group: PollGroup) -> list[Reading]:
+        self.counters["polls"] += 1
+        plan = self._plan(group)
+        if self.down is not None and not await self._probe(plan):
+            return []
         out: list[Reading] = []
         answered = False
-        last_fault = ""
-        todo = list(plan)
+        last: P.ModbusFault | None = None
+        faulted: list[ReadRequest] = []
+        todo = list(plan.requests)
         while todo:
             req = todo.pop(0)
             try:
@@ -119,10 +137,10 @@ class ModbusDriver(Driver):
                 )
             except P.ModbusFault as f:
                 answered |= f.device_answered
-                last_fault = f.reason
-                parts = split_request(req) if f.reason == "exception_02" else []
-                if len(parts) > 1:
-                    plan[plan.index(req) : plan.index(req) + 1] = parts
+                last = f
+                faulted.append(req)
+                parts = plan.split(req) if f.reason == "exception_02" else []
+                if parts:
                     todo[0:0] = parts
                     self.counters["splits"] += 1
                     log.info(
@@ -136,35 +154,45 @@ class ModbusDriver(Driver):
                 if f.reason in _LINK_DOWN:
                     for rest in todo:
                         out.extend(self._bad(rest.points, f.reason))
+                    faulted += todo
                     break
                 continue
             answered = True
+            plan.answered(req)
             ts = now_ms()
             names = self._names
             out += [
                 Reading(names[p.id], ts, v)
                 for p, v in zip(req.points, req.decode(words), strict=True)
             ]
-        self.requests_per_group[group.name] = len(plan)
-        self._note_health(answered, last_fault)
+        if plan.splits:
+            plan.end_poll(faulted)
+        self.requests_per_group[group.name] = len(plan.requests)
+        if answered:
+            self._health.ok(time.monotonic())
+        else:
+            assert last is not None
+            self._failed(last)
+        self.down = self._health.down
         return out
 
-    def _note_health(self, answered: bool, fault: str) -> None:
-        if self._health.record(answered, time.monotonic()):
-            self.counters["backoffs"] += 1
-        if not answered and not self._failing:
-            self._failing = True
-            log.warning("device_failing device=%s reason=%s", self.device.id, fault)
-        elif not answered:
-            log.debug(
-                "device_failing device=%s reason=%s streak=%d",
-                self.device.id,
-                fault,
-                self._health.streak,
-            )
-        elif self._failing:
-            self._failing = False
-            log.info("device_recovered device=%s", self.device.id)
+    async def _probe(self, plan: GroupPlan) -> bool:
+        """One short read of a down device: True when it answers at all (then poll it fully)."""
+        self.counters["probes"] += 1
+        p = plan.requests[0].points[0]
+        try:
+            await self._ask(P.read_request(p.table, p.address, p.register_count), P.parse_read)
+        except P.ModbusFault as f:
+            if f.device_answered:
+                return True
+            self._failed(f)
+            return False
+        return True
+
+    def _failed(self, fault: P.ModbusFault) -> None:
+        if self._health.failed(cause(fault), fault.reason, time.monotonic()):
+            self.counters["outages"] += 1
+        self.down = self._health.down
 
     def _bad(self, points: tuple[PointConfig, ...], reason: str) -> list[Reading]:
         ts = now_ms()
@@ -174,20 +202,18 @@ class ModbusDriver(Driver):
         return f"{self.device.id}/{p.id}"
 
     async def write(self, point: PointConfig, value: Value) -> None:
-        """Write one point; refuses (WriteError) what is not writable, out of range or mistyped."""
+        """Write one point; WriteError says why not and whether it may have been applied."""
         place = self._pid(point)
         words = self._encode_checked(point, value, place)
         try:
             if point.table == "coil":
                 await self._write_coil(point.address, bool(words[0]))
             elif point.type == "bool":
-                await self._write_bit(point, bool(words[0]))
+                await self._write_bit(point, place, bool(words[0]))
             else:
                 await self._write_words(point.address, words)
         except P.ModbusFault as f:
-            raise WriteError(
-                place, f"the device refused the write: {f.reason}", "check the device"
-            ) from f
+            raise _write_error(place, f) from f
         self.counters["writes"] += 1
 
     def _encode_checked(self, point: PointConfig, value: Value, place: str) -> list[int]:
@@ -196,7 +222,9 @@ class ModbusDriver(Driver):
             return encode_point(point, value)
         except (struct.error, OverflowError, ValueError) as exc:
             raise WriteError(
-                place, f"{value!r} does not fit a {point.type}", "send a smaller value"
+                place,
+                f"value {value!r} does not fit {point.type}",
+                f"send a value {point.type} can hold",
             ) from exc
 
     async def _write_coil(self, address: int, on: bool) -> None:
@@ -211,11 +239,19 @@ class ModbusDriver(Driver):
         else:
             await self._ask(P.write_registers_request(address, words), P.check_write)
 
-    async def _write_bit(self, point: PointConfig, on: bool) -> None:
+    async def _write_bit(self, point: PointConfig, place: str, on: bool) -> None:
         # Read-modify-write so the other 15 bits keep their values. Not atomic: a device that
         # changes the register between the two requests loses that change (fc 22 would not, but
         # few devices implement it).
-        (word,) = await self._ask(P.read_request("holding", point.address, 1), P.parse_read)
+        try:
+            (word,) = await self._ask(P.read_request("holding", point.address, 1), P.parse_read)
+        except P.ModbusFault as f:
+            raise WriteError(
+                place,
+                f"{cause(f)} reading the register before setting its bit",
+                "nothing was written",
+                "failed",
+            ) from f
         mask = 1 << (point.bit or 0)
         await self._write_words(point.address, [word | mask if on else word & ~mask])
 
@@ -225,6 +261,18 @@ class ModbusDriver(Driver):
         if self._link is not None:
             bus.release(self._key)
             self._link = None
+
+
+def _write_error(place: str, fault: P.ModbusFault) -> WriteError:
+    """A failed write request as a WriteError: `failed` only when it cannot have been applied."""
+    code = exception_code(fault)
+    if code is not None and code not in _WRITE_UNKNOWN_EXCEPTIONS:
+        return WriteError(place, cause(fault), "nothing was written", "failed")
+    if refused(fault):
+        return WriteError(place, cause(fault), "nothing was written", "failed")
+    return WriteError(
+        place, f"{cause(fault)}: outcome unknown", "read the point back before retrying", "unknown"
+    )
 
 
 class _PointNames(dict[str, str]):

@@ -7,6 +7,12 @@ fits is a valid request, so taking the longest run first never costs a request (
 sends more requests than Telegraf's shrink/rearrange, which only merge touching fields; the
 property test checks this). Overlapping points (bits of one register, a word inside a long) share
 a request.
+
+`GroupPlan` is that plan as a device shapes it: a merged read the device refuses with exception 02
+is split (`split_request`), and merged again after `REMERGE_AFTER` polls in which every request of
+its points answered, so one stray exception costs a few polls of extra requests, never the rest of
+the run. A read refused again after merging waits twice as long before the next try (at most
+`REMERGE_MAX` polls): a real hole costs one extra request per that many polls.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from .decode import Decoder, request_decoder
 MAX_REGISTERS = 125
 MAX_BITS = 2000
 BIT_TABLES = ("coil", "discrete")
+REMERGE_AFTER = 8  # clean polls before a split read is merged again
+REMERGE_MAX = 1024  # the longest wait, after repeated refusals of the merged read
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +86,63 @@ def split_request(req: ReadRequest) -> list[ReadRequest]:
     for p in req.points:
         by_place.setdefault((p.address, p.register_count), []).append(p)
     return [ReadRequest(req.table, a, n, tuple(ps)) for (a, n), ps in sorted(by_place.items())]
+
+
+def _key(req: ReadRequest) -> tuple[str, int, int]:
+    return (req.table, req.address, req.count)
+
+
+@dataclass(slots=True)
+class _Split:
+    merged: ReadRequest
+    ids: frozenset[int]  # id() of its points: the requests it became hold exactly these
+    wait: int  # clean polls before merging again
+    clean: int = 0
+
+
+class GroupPlan:
+    """A poll group's current requests: the planner's fewest, with the splits the device forced."""
+
+    __slots__ = ("requests", "splits", "waits")
+
+    def __init__(self, requests: list[ReadRequest]) -> None:
+        self.requests = requests
+        self.splits: list[_Split] = []
+        # The wait of a split read that was merged again, by request: doubled if it is refused.
+        self.waits: dict[tuple[str, int, int], int] = {}
+
+    def split(self, req: ReadRequest) -> list[ReadRequest]:
+        """Replace `req` (refused with exception 02) by smaller requests; [] if it is one point."""
+        parts = split_request(req)
+        i = next((n for n, r in enumerate(self.requests) if r is req), None)
+        if len(parts) <= 1 or i is None:  # one point, or already replaced by another poll
+            return []
+        self.requests[i : i + 1] = parts
+        prev = self.waits.get(_key(req))
+        wait = REMERGE_AFTER if prev is None else min(REMERGE_MAX, 2 * prev)
+        self.splits.append(_Split(req, frozenset(id(p) for p in req.points), wait))
+        return parts
+
+    def answered(self, req: ReadRequest) -> None:
+        """`req` came back with data: a merged read that works again starts afresh."""
+        if self.waits:
+            self.waits.pop(_key(req), None)
+
+    def end_poll(self, faulted: list[ReadRequest]) -> None:
+        """Count a poll for each split; merge those whose requests all answered long enough."""
+        for s in list(self.splits):
+            if any(id(r.points[0]) in s.ids for r in faulted):
+                s.clean = 0
+                continue
+            s.clean += 1
+            if s.clean >= s.wait and any(t is s for t in self.splits):  # not merged by an outer
+                self._merge(s)
+
+    def _merge(self, s: _Split) -> None:
+        at = next(n for n, r in enumerate(self.requests) if id(r.points[0]) in s.ids)
+        rest = [r for r in self.requests if id(r.points[0]) not in s.ids]
+        rest.insert(at, s.merged)
+        self.requests = rest
+        # Splits of its parts go with it.
+        self.splits = [t for t in self.splits if t is not s and not t.ids <= s.ids]
+        self.waits[_key(s.merged)] = s.wait

@@ -4,6 +4,15 @@
 Writes go only to points the configuration marks writable, within their declared range. Commands
 are not queued for unreachable devices: they fail fast, like Cloud IoT Core's. A token bucket
 limits their rate.
+
+Invariants:
+- a command is strict JSON: NaN, Infinity and numbers too large for a float (1e400) are refused
+  with a reason, never turned into a value (Python's json accepts all three by default);
+- every result is strict JSON (checked with allow_nan=False) and has a status and a reason that
+  names the cause: `ok`; `refused` (nothing was sent: not writable, out of range, not finite,
+  does not fit the type, malformed, rate limited); `failed` (the device said no, or the connection
+  was refused: nothing was written); `unknown` (no usable answer, e.g. a timeout: the write may
+  have been applied, so it is never reported as failed).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,6 +33,22 @@ from gatewayd.reading import Value, now_ms
 log = logging.getLogger("gatewayd.commands")
 
 WRITE_TIMEOUT_S = 5.0
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON; send a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number; send a finite number")
+    return value
+
+
+def parse_command(payload: bytes) -> Any:
+    """A command's JSON, strictly: NaN, ±Infinity and overflowing numbers raise ValueError."""
+    return json.loads(payload, parse_constant=_not_json, parse_float=_finite)
 
 
 class Host(Protocol):
@@ -59,7 +85,7 @@ class CommandHandler:
     async def _handle(self, topic: str, payload: bytes) -> None:
         cid: Any = None
         try:
-            doc = json.loads(payload) if len(payload) <= 64 * 1024 else None
+            doc = parse_command(payload) if len(payload) <= 64 * 1024 else None
             if not isinstance(doc, dict):
                 raise ValueError("a command is a JSON object")
             cid = doc.get("id")
@@ -78,7 +104,9 @@ class CommandHandler:
             status, reason = "refused", f"malformed command: {exc}"
         self.metrics.inc("commands", status=status)
         log.info("command id=%r status=%s reason=%r", cid, status, reason)
-        self.reply({"id": cid, "status": status, "reason": reason, "ts": now_ms()})
+        result = {"id": cid, "status": status, "reason": reason, "ts": now_ms()}
+        json.dumps(result, allow_nan=False)  # strict by construction; a bug here must be loud
+        self.reply(result)
 
     def _find(self, point_id: Any) -> tuple[Driver, PointConfig] | str:
         if not isinstance(point_id, str) or "/" not in point_id:
@@ -103,7 +131,14 @@ class CommandHandler:
             return "refused", str(exc)
         try:
             await asyncio.wait_for(driver.write(p, value), WRITE_TIMEOUT_S)
-        except Exception as exc:  # fail fast: the cloud retries if it wants to
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            return "failed", f"write failed: {reason}"
+        except WriteError as exc:
+            return exc.outcome, str(exc)
+        except TimeoutError:
+            return "unknown", (
+                f"{point_id}: timeout: no answer within {WRITE_TIMEOUT_S:g} s, outcome unknown; "
+                "read the point back before retrying"
+            )
+        except Exception as exc:  # a driver's own error: it may have written, or not
+            text = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
+            return "unknown", f"{point_id}: {text}: outcome unknown; read the point back"
         return "ok", f"wrote {value} to {point_id}"
