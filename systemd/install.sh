@@ -13,9 +13,9 @@
 # Options: --alg ES256|RS256 (new device key, default ES256), --source DIR (what pip installs,
 # default: this repository; it is copied first, so a read-only checkout works and no build files
 # are left in it), --system-crypto (use Debian's python3-cryptography and python3-cffi through a
-# venv with --system-site-packages; the default on armv6l/armv7l, where PyPI has no wheel for cffi,
-# or on armv6l for cryptography, and installing them would need a compiler). Re-running never
-# overwrites the config or the device key.
+# venv with --system-site-packages; the default on 32-bit ARM (dpkg architecture armhf/armel),
+# where PyPI has no wheel for cffi, on armv6l for cryptography either, and pip would need a
+# compiler). Re-running never overwrites the config or the device key.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -100,8 +100,13 @@ do_install() {
   [ -n "$root" ] && mkdir -p "$root" && : >"$ACTIONS"
 
   # 1. Python venv support (the Lite image may lack it); on 32-bit ARM, Debian's cryptography.
+  # The userland decides, not the kernel: 32-bit Pi OS on a Pi 3/4/5 runs a 64-bit kernel
+  # (uname -m: aarch64) under an armhf Python, which needs armv7l wheels.
   if [ "$system_crypto" = auto ]; then
-    case "$(uname -m)" in armv6l|armv7l|armv8l|armhf) system_crypto=yes ;; *) system_crypto=no ;; esac
+    system_crypto=no
+    case "$(dpkg --print-architecture 2>/dev/null || uname -m)" in
+      armhf|armel|armv6l|armv7l|armv8l) system_crypto=yes ;;
+    esac
   fi
   local debs=() venv_opts=() pip_opts=()
   if [ -n "$root" ] || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then

@@ -154,20 +154,27 @@ def test_read_only_checkout_is_built_from_a_copy_and_left_clean(tmp_path: Path) 
                 p.chmod(stat.S_IMODE(p.stat().st_mode) | 0o200)
 
 
-def _fake_uname(tmp_path: Path, machine: str) -> str:
+def _fake_arch(tmp_path: Path, dpkg_arch: str, machine: str) -> str:
+    """A PATH prefix whose dpkg and uname report another machine."""
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir(parents=True)
-    uname = bin_dir / "uname"
-    uname.write_text(f'#!/bin/sh\n[ "$1" = -m ] && echo {machine} || exec /bin/uname "$@"\n')
-    uname.chmod(0o755)
+    for name, answer, flag, real in (
+        ("dpkg", dpkg_arch, "--print-architecture", "/usr/bin/dpkg"),
+        ("uname", machine, "-m", "/bin/uname"),
+    ):
+        tool = bin_dir / name
+        tool.write_text(f'#!/bin/sh\n[ "$1" = {flag} ] && echo {answer} || exec {real} "$@"\n')
+        tool.chmod(0o755)
     return f"{bin_dir}:"
 
 
 def test_32_bit_arm_uses_debian_cryptography_and_wheels_only(tmp_path: Path) -> None:
-    """armv7l: PyPI has no cffi wheel (armv6l: no cryptography either); Debian has both."""
-    for machine in ("armv7l", "armv6l"):
-        root = tmp_path / machine / "root"
-        r = _install(root, path_prefix=_fake_uname(tmp_path / machine, machine))
+    """armv7l: PyPI has no cffi wheel (armv6l: no cryptography either); Debian has both. The
+    userland decides: 32-bit Pi OS on a Pi 4 has an aarch64 kernel under armhf packages."""
+    for dpkg_arch, machine in (("armhf", "armv7l"), ("armhf", "armv6l"), ("armhf", "aarch64")):
+        case = tmp_path / f"{dpkg_arch}-{machine}"
+        root = case / "root"
+        r = _install(root, path_prefix=_fake_arch(case, dpkg_arch, machine))
         assert r.returncode == 0, r.stderr
         actions = _actions(root)
         assert (
@@ -181,7 +188,8 @@ def test_32_bit_arm_uses_debian_cryptography_and_wheels_only(tmp_path: Path) -> 
 
 def test_64_bit_uses_plain_wheels_unless_asked(tmp_path: Path) -> None:
     root = tmp_path / "a" / "root"
-    assert _install(root, path_prefix=_fake_uname(tmp_path / "a", "aarch64")).returncode == 0
+    prefix = _fake_arch(tmp_path / "a", "arm64", "aarch64")
+    assert _install(root, path_prefix=prefix).returncode == 0
     assert "python3 -m venv /opt/gatewayd/venv" in _actions(root)
     assert not any("python3-cffi" in a for a in _actions(root))
     root = tmp_path / "b" / "root"
