@@ -82,7 +82,7 @@ def test_usb_serial_ports_are_allowed_without_their_driver_loaded_at_start() -> 
     s = _settings(UNIT.read_text())
     allowed = s["DeviceAllow"]
     for major in (188, 166):  # ttyUSB (usbserial), ttyACM (cdc_acm)
-        for minor in range(8):
+        for minor in range(16):
             assert f"/dev/char/{major}:{minor} rw" in allowed
     # Where modules can be loaded, load them first, so char-ttyUSB covers every minor.
     for unit in ("modprobe@usbserial.service", "modprobe@cdc_acm.service"):
@@ -91,7 +91,8 @@ def test_usb_serial_ports_are_allowed_without_their_driver_loaded_at_start() -> 
     for entry in allowed:
         node, _, access = entry.partition(" ")
         assert access == "rw", entry
-        assert re.fullmatch(r"char-tty(USB|ACM|AMA|S)|/dev/char/(188|166):[0-7]", node), entry
+        serial = r"char-tty(USB|ACM|AMA|S)|/dev/char/(188|166):([0-9]|1[0-5])"
+        assert re.fullmatch(serial, node), entry
 
 
 def test_reload_needs_only_the_shell() -> None:

@@ -144,7 +144,12 @@ ctr() {
   nsenter -t "$leader" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root LANG=C.UTF-8 "$@"
 }
-state=$(timeout 120 nsenter -t "$leader" -a systemctl is-system-running --wait 2>&1 || true)
+# systemd's private bus socket appears a moment after its exec: retry until it answers.
+state=""
+for _ in $(seq 1 100); do
+  state=$(timeout 120 nsenter -t "$leader" -a systemctl is-system-running --wait 2>&1 || true)
+  case "$state" in *"Failed to connect"*|*"No such file"*) sleep 0.2 ;; *) break ;; esac
+done
 case "$state" in running|degraded) ;; *) die "the container did not boot ($state): $(tail -5 "$run/console.log")" ;; esac
 figure "boot_s=$(since "$tboot") (system state: $state)"
 ctr systemctl --version | head -1
@@ -252,7 +257,7 @@ check "no restarts so far" [ "$(show NRestarts)" = 0 ]
 # (past the allowed minors) is the control that shows the policy is enforced at all.
 dropins=/run/systemd/system/gatewayd.service.d
 ctr mkdir -p "$dropins"
-ctr sh -c "printf '[Service]\nExecStartPost=/usr/bin/python3 /mnt/gw/tests/system/open_probe.py /dev/ttyUSB0 /dev/ttyACM0 /dev/ttyUSB200\n' >$dropins/50-systest-probe.conf"
+ctr sh -c "printf '[Service]\nExecStartPost=/usr/bin/python3 /mnt/gw/tests/system/open_probe.py /dev/ttyUSB0 /dev/ttyUSB9 /dev/ttyACM0 /dev/ttyUSB200\n' >$dropins/50-systest-probe.conf"
 ctr systemctl daemon-reload
 n0=$(journal | wc -l)
 ctr systemctl restart --no-block gatewayd.service
@@ -261,8 +266,9 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 pid=$(show MainPID)
-ctr sh -c 'mknod -m 0660 /dev/ttyUSB0 c 188 0 && mknod -m 0660 /dev/ttyACM0 c 166 0 &&
-  mknod -m 0660 /dev/ttyUSB200 c 188 200 && chgrp dialout /dev/ttyUSB0 /dev/ttyACM0 /dev/ttyUSB200'
+ctr sh -c 'mknod -m 0660 /dev/ttyUSB0 c 188 0 && mknod -m 0660 /dev/ttyUSB9 c 188 9 &&
+  mknod -m 0660 /dev/ttyACM0 c 166 0 && mknod -m 0660 /dev/ttyUSB200 c 188 200 &&
+  chgrp dialout /dev/ttyUSB0 /dev/ttyUSB9 /dev/ttyACM0 /dev/ttyUSB200'
 for _ in $(seq 1 100); do [ "$(ctr systemctl is-active gatewayd.service)" = active ] && break; sleep 0.2; done
 probe=$(journal | tail -n +"$((n0 + 1))" | grep '^open_probe: /dev' | sed 's/^open_probe: //' || true)
 outside=$(ctr python3 -c 'import sys; sys.path.insert(0, "/mnt/gw/tests/system"); import open_probe; print(open_probe.probe("/dev/ttyUSB200"))')
@@ -270,7 +276,7 @@ echo "$probe" | sed 's/^/  in gatewayd.service, PID '"$pid"' running: /'
 echo "  outside the unit, as root: /dev/ttyUSB200 $outside"
 ctr nsenter -t "$pid" -m ls /dev/ttyUSB0 >/dev/null && ok "the daemon's /dev shows the new /dev/ttyUSB0" \
   || fail "/dev/ttyUSB0 is not visible in the daemon's mount namespace"
-for node in /dev/ttyUSB0 /dev/ttyACM0; do
+for node in /dev/ttyUSB0 /dev/ttyUSB9 /dev/ttyACM0; do
   r=$(echo "$probe" | awk -v n="$node" '$1 == n { print $2 }')
   [ -n "$r" ] && [ "$r" != EPERM ] && [ "$r" != EACCES ] \
     && ok "$node (made after start) passes the device policy ($r)" || fail "$node refused: ${r:-no result}"
