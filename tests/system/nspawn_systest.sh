@@ -221,6 +221,8 @@ rc=0
 ctr runuser -u bob -- bash -lc 'gatewayd status' >/dev/null 2>"$run/bob.err" || rc=$?
 [ "$rc" != 127 ] && ok "gatewayd status as bob (no group) runs (exit $rc): $(head -1 "$run/bob.err")" \
   || fail "gatewayd status as bob: command not found"
+ctr runuser -u alice -- cat /etc/gatewayd/device.key >/dev/null 2>&1 \
+  && fail "alice (group gatewayd) can read the device key" || ok "the group may read the config, not the key"
 ctr runuser -u bob -- cat /etc/gatewayd/gateway.toml >/dev/null 2>&1 \
   && fail "bob can read /etc/gatewayd/gateway.toml" || ok "bob cannot read the config"
 
