@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install gatewayd as a systemd service on Raspberry Pi OS Bookworm / Debian 12.
 #
-#   sudo systemd/install.sh                 install or upgrade (idempotent), print the public key
+#   sudo systemd/install.sh                 install or upgrade (idempotent), print the public key;
+#                                           `gatewayd` on PATH (/usr/local/bin) for root and for
+#                                           members of the gatewayd group (they may read the config)
 #   sudo systemd/install.sh --uninstall     remove the unit and the venv; keep config, key, buffer
 #   sudo systemd/install.sh --uninstall --purge   also remove /etc/gatewayd, /var/lib/gatewayd, user
 #   systemd/install.sh --root DIR           stage into DIR (testing): system changes that need
@@ -9,7 +11,11 @@
 #                                           written to DIR/install-actions.log instead of run
 #
 # Options: --alg ES256|RS256 (new device key, default ES256), --source DIR (what pip installs,
-# default: this repository). Re-running never overwrites the config or the device key.
+# default: this repository; it is copied first, so a read-only checkout works and no build files
+# are left in it), --system-crypto (use Debian's python3-cryptography and python3-cffi through a
+# venv with --system-site-packages; the default on 32-bit ARM (dpkg architecture armhf/armel),
+# where PyPI has no wheel for cffi, on armv6l for cryptography either, and pip would need a
+# compiler). Re-running never overwrites the config or the device key.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +24,9 @@ root=""
 mode=install
 purge=no
 alg=ES256
+system_crypto=auto
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) root=$(realpath -m "${2:?--root needs a directory}"); shift 2 ;;
@@ -27,6 +34,7 @@ while [ $# -gt 0 ]; do
     --purge) purge=yes; shift ;;
     --alg) alg=${2:?--alg needs ES256 or RS256}; shift 2 ;;
     --source) source_dir=${2:?--source needs a directory}; shift 2 ;;
+    --system-crypto) system_crypto=yes; shift ;;
     -h|--help) usage 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage 2 >&2 ;;
   esac
@@ -40,6 +48,7 @@ ETC=$root/etc/gatewayd
 STATE=$root/var/lib/gatewayd
 UNIT=$root/etc/systemd/system/gatewayd.service
 KEY=$ETC/device.key
+LINK=$root/usr/local/bin/gatewayd
 ACTIONS=$root/install-actions.log
 
 if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then
@@ -66,11 +75,19 @@ do_uninstall() {
   fi
   rm -f "$UNIT"
   sys systemctl daemon-reload || true
+  # Only our own link: never a gatewayd installed some other way.
+  if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = /opt/gatewayd/venv/bin/gatewayd ]; then
+    rm -f "$LINK"
+  fi
   rm -rf "$OPT"
   if [ "$purge" = yes ]; then
     rm -rf "$ETC" "$STATE"
     if [ -n "$root" ] || getent passwd "$USER_NAME" >/dev/null; then
       sys userdel "$USER_NAME"
+    fi
+    # userdel keeps the group while people are members of it (added for `gatewayd status`).
+    if [ -n "$root" ] || getent group "$USER_NAME" >/dev/null; then
+      sys groupdel "$USER_NAME" || true
     fi
     say "removed the service, the venv, the config with the device key, the buffer and the user"
   else
@@ -82,9 +99,29 @@ do_uninstall() {
 do_install() {
   [ -n "$root" ] && mkdir -p "$root" && : >"$ACTIONS"
 
-  # 1. Python venv support (the Lite image may lack it).
+  # 1. Python venv support (the Lite image may lack it); on 32-bit ARM, Debian's cryptography.
+  # The userland decides, not the kernel: 32-bit Pi OS on a Pi 3/4/5 runs a 64-bit kernel
+  # (uname -m: aarch64) under an armhf Python, which needs armv7l wheels.
+  if [ "$system_crypto" = auto ]; then
+    system_crypto=no
+    case "$(dpkg --print-architecture 2>/dev/null || uname -m)" in
+      armhf|armel|armv6l|armv7l|armv8l) system_crypto=yes ;;
+    esac
+  fi
+  local debs=() venv_opts=() pip_opts=()
   if [ -n "$root" ] || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    sys apt-get install -y --no-install-recommends python3-venv
+    debs+=(python3-venv)
+  fi
+  if [ "$system_crypto" = yes ]; then
+    say "using Debian's python3-cryptography and python3-cffi (no compiler needed)"
+    debs+=(python3-cryptography python3-cffi)
+    venv_opts+=(--system-site-packages)
+    # Wheels only, so a missing one fails here with its name instead of starting a compiler.
+    pip_opts+=(--only-binary=:all:)
+  fi
+  if [ ${#debs[@]} -gt 0 ]; then
+    # stdout is for the public key only.
+    sys apt-get install -y --no-install-recommends "${debs[@]}" >&2
   fi
 
   # 2. The service user: no login, no home of its own beyond the state directory.
@@ -96,10 +133,27 @@ do_install() {
   # 3. The venv under /opt/gatewayd, upgraded in place on every run.
   mkdir -p "$OPT"
   chmod 0755 "$OPT"
-  if [ ! -x "$VENV/bin/python" ]; then
-    sys python3 -m venv "$VENV"
+  local want_ssp=false
+  [ "$system_crypto" = yes ] && want_ssp=true
+  if [ -e "$VENV/pyvenv.cfg" ] \
+    && ! grep -qx "include-system-site-packages = $want_ssp" "$VENV/pyvenv.cfg"; then
+    say "recreating $VENV (include-system-site-packages changes to $want_ssp)"
+    rm -rf "$VENV"
   fi
-  sys "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$source_dir"
+  if [ ! -x "$VENV/bin/python" ]; then
+    sys python3 -m venv "${venv_opts[@]}" "$VENV"
+  fi
+  # pip builds inside the source folder (build/, *.egg-info): build from a throw-away copy.
+  build_copy=$(mktemp -d "${TMPDIR:-/tmp}/gatewayd-install.XXXXXX")
+  trap 'rm -rf "$build_copy"' EXIT
+  tar -C "$source_dir" --exclude=./.git --exclude=./.venv --exclude=./build \
+    --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$build_copy" -xf -
+  sys "$VENV/bin/pip" install --quiet --disable-pip-version-check "${pip_opts[@]}" --upgrade \
+    "$build_copy"
+  rm -rf "$build_copy"
+  trap - EXIT
+  mkdir -p "$(dirname "$LINK")"
+  ln -sfn /opt/gatewayd/venv/bin/gatewayd "$LINK"
 
   # 4. /etc/gatewayd: root owns it, the service group may read it.
   mkdir -p "$ETC"
@@ -144,6 +198,8 @@ do_install() {
 
   say "installed. Register this public key for the device in the cloud, then start the service:"
   say "  systemctl start gatewayd && gatewayd status"
+  say "gatewayd status works for root and for members of the $USER_NAME group:"
+  say "  usermod -aG $USER_NAME USER   (then log in again)"
   printf '%s\n' "$pub"
 }
 

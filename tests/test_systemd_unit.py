@@ -57,10 +57,45 @@ def test_unit_is_notify_with_watchdog_user_and_directories() -> None:
     assert set(s["After"][0].split()) >= {"network-online.target", "time-sync.target"}
     assert s["User"] == ["gatewayd"] and "DynamicUser" not in s
     assert s["SupplementaryGroups"] == ["dialout"]
-    assert s["StateDirectory"] == ["gatewayd"] and s["ConfigurationDirectory"] == ["gatewayd"]
+    assert s["StateDirectory"] == ["gatewayd"]
     assert s["DevicePolicy"] == ["closed"]
     assert "char-ttyUSB rw" in s["DeviceAllow"]
     assert s["CapabilityBoundingSet"] == [""] and s["NoNewPrivileges"] == ["yes"]
     assert s["ProtectSystem"] == ["strict"]
     # The daemon's stop takes under 5 s; systemd must not SIGKILL it before.
     assert float(s["TimeoutStopSec"][0]) >= 5
+
+
+def test_config_and_key_are_read_only_and_shm_is_hidden() -> None:
+    s = _settings(UNIT.read_text())
+    # ConfigurationDirectory= would make /etc/gatewayd writable to the daemon (its key included).
+    assert "ConfigurationDirectory" not in s
+    assert "/etc/gatewayd" in s["ReadOnlyPaths"]
+    assert s["ProtectSystem"] == ["strict"]
+    # PrivateDevices=no keeps the host's /dev (hot-plugged ports); its /dev/shm is shared.
+    assert s["PrivateDevices"] == ["no"]
+    assert "/dev/shm" in " ".join(s["InaccessiblePaths"]).split()
+
+
+def test_usb_serial_ports_are_allowed_without_their_driver_loaded_at_start() -> None:
+    """char-ttyUSB names no major until usbserial is loaded; numbered entries need no driver."""
+    s = _settings(UNIT.read_text())
+    allowed = s["DeviceAllow"]
+    for major in (188, 166):  # ttyUSB (usbserial), ttyACM (cdc_acm)
+        for minor in range(16):
+            assert f"/dev/char/{major}:{minor} rw" in allowed
+    # Where modules can be loaded, load them first, so char-ttyUSB covers every minor.
+    for unit in ("modprobe@usbserial.service", "modprobe@cdc_acm.service"):
+        assert unit in " ".join(s["Wants"]).split() and unit in " ".join(s["After"]).split()
+    # Nothing broader than serial ports: no glob, no other class, no other majors.
+    for entry in allowed:
+        node, _, access = entry.partition(" ")
+        assert access == "rw", entry
+        serial = r"char-tty(USB|ACM|AMA|S)|/dev/char/(188|166):([0-9]|1[0-5])"
+        assert re.fullmatch(serial, node), entry
+
+
+def test_reload_needs_only_the_shell() -> None:
+    """/bin/kill is procps', absent from minimal Debian images; the shell's kill is always there."""
+    s = _settings(UNIT.read_text())
+    assert s["ExecReload"][0].startswith("/bin/sh -c "), s["ExecReload"]
