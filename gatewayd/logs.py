@@ -71,8 +71,6 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # APScheduler logs every job run at INFO and every skipped run at WARNING; the poller counts
-    # and logs those itself. pymodbus logs each failure that the driver already turns into a
+    # pymodbus logs each failure that the driver already turns into a
     # bad-quality reading and logs once.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
