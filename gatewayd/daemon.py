@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd import __version__, sdnotify
+from gatewayd import __version__, logs, sdnotify
 from gatewayd.buffer import Buffer
 from gatewayd.clock import PLAUSIBLE_MS, WallClock, clock_plausible
 from gatewayd.config import GatewayConfig
@@ -153,6 +153,8 @@ class Gateway:
                 await self.poller.remove(dev_id)
         places = {d.id: f"devices[{i}].driver" for i, d in enumerate(new.devices)}
         self.poller.add((d for d in new.devices if old_devs.get(d.id) != d), places)
+        if new.logging != old.logging:
+            logs.setup(new.logging.level, new.logging.format)
         if new.rules != old.rules:
             self.rules.reload(new.rules)  # unchanged rules keep their state
         if new.uplink != old.uplink:
