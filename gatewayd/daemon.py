@@ -77,6 +77,7 @@ class Gateway:
         self._stopping = False
         self._started = time.time()
         self.clock = WallClock()
+        self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
         for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
         # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
@@ -330,11 +331,21 @@ class Gateway:
         m.set("start_time_seconds", self._started)
         m.set("clock_plausible", 1 if clock_plausible() else 0)
         m.total_from("clock_steps", self.clock.steps)
+        # The rules keep running counts that a reload may restart: add what is new.
+        for name, now in (
+            ("rules_expression_errors", self.rules.expr_errors[0]),
+            ("rules_late_readings", self.rules.late_readings),
+        ):
+            m.inc(name, max(0, now - self._rules_seen.get(name, 0)))
+            self._rules_seen[name] = now
         if self.buffer is not None:
             st = await self.buffer.stats()
             m.set("buffer_depth", st.depth)
             m.set("buffer_bytes", st.bytes)
             m.set("buffer_file_bytes", st.file_bytes)
+            m.set("buffer_inflight", st.inflight)
+            m.total_from("buffer_quarantined_files", st.quarantined)
+            m.total_from("buffer_commits", self.buffer.commits)
             oldest = (
                 0.0 if st.oldest_ts_ms is None else max(0.0, time.time() - st.oldest_ts_ms / 1e3)
             )

@@ -242,7 +242,7 @@ class Poller:
             m.inc("poll_failures", device=device)
         m.inc("readings", len(readings), device=device)
         m.inc("readings_bad", bad, device=device)
-        m.set("poll_duration_seconds", elapsed, device=device)
+        m.observe("poll_duration_seconds", elapsed, device=device)
         m.set("device_last_poll_timestamp_seconds", time.time(), device=device)
         m.set("device_last_poll_good", len(readings) - bad, device=device)
         m.set("device_last_poll_bad", bad, device=device)
