@@ -221,3 +221,31 @@ def test_every_metric_the_code_names_has_help() -> None:
     assert len(names) > 40, names
     missing = sorted(n for n in names if n not in HELP)
     assert not missing, f"add to HELP in gatewayd/metrics.py: {missing}"
+
+
+def test_demo_never_takes_the_service_metrics_port(tmp_path: Path) -> None:
+    """Before: `gatewayd demo` bound 127.0.0.1:9108, the port of a gatewayd service."""
+    import contextlib
+    import sys
+
+    from gatewayd.config import MetricsConfig
+
+    service_port = int(MetricsConfig().listen.rpartition(":")[2])
+    with contextlib.ExitStack() as stack:
+        held = stack.enter_context(socket.socket())
+        try:  # a service on this machine: the port is in use
+            held.bind(("127.0.0.1", service_port))
+            held.listen()
+        except OSError:
+            pass  # already in use by something else, which serves the same purpose
+        out = subprocess.run(
+            [sys.executable, "-m", "gatewayd", "demo", "--duration", "3"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "metrics_listen_failed" not in text, text
+    m = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", text)
+    assert m is not None and int(m.group(1)) != service_port, text
