@@ -102,22 +102,33 @@ def test_polling_carries_on_through_wall_clock_steps_both_ways(
 
     wait_for(polling, 20, "the daemon polling under libfaketime")
     rss_before = rss_kib(gw.pid)
-    rows = [("no step (baseline)", *watch_polls(metrics_port, WINDOW_S), rss_kib(gw.pid))]
-    for offset, what in STEPS:
+
+    def counts() -> tuple[float, float]:
+        s = try_scrape(metrics_port)
+        if s is None:
+            return float("nan"), float("nan")
+        return s.get("gatewayd_loop_stalls_total"), s.get(
+            "gatewayd_polls_missed_total", device="plc"
+        )
+
+    rows = []
+    for offset, what in [("+0", "no step (baseline)"), *STEPS]:
         (tmp_path / "faketime").write_text(offset + "\n")
+        stalls, missed = counts()
         gap, polls = watch_polls(metrics_port, WINDOW_S)
-        rows.append((what, gap, polls, rss_kib(gw.pid)))
+        stalls2, missed2 = counts()
+        rows.append((what, gap, polls, rss_kib(gw.pid), stalls2 - stalls, missed2 - missed))
     s = try_scrape(metrics_port)
     lag = s.get("gatewayd_loop_lag_max_seconds") if s is not None else float("inf")
-    print(f"\nstep | longest poll gap s | polls in {WINDOW_S:g} s | RSS KiB")
-    for what, gap, polls, rss in rows:
-        print(f"{what} | {gap:.2f} | {polls:.0f} | {rss}")
+    print(f"\nstep | longest poll gap s | polls in {WINDOW_S:g} s | RSS KiB | stalls | missed")
+    for what, gap, polls, rss, stalls, missed in rows:
+        print(f"{what} | {gap:.2f} | {polls:.0f} | {rss} | {stalls:.0f} | {missed:.0f}")
     print(f"RSS before {rss_before} KiB; loop lag max {lag:.3f} s")
 
     # Before the fix: back 20 s, no poll for 21 s; forward a week, the loop blocked 15.7 s;
     # forward 30 days or more, a hang. The bounds leave room for a loaded 2-core machine (the
     # figures printed above are what this run saw).
-    for what, gap, polls, _ in rows:
+    for what, gap, polls, *_ in rows:
         assert polls >= 3, f"{what}: only {polls:.0f} polls in {WINDOW_S:g} s (gap {gap:.1f} s)"
     assert lag < 3.0, f"the loop stalled {lag:.1f} s"
     assert max(r[3] for r in rows) - rss_before < 30_000, "memory grew with the clock steps"
