@@ -51,7 +51,9 @@ def test_one_plausibility_date_for_clock_buffer_and_uplink() -> None:
     assert clock_plausible(PLAUSIBLE_S) and not clock_plausible(PLAUSIBLE_S - 1)
 
 
-@pytest.mark.parametrize("step_s", [20.0, -20.0, 7 * 86400, -7 * 86400, 6 * YEAR_S, -1.5])
+@pytest.mark.parametrize(
+    "step_s", [20.0, -20.0, 7 * 86400, -7 * 86400, 6 * YEAR_S, -6 * YEAR_S, -1.5]
+)
 def test_a_step_either_way_is_logged_once_with_its_size(
     step_s: float, caplog: pytest.LogCaptureFixture
 ) -> None:
