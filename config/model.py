@@ -184,6 +184,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    # logfmt (key=value) or one JSON object per line; `gatewayd --log-level` overrides `level`.
+    format: Literal["logfmt", "json"] = "logfmt"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
@@ -194,3 +201,4 @@ class GatewayConfig:
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
     rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

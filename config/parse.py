@@ -20,6 +20,7 @@ from .model import (
     BufferConfig,
     DeviceConfig,
     GatewayConfig,
+    LoggingConfig,
     MetricsConfig,
     PointConfig,
     RemoteConfigConfig,
@@ -76,6 +77,7 @@ def load_document(doc: Any) -> GatewayConfig:
         devices=tuple(_device(s) for s in root.tables("devices")),
         remote_config=_remote_config(root.table("remote_config")),
         metrics=_metrics(root.table("metrics")),
+        logging=_logging(root.table("logging")),
     )
     gw.done()
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
@@ -133,6 +135,16 @@ def _metrics(s: Section) -> MetricsConfig:
         )
     s.done()
     return MetricsConfig(listen=listen)
+
+
+def _logging(s: Section) -> LoggingConfig:
+    d = LoggingConfig()
+    cfg = LoggingConfig(
+        format=s.choice("format", ("logfmt", "json"), d.format),
+        level=s.choice("level", ("DEBUG", "INFO", "WARNING", "ERROR"), d.level),
+    )
+    s.done()
+    return cfg
 
 
 def _uplink(s: Section) -> UplinkConfig:
