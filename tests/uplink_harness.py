@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -16,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from conftest import require_binary
 from paho.mqtt.enums import CallbackAPIVersion
+from tls_certs import TestCA
 
 from gatewayd.buffer import Buffer
 from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Lane, Record
 from gatewayd.uplink import Uplink
+from gatewayd_sim.procs import Mosquitto
 
 CLIENT_ID = "projects/p1/locations/r1/registries/reg1/devices/gw-test"
 EVENTS = "/devices/gw-test/events"
@@ -163,3 +167,86 @@ class Collector:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class SecureMosquitto(Mosquitto):
+    """mosquitto with a TLS listener (test CA), a password file and an optional ACL."""
+
+    def __init__(self, folder: Path, mtls: bool = False, acl: str | None = None) -> None:
+        self.ca = TestCA(folder / "ca")
+        cert, key = self.ca.issue("broker", server=True)
+        passwd = folder / "passwd"
+        subprocess.run(
+            [require_binary("mosquitto_passwd"), "-c", "-b", str(passwd), "gw", "s3cret"],
+            check=True,
+            capture_output=True,
+        )
+        lines = [
+            f"cafile {self.ca.ca_file}",
+            f"certfile {cert}",
+            f"keyfile {key}",
+            f"password_file {passwd}",
+        ]
+        if mtls:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        if acl is not None:
+            (folder / "acl").write_text(acl)
+            lines.append(f"acl_file {folder / 'acl'}")
+        super().__init__(folder, binary=require_binary("mosquitto"), extra=lines, anonymous=False)
+        self.start()
+
+
+def dynsec_plugin() -> str:
+    """mosquitto's dynamic-security plugin (Debian's mosquitto package ships it)."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    found += sorted(glob.glob("/usr/lib/mosquitto_dynamic_security.so"))
+    if found:
+        return found[0]
+    require_binary("mosquitto_dynamic_security.so")  # skips, or fails under CI
+    raise AssertionError("unreachable")
+
+
+class DynsecMosquitto(Mosquitto):
+    """mosquitto whose dynamic-security plugin checks subscriptions (its acl_file does not).
+
+    One client, gw / s3cret, allowed exactly `acls`: (acltype, topic) pairs such as
+    ("subscribePattern", "/devices/gw-test/commands/#"); everything else is denied.
+    """
+
+    def __init__(self, folder: Path, acls: list[tuple[str, str]]) -> None:
+        import base64
+        import hashlib
+        import os
+
+        folder.mkdir(parents=True, exist_ok=True)
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", b"s3cret", salt, 101)
+        doc = {
+            "clients": [
+                {
+                    "username": "gw",
+                    "password": base64.b64encode(digest).decode(),
+                    "salt": base64.b64encode(salt).decode(),
+                    "iterations": 101,
+                    "roles": [{"rolename": "device"}],
+                }
+            ],
+            "roles": [
+                {
+                    "rolename": "device",
+                    "acls": [{"acltype": k, "topic": t, "allow": True} for k, t in acls],
+                }
+            ],
+            "defaultACLAccess": {
+                "publishClientSend": False,
+                "publishClientReceive": True,
+                "subscribe": False,
+                "unsubscribe": True,
+            },
+        }
+        (folder / "dynsec.json").write_text(json.dumps(doc))
+        lines = [f"plugin {dynsec_plugin()}", f"plugin_opt_config_file {folder / 'dynsec.json'}"]
+        super().__init__(folder, binary=require_binary("mosquitto"), extra=lines, anonymous=False)
+        self.start()

@@ -6,8 +6,6 @@ buffer is the queue), with clean sessions and paho's in-flight limit at the wind
 
 from __future__ import annotations
 
-import socket
-import ssl
 from typing import TYPE_CHECKING
 
 from gatewayd.config import UplinkConfig
@@ -39,13 +37,3 @@ def make_client(cfg: UplinkConfig, client_id: str, creds: Credentials) -> mqtt.C
         c.username_pw_set(creds.username, creds.password())
     apply_tls(c, cfg.tls, cfg.host)
     return c
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS verification failed: {exc.verify_message}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host: {exc.strerror}"
-    return f"{type(exc).__name__}: {exc}"

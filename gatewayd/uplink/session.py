@@ -9,10 +9,17 @@ Invariants:
   stops acknowledging without closing the socket (revoked token) cannot stall delivery forever;
   keepalive pings catch a network that black-holes packets (no RST) after about 2 x keepalive;
 - a credential refresh (credentials.py) stops taking new records, waits for the in-flight ones,
-  then reconnects with a new token: nothing is lost and nothing overtakes.
+  then reconnects with a new token: nothing is lost and nothing overtakes;
+- every SUBACK return code is checked: a refused subscription is logged at WARNING with its topic
+  and the broker's code; a session the broker closes before answering SUBSCRIBE is a failure
+  that names the topics, not a recovery;
+- outages are logged by outage.py: the first failure at WARNING with its cause and the settings
+  to check, a summary while it lasts, `uplink_recovered` once a session's subscriptions (or a
+  PUBACK) are answered.
 
 The pieces: connect.py builds the paho client, paho_socket.py drives its socket from this loop
-(every paho callback below runs on the loop thread), window.py keeps take -> PUBACK -> ack.
+(every paho callback below runs on the loop thread), window.py keeps take -> PUBACK -> ack,
+diagnose.py puts failures into words.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from typing import TYPE_CHECKING, Any
 from gatewayd.buffer import Buffer
 from gatewayd.clock import clock_plausible
 from gatewayd.config import UplinkConfig
+from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 
+from . import diagnose
 from .backoff import full_jitter
-from .connect import describe, make_client
+from .connect import make_client
 from .credentials import credentials_for
 from .errors import UplinkError
+from .outage import OutageLog
 from .paho_socket import SocketAdapter
 from .payload import Encoder, load_encoder
 from .window import InflightWindow
@@ -50,8 +60,6 @@ MessageHandler = Callable[[str, bytes], None]
 # The gateway's state as the daemon sees it (config version, health, counters, buffer depth...).
 StateSource = Callable[[], Awaitable[Mapping[str, Any]]]
 
-# CONNACK codes that mean "your credentials": 3.1.1 codes 4 and 5 arrive from paho as 134/135.
-_AUTH_REFUSED = {134, 135}
 STATE_MIN_INTERVAL_S = 1.0
 # A session shorter than this does not reset the backoff: a broker that accepts and then drops
 # at once must not be hammered at the base delay.
@@ -85,6 +93,7 @@ class Uplink:
         }
         self.credentials = credentials_for(cfg, key_dir, lambda: self.wall_clock(), metrics)
         self.window = InflightWindow(cfg.inflight_window, self.encode, cfg.batch_max_bytes, metrics)
+        self.outage = OutageLog()
         self.connected = False
         self.last_error: str | None = None
         self._client: mqtt.Client | None = None
@@ -93,6 +102,9 @@ class Uplink:
         self._connack: asyncio.Future[Any] | None = None
         self._closed: asyncio.Future[str] | None = None
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
+        self._connected_at = 0.0  # monotonic, of the current session's CONNACK
+        self._subscriptions: list[str] = []  # topics of the current session's SUBSCRIBE
+        self._subacked = False  # the broker answered that SUBSCRIBE
         self._stopping = False
         self._stop_deadline = 0.0
         self._next_send = 0.0
@@ -138,17 +150,16 @@ class Uplink:
             except UplinkError as exc:
                 self._set_error(exc.reason)
                 self.metrics.inc("uplink_connect_failures")
-                level = logging.WARNING if attempt == 0 else logging.DEBUG
-                log.log(
-                    level, "uplink_connect_failed reason=%s attempt=%d", exc.reason, attempt + 1
-                )
                 # A refused token may be a stale one: mint a fresh token once, at once.
                 if exc.auth_refused and self.credentials.remint_on_refusal and not reminted:
                     reminted = True
                     self.metrics.inc("uplink_auth_remints")
                     reconnect_now = True
+                    log.debug("uplink_auth_remint reason=%s", quote(exc.reason))
+                else:
+                    self.outage.failed("uplink_connect_failed", exc.reason, exc.fix)
             finally:
-                await self._end_session()
+                await self._end_session(refresh=reconnect_now)
             if self._stopping or reconnect_now:
                 continue
             delay = full_jitter(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, self._rng)
@@ -188,11 +199,12 @@ class Uplink:
         try:
             self._client = client = make_client(self.cfg, self.client_id, self.credentials)
         except (OSError, ssl.SSLError, ValueError) as exc:  # unreadable CA or client cert
-            raise UplinkError(describe(exc)) from exc
+            raise diagnose.connect_failed(exc, self.cfg) from exc
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._sockets.attach(client)
         self._connack = loop.create_future()
         self._closed = loop.create_future()
@@ -203,7 +215,7 @@ class Uplink:
                 None, client.connect, self.cfg.host, self.cfg.port, self.cfg.keepalive_s
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise UplinkError(describe(exc)) from exc
+            raise diagnose.connect_failed(exc, self.cfg) from exc
         try:
             reason = await asyncio.wait_for(
                 asyncio.shield(self._connack), self.cfg.connect_timeout_s
@@ -211,23 +223,28 @@ class Uplink:
         except TimeoutError as exc:
             raise UplinkError(f"no CONNACK within {self.cfg.connect_timeout_s:g} s") from exc
         if isinstance(reason, _Closed):
-            raise UplinkError(str(reason))
+            raise diagnose.closed_before_connack(reason.text, self.cfg)
         if reason is not None:
-            raise UplinkError(f"refused: {reason}", auth_refused=reason.value in _AUTH_REFUSED)
+            raise diagnose.refused(reason, self.cfg)
         self.connected = True
+        self._connected_at = time.monotonic()
         self.last_error = None
         self._last_state = None
         self._next_state = 0.0
         self.metrics.set("uplink_connected", 1)
         self.metrics.inc("uplink_connects")
-        log.info(
+        # During an outage the connect is not news yet: `uplink_recovered` follows the SUBACK.
+        log.log(
+            logging.DEBUG if self.outage.down else logging.INFO,
             "uplink_connected host=%s port=%d client_id=%s protocol=%s",
             self.cfg.host,
             self.cfg.port,
             self.client_id,
             self.cfg.protocol,
         )
-        client.subscribe([(self.topics["config"], 1), (self.topics["commands"], 1)])
+        self._subscriptions = [self.topics["config"], self.topics["commands"]]
+        self._subacked = False
+        client.subscribe([(t, 1) for t in self._subscriptions])
 
     async def _session(self) -> bool:
         """Publish until the connection ends; True when it ended for a credential refresh."""
@@ -248,6 +265,8 @@ class Uplink:
             if self._broken is not None:
                 self._set_error(self._broken)
                 return False
+            if self.outage.down and window.first_puback_at is not None:
+                self.outage.recovered()
             if now >= refresh_at:
                 await self._refresh_drain(closed)
                 return True
@@ -318,7 +337,7 @@ class Uplink:
             self._last_state = payload
             self.metrics.inc("uplink_state_published")
 
-    async def _end_session(self) -> None:
+    async def _end_session(self, refresh: bool = False) -> None:
         client, self._client = self._client, None
         was_connected = self.connected
         self.connected = False
@@ -330,8 +349,23 @@ class Uplink:
         await self.window.flush(self.buffer)
         self.window.forget()
         await self.buffer.rewind()
-        if was_connected:
-            log.info("uplink_disconnected reason=%s", self.last_error)
+        if not was_connected or refresh:  # a refresh is logged as uplink_token_refresh
+            return
+        if self._stopping:
+            log.info("uplink_disconnected reason=stopped")
+        elif not self._subacked:
+            lived = time.monotonic() - self._connected_at
+            self._set_error("closed after CONNACK, before SUBACK")
+            self.outage.failed(
+                "uplink_disconnected",
+                f"the broker closed the connection {lived:.1f} s after accepting it, before "
+                f"answering SUBSCRIBE to {', '.join(self._subscriptions)}",
+                "the broker refused a topic or this client's permission to subscribe: check "
+                "[uplink.topics] config and commands (NATS allows no '.' or ' ' in topics) and "
+                "the broker's ACL or token scopes; the broker's log names the reason",
+            )
+        else:
+            self.outage.failed("uplink_disconnected", self.last_error or "connection lost")
 
     # -- paho callbacks (loop thread) --------------------------------------------------------
 
@@ -342,11 +376,12 @@ class Uplink:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if self._connack is not None and not self._connack.done():
-            self._connack.set_result(_Closed(f"closed before CONNACK: {rc}"))
+            self._connack.set_result(_Closed(str(rc)))
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(str(rc))
             if self.connected:
-                self._set_error(f"connection lost: {rc}")
+                from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+                self._set_error(diagnose.connection_lost(rc, from_server))
         self._wake.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
@@ -354,6 +389,23 @@ class Uplink:
         if broken is not None:
             self._broken = broken
         self._wake.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self._subacked = True
+        for topic, rc in zip(self._subscriptions, codes, strict=False):
+            if rc.is_failure:
+                self.metrics.inc("uplink_subscribe_refused")
+                log.warning(
+                    "uplink_subscribe_refused topic=%s code=0x%02x reason=%s fix=%s",
+                    quote(topic),
+                    rc.value,
+                    quote(str(rc)),
+                    quote(
+                        "nothing arrives on this topic: grant this client the right to subscribe "
+                        "to it in the broker's ACL or token scopes, or fix [uplink.topics]"
+                    ),
+                )
+        self.outage.recovered()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.metrics.inc("uplink_messages_received")

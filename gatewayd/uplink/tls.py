@@ -1,7 +1,7 @@
 """TLS for the uplink: verified by default; the client certificate (mTLS) is read at every connect.
 
-Invariant: verification is off only when [uplink.tls] verify = false says so, and that is logged
-at every connect.
+Invariants: verification is off only when [uplink.tls] verify = false says so, and that is logged
+at every connect; a file that cannot be used is reported with its setting and its path.
 """
 
 from __future__ import annotations
@@ -12,19 +12,48 @@ from typing import Any
 
 from gatewayd.config import TlsConfig
 
+from .errors import UplinkError
+
 log = logging.getLogger("gatewayd.uplink")
 
 
+def _check_readable(setting: str, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UplinkError(
+            f"[uplink.tls] {setting} {path}: cannot read it: {exc.strerror}",
+            fix=f"fix the path in [uplink.tls] {setting}, or the file's permissions",
+        ) from exc
+
+
 def apply_tls(client: Any, tls: TlsConfig, host: str) -> None:
-    """Set up TLS on a paho client (raises OSError/ssl.SSLError for unusable files)."""
+    """Set up TLS on a paho client; raises UplinkError naming the setting and the file."""
     if not tls.enabled:
         return
-    client.tls_set(
-        ca_certs=tls.ca_file,
-        certfile=tls.cert_file,
-        keyfile=tls.key_file,
-        cert_reqs=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
-    )
+    for setting in ("ca_file", "cert_file", "key_file"):
+        _check_readable(setting, getattr(tls, setting))
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    except ssl.SSLError as exc:
+        raise UplinkError(
+            f"[uplink.tls] ca_file {tls.ca_file}: not a PEM CA certificate ({exc.reason})",
+            fix="point [uplink.tls] ca_file at the PEM file of the CA that signs the broker",
+        ) from exc
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except ssl.SSLError as exc:
+            raise UplinkError(
+                f"[uplink.tls] cert_file {tls.cert_file} / key_file {tls.key_file}: not a PEM "
+                f"certificate and its private key ({exc.reason})",
+                fix="point cert_file at the device certificate and key_file at its key",
+            ) from exc
     if not tls.verify:
-        client.tls_insecure_set(True)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
         log.warning("tls_verification_off host=%s (set by [uplink.tls] verify)", host)
+    client.tls_set_context(context)
