@@ -22,6 +22,7 @@ from .model import (
     GatewayConfig,
     MetricsConfig,
     PointConfig,
+    PresenceConfig,
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
@@ -140,6 +141,7 @@ def _uplink(s: Section) -> UplinkConfig:
     tls = s.table("tls")
     auth = s.table("auth")
     topics = s.table("topics")
+    presence = s.table("presence")
     cfg = UplinkConfig(
         host=s.text("host", d.host),
         port=s.integer("port", d.port, lo=1, hi=65535),
@@ -161,12 +163,17 @@ def _uplink(s: Section) -> UplinkConfig:
         backoff_base_s=s.number("backoff_base_s", d.backoff_base_s, lo=0.01),
         backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01),
         encoder=s.text("encoder", d.encoder),
+        clean_session=s.flag("clean_session", d.clean_session),
+        session_expiry_s=s.integer("session_expiry_s", d.session_expiry_s, lo=0, hi=2**32 - 1),
+        retain_state=s.flag("retain_state", d.retain_state),
+        presence=_presence(presence),
         tls=TlsConfig(
             enabled=tls.flag("enabled", True),
             ca_file=tls.opt_text("ca_file"),
             verify=tls.flag("verify", True),
             cert_file=tls.opt_text("cert_file"),
             key_file=tls.opt_text("key_file"),
+            server_name=tls.opt_text("server_name"),
         ),
         auth=AuthConfig(
             kind=auth.choice("kind", ("jwt", "password", "none"), "jwt"),
@@ -187,7 +194,7 @@ def _uplink(s: Section) -> UplinkConfig:
             command_results=topics.text("command_results", TopicsConfig().command_results),
         ),
     )
-    for sub in (tls, auth, topics, s):
+    for sub in (tls, auth, topics, presence, s):
         sub.done()
     if cfg.auth.kind == "jwt" and not cfg.auth.audience:
         raise ConfigError(
@@ -204,6 +211,16 @@ def _uplink(s: Section) -> UplinkConfig:
     if cfg.backoff_cap_s < cfg.backoff_base_s:
         raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")
     return cfg
+
+
+def _presence(s: Section) -> PresenceConfig:
+    d = PresenceConfig()
+    return PresenceConfig(
+        enabled=s.flag("enabled", d.enabled),
+        topic=s.text("topic", d.topic),
+        online=s.text("online", d.online),
+        offline=s.text("offline", d.offline),
+    )
 
 
 _RESERVED_CLAIMS = ("iat", "exp", "aud")

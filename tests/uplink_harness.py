@@ -172,9 +172,15 @@ class Collector:
 class SecureMosquitto(Mosquitto):
     """mosquitto with a TLS listener (test CA), a password file and an optional ACL."""
 
-    def __init__(self, folder: Path, mtls: bool = False, acl: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        mtls: bool = False,
+        acl: str | None = None,
+        dns_names: tuple[str, ...] | None = None,
+    ) -> None:
         self.ca = TestCA(folder / "ca")
-        cert, key = self.ca.issue("broker", server=True)
+        cert, key = self.ca.issue("broker", server=True, dns_names=dns_names)
         passwd = folder / "passwd"
         subprocess.run(
             [require_binary("mosquitto_passwd"), "-c", "-b", str(passwd), "gw", "s3cret"],

@@ -9,12 +9,16 @@ for the monotonic time at which it must reconnect with fresh credentials:
 - `ClientCertificate` (mTLS): the files are read at every connect (see tls.py), so a renewed
   certificate takes effect at the next reconnect; nothing to schedule.
 
+The username and string claims are templates over the [uplink] values (`{device}`, `{project}`,
+...), so one file serves a fleet and each gateway appears under its own name.
+
 Invariants: the key and the tokens are never logged; a token's expiry is tracked on the monotonic
 clock from the moment it was minted, so a wall-clock step cannot postpone its refresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,7 +137,14 @@ class ClientCertificate:
 def credentials_for(
     cfg: UplinkConfig, key_dir: Path, wall_clock: Callable[[], float], metrics: Metrics
 ) -> Credentials:
-    a = cfg.auth
+    values = cfg.template_values()
+    a = dataclasses.replace(
+        cfg.auth,
+        username=cfg.auth.username.format(**values),
+        claims=tuple(
+            (k, v.format(**values) if isinstance(v, str) else v) for k, v in cfg.auth.claims
+        ),
+    )
     if a.kind == "jwt":
         path = Path(a.private_key)
         return DeviceJwt(a, path if path.is_absolute() else key_dir / path, wall_clock, metrics)

@@ -13,6 +13,8 @@ Invariants:
 - every SUBACK return code is checked: a refused subscription is logged at WARNING with its topic
   and the broker's code; a session the broker closes before answering SUBSCRIBE is a failure
   that names the topics, not a recovery;
+- with [uplink.presence] on, the broker holds a retained "online" while a session lives and
+  "offline" after it: published at a clean stop, and the connection's last will otherwise;
 - outages are logged by outage.py: the first failure at WARNING with its cause and the settings
   to check, a summary while it lasts, `uplink_recovered` once a session's subscriptions (or a
   PUBACK) are answered.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -43,7 +46,7 @@ from gatewayd.metrics import Metrics
 
 from . import diagnose
 from .backoff import full_jitter
-from .connect import make_client
+from .connect import connect_options, make_client
 from .credentials import credentials_for
 from .errors import UplinkError
 from .outage import OutageLog
@@ -91,6 +94,8 @@ class Uplink:
             name: getattr(cfg.topics, name).format(**values)
             for name in ("events", "state", "config", "commands", "command_results")
         }
+        if cfg.presence.enabled:
+            self.topics["presence"] = cfg.presence.topic.format(**values)
         self.credentials = credentials_for(cfg, key_dir, lambda: self.wall_clock(), metrics)
         self.window = InflightWindow(cfg.inflight_window, self.encode, cfg.batch_max_bytes, metrics)
         self.outage = OutageLog()
@@ -104,7 +109,7 @@ class Uplink:
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
         self._connected_at = 0.0  # monotonic, of the current session's CONNACK
         self._subscriptions: list[str] = []  # topics of the current session's SUBSCRIBE
-        self._subacked = False  # the broker answered that SUBSCRIBE
+        self.subscribed = False  # the broker answered this session's SUBSCRIBE (SUBACK)
         self._stopping = False
         self._stop_deadline = 0.0
         self._next_send = 0.0
@@ -197,7 +202,9 @@ class Uplink:
         loop = asyncio.get_running_loop()
         assert self._sockets is not None
         try:
-            self._client = client = make_client(self.cfg, self.client_id, self.credentials)
+            self._client = client = make_client(
+                self.cfg, self.client_id, self.credentials, self.topics.get("presence")
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:  # unreadable CA or client cert
             raise diagnose.connect_failed(exc, self.cfg) from exc
         client.on_connect = self._on_connect
@@ -211,9 +218,14 @@ class Uplink:
         self._broken = None
         self.window.new_session()
         try:
-            await loop.run_in_executor(
-                None, client.connect, self.cfg.host, self.cfg.port, self.cfg.keepalive_s
+            connect = functools.partial(
+                client.connect,
+                self.cfg.host,
+                self.cfg.port,
+                self.cfg.keepalive_s,
+                **connect_options(self.cfg),
             )
+            await loop.run_in_executor(None, connect)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise diagnose.connect_failed(exc, self.cfg) from exc
         try:
@@ -242,8 +254,10 @@ class Uplink:
             self.client_id,
             self.cfg.protocol,
         )
+        if "presence" in self.topics:
+            client.publish(self.topics["presence"], self.cfg.presence.online, qos=1, retain=True)
         self._subscriptions = [self.topics["config"], self.topics["commands"]]
-        self._subacked = False
+        self.subscribed = False
         client.subscribe([(t, 1) for t in self._subscriptions])
 
     async def _session(self) -> bool:
@@ -330,9 +344,10 @@ class Uplink:
         except Exception:  # a broken state source must not stop delivery
             log.exception("state_source_failed")
             return
+        retain = self.cfg.retain_state
         if (
             payload != self._last_state
-            and client.publish(self.topics["state"], payload, qos=1).rc == 0
+            and client.publish(self.topics["state"], payload, qos=1, retain=retain).rc == 0
         ):
             self._last_state = payload
             self.metrics.inc("uplink_state_published")
@@ -342,6 +357,9 @@ class Uplink:
         was_connected = self.connected
         self.connected = False
         self.metrics.set("uplink_connected", 0)
+        if client is not None and was_connected and self._stopping and "presence" in self.topics:
+            # A clean DISCONNECT discards the will, so say it ourselves (sent before it).
+            client.publish(self.topics["presence"], self.cfg.presence.offline, qos=1, retain=True)
         if client is not None and self._sockets is not None:
             self._sockets.close(client)
         # No callback can run any more (socket closed, reader removed), so every PUBACK that
@@ -353,7 +371,7 @@ class Uplink:
             return
         if self._stopping:
             log.info("uplink_disconnected reason=stopped")
-        elif not self._subacked:
+        elif not self.subscribed:
             lived = time.monotonic() - self._connected_at
             self._set_error("closed after CONNACK, before SUBACK")
             self.outage.failed(
@@ -391,7 +409,7 @@ class Uplink:
         self._wake.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        self._subacked = True
+        self.subscribed = True
         for topic, rc in zip(self._subscriptions, codes, strict=False):
             if rc.is_failure:
                 self.metrics.inc("uplink_subscribe_refused")

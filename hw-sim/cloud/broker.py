@@ -72,6 +72,7 @@ class AuthEvent:
     at: float
     claims: dict[str, Any] = field(default_factory=dict)
     kid: str | None = None
+    username: str | None = None
 
 
 class Broker:
@@ -212,7 +213,7 @@ class Broker:
         password = c.blob() if flags & 0x40 else None
         code, reason, device, exp, claims, kid = self._authenticate(client_id, username, password)
         self.auth_log.append(
-            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid)
+            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid, username)
         )
         if code != ACCEPTED:
             log.info("connect_refused client=%s reason=%s", client_id, reason)
