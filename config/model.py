@@ -142,6 +142,10 @@ class PresenceConfig:
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:
+    # A cloud's defaults and hard limits (config/profiles.py); "" = Cloud IoT Core's defaults,
+    # nothing enforced. `broker` names a self-hosted broker's limits under profile = "mqtt".
+    profile: str = ""
+    broker: str = ""
     host: str = "mqtt.googleapis.com"
     port: int = 8883
     project: str = ""
