@@ -122,6 +122,15 @@ def test_mqtt5_refused_puback_does_not_ack(
             assert await h.depth() == 50
             refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
             assert "uplink_publish_refused reason=Not authorized records=50" in refusals
+            await until(
+                lambda: any("uplink_disconnected" in r.getMessage() for r in caplog.records),
+                10,
+                "the session ended",
+            )
+            ended = next(
+                r.getMessage() for r in caplog.records if "uplink_disconnected" in r.getMessage()
+            )
+            assert "publish refused: Not authorized" in ended and "ACL" in ended, ended
         finally:
             await h.close()
 

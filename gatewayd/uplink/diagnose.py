@@ -111,3 +111,20 @@ def connection_lost(rc: Any, from_server: bool) -> str:
     if text == "Unspecified error":
         return "connection lost: closed by the broker or the network"
     return f"connection lost: {text}"
+
+
+def session_fix(reason: str) -> str | None:
+    """The settings to check after an established session ended with `reason`."""
+    if reason.startswith("publish refused"):
+        return (
+            "the broker refused a message: check its ACL or token scopes for [uplink.topics] "
+            "events, and its message size limit against [uplink] batch_max_bytes"
+        )
+    if reason == "puback_timeout":
+        return (
+            "no PUBACK within [uplink] puback_timeout_s: the broker stopped acknowledging (an "
+            "expired token, a revoked permission) or is overloaded; the records are sent again"
+        )
+    if "Keep alive timeout" in reason:
+        return "no answer to keepalive pings: the network path drops packets (or [uplink] host)"
+    return None

@@ -383,7 +383,8 @@ class Uplink:
                 "the broker's ACL or token scopes; the broker's log names the reason",
             )
         else:
-            self.outage.failed("uplink_disconnected", self.last_error or "connection lost")
+            reason = self.last_error or "connection lost"
+            self.outage.failed("uplink_disconnected", reason, diagnose.session_fix(reason))
 
     # -- paho callbacks (loop thread) --------------------------------------------------------
 
