@@ -71,6 +71,7 @@ class Harness:
         self.sent: list[int] = []
         self._task = asyncio.get_running_loop().create_task(uplink.run())
         self._producer: asyncio.Task[None] | None = None
+        self._appending: set[asyncio.Future[list[int]]] = set()
 
     @classmethod
     async def open(cls, tmp: Path, cfg: UplinkConfig, **kw: Any) -> Harness:
@@ -83,9 +84,18 @@ class Harness:
 
     async def append(self, n: int, lane: Lane = Lane.TELEMETRY, point: str = "plc/x") -> list[int]:
         now = int(time.time() * 1000)
-        ids = await self.buffer.append([Record(point, now, float(i), lane=lane) for i in range(n)])
-        self.sent.extend(ids)
-        return ids
+        records = [Record(point, now, float(i), lane=lane) for i in range(n)]
+        # Shielded and counted when done: a producer cancelled by `halt` while its append is in
+        # the buffer's thread must still count the records, which are durable and will be sent.
+        task = asyncio.ensure_future(self.buffer.append(records))
+        self._appending.add(task)
+        task.add_done_callback(self._appended)
+        return await asyncio.shield(task)
+
+    def _appended(self, task: asyncio.Future[list[int]]) -> None:
+        self._appending.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            self.sent.extend(task.result())
 
     def produce(self, per_tick: int = 20, tick_s: float = 0.02) -> None:
         """Append records steadily in the background (1,000/s by default) until `halt`."""
@@ -98,11 +108,12 @@ class Harness:
         self._producer = asyncio.get_running_loop().create_task(run())
 
     async def halt(self) -> None:
+        """Stop the producer; returns once every append it started is in the buffer and counted."""
         if self._producer is not None:
             self._producer.cancel()
-            with_suppress = asyncio.gather(self._producer, return_exceptions=True)
-            await with_suppress
+            await asyncio.gather(self._producer, return_exceptions=True)
             self._producer = None
+        await asyncio.gather(*self._appending, return_exceptions=True)
 
     async def depth(self) -> int:
         return (await self.buffer.stats()).depth
