@@ -191,7 +191,7 @@ def _uplink(s: Section) -> UplinkConfig:
             audience=auth.text("audience", ""),
             lifetime_s=auth.integer("lifetime_s", 3600, lo=60, hi=24 * 3600),
             key_id=auth.opt_text("key_id"),
-            username=auth.text("username", "unused"),
+            username=auth.text("username", d.auth.username),
             password=auth.opt_text("password"),
             claims=_claims(auth.table("claims")),
         ),

@@ -40,6 +40,7 @@ class Profile:
     port: int = 8883
     client_id: str = CLOUD_IOT_CLIENT_ID
     auth_kind: str | None = "jwt"  # None: the user must choose [uplink.auth] kind
+    username: str = "unused"  # a template, like the client id
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     batch_max_bytes: int = PAYLOAD_256K
     limits: Limits = field(default_factory=Limits)
@@ -66,7 +67,7 @@ PROFILES: dict[str, Profile] = {
         host="{region}-mqtt.clearblade.com",
         limits=replace(_IOT_CORE, retained=False, max_keepalive_s=1200, why="ClearBlade IoT Core"),
     ),
-    "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None),
+    "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None, username="{device}"),
 }
 
 # Brokers under profile = "mqtt" that refuse or rewrite what others accept.
@@ -92,6 +93,7 @@ def defaults(profile: Profile, region: str) -> UplinkConfig:
         client_id=profile.client_id,
         batch_max_bytes=profile.batch_max_bytes,
         topics=profile.topics,
+        auth=replace(d.auth, username=profile.username),
     )
 
 

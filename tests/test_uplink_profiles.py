@@ -58,7 +58,7 @@ def test_clearblade_defaults_are_cloud_iot_core_on_a_regional_host() -> None:
     assert up.client_id.format(**up.template_values()) == (
         "projects/p1/locations/us-central1/registries/reg1/devices/gw-1"
     )
-    assert up.auth.kind == "jwt" and up.tls.enabled
+    assert up.auth.kind == "jwt" and up.tls.enabled and up.auth.username == "unused"
     assert up.topics.events == "/devices/{device}/events"
     assert load(_with(CLEARBLADE, host='"eu.example"')).uplink.host == "eu.example"
 
@@ -66,6 +66,7 @@ def test_clearblade_defaults_are_cloud_iot_core_on_a_regional_host() -> None:
 def test_mqtt_profile_asks_for_host_and_auth_and_uses_the_device_as_client_id() -> None:
     up = load(NATS).uplink
     assert up.client_id == "{device}" and up.broker == "nats"
+    assert up.auth.username == "{device}"  # each gateway its own user on the broker
     with pytest.raises(ConfigError, match=r'^uplink.host: missing, demanded by profile = "mqtt"'):
         load(NATS.replace('host = "127.0.0.1"\n', ""))
     with pytest.raises(ConfigError, match=r"^uplink.auth.kind: missing, demanded by profile"):
