@@ -237,6 +237,7 @@ def test_outage_logs_its_start_in_words_a_summary_and_its_recovery(
     summary = next(x for x in lines if x.startswith("uplink_still_down"))
     assert "attempts=" in summary
     recovered = next(x for x in lines if x.startswith("uplink_recovered"))
+    assert f"host=127.0.0.1 port={mosquitto.port} client_id=" in recovered, recovered
     after_s = float(recovered.split("after_s=")[1].split()[0])
     attempts = int(recovered.split("attempts=")[1].split()[0])
     assert after_s > 0 and attempts >= 3, recovered

@@ -6,7 +6,8 @@ Invariants:
 - while the outage lasts, one WARNING summary every `summary_s` (attempts so far, the last
   cause and fix), so a repeating refusal stays visible without a line per attempt; every attempt
   is logged at DEBUG;
-- the end is one `uplink_recovered after_s=N attempts=M` line at INFO.
+- the end is one `uplink_recovered after_s=N attempts=M` line at INFO (attempts: the failed
+  ones).
 All times are monotonic.
 """
 
@@ -56,10 +57,10 @@ class OutageLog:
         else:
             log.debug("%s %s attempt=%d", event, fields, self.attempts)
 
-    def recovered(self) -> None:
+    def recovered(self, detail: str = "") -> None:
+        """The outage is over; `detail` (e.g. `host=... port=...`) is appended to the line."""
         if self.since is None:
             return
-        log.info(
-            "uplink_recovered after_s=%.1f attempts=%d", self.clock() - self.since, self.attempts
-        )
+        since = self.clock() - self.since
+        log.info("uplink_recovered after_s=%.1f attempts=%d%s", since, self.attempts, detail)
         self.since = None

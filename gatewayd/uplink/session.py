@@ -280,7 +280,7 @@ class Uplink:
                 self._set_error(self._broken)
                 return False
             if self.outage.down and window.first_puback_at is not None:
-                self.outage.recovered()
+                self.outage.recovered(self._where())
             if now >= refresh_at:
                 await self._refresh_drain(closed)
                 return True
@@ -378,9 +378,9 @@ class Uplink:
                 "uplink_disconnected",
                 f"the broker closed the connection {lived:.1f} s after accepting it, before "
                 f"answering SUBSCRIBE to {', '.join(self._subscriptions)}",
-                "the broker refused a topic or this client's permission to subscribe: check "
-                "[uplink.topics] config and commands (NATS allows no '.' or ' ' in topics) and "
-                "the broker's ACL or token scopes; the broker's log names the reason",
+                "if it repeats, the broker refused a topic or this client's permission to "
+                "subscribe: check [uplink.topics] config and commands (NATS allows no '.' or "
+                "' ' in topics) and the broker's ACL or token scopes; its log names the reason",
             )
         else:
             reason = self.last_error or "connection lost"
@@ -424,7 +424,10 @@ class Uplink:
                         "to it in the broker's ACL or token scopes, or fix [uplink.topics]"
                     ),
                 )
-        self.outage.recovered()
+        self.outage.recovered(self._where())
+
+    def _where(self) -> str:
+        return f" host={self.cfg.host} port={self.cfg.port} client_id={quote(self.client_id)}"
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.metrics.inc("uplink_messages_received")
