@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import Mosquitto
-from uplink_harness import DynsecMosquitto, Harness, jwt_auth, until, uplink_cfg
+from uplink_harness import DynsecMosquitto, Harness, NatsServer, jwt_auth, until, uplink_cfg
 
 from gatewayd.config import AuthConfig, TlsConfig
 from gatewayd.uplink.device_jwt import generate_key
@@ -243,3 +244,48 @@ def test_outage_logs_its_start_in_words_a_summary_and_its_recovery(
     assert after_s > 0 and attempts >= 3, recovered
     # Each failed attempt in between was DEBUG: few lines at INFO and above.
     assert len(lines) < 12, lines
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    n = NatsServer(tmp_path / "nats").start()
+    yield n
+    n.stop()
+
+
+def test_nats_delivers_and_a_dot_in_the_device_id_is_named(
+    nats: NatsServer, tmp_path: Path, warnings: pytest.LogCaptureFixture
+) -> None:
+    """The case seen on NATS: '.' in a topic closes the connection at SUBSCRIBE, every time."""
+
+    async def scenario() -> None:
+        good = await Harness.open(tmp_path, uplink_cfg(nats.port))
+        try:
+            ids = await good.append(100)
+            await good.drained(15)
+            assert good.metrics.total("acked_records") == len(ids)
+            assert good.uplink.subscribed
+        finally:
+            await good.close()
+        dotted = uplink_cfg(nats.port, device="ev.1", backoff_base_s=0.1, backoff_cap_s=0.3)
+        (tmp_path / "dotted").mkdir()
+        bad = await Harness.open(tmp_path / "dotted", dotted)
+        try:
+            await bad.append(10)
+            await until(lambda: bad.metrics.total("uplink_connects") >= 3, 15, "three sessions")
+        finally:
+            await bad.close()
+
+    asyncio.run(scenario())
+    assert "not supported" in nats.log()  # the broker's own words, in its log only
+    lines = _lines(warnings)
+    refused = [x for x in lines if x.startswith("uplink_subscribe_refused")]
+    assert [x.split()[1] for x in refused] == [
+        "topic=/devices/ev.1/config",
+        "topic=/devices/ev.1/commands/#",
+    ], lines  # once each, not at every session
+    closed = [x for x in lines if x.startswith("uplink_disconnected")]
+    assert len(closed) == 1, lines  # the repeats are DEBUG until a summary
+    assert "refused SUBSCRIBE to /devices/ev.1/config (0x80)" in closed[0], closed[0]
+    assert "NATS allows no '.'" in closed[0] and "[uplink] device" in closed[0]
+    assert not [x for x in _lines(warnings, logging.INFO) if "uplink_recovered" in x]

@@ -267,3 +267,43 @@ class DynsecMosquitto(Mosquitto):
         lines = [f"plugin {dynsec_plugin()}", f"plugin_opt_config_file {folder / 'dynsec.json'}"]
         super().__init__(folder, binary=require_binary("mosquitto"), extra=lines, anonymous=False)
         self.start()
+
+
+class NatsServer:
+    """nats-server (Debian's) with its MQTT listener on 127.0.0.1: MQTT 3.1.1 only, QoS 0/1.
+
+    MQTT there needs a server name and JetStream, whose store lives in `folder`.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from gatewayd_sim.procs import free_port
+
+        self.folder = folder
+        self.port = free_port()
+        self.client_port = free_port()
+        self.binary = require_binary("nats-server")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NatsServer:
+        from gatewayd_sim.procs import wait_port
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        conf = self.folder / "nats.conf"
+        conf.write_text(
+            "server_name: gw_test\n"
+            f"listen: 127.0.0.1:{self.client_port}\n"
+            f'jetstream {{ store_dir: "{self.folder / "js"}" }}\n'
+            f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n"
+        )
+        log = open(self.folder / "nats.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log, stderr=log)
+        wait_port(self.port, timeout=20)
+        return self
+
+    def log(self) -> str:
+        return (self.folder / "nats.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

@@ -11,13 +11,14 @@ Invariants:
 - a credential refresh (credentials.py) stops taking new records, waits for the in-flight ones,
   then reconnects with a new token: nothing is lost and nothing overtakes;
 - every SUBACK return code is checked: a refused subscription is logged at WARNING with its topic
-  and the broker's code; a session the broker closes before answering SUBSCRIBE is a failure
-  that names the topics, not a recovery;
+  and the broker's code (once per topic and code; repeats at DEBUG); a session the broker closes
+  before answering SUBSCRIBE, or after refusing it and before any PUBACK, is a failure that
+  names the topics, not a recovery;
 - with [uplink.presence] on, the broker holds a retained "online" while a session lives and
   "offline" after it: published at a clean stop, and the connection's last will otherwise;
 - outages are logged by outage.py: the first failure at WARNING with its cause and the settings
-  to check, a summary while it lasts, `uplink_recovered` once a session's subscriptions (or a
-  PUBACK) are answered.
+  to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
+  subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
 
 The pieces: connect.py builds the paho client, paho_socket.py drives its socket from this loop
 (every paho callback below runs on the loop thread), window.py keeps take -> PUBACK -> ack,
@@ -110,6 +111,8 @@ class Uplink:
         self._connected_at = 0.0  # monotonic, of the current session's CONNACK
         self._subscriptions: list[str] = []  # topics of the current session's SUBSCRIBE
         self.subscribed = False  # the broker answered this session's SUBSCRIBE (SUBACK)
+        self._refused: list[str] = []  # topics this session's SUBACK refused, with the code
+        self._warned: set[str] = set()  # refusals already logged at WARNING
         self._stopping = False
         self._stop_deadline = 0.0
         self._next_send = 0.0
@@ -258,6 +261,7 @@ class Uplink:
             client.publish(self.topics["presence"], self.cfg.presence.online, qos=1, retain=True)
         self._subscriptions = [self.topics["config"], self.topics["commands"]]
         self.subscribed = False
+        self._refused = []
         client.subscribe([(t, 1) for t in self._subscriptions])
 
     async def _session(self) -> bool:
@@ -279,7 +283,9 @@ class Uplink:
             if self._broken is not None:
                 self._set_error(self._broken)
                 return False
-            if self.outage.down and window.first_puback_at is not None:
+            if self.outage.down and (
+                window.first_puback_at is not None or now - self._connected_at >= STABLE_SESSION_S
+            ):
                 self.outage.recovered(self._where())
             if now >= refresh_at:
                 await self._refresh_drain(closed)
@@ -382,6 +388,17 @@ class Uplink:
                 "subscribe: check [uplink.topics] config and commands (NATS allows no '.' or "
                 "' ' in topics) and the broker's ACL or token scopes; its log names the reason",
             )
+        elif self._refused and self.window.first_puback_at is None:
+            lived = time.monotonic() - self._connected_at
+            self._set_error("closed after a refused SUBSCRIBE")
+            self.outage.failed(
+                "uplink_disconnected",
+                f"the broker closed the connection {lived:.1f} s after accepting it; it had "
+                f"refused SUBSCRIBE to {', '.join(self._refused)} and acknowledged no message",
+                "the broker does not accept these topics: check [uplink] device and "
+                "[uplink.topics] (NATS allows no '.' or ' ' in topics; RabbitMQ needs read and "
+                "configure scopes) and the broker's ACL; its log names the reason",
+            )
         else:
             reason = self.last_error or "connection lost"
             self.outage.failed("uplink_disconnected", reason, diagnose.session_fix(reason))
@@ -414,7 +431,12 @@ class Uplink:
         for topic, rc in zip(self._subscriptions, codes, strict=False):
             if rc.is_failure:
                 self.metrics.inc("uplink_subscribe_refused")
-                log.warning(
+                refusal = f"{topic} (0x{rc.value:02x})"
+                self._refused.append(refusal)
+                first = refusal not in self._warned
+                self._warned.add(refusal)
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
                     "uplink_subscribe_refused topic=%s code=0x%02x reason=%s fix=%s",
                     quote(topic),
                     rc.value,
@@ -424,7 +446,8 @@ class Uplink:
                         "to it in the broker's ACL or token scopes, or fix [uplink.topics]"
                     ),
                 )
-        self.outage.recovered(self._where())
+        if not self._refused:  # a refused topic may yet close the session: not proven
+            self.outage.recovered(self._where())
 
     def _where(self) -> str:
         return f" host={self.cfg.host} port={self.cfg.port} client_id={quote(self.client_id)}"
