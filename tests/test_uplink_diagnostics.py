@@ -289,3 +289,18 @@ def test_nats_delivers_and_a_dot_in_the_device_id_is_named(
     assert "refused SUBSCRIBE to /devices/ev.1/config (0x80)" in closed[0], closed[0]
     assert "NATS allows no '.'" in closed[0] and "[uplink] device" in closed[0]
     assert not [x for x in _lines(warnings, logging.INFO) if "uplink_recovered" in x]
+
+
+def test_mqtt5_against_nats_names_the_protocol_setting(
+    nats: NatsServer, tmp_path: Path, warnings: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        h = await Harness.open(tmp_path, uplink_cfg(nats.port, protocol="5"))
+        try:
+            await until(lambda: h.metrics.total("uplink_connect_failures"), 10, "a failure")
+        finally:
+            await h.close()
+
+    asyncio.run(scenario())
+    first = next(x for x in _lines(warnings) if x.startswith("uplink_connect_failed"))
+    assert '[uplink] protocol = \\"3.1.1\\"' in first, first
