@@ -6,8 +6,9 @@ for the monotonic time at which it must reconnect with fresh credentials:
 - `DeviceJwt`: a token signed by the device key, minted at every connect; the session is
   refreshed at 85 % of the token's life (REFRESH_AT), but never later than REFRESH_DRAIN_S before
   expiry, so the messages in flight at the refresh can still be acknowledged;
-- `ClientCertificate` (mTLS): the files are read at every connect (see tls.py), so a renewed
-  certificate takes effect at the next reconnect; nothing to schedule.
+- a client certificate (mTLS, [uplink.tls] cert_file/key_file) is no credential object: tls.py
+  reads the files at every connect, so a renewed certificate takes effect at the next
+  reconnect; nothing to schedule.
 
 The username and string claims are templates over the [uplink] values (`{device}`, `{project}`,
 ...), so one file serves a fleet and each gateway appears under its own name.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -124,14 +124,6 @@ class DeviceJwt:
 
     def drain_until(self, puback_timeout_s: float) -> float:
         return min(time.monotonic() + min(5.0, puback_timeout_s), self.expires_at - 0.5)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificate:
-    """mTLS: the device certificate and its key, read at every connect (no refresh schedule)."""
-
-    cert_file: str
-    key_file: str | None
 
 
 def credentials_for(
