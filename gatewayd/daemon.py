@@ -340,7 +340,7 @@ class Gateway:
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the local file and apply it through the remote-config path."""
-        import tomllib
+        from gatewayd.config import ConfigError, read_document
 
         if self.config_path is None or self.remote is None:
             log.warning(
@@ -349,8 +349,8 @@ class Gateway:
             )
             return
         try:
-            doc = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            doc = read_document(self.config_path)
+        except ConfigError as exc:
             log.error("reload_refused error=%s", quote(exc))
             return
         self.remote.on_local(doc)
