@@ -105,7 +105,9 @@ class Gateway:
             trial = self._init_remote_config()
             self.rules = Rules(self.cfg.rules)  # the configuration chosen at start may differ
         if self.cfg.metrics.listen:
-            self.metrics_server = MetricsServer(self.cfg.metrics.listen, self.render_metrics)
+            self.metrics_server = MetricsServer(
+                self.cfg.metrics.listen, self.render_metrics, self.metrics
+            )
             await self.metrics_server.start()
         self._start_uplink()
         self._supervise("loop_monitor", self._monitor_loop)

@@ -81,7 +81,7 @@ def test_a_connection_flood_is_counted_not_logged_and_costs_no_descriptors(
         for s in flood:
             s.close()
     assert gw.poll() is None, log.read_text()[-3000:]
-    # Slots, plus slack for what the daemon opens on its own (a reconnect attempt, the buffer).
+    # The slots, and slack for what the daemon opens on its own (a reconnect attempt, the buffer).
     assert peak <= baseline + MAX_CONNECTIONS + 8, (baseline, peak)
     samples = wait_for(lambda: try_scrape(port), 30, "the endpoint after the flood")
     refused = samples.get("gatewayd_metrics_http_refused_total", reason="connection_limit")

@@ -247,6 +247,7 @@ class ConfigManager:
             return Outcome.ROLLED_BACK
         highest = max(self.store.highest_tried(), self.lkg.version)
         if cfg.version <= highest:
+            self._last_rejected = raw
             self._emit(
                 cfg.version,
                 Outcome.REJECTED,
