@@ -277,3 +277,14 @@ def _toml(doc: dict[str, Any]) -> str:
         return json.dumps(str(v))
 
     return "\n".join(f"{json.dumps(str(k))} = {scalar(v)}" for k, v in doc.items()) + "\n"
+
+
+def test_identity_changes_only_through_the_local_file(tmp_path: Path) -> None:
+    m, _, outcomes = _manager(tmp_path)
+    doc = json.loads(json.dumps(BASE))
+    doc["version"] = 2
+    doc["uplink"]["device"] = "moved"
+    assert asyncio.run(m.handle(json.dumps(doc).encode())) is Outcome.REJECTED
+    assert outcomes[-1]["reason"].startswith("uplink.device: would change 'demo-gw-1' to 'moved'")
+    doc["version"] = 3
+    assert asyncio.run(m.handle(doc, trusted=True)) is Outcome.APPLIED

@@ -6,7 +6,8 @@ Invariants:
   tried), except a redelivery of a document whose outcome was already reported (the retained
   config at every reconnect), which is neither counted nor written again;
 - a push may not change what the gateway cannot apply live (buffer, metrics, gateway id) nor
-  what would cut it off from its own config topic (device, client id, config topic): refused;
+  what would cut it off from its own config topic (device, client id, config topic): refused
+  (the local file, on SIGHUP, may change the latter);
 - the manager never dies of a push: whatever fails becomes an outcome.
 """
 
@@ -227,7 +228,7 @@ class ConfigManager:
             doc = payload if isinstance(payload, dict) else self._decode(payload, trusted)
             version = _version_of(doc)
             cfg = load_document(doc)
-            self._check_allowed(cfg)
+            self._check_allowed(cfg, trusted)
         except (PushRejected, ConfigError) as exc:
             self._last_rejected = raw
             self._emit(version, Outcome.REJECTED, str(exc))
@@ -290,7 +291,7 @@ class ConfigManager:
         self._emit(cand.version, Outcome.ROLLED_BACK, f"{reason}; back on version {good.version}")
         return Outcome.ROLLED_BACK
 
-    def _check_allowed(self, cfg: GatewayConfig) -> None:
+    def _check_allowed(self, cfg: GatewayConfig, trusted: bool = False) -> None:
         """Settings a push may not change: they would strand records or lock the cloud out."""
         from gatewayd.drivers import load_driver
 
@@ -328,7 +329,8 @@ class ConfigManager:
                     "cannot be changed by a push: it is not applied while the gateway runs",
                     f"change it in the local file{beyond} and restart the gateway",
                 )
-        self._check_identity(cfg)
+        if not trusted:  # the local file (SIGHUP) may move the gateway: it is not heard there
+            self._check_identity(cfg)
         if cfg.remote_config.enabled != cur.remote_config.enabled:
             raise ConfigError(
                 "remote_config.enabled", "cannot be changed by a push", "change the local file"
