@@ -386,6 +386,17 @@ def test_push_to_an_unreachable_device_is_rolled_back_and_later_pushes_are_appli
         cloud.push(bad)
         out = cloud.outcome(version, "rolled_back", timeout=30)
         assert "plc" in out["reason"] and "completed no good poll" in out["reason"], out
+    shadow = json.loads(json.dumps(doc))  # a file that is no serial port
+    shadow["version"] = 5
+    shadow["devices"][0] = {
+        "id": "plc",
+        "driver": "serial_line",
+        "serial_port": "/etc/shadow",
+        "points": [{"id": "t", "field": "t"}],
+    }
+    cloud.push(shadow)
+    out = cloud.outcome(5, "rolled_back", timeout=30)
+    assert "plc" in out["reason"] and "completed no good poll" in out["reason"], out
     good = json.loads(json.dumps(doc))
     good["version"] = 9
     good["devices"][0]["timeout_s"] = 0.5
