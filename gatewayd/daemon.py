@@ -81,7 +81,7 @@ class Gateway:
         self._trial: TrialWatch | None = None  # fed by every poll while a candidate is judged
         for name in ("uplink_reconnects", "rules_dropped"):
             self.metrics.inc(name, 0)
-        # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
+        # Remote config counts its outcomes (applied / rejected / rolled_back / superseded).
         for status in ("applied", "rejected", "rolled_back", "superseded"):
             self.metrics.inc("config_outcomes", 0, status=status)
         for name in ("buffered_records", "published_records", "acked_records"):
