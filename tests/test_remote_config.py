@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_procs import scrape, with_metrics
+from daemon_procs import scrape, try_scrape, with_metrics
 from daemon_procs import start as start_daemon
 from helpers import (
     BrokerThread,
@@ -591,3 +592,25 @@ def test_a_reconnect_does_not_count_or_rewrite_the_same_config_again(
         _wait_flowing(cloud, "plc", n=5)  # the retained config came again with the subscribe
     assert scrape(mport).get("gatewayd_config_outcomes_total", status="applied") == applied
     assert (history.stat().st_mtime_ns, history.read_bytes()) == before
+
+
+def test_start_only_settings_come_from_the_local_file_not_from_a_stored_push(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """An older gatewayd stored pushes that moved metrics (to 0.0.0.0, at the next start)."""
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    local_port, pushed_port = free_port(), free_port()
+    cfg.write_text(with_metrics(cfg.read_text(), local_port))
+    doc = tomllib.loads(cfg.read_text())
+    stored = json.loads(json.dumps(doc))
+    stored["version"] = 2
+    stored["metrics"]["listen"] = f"0.0.0.0:{pushed_port}"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "applied.json").write_text(
+        json.dumps({"version": 2, "document": stored})
+    )
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    samples = wait_for(lambda: try_scrape(local_port), 30, "metrics on the local file's address")
+    assert samples.get("gatewayd_config_version") == 2, "the stored configuration runs"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pushed_port), timeout=2).close()
