@@ -614,3 +614,35 @@ def test_start_only_settings_come_from_the_local_file_not_from_a_stored_push(
     assert samples.get("gatewayd_config_version") == 2, "the stored configuration runs"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", pushed_port), timeout=2).close()
+
+
+def test_a_stored_version_beyond_2_53_neither_breaks_metrics_nor_blocks_pushes(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """What c3de71f stored after a push with version 10**400: it broke /metrics for good."""
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    mport = free_port()
+    cfg.write_text(with_metrics(cfg.read_text(), mport))
+    doc = tomllib.loads(cfg.read_text())
+    huge = json.loads(json.dumps(doc))
+    huge["version"] = 10**400
+    state = tmp_path / "config"
+    state.mkdir()
+    (state / "applied.json").write_text(json.dumps({"version": 10**400, "document": huge}))
+    (state / "history.json").write_text(json.dumps({"highest_tried": 10**400}))
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    samples = wait_for(lambda: try_scrape(mport), 30, "the metrics endpoint")
+    assert samples.get("gatewayd_config_version") == 1, "the local file runs"
+    res = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "status", "--listen", f"127.0.0.1:{mport}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    _wait_flowing(cloud, "plc", n=5)
+    new = json.loads(json.dumps(doc))
+    new["version"] = 2
+    new["devices"][0]["interval_ms"] = 150
+    cloud.push(new)
+    assert cloud.outcome(2, "applied")["reason"].startswith("healthy after")
