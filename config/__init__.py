@@ -18,7 +18,7 @@ from .model import (
     TopicsConfig,
     UplinkConfig,
 )
-from .parse import example_path, load, load_document, load_file
+from .parse import example_path, load, load_document, load_file, parse_bytes, read_document
 from .rules import RuleConfig
 
 __all__ = [
@@ -39,4 +39,6 @@ __all__ = [
     "load",
     "load_document",
     "load_file",
+    "parse_bytes",
+    "read_document",
 ]

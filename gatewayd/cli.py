@@ -156,20 +156,16 @@ def _run(args: argparse.Namespace) -> int:
     import os
     import signal
     import threading
-    import tomllib
 
     from gatewayd import logs
-    from gatewayd.config import load_file
+    from gatewayd.config import load_document, read_document
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
 
     async def go() -> None:
         path = Path(args.config).resolve()
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            doc = None  # load_file below reports it with the place and the fix
-        cfg = load_file(path)
+        doc = read_document(path)  # a ConfigError (exit 2) names the place and the fix
+        cfg = load_document(doc)
         logs.setup(cfg.logging.level, cfg.logging.format)
         gw = Gateway(cfg, config_dir=path.parent, config_path=path, local_doc=doc)
         stop = asyncio.Event()

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from gatewayd.uplink import Uplink
 
 if TYPE_CHECKING:
     from gatewayd.remote_config import CommandHandler, ConfigManager
+    from gatewayd.remote_config.health import TrialWatch
 
 log = logging.getLogger("gatewayd")
 
@@ -80,10 +82,11 @@ class Gateway:
         self._started = time.time()
         self.clock = WallClock()
         self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
+        self._trial: TrialWatch | None = None  # fed by every poll while a candidate is judged
         for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
-        # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
-        for status in ("applied", "rejected", "rolled_back"):
+        # Remote config counts its outcomes (applied / rejected / rolled_back / superseded).
+        for status in ("applied", "rejected", "rolled_back", "superseded"):
             self.metrics.inc("config_outcomes", 0, status=status)
         for name in ("buffered_records", "published_records", "acked_records"):
             self.metrics.inc(name, 0)
@@ -106,10 +109,16 @@ class Gateway:
             trial = self._init_remote_config()
             self.rules = Rules(self.cfg.rules)  # the configuration chosen at start may differ
         if self.cfg.metrics.listen:
-            self.metrics_server = MetricsServer(self.cfg.metrics.listen, self.render_metrics)
+            self.metrics_server = MetricsServer(
+                self.cfg.metrics.listen, self.render_metrics, self.metrics
+            )
             await self.metrics_server.start()
         self._start_uplink()
         self._supervise("loop_monitor", self._monitor_loop)
+        if trial is not None:
+            from gatewayd.remote_config.health import TrialWatch
+
+            self._trial = TrialWatch(self.cfg)  # before the first poll: each one counts
         # Rule windows close by the clock too, not only on their point's next reading.
         self.poller.start(
             self.cfg.devices, maintenance=[(self.collect, 10.0), (self._tick_rules, 1.0)]
@@ -133,7 +142,15 @@ class Gateway:
         assert self.local_doc is not None
         store = ConfigStore(self.state_dir / "config")
         start = startup_config(self.cfg, self.local_doc, store)
-        self.cfg = load_document((start.trial or start.lkg).document)
+        local = self.cfg
+        # Settings read only at start come from the local file, whatever a push once stored
+        # (an older gatewayd let pushes set them; the buffer is already open with the local one).
+        self.cfg = replace(
+            load_document((start.trial or start.lkg).document),
+            buffer=local.buffer,
+            metrics=local.metrics,
+            gateway_id=local.gateway_id,
+        )
         self.remote = ConfigManager(
             self, store, self.cfg, start.lkg, self._report_config, self.metrics, self.config_dir
         )
@@ -145,10 +162,14 @@ class Gateway:
 
     # -- live reconfiguration ----------------------------------------------------------------
 
-    async def reconfigure(self, new: GatewayConfig) -> None:
-        """Apply `new` live: restart changed devices and, if its settings changed, the uplink."""
+    async def reconfigure(self, new: GatewayConfig, trial: bool = True) -> None:
+        """Apply `new` live: restart changed devices and, if its settings changed, the uplink.
+        `trial`: `wait_healthy` judges it next (a rollback is not judged)."""
+        from gatewayd.remote_config.health import TrialWatch
+
         old = self.cfg
         self.cfg = new
+        self._trial = TrialWatch(new, old, self._polling_good(old)) if trial else None
         old_devs = {d.id: d for d in old.devices}
         new_devs = {d.id: d for d in new.devices}
         for dev_id, dev in old_devs.items():
@@ -167,21 +188,40 @@ class Gateway:
         self.metrics.inc("config_reconfigures")
         log.info("gateway_reconfigured version=%d devices=%d", new.version, len(new.devices))
 
+    def _polling_good(self, cfg: GatewayConfig) -> frozenset[str]:
+        """Devices whose last poll was good (from the poller's per-device gauges)."""
+        m = self.metrics
+        return frozenset(
+            d.id
+            for d in cfg.devices
+            if m.get("device_last_poll_good", device=d.id) > 0
+            and m.get("device_last_poll_bad", device=d.id) == 0
+        )
+
     async def wait_healthy(self, deadline_s: float) -> str | None:
-        """None once the uplink is connected and every device completed a poll; else why not."""
+        """None once the uplink is connected, every new or changed device completed a good poll
+        and the unchanged ones keep their poll rate (see remote_config.health); else why not."""
+        from gatewayd.remote_config.health import TrialWatch
+
         t0 = time.monotonic()
-        polled = self.poller.polled_at
-        while True:
-            uplink_ok = self.uplink is not None and self.uplink.connected
-            unpolled = [d.id for d in self.cfg.devices if polled.get(d.id, 0) < t0]
-            if uplink_ok and not unpolled:
-                return None
-            if time.monotonic() - t0 >= deadline_s:
-                if not uplink_ok:
-                    why = self.uplink.last_error if self.uplink else None
-                    return f"uplink not connected within {deadline_s:g} s ({why or 'no answer'})"
-                return f"devices {', '.join(unpolled)} completed no poll within {deadline_s:g} s"
-            await asyncio.sleep(0.1)
+        watch = self._trial or TrialWatch(self.cfg)
+        self._trial = watch
+        try:
+            while True:
+                uplink_ok = self.uplink is not None and self.uplink.connected
+                problem = watch.problem(deadline_s)
+                if uplink_ok and problem is None:
+                    return None
+                if time.monotonic() - t0 >= deadline_s:
+                    if not uplink_ok:
+                        why = self.uplink.last_error if self.uplink else None
+                        return (
+                            f"uplink not connected within {deadline_s:g} s ({why or 'no answer'})"
+                        )
+                    return problem
+                await asyncio.sleep(0.1)
+        finally:
+            self._trial = None
 
     def _start_uplink(self) -> None:
         assert self.buffer is not None
@@ -232,8 +272,10 @@ class Gateway:
         for (name, _), v in self.metrics.counters.items():
             totals[name] = totals.get(name, 0) + v
         outcome = self.remote.last_outcome if self.remote is not None else None
+        recent = list(self.remote.recent_outcomes) if self.remote is not None else []
         return {
             **({"config": outcome} if outcome else {}),
+            **({"config_recent": recent} if recent else {}),
             "config_version": self.cfg.version,
             "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
             "counters": {name: totals[name] for name in sorted(totals)},
@@ -295,6 +337,8 @@ class Gateway:
     async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
         """One poll's readings through the rules into the buffer (committed when this returns);
         a device going down or up is one event, stored beside them (not through the rules)."""
+        if self._trial is not None:
+            self._trial.observe(group, readings)
         events = self.device_health.observe(group, readings, self.drivers.get(group.device))
         dropped = self.rules.dropped
         records = self.rules.process(readings)
@@ -379,7 +423,7 @@ class Gateway:
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the local file and apply it through the remote-config path."""
-        import tomllib
+        from gatewayd.config import ConfigError, read_document
 
         if self.config_path is None or self.remote is None:
             log.warning(
@@ -388,8 +432,8 @@ class Gateway:
             )
             return
         try:
-            doc = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            doc = read_document(self.config_path)
+        except ConfigError as exc:
             log.error("reload_refused error=%s", quote(exc))
             return
         self.remote.on_local(doc)

@@ -333,7 +333,9 @@ class Uplink:
         """Publish one message outside the buffer (command results); False when offline."""
         if not (self.connected and self._client is not None):
             return False
-        info = self._client.publish(self.topics[topic_name], json.dumps(doc), qos=1)
+        info = self._client.publish(
+            self.topics[topic_name], json.dumps(doc, allow_nan=False), qos=1
+        )
         return info.rc == 0
 
     def state_changed(self) -> None:
@@ -346,7 +348,9 @@ class Uplink:
         self._next_state = time.monotonic() + STATE_MIN_INTERVAL_S
         try:
             doc = await self.state()
-            payload = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+            payload = json.dumps(
+                doc, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False
+            ).encode()
         except Exception:  # a broken state source must not stop delivery
             log.exception("state_source_failed")
             return
