@@ -71,6 +71,8 @@ HELP: dict[str, str] = {
     "uplink_tokens_minted": "Device tokens (JWT) minted.",
     "uplink_token_refreshes": "Sessions renewed because the token was about to expire.",
     "uplink_puback_timeouts": "Sessions ended because a PUBACK did not come in time.",
+    "uplink_subscribe_refused": "Subscriptions the broker refused in its SUBACK.",
+    "metrics_http_refused": "Connections to /metrics closed unanswered (limit or read timeout).",
     "uplink_publish_refused": "Publishes the broker refused (reason code >= 128).",
     "uplink_messages_received": "Messages received from the cloud (config, commands).",
     "uplink_state_published": "State documents published.",
