@@ -314,7 +314,6 @@ class Store:
         db = self._db
         kept = [0, 0, 0]
         expected = known if known is not None else found.tally
-        lost_estimate = 0
         chunk: list[tuple[int, int, int, bytes]] = []
         history = found.evictions if known is None else {}
         try:
@@ -345,11 +344,13 @@ class Store:
             log.error("buffer_salvage_stopped path=%s error=%s", self.path, exc)
         finally:
             found.close()
-        if expected is None:  # the tally is unreadable too: an upper bound from the id gaps
-            lost_estimate = found.gap_ids
-            expected = [
-                k + (lost_estimate if lane == TELEMETRY else 0) for lane, k in enumerate(kept)
-            ]
+            Path(f"{moved}-shm").unlink(missing_ok=True)  # only an index, made by the read
+        # The tally is unreadable too: without unreadable records nothing was lost; else the
+        # ids spanned by the damage are the best bound there is (0 when no id is readable).
+        estimated = expected is None and found.regions > 0
+        if expected is None:
+            gap = found.gap_ids if estimated else 0
+            expected = [k + (gap if lane == TELEMETRY else 0) for lane, k in enumerate(kept)]
         lost = [max(0, e - k) for e, k in zip(expected, kept, strict=True)]
         counts = dict(history)
         for lane, n in enumerate(lost):
@@ -371,7 +372,7 @@ class Store:
                 for la, (k, n) in enumerate(zip(kept, lost, strict=True))
             ),
             found.regions,
-            " lost_is_estimate=1" if lost_estimate else "",
+            " lost_is_estimate=1" if estimated else "",
         )
 
     def _seed_ids(self) -> int:
@@ -430,7 +431,7 @@ class Store:
             for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
             if lane in (0, 1, 2)
         }
-        self._inflight.clear()
+        self._keep_inflight()
         if strays:
             self._set_aside_strays()
         tally = dict(
@@ -450,6 +451,19 @@ class Store:
             if db.in_transaction:
                 db.execute("ROLLBACK")
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _keep_inflight(self) -> None:
+        """After another writer: keep the in-flight records that are still there, with their
+        sizes as they are now (so `nack` still finds them and `ack` counts the right bytes)."""
+        ids = list(self._inflight)
+        self._inflight = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for rid, lane, length in self._db.execute(
+                f"SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({marks})", chunk
+            ):
+                if type(lane) is int and 0 <= lane <= 2:
+                    self._inflight[rid] = length << 2 | lane
 
     def _set_aside_strays(self) -> None:
         """Rows whose lane is not a lane (a damaged column) go to `damaged`, counted under
@@ -880,9 +894,7 @@ class Store:
             ]
             if not bad:
                 return rows
-            self._set_aside(lane, bad, "json")
-            gone = set(bad)
-            return [r for r in rows if r[0] not in gone]
+            self._set_aside(lane, bad, "json")  # then read again: a full batch if there is one
         return []
 
     def _undecodable(self, lane: int, after: int, want: int) -> list[int]:
