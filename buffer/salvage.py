@@ -22,6 +22,7 @@ from pathlib import Path
 # Ids are below 2^63; a probe past the last stored id finds nothing, which ends the walk.
 _ID_END = 1 << 62
 _CHUNK = 2000
+_ID_BITS = 40  # store.ID_BITS: the ids of one incarnation share id >> 40
 TALLY_NAMES = ("records.lane0", "records.lane1", "records.lane2")
 
 
@@ -117,7 +118,7 @@ class Damaged:
             step *= 2
             hi = last + 1 + step
             if hi >= _ID_END:
-                self.gap_ids += max(0, self.last_seq - last)
+                self.gap_ids += _spanned(last, self.last_seq + 1)
                 return None
             ok, first = self._probe(hi)
             if ok:
@@ -131,10 +132,17 @@ class Damaged:
             else:
                 lo = mid
         end = first if first is not None else max(self.last_seq + 1, last + 1)
-        self.gap_ids += max(0, end - last - 1)
+        self.gap_ids += _spanned(last, end)
         return hi - 1
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _spanned(last: int, end: int) -> int:
+    """Ids strictly between two readable ids that could have been records: from the start of
+    `end`'s incarnation when they differ (salvaged older rows, or the start of the file)."""
+    base = end >> _ID_BITS << _ID_BITS
+    return max(0, end - max(last, base) - 1)

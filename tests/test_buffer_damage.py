@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import sqlite3
 import stat
 from pathlib import Path
+
+import pytest
 
 from gatewayd.buffer import Store
 from gatewayd.config import BufferConfig
@@ -190,3 +193,25 @@ def test_buffer_file_and_sidecars_are_created_0600(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "b.sqlite").stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_tally_and_records_both_unreadable_counts_an_upper_bound_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "b.sqlite"
+    store = Store(path, BufferConfig())
+    appended = store.append(recs(5000))
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'sqlite_sequence'"
+        ).fetchone()
+    rng = random.Random(4)
+    _smash_page(path, root - 1, rng)
+    _smash_page(path, path.stat().st_size // 4096 // 2, rng)
+    with caplog.at_level(logging.ERROR, logger="gatewayd.buffer"):
+        fresh = Store(path, BufferConfig())
+    stats = fresh.snapshot()
+    lost = len(appended) - stats.depth
+    assert 0 < lost <= stats.evicted["telemetry/corrupt"] <= lost + 200, "a close upper bound"
+    assert "lost_is_estimate=1" in caplog.text
