@@ -415,25 +415,15 @@ class Store:
         """Rebuild the in-memory accounting from the file (at start, or after another writer);
         a tally that disagrees with the rows (an older file, another writer) is rewritten."""
         db = self._db
-        self._depth = [0, 0, 0]
-        self._bytes = 0
-        strays = False
-        for lane, n, size in db.execute(
-            "SELECT lane, COUNT(*), SUM(LENGTH(body)) FROM records GROUP BY lane"
-        ):
-            if type(lane) is not int or not 0 <= lane <= 2:  # a damaged lane: never taken
-                strays = True
-                continue
-            self._depth[lane] = n
-            self._bytes += size + n * ROW_OVERHEAD
+        if self._count_rows():
+            self._set_aside_strays()
+            self._count_rows()
         self._evicted = {
             (lane, reason): n
             for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
             if lane in (0, 1, 2)
         }
         self._keep_inflight()
-        if strays:
-            self._set_aside_strays()
         tally = dict(
             db.execute(
                 "SELECT name, seq FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES
@@ -465,18 +455,42 @@ class Store:
                 if type(lane) is int and 0 <= lane <= 2:
                     self._inflight[rid] = length << 2 | lane
 
+    def _count_rows(self) -> bool:
+        """Depth and bytes per lane from the rows, in one pass; True when some row has a lane
+        or timestamp that is not one (a damaged column: never taken, or breaking the age)."""
+        self._depth = [0, 0, 0]
+        self._bytes = 0
+        strays = False
+        for lane, n, size, bad_ts in self._db.execute(
+            "SELECT lane, COUNT(*), SUM(LENGTH(body)), SUM(typeof(ts_ms) != 'integer') "
+            "FROM records GROUP BY lane"
+        ):
+            if type(lane) is not int or not 0 <= lane <= 2:
+                strays = True
+                continue
+            strays = strays or bad_ts > 0
+            self._depth[lane] = n
+            self._bytes += size + n * ROW_OVERHEAD
+        return strays
+
     def _set_aside_strays(self) -> None:
-        """Rows whose lane is not a lane (a damaged column) go to `damaged`, counted under
-        telemetry: their real lane cannot be known."""
+        """Rows with a damaged lane or timestamp go to `damaged`, counted under their lane
+        (telemetry when the lane itself is unreadable)."""
         db = self._db
-        where = "lane NOT IN (0, 1, 2) OR typeof(lane) != 'integer'"
+        where = "typeof(lane) != 'integer' OR lane NOT IN (0, 1, 2) OR typeof(ts_ms) != 'integer'"
+        lane_of = (
+            f"CASE WHEN typeof(lane) = 'integer' AND lane IN (0, 1) THEN lane ELSE {TELEMETRY} END"
+        )
         try:
             db.execute("BEGIN IMMEDIATE")
-            n = self._move_damaged(where, (), "lane")
-            db.execute(
+            counts = db.execute(
+                f"SELECT {lane_of}, COUNT(*) FROM records WHERE {where} GROUP BY 1"
+            ).fetchall()
+            self._move_damaged(where, (), "columns")
+            db.executemany(
                 "INSERT INTO evictions (lane, reason, n) VALUES (?, 'damaged', ?) "
                 "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
-                (TELEMETRY, n),
+                counts,
             )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -484,8 +498,11 @@ class Store:
                 db.execute("ROLLBACK")
             log.warning("buffer_set_aside_failed error=%s", exc)
             return
-        self._evicted[(TELEMETRY, "damaged")] = self._evicted.get((TELEMETRY, "damaged"), 0) + n
-        log.error("buffer_damaged_records path=%s n=%d problem=lane", self.path, n)
+        log.error(
+            "buffer_damaged_records path=%s n=%d problem=columns",
+            self.path,
+            sum(n for _, n in counts),
+        )
 
     def _move_damaged(self, where: str, args: Sequence[object], problem: str) -> int:
         """Inside a transaction: move the records matching `where` to `damaged`; how many."""

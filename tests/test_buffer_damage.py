@@ -215,3 +215,21 @@ def test_tally_and_records_both_unreadable_counts_an_upper_bound_and_says_so(
     lost = len(appended) - stats.depth
     assert 0 < lost <= stats.evicted["telemetry/corrupt"] <= lost + 200, "a close upper bound"
     assert "lost_is_estimate=1" in caplog.text
+
+
+def test_damaged_lane_or_timestamp_column_is_set_aside_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    cfg = BufferConfig(max_age_s=3600)
+    store = Store(path, cfg, now=lambda: T0 + 1000)
+    ids = store.append(recs(100)) + store.append(recs(5, Lane.EVENT, start=500))
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE records SET lane = 7 WHERE id = ?", (ids[3],))
+        db.execute("UPDATE records SET ts_ms = 'soon' WHERE id = ?", (ids[101],))
+        db.execute("UPDATE records SET ts_ms = X'00' WHERE id = ?", (ids[0],))
+    store = Store(path, cfg, now=lambda: T0 + 1000)
+    assert store.snapshot().evicted == {"telemetry/damaged": 2, "event/damaged": 1}
+    assert store.snapshot().oldest_ts_ms == T0 + 1
+    assert store.append(recs(1, start=900))[0] > 0
+    assert len(drain(store)) == len(ids) - 3 + 1
+    assert {i for i, _ in damaged_rows(path)} == {ids[0], ids[3], ids[101]}
