@@ -5,7 +5,8 @@ Invariants:
   it never raises for a full buffer, a full disk or a corrupt file: what it could not keep is
   counted in `evicted` under "<lane>/<reason>" and gets id 0;
 - `take` returns only records whose body is valid UTF-8 and a JSON object that starts with its
-  "point" member, so the uplink's splice of `{"id":N,` before it always parses; a record that
+  "point" member and has no "id", so the uplink's splice of `{"id":N,` before it always parses
+  to the right id; a record that
   fails this is moved to `damaged` and counted ("<lane>/damaged"), and never blocks the others;
 - a record leaves the file only through `ack` or a counted eviction; eviction takes the oldest
   telemetry first (records not in flight before those in flight), events only when no telemetry
@@ -110,8 +111,12 @@ DISK_FULL_HOLD_S = 600.0
 STATVFS_INTERVAL_S = 1.0
 # Damaged records kept for inspection (all are counted; only the latest are kept).
 DAMAGED_KEEP = 1000
-# A body `take` may hand out: valid UTF-8 (checked by decoding it), then this, in SQLite.
-_SENDABLE = "typeof(body) = 'text' AND json_valid(body) AND substr(body, 1, 9) = '{\"point\":'"
+# A body `take` may hand out: valid UTF-8 (checked by decoding it), then this, in SQLite: a
+# JSON object that starts with "point" and has no "id" of its own (the uplink puts it first).
+_SENDABLE = (
+    "CASE WHEN typeof(body) = 'text' AND json_valid(body) "
+    "THEN substr(body, 1, 9) = '{\"point\":' AND json_type(body, '$.id') IS NULL ELSE 0 END"
+)
 SALVAGE_CHUNK = 5000
 # Free space kept on the file system. A WAL holding pages that grow the file cannot be
 # checkpointed into a full disk, and then not even a delete can commit: so the buffer stops

@@ -101,10 +101,14 @@ def test_altered_body_never_makes_a_batch_unparseable(tmp_path: Path) -> None:
         db.execute("UPDATE records SET body = '{}' WHERE id = ?", (ids[1500],))
         db.execute("UPDATE records SET body = CAST(body AS BLOB) WHERE id = ?", (ids[1999],))
         db.execute("UPDATE records SET body = body || ']' WHERE id = ?", (ids[2003],))
-    bad = {ids[700], ids[701], ids[1500], ids[1999], ids[2003]}
+        db.execute(  # valid JSON, but with an id of its own that would win over the real one
+            'UPDATE records SET body = replace(body, \'"ts":\', \'"id":1,"ts":\') WHERE id = ?',
+            (ids[1000],),
+        )
+    bad = {ids[700], ids[701], ids[1000], ids[1500], ids[1999], ids[2003]}
     delivered = drain(store, batch=2000)
     assert sorted(delivered) == sorted(set(ids) - bad)
-    assert store.snapshot().evicted == {"telemetry/damaged": 4, "alarm/damaged": 1}
+    assert store.snapshot().evicted == {"telemetry/damaged": 5, "alarm/damaged": 1}
     assert {i for i, _ in damaged_rows(path)} == bad
     store.close()
 

@@ -6,9 +6,10 @@ formats plug in through the entry point group "gatewayd.encoders" (name -> calla
 sequence of `Entry` and returning bytes).
 
 Invariant: `encode_json` of entries from `Buffer.take` always parses. It is built so: `take`
-hands out only bodies that are valid UTF-8 and a JSON object whose first member is "point" (the
-store checks each one inside SQLite and sets the others aside, counted as damaged), and
-`{"id":N,` + such a body without its `{` is again one JSON object. Nothing is checked here, so
+hands out only bodies that are valid UTF-8 and a JSON object whose first member is "point" and
+that has no "id" member (the store checks each one inside SQLite and sets the others aside,
+counted as damaged), and `{"id":N,` + such a body without its `{` is again one JSON object, whose
+only id is N. Nothing is checked here, so
 the cost stays in the one pass SQLite makes over rows it has just read.
 """
 
