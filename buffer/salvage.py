@@ -27,7 +27,8 @@ TALLY_NAMES = ("records.lane0", "records.lane1", "records.lane2")
 
 
 class Damaged:
-    """A read-only view of a damaged file; `rows()` yields (id, lane, ts_ms, body bytes)."""
+    """A read-only view of a damaged file; `rows()` yields (id, lane, ts_ms, body as bytes,
+    whether the body was stored as text): a copy made from them keeps each value as it was."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -61,7 +62,7 @@ class Damaged:
                 if lane in (0, 1, 2) and isinstance(reason, str) and isinstance(n, int):
                     self.evictions[(lane, reason)] = n
 
-    def rows(self) -> Iterator[tuple[int, int, int, bytes]]:
+    def rows(self) -> Iterator[tuple[int, int, int, bytes, int]]:
         db = self._db
         if db is None:
             return
@@ -70,7 +71,8 @@ class Damaged:
             moved = False
             try:
                 q = db.execute(
-                    "SELECT id, lane, ts_ms, CAST(body AS BLOB) FROM records WHERE id > ? "
+                    "SELECT id, lane, ts_ms, CAST(body AS BLOB), typeof(body) = 'text' "
+                    "FROM records WHERE id > ? "
                     "ORDER BY id LIMIT ?",
                     (last, _CHUNK),
                 )

@@ -319,7 +319,7 @@ class Store:
         db = self._db
         kept = [0, 0, 0]
         expected = known if known is not None else found.tally
-        chunk: list[tuple[int, int, int, bytes]] = []
+        chunk: list[tuple[int, int, int, bytes, int]] = []
         history = found.evictions if known is None else {}
         try:
             rows = found.rows()
@@ -336,7 +336,7 @@ class Store:
                 try:
                     db.executemany(
                         "INSERT OR IGNORE INTO records (id, lane, ts_ms, body) "
-                        "VALUES (?, ?, ?, CAST(? AS TEXT))",
+                        "VALUES (?1, ?2, ?3, CASE WHEN ?5 THEN CAST(?4 AS TEXT) ELSE ?4 END)",
                         chunk,
                     )
                     db.execute("COMMIT")
