@@ -16,6 +16,7 @@ from typing import Any
 
 from gatewayd.reading import Lane
 
+from .salvage import TALLY_NAMES
 from .store import ID_BITS, LANE_NAMES, LANE_WHERE, ROW_OVERHEAD, BufferOpenError, Entry, file_bytes
 
 
@@ -28,6 +29,8 @@ def open_file(path: Path, write: bool = False) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(f"file:{path}?mode={'rw' if write else 'ro'}", uri=True)
         db.isolation_level = None
+        # A damaged body (see store: "damaged") must not stop a look at the others.
+        db.text_factory = lambda b: b.decode("utf-8", "replace")
         db.execute("PRAGMA busy_timeout=10000")
         db.execute("SELECT 1 FROM records LIMIT 1").fetchall()
     except sqlite3.Error as exc:
@@ -64,6 +67,10 @@ def summary(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         seq = int(row[0]) if row else 0
         lo, hi = db.execute("SELECT MIN(id), MAX(id) FROM records").fetchone()
+        try:
+            damaged = db.execute("SELECT COUNT(*) FROM damaged").fetchone()[0]
+        except sqlite3.OperationalError:  # a file from before the damaged table
+            damaged = 0
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -82,6 +89,12 @@ def summary(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
         "file_bytes": file_bytes(path),
         "free_bytes_in_file": free * page_size,
         "pages": pages,
+        "damaged_kept": damaged,
+        "corrupt_files": sorted(
+            p.name
+            for p in path.parent.glob(f"{path.name}.corrupt-*")
+            if not p.name.endswith("-wal")
+        ),
     }
 
 
@@ -111,6 +124,7 @@ def purge(db: sqlite3.Connection) -> dict[str, int]:
     try:
         counts = dict(db.execute("SELECT lane, COUNT(*) FROM records GROUP BY lane").fetchall())
         db.execute("DELETE FROM records")
+        db.execute("UPDATE sqlite_sequence SET seq = 0 WHERE name IN (?, ?, ?)", TALLY_NAMES)
         db.executemany(
             "INSERT INTO evictions (lane, reason, n) VALUES (?, 'purged', ?) "
             "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",

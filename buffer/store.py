@@ -4,6 +4,10 @@ Invariants:
 - `append` returns after one transaction committed its records (and any evictions they caused);
   it never raises for a full buffer, a full disk or a corrupt file: what it could not keep is
   counted in `evicted` under "<lane>/<reason>" and gets id 0;
+- `take` returns only records whose body is valid UTF-8 and a JSON object that starts with its
+  "point" member and has no "id", so the uplink's splice of `{"id":N,` before it always parses
+  to the right id; a record that
+  fails this is moved to `damaged` and counted ("<lane>/damaged"), and never blocks the others;
 - a record leaves the file only through `ack` or a counted eviction; eviction takes the oldest
   telemetry first (records not in flight before those in flight), events only when no telemetry
   is left, alarms only when nothing else is left, incoming records included in that order;
@@ -18,7 +22,18 @@ On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a dr
   alarms and events, which are few, have a partial index `(lane, id) WHERE lane < 2`, so a
   telemetry insert touches no index;
 - `evictions(lane, reason, n)`: eviction totals since the file was created, written in the same
-  transaction as the deletes, so after a crash the counts still match the data.
+  transaction as the deletes, so after a crash the counts still match the data;
+- `damaged(id, lane, ts_ms, body BLOB, problem, found_ms)`: the latest DAMAGED_KEEP records set
+  aside by `take`, kept as found for inspection (`gatewayd buffer stats` counts them).
+
+Tally: the number of live records per lane is kept in `sqlite_sequence` (rows "records.lane0..2"
+beside the id sequence, whose page every insert writes anyway), updated in the transaction that
+changes it. When a file is found corrupt it is what tells how many records could not be salvaged.
+
+Salvage: a file found corrupt (at start or while running) is moved aside, and every row that can
+still be read from it (see salvage.py) is copied into the fresh file with its id; the rest are
+counted as "<lane>/corrupt": the tally (or, while running, the in-memory depth) minus what was
+salvaged. Only when the tally's page is unreadable too is the loss an estimate (logged so).
 
 Ids: a new file starts its AUTOINCREMENT sequence at `incarnation << 40`. The incarnation is
 counted in the sidecar `<file>.incarnation` (written atomically before the file is seeded) and the
@@ -29,7 +44,18 @@ ids. 2^40 ids per incarnation (35 years at 1000 readings/s); JSON-safe (< 2^53) 
 
 Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
 less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
-file found corrupt while running), error (an append no write could store), purged (the CLI).
+corrupt file that could not be salvaged), damaged (a record that cannot be sent, see `take`),
+error (an append no write could store), purged (the CLI).
+
+Disk space: the bound is recomputed at every space check (once a second, or per 512 KiB stored)
+from the real free space: the file system's free space above RESERVE_BYTES plus the free pages
+inside the file (which new records reuse). So eviction brings the buffer to a steady size rather
+than ratcheting it down, and stops at the first check after space comes back. An SQLITE_FULL
+lowers the bound to 80% of what is stored, until the file system has gained RESERVE_BYTES / 2 or
+DISK_FULL_HOLD_S passed.
+
+Permissions: the file is created 0600 (SQLite gives its -wal and -shm the file's mode), and an
+existing file or sidecar readable by others is made 0600 at open: records may be sensitive.
 
 In flight: `take` moves a per-lane cursor in memory only; after a crash everything not acked is
 taken again. `nack(ids)` moves a lane's cursor back before the first nacked id.
@@ -57,6 +83,7 @@ from gatewayd.files import write_atomic
 from gatewayd.reading import Lane, Record, now_ms
 
 from .codec import decode_body, encode_body
+from .salvage import TALLY_NAMES, Damaged
 
 log = logging.getLogger("gatewayd.buffer")
 
@@ -78,8 +105,20 @@ VACUUM_FREE_FRACTION = 0.5
 VACUUM_MAX_LIVE_BYTES = 16 << 20
 # How long a write waits for the CLI's short transactions.
 BUSY_TIMEOUT_MS = 5000
-# A learned disk-full cap is retried after this long (space may have been freed meanwhile).
+# A bound learned from SQLITE_FULL is dropped after this long, or once the file system gained
+# RESERVE_BYTES / 2, whichever comes first.
 DISK_FULL_HOLD_S = 600.0
+# How often the free space is looked at (also after every RESERVE_BYTES / 4 stored).
+STATVFS_INTERVAL_S = 1.0
+# Damaged records kept for inspection (all are counted; only the latest are kept).
+DAMAGED_KEEP = 1000
+# A body `take` may hand out: valid UTF-8 (checked by decoding it), then this, in SQLite: a
+# JSON object that starts with "point" and has no "id" of its own (the uplink puts it first).
+_SENDABLE = (
+    "CASE WHEN typeof(body) = 'text' AND json_valid(body) "
+    "THEN substr(body, 1, 9) = '{\"point\":' AND json_type(body, '$.id') IS NULL ELSE 0 END"
+)
+SALVAGE_CHUNK = 5000
 # Free space kept on the file system. A WAL holding pages that grow the file cannot be
 # checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
 # growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
@@ -102,7 +141,16 @@ CREATE TABLE IF NOT EXISTS evictions (
     n INTEGER NOT NULL,
     PRIMARY KEY (lane, reason)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS damaged (
+    id INTEGER PRIMARY KEY,
+    lane,
+    ts_ms,
+    body BLOB,
+    problem TEXT NOT NULL,
+    found_ms INTEGER NOT NULL
+);
 """
+_TALLY = "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = ?"
 # Rows go in multi-row INSERTs: one statement of n rows costs about a third of n executions of
 # a one-row statement (AUTOINCREMENT writes its sequence once per statement). Power-of-two sizes
 # keep the texts few, so they stay in the connection's statement cache.
@@ -149,6 +197,7 @@ class Stats:
     file_bytes: int = 0  # the database file plus its WAL
     inflight: int = 0
     quarantined: int = 0  # corrupt files moved aside by this process
+    salvaged: int = 0  # records copied out of those files into the fresh one
     incarnation: int = 0
 
 
@@ -184,33 +233,43 @@ class Store:
         self.cfg = cfg
         self._now = now
         self.quarantined: list[Path] = []
+        self.salvaged = 0
         _check_directory(self.path)
-        try:
-            self._db = self._open_checked()
-        except _Corrupt as exc:
-            self._quarantine(str(exc))
-            self._db = self._open_checked()
-        self.incarnation = self._seed_ids()
         self._cursor = [0, 0, 0]
         self._inflight: dict[int, int] = {}  # taken id -> len(body) << 2 | lane
         self._evicted: dict[tuple[int, str], int] = {}
         self._unsaved: dict[tuple[int, str], int] = {}  # counted but not yet written (disk full)
-        self._cap = cfg.max_bytes  # lowered after a disk-full error
-        self._cap_until = 0.0
+        self._depth = [0, 0, 0]
+        self._bytes = 0
+        self._full_cap: int | None = None  # the bound learned from SQLITE_FULL
+        self._full_until = 0.0
+        self._full_fs_free = 0
+        self._space_cap: int | None = None  # the bound the free space allows (None: no bound)
+        self._disk_low = False
         self._next_expiry = 0.0
         self._next_statvfs = 0.0
         self._statvfs_bytes = 0
         self._dir = str(self.path.parent)
         self.appended = 0
         self.acked = 0
+        moved = None
+        try:
+            self._db = self._open_checked()
+        except _Corrupt as exc:
+            moved = self._quarantine(str(exc))
+            self._db = self._open_checked()
+        self.incarnation = self._seed_ids()
+        if moved is not None:
+            self._salvage(moved, None)
         self._recount()
 
     # -- opening -------------------------------------------------------------------------------
 
     def _open_checked(self) -> sqlite3.Connection:
         try:
+            _private(self.path)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise _open_error(self.path, exc) from exc
         try:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -233,7 +292,7 @@ class Store:
             raise
         return db
 
-    def _quarantine(self, problem: str) -> None:
+    def _quarantine(self, problem: str) -> Path:
         """Move a corrupt file (and its WAL) aside with a timestamp; the caller starts afresh."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
@@ -251,6 +310,76 @@ class Store:
             ) from exc
         self.quarantined.append(moved)
         log.error("buffer_quarantined path=%s moved_to=%s problem=%r", self.path, moved, problem)
+        return moved
+
+    def _salvage(self, moved: Path, known: list[int] | None) -> None:
+        """Copy every readable record of the quarantined file into this (fresh) one, with its
+        id; count the rest as "<lane>/corrupt". `known`: the depth per lane before the damage,
+        if this process knew it (else the file's tally says)."""
+        found = Damaged(moved)
+        db = self._db
+        kept = [0, 0, 0]
+        expected = known if known is not None else found.tally
+        chunk: list[tuple[int, int, int, bytes, int]] = []
+        history = found.evictions if known is None else {}
+        try:
+            rows = found.rows()
+            while True:
+                chunk = []
+                for row in rows:
+                    if row[1] in (0, 1, 2) and type(row[2]) is int:
+                        chunk.append(row)
+                    if len(chunk) >= SALVAGE_CHUNK:
+                        break
+                if not chunk:
+                    break
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO records (id, lane, ts_ms, body) "
+                        "VALUES (?1, ?2, ?3, CASE WHEN ?5 THEN CAST(?4 AS TEXT) ELSE ?4 END)",
+                        chunk,
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                for row in chunk:
+                    kept[row[1]] += 1
+        except sqlite3.Error as exc:  # e.g. no room for the copy: what is left is lost, counted
+            log.error("buffer_salvage_stopped path=%s error=%s", self.path, exc)
+        finally:
+            found.close()
+            Path(f"{moved}-shm").unlink(missing_ok=True)  # only an index, made by the read
+        # The tally is unreadable too: without unreadable records nothing was lost; else the
+        # ids spanned by the damage are the best bound there is (0 when no id is readable).
+        estimated = expected is None and found.regions > 0
+        if expected is None:
+            gap = found.gap_ids if estimated else 0
+            expected = [k + (gap if lane == TELEMETRY else 0) for lane, k in enumerate(kept)]
+        lost = [max(0, e - k) for e, k in zip(expected, kept, strict=True)]
+        counts = dict(history)
+        for lane, n in enumerate(lost):
+            if n:
+                counts[(lane, "corrupt")] = counts.get((lane, "corrupt"), 0) + n
+        for key, n in counts.items():
+            self._unsaved[key] = self._unsaved.get(key, 0) + n
+        self._flush_unsaved()
+        self.salvaged += sum(kept)
+        log.error(
+            "buffer_salvaged path=%s from=%s salvaged=%d lost=%d by_lane=%s unreadable_regions=%d"
+            "%s",
+            self.path,
+            moved,
+            sum(kept),
+            sum(lost),
+            ",".join(
+                f"{LANE_NAMES[la]}:{k}/{k + n}"
+                for la, (k, n) in enumerate(zip(kept, lost, strict=True))
+            ),
+            found.regions,
+            " lost_is_estimate=1" if estimated else "",
+        )
 
     def _seed_ids(self) -> int:
         """This file's incarnation; a new file is seeded from the sidecar counter first."""
@@ -275,22 +404,129 @@ class Store:
         )
         return incarnation
 
+    def _flush_unsaved(self) -> None:
+        """Write counts kept only in memory (best effort: else the next transaction does)."""
+        txn = _Txn()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._save(txn)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            return
+        self._apply(txn)
+
     def _recount(self) -> None:
-        """Rebuild the in-memory accounting from the file (at start, or after another writer)."""
+        """Rebuild the in-memory accounting from the file (at start, or after another writer);
+        a tally that disagrees with the rows (an older file, another writer) is rewritten."""
         db = self._db
-        self._depth = [0, 0, 0]
-        self._bytes = 0
-        for lane, n, size in db.execute(
-            "SELECT lane, COUNT(*), SUM(LENGTH(body)) FROM records GROUP BY lane"
-        ):
-            self._depth[lane] = n
-            self._bytes += size + n * ROW_OVERHEAD
+        if self._count_rows():
+            self._set_aside_strays()
+            self._count_rows()
         self._evicted = {
             (lane, reason): n
             for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
+            if lane in (0, 1, 2)
         }
-        self._inflight.clear()
+        self._keep_inflight()
+        tally = dict(
+            db.execute(
+                "SELECT name, seq FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES
+            ).fetchall()
+        )
+        if [tally.get(name) for name in TALLY_NAMES] != self._depth:
+            with contextlib.suppress(sqlite3.Error):  # best effort: a full disk, say
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES)
+                db.executemany(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                    zip(TALLY_NAMES, self._depth, strict=True),
+                )
+                db.execute("COMMIT")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _keep_inflight(self) -> None:
+        """After another writer: keep the in-flight records that are still there, with their
+        sizes as they are now (so `nack` still finds them and `ack` counts the right bytes)."""
+        ids = list(self._inflight)
+        self._inflight = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for rid, lane, length in self._db.execute(
+                f"SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({marks})", chunk
+            ):
+                if type(lane) is int and 0 <= lane <= 2:
+                    self._inflight[rid] = length << 2 | lane
+
+    def _count_rows(self) -> bool:
+        """Depth and bytes per lane from the rows, in one pass; True when some row has a lane
+        or timestamp that is not one (a damaged column: never taken, or breaking the age)."""
+        self._depth = [0, 0, 0]
+        self._bytes = 0
+        strays = False
+        for lane, n, size, bad_ts in self._db.execute(
+            "SELECT lane, COUNT(*), SUM(LENGTH(body)), SUM(typeof(ts_ms) != 'integer') "
+            "FROM records GROUP BY lane"
+        ):
+            if type(lane) is not int or not 0 <= lane <= 2:
+                strays = True
+                continue
+            strays = strays or bad_ts > 0
+            self._depth[lane] = n
+            self._bytes += size + n * ROW_OVERHEAD
+        return strays
+
+    def _set_aside_strays(self) -> None:
+        """Rows with a damaged lane or timestamp go to `damaged`, counted under their lane
+        (telemetry when the lane itself is unreadable)."""
+        db = self._db
+        where = "typeof(lane) != 'integer' OR lane NOT IN (0, 1, 2) OR typeof(ts_ms) != 'integer'"
+        lane_of = (
+            f"CASE WHEN typeof(lane) = 'integer' AND lane IN (0, 1) THEN lane ELSE {TELEMETRY} END"
+        )
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            counts = db.execute(
+                f"SELECT {lane_of}, COUNT(*) FROM records WHERE {where} GROUP BY 1"
+            ).fetchall()
+            self._move_damaged(where, (), "columns")
+            db.executemany(
+                "INSERT INTO evictions (lane, reason, n) VALUES (?, 'damaged', ?) "
+                "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
+                counts,
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.warning("buffer_set_aside_failed error=%s", exc)
+            return
+        log.error(
+            "buffer_damaged_records path=%s n=%d problem=columns",
+            self.path,
+            sum(n for _, n in counts),
+        )
+
+    def _move_damaged(self, where: str, args: Sequence[object], problem: str) -> int:
+        """Inside a transaction: move the records matching `where` to `damaged`; how many."""
+        db = self._db
+        db.execute(
+            "INSERT OR REPLACE INTO damaged (id, lane, ts_ms, body, problem, found_ms) "
+            f"SELECT id, lane, ts_ms, CAST(body AS BLOB), ?, ? FROM records WHERE {where}",
+            (problem, self._now(), *args),
+        )
+        n = db.execute(f"DELETE FROM records WHERE {where}", args).rowcount
+        (kept,) = db.execute("SELECT COUNT(*) FROM damaged").fetchone()
+        if kept > DAMAGED_KEEP:
+            db.execute(
+                "DELETE FROM damaged WHERE id IN (SELECT id FROM damaged "
+                "ORDER BY found_ms, id LIMIT ?)",
+                (kept - DAMAGED_KEEP,),
+            )
+        return int(n)
 
     def _sync_external(self) -> None:
         v = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -351,7 +587,18 @@ class Store:
             _insert(db, kept)
             # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
             (seq,) = db.execute(_SEQ).fetchone()
-            self._save_evictions(txn)
+            if dropped:
+                for lane, _, body in kept:
+                    txn.depth[lane] += 1
+                    txn.bytes += len(body) + ROW_OVERHEAD
+            else:
+                lanes = [r[0] for r in rows]
+                alarms, events = lanes.count(0), lanes.count(1)
+                txn.depth[0] += alarms
+                txn.depth[1] += events
+                txn.depth[2] += len(rows) - alarms - events
+                txn.bytes += incoming
+            self._save(txn)
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
@@ -359,42 +606,55 @@ class Store:
             if sqlite_code(exc) == sqlite3.SQLITE_FULL:
                 raise DiskFull() from exc
             raise
-        if dropped:
-            for lane, _, body in kept:
-                txn.depth[lane] += 1
-                txn.bytes += len(body) + ROW_OVERHEAD
-        else:
-            lanes = [r[0] for r in rows]
-            alarms, events = lanes.count(0), lanes.count(1)
-            txn.depth[0] += alarms
-            txn.depth[1] += events
-            txn.depth[2] += len(rows) - alarms - events
-            txn.bytes += incoming
         self._apply(txn)
         return seq - len(kept) + 1, dropped
 
     def _limit(self) -> tuple[int, str]:
-        low = False
+        """The bound for this transaction and the reason evictions under it are counted as."""
         now = time.monotonic()
         # A syscall per second, or per 512 KiB stored, is enough to see the disk filling.
         if now >= self._next_statvfs or self._bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
-            self._next_statvfs = now + 1.0
+            self._next_statvfs = now + STATVFS_INTERVAL_S
             self._statvfs_bytes = self._bytes
-            try:
-                st = os.statvfs(self._dir)
-                low = st.f_bavail * st.f_frsize < RESERVE_BYTES
-            except OSError:
-                pass
-        if low and self._cap > self._bytes:
-            if self._cap == self.cfg.max_bytes:
-                log.warning("buffer_disk_low path=%s bytes=%d", self.path, self._bytes)
-            self._cap = self._bytes
-            self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
-        if self._cap < self.cfg.max_bytes:
-            if now < self._cap_until:
-                return self._cap, "disk_full"
-            self._cap = self.cfg.max_bytes
-        return self.cfg.max_bytes, "full"
+            self._check_space(now)
+        limit, reason = self.cfg.max_bytes, "full"
+        for cap in (self._space_cap, self._full_cap):
+            if cap is not None and cap < limit:
+                limit, reason = cap, "disk_full"
+        return limit, reason
+
+    def _check_space(self, now: float) -> None:
+        """Recompute the bound the free space allows: what is stored, plus the free pages in the
+        file, plus the file system's free space above the reserve. Eviction frees pages inside
+        the file, so it does not lower this bound again; space freed on the disk raises it."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return
+        fs_free = st.f_bavail * st.f_frsize
+        if self._full_cap is not None and (
+            now >= self._full_until or fs_free >= self._full_fs_free + RESERVE_BYTES // 2
+        ):
+            self._full_cap = None
+            log.info("buffer_disk_full_cleared path=%s free=%d", self.path, fs_free)
+        db = self._db
+        free_pages = db.execute("PRAGMA freelist_count").fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        bound = self._bytes + free_pages * page_size + fs_free - RESERVE_BYTES
+        self._space_cap = bound if bound < self.cfg.max_bytes else None
+        low = fs_free < 2 * RESERVE_BYTES
+        if low and not self._disk_low:
+            log.warning(
+                "buffer_disk_low path=%s bytes=%d free=%d free_in_file=%d bound=%d",
+                self.path,
+                self._bytes,
+                fs_free,
+                free_pages * page_size,
+                bound,
+            )
+        elif self._disk_low and not low:
+            log.info("buffer_disk_space_back path=%s free=%d", self.path, fs_free)
+        self._disk_low = low
 
     def _make_room(
         self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: _Txn
@@ -488,7 +748,11 @@ class Store:
             )
             txn.evict(TELEMETRY, "age", n, size)
 
-    def _save_evictions(self, txn: _Txn) -> None:
+    def _save(self, txn: _Txn) -> None:
+        """Inside the transaction: its eviction counts (and any unsaved ones) and the tally."""
+        changed = [(n, TALLY_NAMES[lane]) for lane, n in enumerate(txn.depth) if n]
+        if changed:
+            self._db.executemany(_TALLY, changed)
         if not txn.evicted and not self._unsaved:
             return
         counts = dict(txn.evicted)
@@ -522,14 +786,17 @@ class Store:
         if attempt == 0:
             log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._bytes)
         if sum(self._depth) > 0:
-            self._cap = int(min(self._cap, self._bytes) * 0.8)
-            self._cap_until = time.monotonic() + DISK_FULL_HOLD_S
+            self._full_cap = int(self._bytes * 0.8)
+            self._full_until = time.monotonic() + DISK_FULL_HOLD_S
+            with contextlib.suppress(OSError):
+                st = os.statvfs(self._dir)
+                self._full_fs_free = st.f_bavail * st.f_frsize
             txn = _Txn()
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 self._make_room([], 0, txn)
-                self._save_evictions(txn)
+                self._save(txn)
                 db.execute("COMMIT")
                 self._apply(txn)
             except sqlite3.Error:
@@ -542,21 +809,25 @@ class Store:
         return True
 
     def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
-        """A file found corrupt while running is moved aside and replaced; its records are
-        counted as lost ("<lane>/corrupt"). False for any other error."""
+        """A file found corrupt while running is moved aside and replaced; what can be read of it
+        is salvaged, the rest counted as lost ("<lane>/corrupt"). False for any other error."""
         if sqlite_code(exc) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
             return False
-        lost = list(self._depth)
+        known = list(self._depth)
+        # The eviction history so far is known here exactly: it goes on in the fresh file.
+        for key, n in self._evicted.items():
+            self._unsaved[key] = self._unsaved.get(key, 0) + n
+        self._evicted = {}
         self._db.close()
-        self._quarantine(str(exc))
+        moved = self._quarantine(str(exc))
         self._db = self._open_checked()
         self.incarnation = self._seed_ids()
         self._cursor = [0, 0, 0]
+        self._inflight.clear()
+        self._depth = [0, 0, 0]
+        self._bytes = 0
+        self._salvage(moved, known)
         self._recount()
-        for lane, n in enumerate(lost):
-            if n:
-                key = (lane, "corrupt")
-                self._unsaved[key] = self._unsaved.get(key, 0) + n
         return True
 
     # -- take / ack / nack ---------------------------------------------------------------------
@@ -585,11 +856,7 @@ class Store:
                 break
             if self._depth[lane] == 0:
                 continue
-            rows = self._db.execute(
-                f"SELECT id, lane, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
-                "ORDER BY id LIMIT ?",
-                (lane, self._cursor[lane], want),
-            ).fetchall()
+            rows = self._sendable(lane, want)
             if not rows:
                 continue
             lens = [len(r[2]) for r in rows]
@@ -617,13 +884,93 @@ class Store:
             self._maybe_vacuum()
         return out
 
+    def _sendable(self, lane: int, want: int) -> list[tuple[int, int, str]]:
+        """The lane's next `want` records after its cursor, each one that `take` may hand out;
+        the others are moved to `damaged` first (counted), so they never block the lane."""
+        db = self._db
+        after = self._cursor[lane]
+        select = (
+            f"SELECT id, lane, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
+            "ORDER BY id LIMIT ?"
+        )
+        for _ in range(want + 1):  # each round sets at least one record aside
+            try:
+                rows: list[tuple[int, int, str]] = db.execute(
+                    select, (lane, after, want)
+                ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if sqlite_code(exc):  # an SQLite error, not Python's UTF-8 decoding
+                    raise
+                bad = self._undecodable(lane, after, want)
+                if not bad:
+                    raise
+                self._set_aside(lane, bad, "utf8")
+                continue
+            if not rows:
+                return rows
+            # The common case costs one more pass over pages just read, all inside SQLite.
+            bad = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM records WHERE {LANE_WHERE[lane]} AND id > ? AND id <= ? "
+                    f"AND NOT ({_SENDABLE})",
+                    (lane, after, rows[-1][0]),
+                )
+            ]
+            if not bad:
+                return rows
+            self._set_aside(lane, bad, "json")  # then read again: a full batch if there is one
+        return []
+
+    def _undecodable(self, lane: int, after: int, want: int) -> list[int]:
+        """Ids among the lane's next `want` records whose body is not valid UTF-8."""
+        bad = []
+        for rid, body in self._db.execute(
+            f"SELECT id, CAST(body AS BLOB) FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (lane, after, want),
+        ):
+            try:
+                body.decode()
+            except (UnicodeDecodeError, AttributeError):
+                bad.append(rid)
+        return bad
+
+    def _set_aside(self, lane: int, ids: list[int], problem: str) -> None:
+        """Move records that cannot be sent to `damaged`, counted "<lane>/damaged"."""
+        db = self._db
+        txn = _Txn()
+        marks = ",".join("?" * len(ids))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (size,) = db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records WHERE id IN ({marks})", ids
+            ).fetchone()
+            n = self._move_damaged(f"id IN ({marks})", ids, problem)
+            txn.evict(lane, "damaged", n, size + n * ROW_OVERHEAD)
+            self._save(txn)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._apply(txn)
+        log.error(
+            "buffer_damaged_records path=%s lane=%s n=%d problem=%s first_id=%d",
+            self.path,
+            LANE_NAMES[lane],
+            n,
+            problem,
+            ids[0],
+        )
+
     def _expire_now(self) -> None:
         txn = _Txn()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             self._expire(txn)
-            self._save_evictions(txn)
+            self._save(txn)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -681,9 +1028,10 @@ class Store:
                     f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))}) "
                     "RETURNING lane, LENGTH(body)",
                     chunk,
-                ):
+                ).fetchall():
                     txn.depth[lane] -= 1
                     txn.bytes -= length + ROW_OVERHEAD
+            self._save(txn)
             db.execute("COMMIT")
         except _Recount:
             db.execute("ROLLBACK")
@@ -769,6 +1117,7 @@ class Store:
             file_bytes=file_bytes(self.path),
             inflight=len(self._inflight),
             quarantined=len(self.quarantined),
+            salvaged=self.salvaged,
             incarnation=self.incarnation,
         )
 
@@ -829,6 +1178,20 @@ def _check_directory(path: Path) -> None:
         )
 
 
+def _private(path: Path) -> None:
+    """Create the file 0600 before SQLite does (its -wal and -shm then get the same mode), and
+    take group and other access away from an existing file and sidecars."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+
+
 def _write_sidecar(path: Path, incarnation: int) -> None:
     try:
         write_atomic(path, f"{incarnation}\n")
@@ -838,7 +1201,7 @@ def _write_sidecar(path: Path, incarnation: int) -> None:
         ) from exc
 
 
-def _open_error(path: Path, exc: sqlite3.Error) -> BufferOpenError:
+def _open_error(path: Path, exc: sqlite3.Error | OSError) -> BufferOpenError:
     return BufferOpenError(
         str(path), f"cannot open: {exc}", "check the file system, its permissions and free space"
     )

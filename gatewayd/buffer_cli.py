@@ -120,7 +120,12 @@ def _export(entries: Iterable[Entry], fmt: str, out: TextIO) -> int:
     w = csv.writer(out)
     w.writerow(["id", "lane", "point", "ts_ms", "value", "quality", "reason", "subfolder"])
     for e in entries:
-        r = e.record()
+        try:
+            r = e.record()
+        except (ValueError, KeyError, TypeError):  # a damaged body: shown as it is
+            w.writerow([e.id, LANES[e.lane], "", "", e.body, "damaged", "", ""])
+            n += 1
+            continue
         w.writerow(
             [e.id, LANES[e.lane], r.point, r.ts_ms, r.value, r.quality, r.reason, r.subfolder]
         )
@@ -149,5 +154,10 @@ def _stats_text(info: dict[str, object]) -> str:
     evicted = info["evicted"]
     assert isinstance(evicted, dict)
     lines.append("evicted      " + (", ".join(f"{k} {n}" for k, n in evicted.items()) or "none"))
+    if info.get("damaged_kept"):
+        lines.append(f"damaged      {info['damaged_kept']} records kept aside (table damaged)")
+    corrupt = info.get("corrupt_files")
+    if isinstance(corrupt, list) and corrupt:
+        lines.append(f"quarantined  {len(corrupt)} corrupt files kept: {', '.join(corrupt)}")
     lines.append(f"incarnation  {info['incarnation']} (last id {info['last_id']})")
     return "\n".join(lines)

@@ -282,6 +282,11 @@ class Gateway:
             "buffer_depth": stats.depth if stats else None,
             "evictions": sum(stats.evicted.values()) if stats else 0,
             "devices": self.device_health.document(),
+            # Per "<lane>/<reason>" (full, disk_full, age, corrupt, damaged, ...), and the corrupt
+            # files moved aside and the records salvaged from them since the daemon started.
+            "buffer_evicted": dict(sorted(stats.evicted.items())) if stats else {},
+            "buffer_quarantined_files": stats.quarantined if stats else 0,
+            "buffer_salvaged": stats.salvaged if stats else 0,
         }
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -411,6 +416,8 @@ class Gateway:
                 m.total_from("buffer_evicted_records", n, lane=lane, reason=reason)
             if not st.evicted:
                 m.inc("buffer_evicted_records", 0, lane="telemetry", reason="full")
+            m.total_from("buffer_quarantined_files", st.quarantined)
+            m.total_from("buffer_salvaged_records", st.salvaged)
         up = self.uplink
         m.set("uplink_connected", 1 if up is not None and up.connected else 0)
         m.drop("uplink_last_error")

@@ -84,3 +84,26 @@ def test_purge_needs_yes_and_the_running_store_notices_it(daemon: Store) -> None
 def test_missing_buffer_file_is_a_clear_error(tmp_path: Path) -> None:
     r = cli("--file", str(tmp_path / "nope.sqlite"), "stats")
     assert r.returncode == 2 and "nope.sqlite: no buffer file here" in r.stderr
+
+
+def test_damaged_records_are_shown_not_fatal_and_counted_in_stats(daemon: Store) -> None:
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(daemon.path)) as db, db:
+        ids = [i for (i,) in db.execute("SELECT id FROM records WHERE lane = 2 ORDER BY id")]
+        db.execute(  # one invalid UTF-8 byte, and a body that is not JSON
+            "UPDATE records SET body = CAST(? AS TEXT) WHERE id = ?",
+            (b'{"point":"plc/\xfft","ts":1,"value":1,"quality":"good"}', ids[0]),
+        )
+        db.execute("UPDATE records SET body = '{\"point\":' WHERE id = ?", (ids[1],))
+    for args in (("peek", "-n", "10"), ("export", "--format", "csv"), ("export",)):
+        r = cli("--file", str(daemon.path), *args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert len(daemon.take(100, 1 << 20)) == 5, "the daemon sets both aside and sends the rest"
+    r = cli("--file", str(daemon.path), "stats")
+    assert r.returncode == 0, r.stderr
+    assert "telemetry/damaged 2" in r.stdout
+    assert "damaged      2 records kept aside" in r.stdout
+    info = json.loads(cli("--file", str(daemon.path), "stats", "--json").stdout)
+    assert info["damaged_kept"] == 2 and info["evicted"] == {"telemetry/damaged": 2}
