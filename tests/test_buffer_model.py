@@ -51,13 +51,15 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from gatewayd.buffer import Store
 from gatewayd.buffer.store import ROW_OVERHEAD
+from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Quality, Record
 from gatewayd.uplink.payload import encode_json
 
 EXAMPLES = int(os.environ.get("BUFFER_MODEL_EXAMPLES") or 20)
 STEPS = int(os.environ.get("BUFFER_MODEL_STEPS") or 150)
-T0_MS = 1_750_000_000_000
+# After the plausible-clock date: a store whose clock reads earlier expires nothing by age.
+T0_MS = PLAUSIBLE_MS + 86_400_000
 MAX_AGE_S = 600
 LANES = (Lane.ALARM, Lane.EVENT, Lane.TELEMETRY)
 SEEDS = st.integers(0, (1 << 32) - 1)
