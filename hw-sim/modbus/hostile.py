@@ -82,6 +82,9 @@ class HostileSlave:
         baud: int = 19200,
         tick_s: float = 0.05,
         log_path: str | Path | None = None,
+        script: list[str] | None = None,
+        late_s: float | None = None,
+        copy_gap_s: tuple[float, float] = (0.0, 0.02),
     ) -> None:
         self.unit = unit
         self.rng = random.Random(seed)
@@ -90,6 +93,12 @@ class HostileSlave:
         self.pacing = pacing
         self.baud = baud
         self.tick_s = tick_s
+        # Behaviours for the first requests, in order (then the mix): for scripted tests.
+        # "a+b" sends both answers, a's then b's (e.g. "wrong_function+valid": a wrong reply,
+        # then the right one, as a confused device might).
+        self.script = list(script or [])
+        self.late_s = late_s  # a fixed lateness instead of 1.1..3x the timeout
+        self.copy_gap_s = copy_gap_s  # TCP and RTU over TCP: pause before a duplicate
         self.counts: Counter[str] = Counter()  # behaviour -> requests answered with it
         self.log: list[dict[str, Any]] = []  # the same records as the log file
         self._log_file: IO[str] | None = open(log_path, "a") if log_path else None  # noqa: SIM115
@@ -144,6 +153,10 @@ class HostileSlave:
         return bytes([fc | 0x80, 1])
 
     def _pick(self, rtu: bool) -> str:
+        if self.script:
+            kind = self.script.pop(0)
+            self.counts[kind] += 1
+            return kind
         skip = TCP_ONLY if rtu else RTU_ONLY
         names = [k for k, w in self.mix.items() if w > 0 and k not in skip]
         kind = self.rng.choices(names, [self.mix[k] for k in names])[0]
@@ -240,8 +253,11 @@ class HostileSlave:
             return []
         if kind == "reset":
             return None
+        if "+" in kind:
+            parts = [self._tcp_reply(tid, unit, pdu, k, last) for k in kind.split("+")]
+            return [pair for part in parts for pair in part or []]
         if kind == "late":
-            time.sleep(self.timeout_s * rng.uniform(1.1, 3.0))
+            time.sleep(self._lateness())
         good = self._answer(pdu, kind)
         if kind == "garbage":
             return [(0, bytes(rng.randint(0, 255) for _ in range(rng.randint(1, 20))))]
@@ -255,7 +271,8 @@ class HostileSlave:
             return [(0, frame(tid, (unit + 1) & 0xFF, good))]
         if kind in ("duplicate", "burst"):
             f = frame(tid, unit, good)
-            return [(0, f + f)] if kind == "burst" else [(0, f), (0.001, f)]
+            gap = rng.uniform(*self.copy_gap_s)
+            return [(0, f + f)] if kind == "burst" else [(0, f), (gap, f)]
         return [(0, frame(tid, unit, self._garble(good, kind)))]
 
     # -- Modbus RTU ----------------------------------------------------------------------------
@@ -315,9 +332,16 @@ class HostileSlave:
                 if not self._rtu_answer(fd, frame, is_socket):
                     return
 
-    def _rtu_answer(self, fd: int, request: bytes, is_socket: bool) -> bool:
+    def _rtu_answer(
+        self, fd: int, request: bytes, is_socket: bool, kind: str | None = None
+    ) -> bool:
         rng = self.rng
-        kind = self._pick(rtu=True)
+        kind = kind or self._pick(rtu=True)
+        if "+" in kind:
+            first, rest = kind.split("+", 1)
+            self._rtu_answer(fd, request, is_socket, first)
+            time.sleep(0.005)  # the second answer after a pause longer than t3.5
+            return self._rtu_answer(fd, request, is_socket, rest)
         if kind == "reset" and not is_socket:
             kind = "silence"
         if kind == "silence":
@@ -326,7 +350,7 @@ class HostileSlave:
             return False
         paced = self.pacing == "line"
         if kind == "late":
-            time.sleep(self.timeout_s * rng.uniform(1.1, 3.0))
+            time.sleep(self._lateness())
         pdu = request[1:-2]
         good = self._answer(pdu, kind)
 
@@ -355,11 +379,16 @@ class HostileSlave:
         for i, data in enumerate(out):
             if i and paced:  # a second copy sooner than the line allows (t3.5): 0..2 chars
                 time.sleep(rng.uniform(0, 2) * self._char_s)
+            elif i and is_socket:  # a TCP gateway repeating a frame
+                time.sleep(rng.uniform(*self.copy_gap_s))
             if paced:
                 time.sleep(wire_time_s(len(data), self.baud))
             with contextlib.suppress(OSError):
                 os.write(fd, data)
         return True
+
+    def _lateness(self) -> float:
+        return self.late_s if self.late_s is not None else self.timeout_s * self.rng.uniform(1.1, 3)
 
     # -- life cycle ----------------------------------------------------------------------------
 
