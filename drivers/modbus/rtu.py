@@ -12,8 +12,9 @@ Invariants:
 - a reply is read by its length (known from the request and the reply's first bytes); inside a
   frame no gap may exceed `gap_s` (1.5 characters on a line, widened for the bursts of USB
   adapters and TCP gateways), else the frame is cut off (`short_reply`);
-- after the reply the line must stay quiet for `quiet_s` (t3.5 on a line, a quiet period over
-  TCP): a second copy, or any byte sooner than a real line allows, rejects the reply;
+- after the reply the line must stay quiet for `quiet_s` (t3.5 and a character on a line, a
+  quiet period over TCP): a second copy, or any byte sooner than a real line allows, rejects
+  the reply. That wait is the quiet time the next request needs anyway;
 - a reply is accepted only with a good CRC, the unit id we asked (or one the device is configured
   to answer with), the request's function code (or its exception) and, for a read, the byte
   count asked for. After any anomaly (CRC, unit, function, byte count, cut-off frame, unexpected
@@ -112,7 +113,9 @@ class RtuLink:
         # USB adapters hand bytes over every 1-16 ms (the latency timer), TCP gateways in
         # packets: a frame may pause that long without being cut off.
         self.gap_s = max(1.5 * self.char_s, _USB_GAP_S if self.on_line else _TCP_GAP_S)
-        self.quiet_s = self.t35 if self.on_line else max(self.t35, _TCP_QUIET_S)
+        # A copy sent sooner than t3.5 after the reply shows its first byte within t3.5 plus
+        # a character on a line; over TCP within a quiet period.
+        self.quiet_s = self.t35 + self.char_s if self.on_line else max(self.t35, _TCP_QUIET_S)
         self._port: serial.Serial | None = None
         self._quiet_until = 0.0
         self._resync: dict[int, bytes] = {}  # unit -> the read that timed out

@@ -381,11 +381,24 @@ class HostileSlave:
                 time.sleep(rng.uniform(0, 2) * self._char_s)
             elif i and is_socket:  # a TCP gateway repeating a frame
                 time.sleep(rng.uniform(*self.copy_gap_s))
-            if paced:
-                time.sleep(wire_time_s(len(data), self.baud))
             with contextlib.suppress(OSError):
-                os.write(fd, data)
+                if paced:
+                    self._paced_write(fd, data)
+                else:
+                    os.write(fd, data)
         return True
+
+    def _paced_write(self, fd: int, data: bytes) -> None:
+        """Write as a line delivers: the first byte one character time on, then chunks of about
+        5 ms, each when its last byte would have arrived."""
+        start = time.monotonic()
+        step = max(1, int(0.005 / self._char_s))
+        i = 0
+        while i < len(data):
+            n = 1 if i == 0 else step
+            time.sleep(max(0.0, start + (i + n) * self._char_s - time.monotonic()))
+            os.write(fd, data[i : i + n])
+            i += n
 
     def _lateness(self) -> float:
         return self.late_s if self.late_s is not None else self.timeout_s * self.rng.uniform(1.1, 3)
