@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from gatewayd.config import DeviceConfig, PointConfig
@@ -11,6 +13,7 @@ from gatewayd.drivers import PollGroup
 from gatewayd.drivers.modbus import encode_point
 from gatewayd.reading import Quality, Reading
 from gatewayd_sim.modbus import ModbusTcpSlave
+from gatewayd_sim.procs import wait_for
 
 # One value per data type, chosen to need every byte (and 64-bit exactness).
 VALUES = {
@@ -71,3 +74,16 @@ def wrong_good(readings: list[Reading], points: dict[str, PointConfig], slave: A
 
 def bad_without_reason(readings: list[Reading]) -> list[Reading]:
     return [r for r in readings if r.quality is not Quality.GOOD and not r.reason]
+
+
+def socat_pair(socat: str, where: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[str, str]:
+    """A plain socat pty pair (no pacing: bytes pass as fast as the kernel moves them)."""
+    a, b = where / "pty-a", where / "pty-b"
+    p = subprocess.Popen(
+        [socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    procs.append(p)
+    wait_for(lambda: a.exists() and b.exists(), 10, "socat made no pty pair")
+    return str(a), str(b)
