@@ -122,5 +122,3 @@ def test_a_port_that_cannot_be_opened_says_why() -> None:
     assert exc.value.reason == "disconnected"
     assert "/dev/ttyGATEWAYD-ABSENT" in exc.value.detail
     assert "no such device; check serial_port" in exc.value.detail
-
-

@@ -23,8 +23,13 @@ line), reset (hang up; TCP and RTU over TCP), silence (no answer).
 RTU timing: `pacing="line"` waits as a real line would (request, t3.5, the reply's wire time at
 `baud`); `pacing="fast"` answers at once, as a USB adapter delivering in bursts does.
 
-The log is JSON lines: {"t", "unit", "fc", "address", "count", "words", "kind"} for every reply
-that carried register data (whether or not it was well framed).
+The log is JSON lines: {"t", "request": behaviour} for every request answered, and
+{"t", "unit", "fc", "address", "count", "words", "kind"} for every reply that carried register
+data (whether or not it was well framed), written before the reply is sent.
+
+    python -m gatewayd_sim hostile --transport tcp --port 5020 --log hostile.jsonl
+    python -m gatewayd_sim hostile --transport rtu --pacing line --baud 19200   # a new pty
+    python -m gatewayd_sim hostile --transport rtu-tcp --port 4001
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ class HostileSlave:
         self.late_s = late_s  # a fixed lateness instead of 1.1..3x the timeout
         self.copy_gap_s = copy_gap_s  # TCP and RTU over TCP: pause before a duplicate
         self.counts: Counter[str] = Counter()  # behaviour -> requests answered with it
-        self.log: list[dict[str, Any]] = []  # the same records as the log file
+        self.log: list[dict[str, Any]] = []  # the records, when there is no log file
         self._log_file: IO[str] | None = open(log_path, "a") if log_path else None  # noqa: SIM115
         self._t0 = time.monotonic()
         self._stop = threading.Event()
@@ -129,9 +134,13 @@ class HostileSlave:
             "words": words,
             "kind": kind,
         }
+        self._write(rec)
+
+    def _write(self, rec: dict[str, Any]) -> None:
         with self._lock:
-            self.log.append(rec)
-            if self._log_file is not None:
+            if self._log_file is None:
+                self.log.append(rec)
+            else:
                 self._log_file.write(json.dumps(rec) + "\n")
                 self._log_file.flush()
 
@@ -153,14 +162,15 @@ class HostileSlave:
         return bytes([fc | 0x80, 1])
 
     def _pick(self, rtu: bool) -> str:
+        """The behaviour for one request; logged as {"t", "request": kind}."""
         if self.script:
             kind = self.script.pop(0)
-            self.counts[kind] += 1
-            return kind
-        skip = TCP_ONLY if rtu else RTU_ONLY
-        names = [k for k, w in self.mix.items() if w > 0 and k not in skip]
-        kind = self.rng.choices(names, [self.mix[k] for k in names])[0]
+        else:
+            skip = TCP_ONLY if rtu else RTU_ONLY
+            names = [k for k, w in self.mix.items() if w > 0 and k not in skip]
+            kind = self.rng.choices(names, [self.mix[k] for k in names])[0]
         self.counts[kind] += 1
+        self._write({"t": time.time(), "request": kind})
         return kind
 
     def _garble(self, good: bytes, kind: str) -> bytes:
@@ -430,7 +440,7 @@ class HostileSlave:
         with self._lock:
             recs = list(self.log)
         for r in recs:
-            for i in range(r["count"]):
+            for i in range(r.get("count", 0)):
                 out.setdefault((r["fc"], r["address"] + i), set()).add(tuple(r["words"][i:]))
         return out
 
