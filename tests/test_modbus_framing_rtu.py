@@ -122,3 +122,13 @@ def test_a_port_that_cannot_be_opened_says_why() -> None:
     assert exc.value.reason == "disconnected"
     assert "/dev/ttyGATEWAYD-ABSENT" in exc.value.detail
     assert "no such device; check serial_port" in exc.value.detail
+
+
+def test_the_cause_of_a_port_that_will_not_open_reaches_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    drv = rtu("/dev/ttyGATEWAYD-ABSENT")
+    with caplog.at_level("WARNING", logger="gatewayd.drivers.modbus"):
+        out = asyncio.run(run(drv, 1))
+    assert {r.reason for r in out} == {"disconnected"}
+    assert "/dev/ttyGATEWAYD-ABSENT: no such device; check serial_port" in caplog.text
