@@ -123,7 +123,7 @@ class ModbusDriver(Driver):
                 )
             except P.ModbusFault as f:
                 answered |= f.device_answered
-                last_fault = f.reason
+                last_fault = str(f)  # the reason and its cause (e.g. why a port will not open)
                 parts = split_request(req) if f.reason == "exception_02" else []
                 if len(parts) > 1:
                     plan[plan.index(req) : plan.index(req) + 1] = parts
