@@ -3,7 +3,8 @@
 A response that does not answer the question asked (another function code, fewer registers or
 bits than requested, a write echo with another address) raises `ModbusFault` with a reason code;
 it never becomes a number. The transports (TCP, RTU) check the envelope (transaction id, unit id,
-CRC) and share these checks for the PDU.
+CRC) and share these checks for the PDU: `unit_accepted` (a device's `accept_unit_ids`) and
+`check_shape` (function code and byte count, which RTU needs to know the line is in step).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Invariants:
   (a pty, a USB adapter, a TCP gateway deliver faster than the baud rate). Bytes found waiting
   then are an anomaly: the link waits for line silence first;
 - a reply is read by its length (known from the request and the reply's first bytes); inside a
-  frame no gap may exceed `gap_s` (1.5 characters on a line, widened for the bursts of USB
-  adapters and TCP gateways), else the frame is cut off (`short_reply`);
+  frame no gap may exceed `gap_s` (1.5 characters on a line, widened to at least t3.5 and to
+  the bursts of USB adapters and TCP gateways), else the frame is cut off (`short_reply`);
 - after the reply the line must stay quiet for `quiet_s` (t3.5 and a character on a line, a
   quiet period over TCP): a second copy, or any byte sooner than a real line allows, rejects
   the reply. That wait is the quiet time the next request needs anyway;
@@ -112,7 +112,8 @@ class RtuLink:
         self.on_line = not url.startswith("socket://")
         # USB adapters hand bytes over every 1-16 ms (the latency timer), TCP gateways in
         # packets: a frame may pause that long without being cut off.
-        self.gap_s = max(1.5 * self.char_s, _USB_GAP_S if self.on_line else _TCP_GAP_S)
+        # At least t3.5, so waiting gap_s for silence after an anomaly also ends the frame.
+        self.gap_s = max(self.t35, _USB_GAP_S if self.on_line else _TCP_GAP_S)
         # A copy sent sooner than t3.5 after the reply shows its first byte within t3.5 plus
         # a character on a line; over TCP within a quiet period.
         self.quiet_s = self.t35 + self.char_s if self.on_line else max(self.t35, _TCP_QUIET_S)
@@ -140,7 +141,7 @@ class RtuLink:
             self._port = serial.serial_for_url(self.url, timeout=0, **self._settings, **extra)
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise ModbusFault("disconnected", open_failure(self.url, exc)) from exc
-        self._resync.clear()
+        # _resync is kept: a late reply may still come on the reopened port (or new connection)
         return self._port
 
     def _transact(
