@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from modbus_env import device, group, point, wrong_good
 
+from gatewayd.config import ConfigError, load
 from gatewayd.drivers.modbus import ModbusDriver
 from gatewayd.reading import Quality, Reading
 from gatewayd_sim.modbus.hostile import HostileSlave
@@ -104,3 +105,40 @@ def test_a_device_answering_with_another_unit_id_can_be_read_when_configured(
         await lax.close()
 
     asyncio.run(body())
+
+
+_TOML = """
+[uplink.auth]
+kind = "none"
+[[devices]]
+id = "gw"
+driver = "modbus_tcp"
+accept_unit_ids = {value}
+[[devices.points]]
+id = "a"
+table = "holding"
+address = 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"), [('"any"', "any"), ("[0, 255]", (0, 255)), ("[]", ())]
+)
+def test_accept_unit_ids_is_read_from_the_config(value: str, parsed: object) -> None:
+    (dev,) = load(_TOML.format(value=value)).devices
+    assert dev.accept_unit_ids == parsed
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ('"all"', "devices[0].accept_unit_ids: 'all' is not allowed"),
+        ("[0, 256]", "devices[0].accept_unit_ids[1]: 256 is not a unit id"),
+        ("255", 'devices[0].accept_unit_ids: expected "any" or an array of unit ids'),
+    ],
+)
+def test_a_bad_accept_unit_ids_names_the_fix(value: str, error: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(_TOML.format(value=value))
+    assert str(err.value).startswith(error)
+    assert "write" in str(err.value)
