@@ -5,11 +5,14 @@ request, and after an anomaly the line is let fall silent before the next reques
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from modbus_env import group, point, wrong_good
+from conftest import require_binary
+from modbus_env import group, point, socat_pair, wrong_good
 
 from gatewayd.config import DeviceConfig
 from gatewayd.drivers.modbus import ModbusRtuDriver, ModbusRtuOverTcpDriver
@@ -132,3 +135,13 @@ def test_the_cause_of_a_port_that_will_not_open_reaches_the_log(
         out = asyncio.run(run(drv, 1))
     assert {r.reason for r in out} == {"disconnected"}
     assert "/dev/ttyGATEWAYD-ABSENT: no such device; check serial_port" in caplog.text
+
+
+def test_a_plain_socat_pty_pair_at_19200_every_reading_good(
+    make: list[HostileSlave], procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    a, b = socat_pair(require_binary("socat"), tmp_path, procs)
+    make.append(HostileSlave(mix={"valid": 1}).start_rtu_path(a))
+    out = asyncio.run(run(rtu(b, baud=19200), 30))
+    assert [r.quality for r in out] == [Quality.GOOD] * 90, {r.reason for r in out}
+    assert wrong_good(out, BY_ID, make[0]) == []
