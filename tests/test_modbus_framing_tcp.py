@@ -46,7 +46,7 @@ def test_a_slave_that_hangs_past_many_timeouts_is_read_again_when_it_resumes(
     async def body() -> None:
         drv = ModbusDriver(device(slave.port, [point("a", 0)], timeout_s=0.1, fail_threshold=99))
         first = await polls(drv, 25)
-        assert all(r.reason == "timeout" for rs in first for r in rs)
+        assert sum(r.reason == "timeout" for rs in first for r in rs) > 16  # the old id window
         await asyncio.sleep(3.5)  # the slave has resumed and answered the backlog
         later = [r for rs in await polls(drv, 20) for r in rs]
         assert [r.quality for r in later[-10:]] == [Quality.GOOD] * 10, later
