@@ -10,6 +10,7 @@ true values kept for the check covers the last minute).
 
     .venv/bin/python bench/fuzz_modbus.py            # >= 10,000 replies per transport
     .venv/bin/python bench/fuzz_modbus.py --quick    # 1,000
+    .venv/bin/python bench/fuzz_modbus.py --only paced --replies 20000
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1,000 replies per transport")
     ap.add_argument("--replies", type=int, default=0, help="replies per transport")
+    ap.add_argument("--only", choices=["tcp", "pty", "paced", "rtu-tcp"], help="one transport")
     a = ap.parse_args()
     target = a.replies or (1000 if a.quick else 10_000)
     print(f"Hostile-slave fuzz, {target} replies per transport, timeout {TIMEOUT} s")
@@ -185,8 +187,10 @@ def main() -> None:
             lambda port: ModbusRtuOverTcpDriver(_dev("modbus_rtu_over_tcp", port=int(port))),
         ),
     ]
-    for name, args, make in runs:
-        asyncio.run(fuzz(name, args, make, target))
+    keys = ["tcp", "pty", "paced", "rtu-tcp"]
+    for key, (name, args, make) in zip(keys, runs, strict=True):
+        if a.only in (None, key):
+            asyncio.run(fuzz(name, args, make, target))
 
 
 if __name__ == "__main__":

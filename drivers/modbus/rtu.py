@@ -14,7 +14,9 @@ Invariants:
   the bursts of USB adapters and TCP gateways), else the frame is cut off (`short_reply`);
 - after the reply the line must stay quiet for `quiet_s` (t3.5 and a character on a line, a
   quiet period over TCP): a second copy, or any byte sooner than a real line allows, rejects
-  the reply. That wait is the quiet time the next request needs anyway;
+  the reply. That wait is the quiet time the next request needs anyway. Over TCP a copy may
+  come later: before a request whose answer would look like the last one's (same unit,
+  function and length) the link waits `copy_guard_s` more, and a copy that comes is dropped;
 - a reply is accepted only with a good CRC, the unit id we asked (or one the device is configured
   to answer with), the request's function code (or its exception) and, for a read, the byte
   count asked for. After any anomaly (CRC, unit, function, byte count, cut-off frame, unexpected
@@ -25,6 +27,11 @@ Invariants:
   until the line has been silent for the timeout; only then is the new request sent. If the
   resync is not answered, the new request fails `timeout` without being sent. (Reads have no
   side effects; a timed-out write is never repeated, and a late echo cannot match another write.)
+
+Limits (RTU has no transaction id): a copy of a reply sent after the line has been silent for
+t3.5 is a frame like any other (on a real bus it collides with our next request); over TCP a copy
+later than the guard, or a late reply that comes after a successful resync, would be taken for
+the answer to a request of the same shape, unless the true answer follows within `quiet_s`.
 
 Why not pymodbus's serial client (3.16.1): its RTU framer drops a frame with a bad CRC silently
 (the caller sees a timeout, not "crc"), it has no transaction id on RTU, so a late reply that
@@ -52,6 +59,9 @@ from .pdu import ModbusFault, check_shape, response_length, unit_accepted
 _USB_GAP_S = 0.02
 _TCP_GAP_S = 0.1
 _TCP_QUIET_S = 0.01
+# Over TCP, before a request whose answer would look like the last one's (same unit, function
+# and length), wait this long for a late copy of that answer: it would pass every check.
+_TCP_COPY_GUARD_S = 0.03
 
 if TYPE_CHECKING:
     import serial
@@ -120,6 +130,8 @@ class RtuLink:
         self._port: serial.Serial | None = None
         self._quiet_until = 0.0
         self._resync: dict[int, bytes] = {}  # unit -> the read that timed out
+        self._last: tuple[int, bytes] | None = None  # unit and request of the last answer
+        self.copy_guard_s = 0.0 if self.on_line else _TCP_COPY_GUARD_S
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="rtu")
 
     async def transact(
@@ -163,6 +175,8 @@ class RtuLink:
 
     def _send(self, port: Any, unit: int, pdu: bytes) -> float:
         """Discard stale input, write the request; the time its last byte is on the line."""
+        if self.copy_guard_s and self._last and _same_shape(self._last, unit, pdu):
+            _wait_readable(port, time.monotonic() + self.copy_guard_s)
         if _waiting(port):  # something came after the last exchange ended: not ours
             self._settle(port, self.gap_s)
         port.reset_input_buffer()
@@ -203,8 +217,10 @@ class RtuLink:
             if _wait_readable(port, time.monotonic() + self.quiet_s):
                 raise ModbusFault("bad_frame", "more bytes after the reply (a copy, or noise)")
         except ModbusFault:
+            self._last = None
             self._settle(port, self.gap_s)
             raise
+        self._last = (unit, pdu)
         return reply
 
     def _read_frame(self, port: Any, buf: bytearray, pdu: bytes) -> None:
@@ -248,6 +264,24 @@ class RtuLink:
         """Close the port once the queued requests have run (on the worker, not under it)."""
         self._worker.submit(self._close_port)
         self._worker.shutdown(wait=False)
+
+
+def _reply_length(pdu: bytes) -> int:
+    if pdu[0] in (1, 2, 3, 4):
+        count = int.from_bytes(pdu[3:5], "big")
+        return 2 * count if pdu[0] in (3, 4) else (count + 7) // 8
+    return 4  # a write's echo
+
+
+def _same_shape(last: tuple[int, bytes], unit: int, pdu: bytes) -> bool:
+    """Another request whose answer would have the same unit, function and length."""
+    lunit, lpdu = last
+    return (
+        lunit == unit
+        and lpdu != pdu
+        and lpdu[0] == pdu[0]
+        and _reply_length(lpdu) == _reply_length(pdu)
+    )
 
 
 def _waiting(port: Any) -> bool:

@@ -386,26 +386,31 @@ class HostileSlave:
             out = [frame(self._garble(good, kind))]
         if paced:  # the request, then t3.5, then the reply, as a line at `baud` carries them
             time.sleep(wire_time_s(len(request), self.baud) + self._t35_s)
+        if paced:  # copies follow at once: sooner than the line allows (it wants t3.5)
+            with contextlib.suppress(OSError):
+                self._paced_write(fd, out)
+            return True
         for i, data in enumerate(out):
-            if i and paced:  # a second copy sooner than the line allows (t3.5): 0..2 chars
-                time.sleep(rng.uniform(0, 2) * self._char_s)
-            elif i and is_socket:  # a TCP gateway repeating a frame
+            if i and is_socket:  # a TCP gateway repeating a frame
                 time.sleep(rng.uniform(*self.copy_gap_s))
             with contextlib.suppress(OSError):
-                if paced:
-                    self._paced_write(fd, data)
-                else:
-                    os.write(fd, data)
+                os.write(fd, data)
         return True
 
-    def _paced_write(self, fd: int, data: bytes) -> None:
+    def _paced_write(self, fd: int, frames: list[bytes]) -> None:
         """Write as a line delivers: the first byte one character time on, then chunks of about
-        5 ms, each when its last byte would have arrived."""
+        5 ms, each when its last byte would have arrived. A frame's end is never a chunk's end
+        when another frame follows: the next byte is on the line within a character, and a
+        scheduler's delay must not make a copy look like a later, legal frame."""
+        data = b"".join(frames)
+        ends = {sum(len(f) for f in frames[: k + 1]) for k in range(len(frames) - 1)}
         start = time.monotonic()
         step = max(1, int(0.005 / self._char_s))
         i = 0
         while i < len(data):
             n = 1 if i == 0 else step
+            if i + n in ends:
+                n += 1
             time.sleep(max(0.0, start + (i + n) * self._char_s - time.monotonic()))
             os.write(fd, data[i : i + n])
             i += n
