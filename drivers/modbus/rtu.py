@@ -121,8 +121,8 @@ class RtuLink:
         # not (network latency, or a device speaking RTU frames natively on TCP).
         self.on_line = not url.startswith("socket://")
         # USB adapters hand bytes over every 1-16 ms (the latency timer), TCP gateways in
-        # packets: a frame may pause that long without being cut off.
-        # At least t3.5, so waiting gap_s for silence after an anomaly also ends the frame.
+        # packets: a frame may pause that long without being cut off. At least t3.5, so that
+        # waiting gap_s for silence after an anomaly also ends the frame.
         self.gap_s = max(self.t35, _USB_GAP_S if self.on_line else _TCP_GAP_S)
         # A copy sent sooner than t3.5 after the reply shows its first byte within t3.5 plus
         # a character on a line; over TCP within a quiet period.
