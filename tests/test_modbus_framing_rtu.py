@@ -94,7 +94,7 @@ def test_after_an_anomaly_the_line_falls_silent_before_the_next_request(
 
 
 def test_duplicated_replies_over_rtu_over_tcp_are_never_taken(make: list[HostileSlave]) -> None:
-    slave = HostileSlave(mix={"valid": 8, "duplicate": 2}, copy_gap_s=(0.0, 0.03), seed=3)
+    slave = HostileSlave(mix={"valid": 8, "duplicate": 2}, copy_gap_s=(0.0, 0.02), seed=3)
     make.append(slave.start_rtu_tcp())
     out = asyncio.run(run(over_tcp(slave.port, fail_threshold=99), 40))
     assert slave.counts["duplicate"] >= 10

@@ -21,7 +21,9 @@ master's timeout), duplicate (the reply twice), burst (two copies in one write, 
 line), reset (hang up; TCP and RTU over TCP), silence (no answer).
 
 RTU timing: `pacing="line"` waits as a real line would (request, t3.5, the reply's wire time at
-`baud`); `pacing="fast"` answers at once, as a USB adapter delivering in bursts does.
+`baud`, delivered in chunks of about 5 ms) and sends a copy right behind the reply, sooner than
+the line allows; `pacing="fast"` answers at once, as a USB adapter delivering in bursts does.
+Over TCP a copy follows after `copy_gap_s`.
 
 The log is JSON lines: {"t", "request": behaviour} for every request answered, and
 {"t", "unit", "fc", "address", "count", "words", "kind"} for every reply that carried register
