@@ -9,7 +9,7 @@
    of the physical line limit at 9600, 19200 and 115200 baud (8N2: 11 bits a character; a pty
    refuses parity).
 
-    .venv/bin/python bench/bench_modbus.py [--quick]
+    .venv/bin/python bench/bench_modbus.py [--quick] [--only tcp|rtu]
 """
 
 from __future__ import annotations
@@ -222,11 +222,14 @@ async def bench_rtu(seconds: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs (under a minute in all)")
+    ap.add_argument("--only", choices=["tcp", "rtu"], help="run one part")
     args = ap.parse_args()
     seconds = 3.0 if args.quick else 10.0
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    asyncio.run(bench_tcp(seconds))
-    asyncio.run(bench_rtu(seconds))
+    if args.only != "rtu":
+        asyncio.run(bench_tcp(seconds))
+    if args.only != "tcp":
+        asyncio.run(bench_rtu(seconds))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class DeviceConfig:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     write_multiple: bool = False  # always write with fc 15/16, for devices without fc 5/6
+    # Unit ids a reply may carry besides `unit` ("any", or a list): for gateways that answer
+    # with 0 or 255. Off by default: a reply from another unit is `wrong_unit`.
+    accept_unit_ids: tuple[int, ...] | Literal["any"] = ()
     # Serial line (modbus_rtu, serial_line); RTU over TCP uses host and port instead.
     serial_port: str = ""
     baud: int = 9600

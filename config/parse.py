@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from . import profiles
 from .errors import ConfigError
@@ -383,6 +383,7 @@ def _device_options(s: Section, d: DeviceConfig) -> dict[str, Any]:
         "backoff_base_s": s.number("backoff_base_s", d.backoff_base_s, lo=0.01, hi=3600.0),
         "backoff_cap_s": s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01, hi=24 * 3600.0),
         "write_multiple": s.flag("write_multiple", d.write_multiple),
+        "accept_unit_ids": _unit_ids(s, "accept_unit_ids"),
         "serial_port": s.text("serial_port", d.serial_port),
         "baud": s.integer("baud", d.baud, lo=50, hi=4_000_000),
         "parity": s.choice("parity", ("N", "E", "O"), d.parity),
@@ -393,6 +394,19 @@ def _device_options(s: Section, d: DeviceConfig) -> dict[str, Any]:
         "line_regex": s.text("line_regex", d.line_regex),
         "csv_delimiter": s.text("csv_delimiter", d.csv_delimiter),
     }
+
+
+def _unit_ids(s: Section, key: str) -> tuple[int, ...] | Literal["any"]:
+    v = s._get(key, (), (str, list), '"any" or an array of unit ids')
+    if v == "any":
+        return "any"
+    fix = 'write "any" or an array of unit ids 0..255, e.g. [0, 255]'
+    if isinstance(v, str):
+        raise ConfigError(s.at(key), f"{v!r} is not allowed", fix)
+    for i, u in enumerate(v):
+        if not isinstance(u, int) or isinstance(u, bool) or not 0 <= u <= 255:
+            raise ConfigError(f"{s.at(key)}[{i}]", f"{u!r} is not a unit id", fix)
+    return tuple(v)
 
 
 def _check_regex(s: Section, cfg: DeviceConfig) -> None:

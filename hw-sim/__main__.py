@@ -3,6 +3,8 @@
     python -m gatewayd_sim modbus --map plc.toml --port 5020      # Modbus TCP slave
     python -m gatewayd_sim rtu --map plc.toml --baud 19200        # RTU slave on a new pty
     python -m gatewayd_sim rtu --map plc.toml --port 4001         # RTU over TCP (serial gateway)
+    python -m gatewayd_sim hostile --transport tcp --port 5020 --log h.jsonl  # faults galore
+    python -m gatewayd_sim hostile --transport rtu --pacing line  # RTU on a new pty (or rtu-tcp)
     python -m gatewayd_sim gps --rate 1 --baud 4800               # NMEA GPS on a new pty
     python -m gatewayd_sim sensor --rate 2                        # key=value sensor on a new pty
     python -m gatewayd_sim cloud --port 1883 --device gw1=public.pem   # the cloud stand-in
@@ -56,6 +58,29 @@ async def _serve(args: argparse.Namespace) -> None:
                 f"rtu: {args.map or 'the demo boiler'} on {rtu.path} at {args.baud} baud",
                 flush=True,
             )
+    elif args.what == "hostile":
+        from gatewayd_sim.modbus.hostile import HostileSlave
+
+        h = HostileSlave(
+            unit=args.unit,
+            seed=args.seed,
+            timeout_s=args.timeout,
+            pacing=args.pacing,
+            baud=args.baud,
+            log_path=args.log,
+        )
+        if args.transport == "tcp":
+            h.start_tcp(args.host, args.port)
+            print(f"hostile: modbus tcp on {args.host}:{h.port}", flush=True)
+        elif args.transport == "rtu-tcp":
+            h.start_rtu_tcp(args.host, args.port)
+            print(f"hostile: rtu over tcp on {args.host}:{h.port}", flush=True)
+        else:
+            if args.tty:
+                h.start_rtu_path(args.tty)
+            else:
+                h.start_rtu_pty()
+            print(f"hostile: rtu on {h.path} at {args.baud} baud, {args.pacing}", flush=True)
     elif args.what in ("gps", "sensor"):
         from gatewayd_sim.modbus.signals import random_walk, sine
         from gatewayd_sim.serial import LineInstrument, gps_lines, kv_lines
@@ -74,12 +99,20 @@ def main() -> int:
     from gatewayd_sim.cloud import cli as cloud_cli
 
     p = argparse.ArgumentParser(prog="python -m gatewayd_sim")
-    p.add_argument("what", choices=["modbus", "rtu", "gps", "sensor", "cloud"])
+    p.add_argument("what", choices=["modbus", "rtu", "hostile", "gps", "sensor", "cloud"])
     p.add_argument("--map", help="modbus, rtu: register map TOML (default: the demo boiler)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="the port to listen on (rtu: RTU over TCP)")
     p.add_argument("--baud", type=int, default=9600, help="rtu, gps, sensor: line speed")
     p.add_argument("--rate", type=float, default=1.0, help="gps, sensor: lines a second")
+    h = p.add_argument_group("hostile (see gatewayd_sim/modbus/hostile.py)")
+    h.add_argument("--transport", choices=["tcp", "rtu", "rtu-tcp"], default="tcp")
+    h.add_argument("--pacing", choices=["fast", "line"], default="fast", help="rtu timing")
+    h.add_argument("--tty", default="", help="rtu: serve this tty instead of a new pty")
+    h.add_argument("--unit", type=int, default=1)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--timeout", type=float, default=0.3, help="the master's, for late replies")
+    h.add_argument("--log", default=None, help="JSON lines: what each reply held")
     p.add_argument("--lat", type=float, default=48.1173)
     p.add_argument("--lon", type=float, default=11.5167)
     cloud_cli.add_arguments(p)

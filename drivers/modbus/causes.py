@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from .pdu import ModbusFault
+from .rtu import OPEN_FAILURE
 
 # The Modbus application protocol's exception codes (V1.1b3, section 7).
 EXCEPTIONS = {
@@ -51,6 +52,8 @@ def cause(fault: ModbusFault) -> str:
         return f"exception {code:02d} {EXCEPTIONS.get(code, 'unknown exception')}"
     if fault.reason != "disconnected":
         return fault.reason.replace("_", " ")  # timeout, short reply, wrong unit, crc, ...
+    if fault.detail.startswith(OPEN_FAILURE):
+        return fault.detail  # rtu.open_failure: the port, why it will not open, and the fix
     err = _root(fault)
     if isinstance(err, ConnectionRefusedError):
         return "connection refused"

@@ -51,7 +51,9 @@ _WRITE_UNKNOWN_EXCEPTIONS = (5, 11)
 
 
 class Link(Protocol):
-    async def transact(self, unit: int, pdu: bytes, timeout_s: float) -> bytes: ...
+    async def transact(
+        self, unit: int, pdu: bytes, timeout_s: float, accept_units: tuple[int, ...] | str
+    ) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -93,7 +95,9 @@ class ModbusDriver(Driver):
         for attempt in range(dev.busy_retries + 1):
             self.counters["requests"] += 1
             try:
-                reply = await self._link.transact(dev.unit, request, dev.timeout_s)
+                reply = await self._link.transact(
+                    dev.unit, request, dev.timeout_s, dev.accept_unit_ids
+                )
                 return parse(request, reply)
             except P.ModbusFault as f:
                 if f.reason != f"exception_{P.BUSY:02d}" or attempt == dev.busy_retries:

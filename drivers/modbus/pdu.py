@@ -3,12 +3,14 @@
 A response that does not answer the question asked (another function code, fewer registers or
 bits than requested, a write echo with another address) raises `ModbusFault` with a reason code;
 it never becomes a number. The transports (TCP, RTU) check the envelope (transaction id, unit id,
-CRC) and share these checks for the PDU.
+CRC) and share these checks for the PDU: `unit_accepted` (a device's `accept_unit_ids`) and
+`check_shape` (function code and byte count, which RTU needs to know the line is in step).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 
 READ_FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS = 5, 6, 15, 16
@@ -25,11 +27,17 @@ class ModbusFault(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail  # the cause, for the log (e.g. why a port cannot be opened)
 
     @property
     def device_answered(self) -> bool:
         """True when the device is alive and said no (an exception), not when the link failed."""
         return self.reason.startswith("exception_")
+
+
+def unit_accepted(asked: int, got: int, accept: Collection[int] | str) -> bool:
+    """The reply's unit id is ours, or one the device is configured to answer with."""
+    return got == asked or accept == "any" or (not isinstance(accept, str) and got in accept)
 
 
 def read_request(table: str, address: int, count: int) -> bytes:
@@ -88,6 +96,22 @@ def check_write(request: bytes, response: bytes) -> None:
     check_function(request, response)
     if response[:5] != request[:5] or len(response) != 5:
         raise ModbusFault("bad_frame", "write echo does not match the request")
+
+
+def check_shape(request: bytes, response: bytes) -> None:
+    """Raise unless the response has the request's function code (or is its exception) and,
+    for a read, the byte count the request asked for: what a link must see to know the line
+    is still in step with its requests."""
+    fc = request[0]
+    if response[0] == fc | 0x80:
+        return
+    if response[0] != fc:
+        raise ModbusFault("wrong_function", f"asked {fc}, got {response[0]}")
+    if fc in (1, 2, 3, 4):
+        count = struct.unpack_from(">H", request, 3)[0]
+        want = 2 * count if fc in (3, 4) else (count + 7) // 8
+        if response[1] != want:
+            raise ModbusFault("short_reply", f"byte count {response[1]}, asked for {want}")
 
 
 def response_length(request: bytes, head: bytes) -> int:
