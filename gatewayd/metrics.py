@@ -50,6 +50,7 @@ HELP: dict[str, str] = {
     "buffer_commits": "Buffer transactions that committed appended records.",
     "buffer_evicted_records": "Records dropped from the buffer, by lane and reason.",
     "buffer_quarantined_files": "Corrupt buffer files moved aside by this process.",
+    "buffer_salvaged_records": "Records copied out of corrupt buffer files into the fresh one.",
     "buffer_depth": "Records in the buffer, not yet acknowledged.",
     "buffer_depth_lane": "Records in the buffer, by lane.",
     "buffer_inflight": "Records published and waiting for their PUBACK.",
