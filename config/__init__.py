@@ -15,6 +15,7 @@ from .model import (
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
+    UpdateConfig,
     UplinkConfig,
 )
 from .parse import example_path, load, load_document, load_file
@@ -32,6 +33,7 @@ __all__ = [
     "RuleConfig",
     "TlsConfig",
     "TopicsConfig",
+    "UpdateConfig",
     "UplinkConfig",
     "example_path",
     "load",

@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
 
-    async def go() -> None:
+    async def go() -> int:
         path = Path(args.config).resolve()
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -173,11 +173,12 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
         await gw.run(stop)
+        return gw.exit_code  # EXIT_RESTART: an update moved the `current` release
 
     loop = asyncio.new_event_loop()
     rc = 0
     try:
-        loop.run_until_complete(go())
+        rc = loop.run_until_complete(go())
     except GatewaydError as exc:
         print(f"error: {exc}", file=sys.stderr)
         rc = 2

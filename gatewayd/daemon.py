@@ -29,6 +29,8 @@ from gatewayd.clock import clock_plausible
 from gatewayd.config import GatewayConfig
 from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
+from gatewayd.lifecycle import EXIT_RESTART
+from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 from gatewayd.metrics_http import MetricsServer
@@ -78,6 +80,10 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._started = time.time()
+        self._stop_event: asyncio.Event | None = None
+        self.exit_code = 0  # EXIT_RESTART after an update or its rollback moved `current`
+        # Self-update takes its settings from the local file only (a push cannot enable it).
+        self.updater = Updater(cfg.update, config_dir, self.state_dir, self, self.metrics)
         for name in ("uplink_reconnects", "rules_dropped"):
             self.metrics.inc(name, 0)
         # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
@@ -99,6 +105,7 @@ class Gateway:
         # The buffer first: an unusable state directory is reported with its path right here.
         # (A push cannot move the buffer, so the configuration chosen below shares this one.)
         self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
+        confirm_update = self.updater.start()  # this release may be on trial (lifecycle/)
         trial = None
         if self.local_doc is not None and self.cfg.remote_config.enabled:
             trial = self._init_remote_config()
@@ -115,6 +122,8 @@ class Gateway:
         if self.remote is not None:
             remote = self.remote
             self._supervise("remote_config", lambda: remote.run(trial))
+        if confirm_update:
+            self._supervise("update_confirm", self.updater.confirm)
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
             __version__,
@@ -179,6 +188,17 @@ class Gateway:
                 return f"devices {', '.join(unpolled)} completed no poll within {deadline_s:g} s"
             await asyncio.sleep(0.1)
 
+    def request_restart(self, reason: str) -> None:
+        """Stop as on SIGTERM, then exit with EXIT_RESTART: the supervisor starts `current`."""
+        log.warning("restart_requested reason=%s", quote(reason))
+        self.exit_code = EXIT_RESTART
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def state_changed(self) -> None:
+        if self.uplink is not None:
+            self.uplink.state_changed()
+
     def _start_uplink(self) -> None:
         assert self.buffer is not None
         self.uplink = Uplink(
@@ -206,9 +226,12 @@ class Gateway:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         assert self.uplink is not None
+        chunks = self.uplink.topics["commands"].rstrip("#") + "update/"
         if topic == self.uplink.topics["config"]:
             if self.remote is not None:
                 self.remote.on_push(payload)
+        elif topic.startswith(chunks):  # a release's file in chunks (lifecycle/update.py)
+            self.updater.on_chunk(topic[len(chunks) :], payload)
         elif self.commands is not None:
             self.commands.on_message(topic, payload)
 
@@ -236,6 +259,7 @@ class Gateway:
             "buffer_depth": stats.depth if stats else None,
             "evictions": sum(stats.evicted.values()) if stats else 0,
             "devices": self.device_health.document(),
+            "software": self.updater.document(),
         }
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -367,6 +391,7 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, tell systemd we are ready, feed its watchdog, stop when `stop` is set."""
+        self._stop_event = stop
         await self.start()
         sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
         log.info("ready")

@@ -1,5 +1,8 @@
 """Commands from the cloud: `{"id": .., "point": "dev/p", "value": v}` writes a field device point;
-`{"id": .., "command": "ping"}` is answered at once. Each gets one result message.
+`{"id": .., "command": "ping"}` is answered at once; `{"id": .., "command": "update", "version": ..,
+"manifest": .., "signature": .., "url": ..}` (or `"source": "mqtt"`) installs a signed release
+(gatewayd/lifecycle/update.py), answered once it is installed or refused. Each gets one result
+message.
 
 Writes go only to points the configuration marks writable, within their declared range. Commands
 are not queued for unreachable devices: they fail fast, like Cloud IoT Core's. A token bucket
@@ -22,13 +25,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.config import GatewayConfig, PointConfig
 from gatewayd.drivers import Driver, WriteError, check_write
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Value, now_ms
+
+if TYPE_CHECKING:
+    from gatewayd.lifecycle.update import Updater
 
 log = logging.getLogger("gatewayd.commands")
 
@@ -53,7 +59,11 @@ def parse_command(payload: bytes) -> Any:
 
 class Host(Protocol):
     cfg: GatewayConfig
-    drivers: dict[str, Driver]
+    drivers: dict[str, Driver]  # and optionally `updater` (gatewayd.lifecycle.update.Updater)
+
+
+async def _done(status: str, reason: str) -> tuple[str, str]:
+    return status, reason
 
 
 class CommandHandler:
@@ -68,7 +78,10 @@ class CommandHandler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(topic, payload))
+        # An update is checked here, before the next message: its chunks may follow in the same
+        # read of the socket and need somewhere to go.
+        job = self._begin(payload)
+        task = asyncio.get_running_loop().create_task(self._handle(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -82,7 +95,8 @@ class CommandHandler:
         self._tokens -= 1
         return True
 
-    async def _handle(self, topic: str, payload: bytes) -> None:
+    def _begin(self, payload: bytes) -> tuple[Any, Coroutine[Any, Any, tuple[str, str]] | str]:
+        """The command's id and its work still to do, or the reason it is refused now."""
         cid: Any = None
         try:
             doc = parse_command(payload) if len(payload) <= 64 * 1024 else None
@@ -90,18 +104,35 @@ class CommandHandler:
                 raise ValueError("a command is a JSON object")
             cid = doc.get("id")
             if not self._take_token():
-                status, reason = "refused", "rate limited; retry later"
-            elif "point" in doc:
-                status, reason = await self._write(doc.get("point"), doc.get("value"))
-            elif doc.get("command") == "ping":
-                status, reason = "ok", "pong"
-            else:
-                status, reason = (
-                    "refused",
-                    "unknown command; send {point, value} or {command: ping}",
-                )
+                return cid, "rate limited; retry later"
+            if "point" in doc:
+                return cid, self._write(doc.get("point"), doc.get("value"))
+            if doc.get("command") == "ping":
+                return cid, _done("ok", "pong")
+            if doc.get("command") == "update":
+                return cid, self._update(doc)
+            return cid, "unknown command; send {point, value} or {command: ping|update}"
         except (ValueError, RecursionError) as exc:
-            status, reason = "refused", f"malformed command: {exc}"
+            return cid, f"malformed command: {exc}"
+
+    def _update(self, doc: dict[str, Any]) -> Coroutine[Any, Any, tuple[str, str]] | str:
+        from gatewayd.lifecycle.verify import UpdateRefused
+
+        updater: Updater | None = getattr(self.host, "updater", None)
+        if updater is None:
+            return "update: this gateway has no updater"
+        try:
+            return updater.begin(doc)
+        except UpdateRefused as exc:
+            updater.refused(doc, str(exc))
+            return f"update: {exc}"
+
+    async def _handle(self, job: tuple[Any, Coroutine[Any, Any, tuple[str, str]] | str]) -> None:
+        cid, work = job
+        if isinstance(work, str):
+            status, reason = "refused", work
+        else:
+            status, reason = await work
         self.metrics.inc("commands", status=status)
         log.info("command id=%r status=%s reason=%r", cid, status, reason)
         result = {"id": cid, "status": status, "reason": reason, "ts": now_ms()}
