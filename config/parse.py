@@ -14,14 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from . import profiles
 from .errors import ConfigError
 from .model import (
     AuthConfig,
     BufferConfig,
     DeviceConfig,
     GatewayConfig,
+    LoggingConfig,
     MetricsConfig,
     PointConfig,
+    PresenceConfig,
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
@@ -78,6 +81,7 @@ def load_document(doc: Any) -> GatewayConfig:
         remote_config=_remote_config(root.table("remote_config")),
         metrics=_metrics(root.table("metrics")),
         update=_update(root.table("update")),
+        logging=_logging(root.table("logging")),
     )
     gw.done()
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
@@ -151,12 +155,31 @@ def _metrics(s: Section) -> MetricsConfig:
     return MetricsConfig(listen=listen)
 
 
+def _logging(s: Section) -> LoggingConfig:
+    d = LoggingConfig()
+    cfg = LoggingConfig(
+        format=s.choice("format", ("logfmt", "json"), d.format),
+        level=s.choice("level", ("DEBUG", "INFO", "WARNING", "ERROR"), d.level),
+    )
+    s.done()
+    return cfg
+
+
 def _uplink(s: Section) -> UplinkConfig:
-    d = UplinkConfig()
+    profile, limits = _profile(s)
+    d = profiles.defaults(profile, s.text("region", ""))
     tls = s.table("tls")
     auth = s.table("auth")
     topics = s.table("topics")
+    presence = s.table("presence")
+    demanded = f'missing, demanded by profile = "{profile.name}"'
+    if not d.host and "host" not in s.names():
+        raise ConfigError(s.at("host"), demanded, "set it to the broker's host name")
+    if profile.auth_kind is None and "kind" not in auth.names():
+        raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
     cfg = UplinkConfig(
+        profile=profile.name,
+        broker=s.text("broker", ""),
         host=s.text("host", d.host),
         port=s.integer("port", d.port, lo=1, hi=65535),
         project=s.text("project", d.project),
@@ -177,33 +200,38 @@ def _uplink(s: Section) -> UplinkConfig:
         backoff_base_s=s.number("backoff_base_s", d.backoff_base_s, lo=0.01),
         backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01),
         encoder=s.text("encoder", d.encoder),
+        clean_session=s.flag("clean_session", d.clean_session),
+        session_expiry_s=s.integer("session_expiry_s", d.session_expiry_s, lo=0, hi=2**32 - 1),
+        retain_state=s.flag("retain_state", d.retain_state),
+        presence=_presence(presence),
         tls=TlsConfig(
             enabled=tls.flag("enabled", True),
             ca_file=tls.opt_text("ca_file"),
             verify=tls.flag("verify", True),
             cert_file=tls.opt_text("cert_file"),
             key_file=tls.opt_text("key_file"),
+            server_name=tls.opt_text("server_name"),
         ),
         auth=AuthConfig(
-            kind=auth.choice("kind", ("jwt", "password", "none"), "jwt"),
+            kind=auth.choice("kind", ("jwt", "password", "none"), profile.auth_kind or "none"),
             algorithm=auth.choice("algorithm", ("ES256", "RS256"), "ES256"),
             private_key=auth.text("private_key", AuthConfig().private_key),
             audience=auth.text("audience", ""),
             lifetime_s=auth.integer("lifetime_s", 3600, lo=60, hi=24 * 3600),
             key_id=auth.opt_text("key_id"),
-            username=auth.text("username", "unused"),
+            username=auth.text("username", d.auth.username),
             password=auth.opt_text("password"),
             claims=_claims(auth.table("claims")),
         ),
         topics=TopicsConfig(
-            events=topics.text("events", TopicsConfig().events),
-            state=topics.text("state", TopicsConfig().state),
-            config=topics.text("config", TopicsConfig().config),
-            commands=topics.text("commands", TopicsConfig().commands),
-            command_results=topics.text("command_results", TopicsConfig().command_results),
+            events=topics.text("events", d.topics.events),
+            state=topics.text("state", d.topics.state),
+            config=topics.text("config", d.topics.config),
+            commands=topics.text("commands", d.topics.commands),
+            command_results=topics.text("command_results", d.topics.command_results),
         ),
     )
-    for sub in (tls, auth, topics, s):
+    for sub in (tls, auth, topics, presence, s):
         sub.done()
     if cfg.auth.kind == "jwt" and not cfg.auth.audience:
         raise ConfigError(
@@ -219,7 +247,31 @@ def _uplink(s: Section) -> UplinkConfig:
         )
     if cfg.backoff_cap_s < cfg.backoff_base_s:
         raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")
+    profiles.check(cfg, limits, s.at)
     return cfg
+
+
+def _profile(s: Section) -> tuple[profiles.Profile, profiles.Limits]:
+    names = tuple(n for n in profiles.PROFILES if n)
+    profile = profiles.PROFILES[s.choice("profile", names) if "profile" in s.names() else ""]
+    if "broker" not in s.names():
+        return profile, profile.limits
+    if profile.name != "mqtt":
+        raise ConfigError(
+            s.at("broker"), 'applies to profile = "mqtt" only', 'set profile = "mqtt" or remove it'
+        )
+    brokers = tuple(n for n in profiles.BROKERS if n)
+    return profile, profiles.BROKERS[s.choice("broker", brokers)]
+
+
+def _presence(s: Section) -> PresenceConfig:
+    d = PresenceConfig()
+    return PresenceConfig(
+        enabled=s.flag("enabled", d.enabled),
+        topic=s.text("topic", d.topic),
+        online=s.text("online", d.online),
+        offline=s.text("offline", d.offline),
+    )
 
 
 _RESERVED_CLAIMS = ("iat", "exp", "aud")

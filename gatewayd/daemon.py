@@ -1,6 +1,6 @@
 """Orchestration: drivers → rules → buffer → uplink, on one asyncio loop.
 
-APScheduler fires each poll group on its interval (one instance at a time, missed runs
+The monotonic scheduler fires each poll group on its interval (one instance at a time, missed runs
 coalesced, so a slow device never piles up work; see `polling`); the buffer's SQLite work runs on
 its own thread; the uplink drives paho's socket from the loop. Long-running tasks (the uplink) are
 supervised: a crash is logged, counted and the task restarted, never fatal to the process.
@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd import __version__, sdnotify
+from gatewayd import __version__, logs, sdnotify
 from gatewayd.buffer import Buffer
-from gatewayd.clock import clock_plausible
+from gatewayd.clock import PLAUSIBLE_MS, WallClock, clock_plausible
 from gatewayd.config import GatewayConfig
 from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
@@ -84,7 +84,9 @@ class Gateway:
         self.exit_code = 0  # EXIT_RESTART after an update or its rollback moved `current`
         # Self-update takes its settings from the local file only (a push cannot enable it).
         self.updater = Updater(cfg.update, config_dir, self.state_dir, self, self.metrics)
-        for name in ("uplink_reconnects", "rules_dropped"):
+        self.clock = WallClock()
+        self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
+        for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
         # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
         for status in ("applied", "rejected", "rolled_back"):
@@ -164,6 +166,8 @@ class Gateway:
                 self.device_health.forget(dev_id)
         places = {d.id: f"devices[{i}].driver" for i, d in enumerate(new.devices)}
         self.poller.add((d for d in new.devices if old_devs.get(d.id) != d), places)
+        if new.logging != old.logging:
+            logs.setup(new.logging.level, new.logging.format)
         if new.rules != old.rules:
             self.rules.reload(new.rules)  # unchanged rules keep their state
         if new.uplink != old.uplink:
@@ -329,8 +333,22 @@ class Gateway:
         await self._store(self.rules.tick(now_ms()))
 
     async def _store(self, records: list[Record]) -> None:
-        if not records or self.buffer is None:
+        if self.buffer is None:
             return
+        # Every poll and the 1 s rules tick pass here: a step of the wall clock is seen within a
+        # second, and stamps taken before it was set are corrected before the next append (and
+        # so before any age expiry sees them).
+        if (correction := self.clock.check()) is not None and correction:
+            moved = await self.buffer.restamp(PLAUSIBLE_MS, correction)
+            log.info("buffer_restamped records=%d correction_s=%.3f", moved, correction / 1000)
+        if not records:
+            return
+        fix = self.clock.correction_ms
+        if fix and (records[0].ts_ms < PLAUSIBLE_MS or records[-1].ts_ms < PLAUSIBLE_MS):
+            # a poll that started before the clock was set and ended after
+            records = [
+                r._replace(ts_ms=r.ts_ms + fix) if r.ts_ms < PLAUSIBLE_MS else r for r in records
+            ]
         try:
             await self.buffer.append(records)
         except Exception as exc:
@@ -346,11 +364,22 @@ class Gateway:
         m.set("config_version", self.cfg.version)
         m.set("start_time_seconds", self._started)
         m.set("clock_plausible", 1 if clock_plausible() else 0)
+        m.total_from("clock_steps", self.clock.steps)
+        # The rules keep running counts that a reload may restart: add what is new.
+        for name, now in (
+            ("rules_expression_errors", self.rules.expr_errors[0]),
+            ("rules_late_readings", self.rules.late_readings),
+        ):
+            m.inc(name, max(0, now - self._rules_seen.get(name, 0)))
+            self._rules_seen[name] = now
         if self.buffer is not None:
             st = await self.buffer.stats()
             m.set("buffer_depth", st.depth)
             m.set("buffer_bytes", st.bytes)
             m.set("buffer_file_bytes", st.file_bytes)
+            m.set("buffer_inflight", st.inflight)
+            m.total_from("buffer_quarantined_files", st.quarantined)
+            m.total_from("buffer_commits", self.buffer.commits)
             oldest = (
                 0.0 if st.oldest_ts_ms is None else max(0.0, time.time() - st.oldest_ts_ms / 1e3)
             )
