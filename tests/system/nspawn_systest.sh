@@ -185,7 +185,7 @@ dead=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 ctr sed -i -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" \
   -e 's/^host = "mqtt.example.com"/host = "127.0.0.1"/' -e "s/^port = 8883/port = $dead/" \
   /etc/gatewayd/gateway.toml
-ctr /opt/gatewayd/venv/bin/gatewayd check /etc/gatewayd/gateway.toml >/dev/null \
+ctr /opt/gatewayd/current/bin/gatewayd check /etc/gatewayd/gateway.toml >/dev/null \
   || fail "gatewayd check of the edited example config"
 
 # 5. Start: active, READY time, STATUS line, journal lines.
@@ -248,6 +248,13 @@ as_daemon python3 -c 'open("/etc/gatewayd/gateway.toml", "a")' 2>/dev/null \
   && fail "the daemon can write its config" || ok "the config is read-only to the daemon"
 as_daemon python3 -c 'import os; open("/var/lib/gatewayd/.systest", "w"); os.unlink("/var/lib/gatewayd/.systest")' 2>/dev/null \
   && ok "the state directory is writable" || fail "the state directory is not writable"
+# Self-update (gatewayd/lifecycle) writes new releases and their links, nothing else under /opt.
+as_daemon python3 -c 'import os; os.mkdir("/opt/gatewayd/releases/.systest"); os.rmdir("/opt/gatewayd/releases/.systest")' 2>/dev/null \
+  && ok "the releases directory is writable" || fail "the releases directory is not writable"
+as_daemon python3 -c 'import os; os.symlink("x", "/opt/gatewayd/.systest")' 2>/dev/null \
+  && fail "the daemon can write /opt/gatewayd" || ok "/opt/gatewayd itself is read-only to the daemon"
+as_daemon sh -c 'touch /opt/gatewayd/current/bin/.systest' 2>/dev/null \
+  && fail "the daemon can change the release install.sh made" || ok "the installed release is read-only to the daemon"
 bad=$(journal | grep -Ei 'operation not permitted|EPERM|SIGSYS|bad system call|seccomp' || true)
 [ -z "$bad" ] && ok "no EPERM or SIGSYS in the journal" || fail "journal: $bad"
 check "no restarts so far" [ "$(show NRestarts)" = 0 ]
@@ -340,7 +347,7 @@ else
 fi
 [ "$(cat "$run/install2.out")" = "$pub" ] && ok "the device key was kept" \
   || fail "the public key changed: $(diff "$run/install.out" "$run/install2.out" | head -5)"
-crypto=$(ctr /opt/gatewayd/venv/bin/python -c 'import cffi, cryptography, jwt; print(cryptography.__file__, cffi.__file__)' || true)
+crypto=$(ctr /opt/gatewayd/current/bin/python -c 'import cffi, cryptography, jwt; print(cryptography.__file__, cffi.__file__)' || true)
 case "$crypto" in /usr/lib/python3/dist-packages/*" /usr/lib/python3/dist-packages/"*) ok "cryptography and cffi from Debian" ;;
   *) fail "cryptography/cffi not Debian's: $crypto" ;; esac
 ctr systemctl start gatewayd.service && [ "$(ctr systemctl is-active gatewayd.service)" = active ] \
