@@ -30,6 +30,7 @@ from gatewayd.config import GatewayConfig
 from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
 from gatewayd.lifecycle import EXIT_RESTART
+from gatewayd.lifecycle.keys import KeyRing
 from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
@@ -84,6 +85,14 @@ class Gateway:
         self.exit_code = 0  # EXIT_RESTART after an update or its rollback moved `current`
         # Self-update takes its settings from the local file only (a push cannot enable it).
         self.updater = Updater(cfg.update, config_dir, self.state_dir, self, self.metrics)
+        # Device-key rotation (lifecycle/keys.py): new keys live in the state directory.
+        self.keyring: KeyRing | None = None
+        auth = cfg.uplink.auth
+        if auth.kind == "jwt":
+            key = Path(auth.private_key)
+            key = key if key.is_absolute() else config_dir / key
+            self.keyring = KeyRing(self.state_dir / "keys", key, auth.algorithm, auth.key_id)
+            self.keyring.on_change = self.state_changed
         self.clock = WallClock()
         self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
         for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
@@ -212,6 +221,7 @@ class Gateway:
             key_dir=self.config_dir,
             on_message=self._on_message,
             state=self._state,
+            keyring=self.keyring,
         )
         self._uplink_task = self._supervise("uplink", self.uplink.run)
 
@@ -264,6 +274,7 @@ class Gateway:
             "evictions": sum(stats.evicted.values()) if stats else 0,
             "devices": self.device_health.document(),
             "software": self.updater.document(),
+            **({"device_key": self.keyring.document()} if self.keyring is not None else {}),
         }
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:

@@ -1,8 +1,9 @@
 """Commands from the cloud: `{"id": .., "point": "dev/p", "value": v}` writes a field device point;
 `{"id": .., "command": "ping"}` is answered at once; `{"id": .., "command": "update", "version": ..,
 "manifest": .., "signature": .., "url": ..}` (or `"source": "mqtt"`) installs a signed release
-(gatewayd/lifecycle/update.py), answered once it is installed or refused. Each gets one result
-message.
+(gatewayd/lifecycle/update.py), answered once it is installed or refused; `rotate_key`
+(optional `algorithm`, `deadline_s`) makes a new device key and `commit_key` tries it
+(gatewayd/lifecycle/keys.py). Each gets one result message.
 
 Writes go only to points the configuration marks writable, within their declared range. Commands
 are not queued for unreachable devices: they fail fast, like Cloud IoT Core's. A token bucket
@@ -34,6 +35,7 @@ from gatewayd.metrics import Metrics
 from gatewayd.reading import Value, now_ms
 
 if TYPE_CHECKING:
+    from gatewayd.lifecycle.keys import KeyRing
     from gatewayd.lifecycle.update import Updater
 
 log = logging.getLogger("gatewayd.commands")
@@ -111,7 +113,12 @@ class CommandHandler:
                 return cid, _done("ok", "pong")
             if doc.get("command") == "update":
                 return cid, self._update(doc)
-            return cid, "unknown command; send {point, value} or {command: ping|update}"
+            if doc.get("command") in ("rotate_key", "commit_key"):
+                return cid, self._key_command(doc)
+            return cid, (
+                "unknown command; send {point, value} or "
+                "{command: ping|update|rotate_key|commit_key}"
+            )
         except (ValueError, RecursionError) as exc:
             return cid, f"malformed command: {exc}"
 
@@ -126,6 +133,30 @@ class CommandHandler:
         except UpdateRefused as exc:
             updater.refused(doc, str(exc))
             return f"update: {exc}"
+
+    def _key_command(self, doc: dict[str, Any]) -> Coroutine[Any, Any, tuple[str, str]] | str:
+        from gatewayd.lifecycle.keys import RotationRefused
+
+        ring: KeyRing | None = getattr(self.host, "keyring", None)
+        if ring is None:
+            return f"{doc['command']}: the uplink does not use a device key ([uplink.auth] jwt)"
+        alg, deadline = doc.get("algorithm"), doc.get("deadline_s")
+        if alg is not None and not isinstance(alg, str):
+            return "rotate_key: algorithm must be 'ES256' or 'RS256'"
+        if deadline is not None and (not isinstance(deadline, int | float) or deadline <= 0):
+            return "rotate_key: deadline_s must be a positive number of seconds"
+        try:
+            if doc["command"] == "rotate_key":
+                new = ring.rotate(alg, float(deadline) if deadline is not None else None)
+                return _done(
+                    "ok",
+                    f"new {new['algorithm']} key {new['key_id']}; its public key is in the state "
+                    "(device_key.candidate): register it, then send commit_key",
+                )
+            kid = ring.commit()
+        except RotationRefused as exc:
+            return f"{doc['command']}: {exc}"
+        return _done("ok", f"trying key {kid} now; the outcome follows in the state")
 
     async def _handle(self, job: tuple[Any, Coroutine[Any, Any, tuple[str, str]] | str]) -> None:
         cid, work = job
