@@ -174,6 +174,50 @@ def test_new_key_refused_by_the_broker_goes_back_to_the_old_key_and_says_why(
     _no_loss(cloud, gw, tmp_path / "buffer.sqlite")
 
 
+def test_registered_new_key_is_taken_at_the_first_connect_after_a_restart(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """No commit_key: the first CONNECT of a token's life tries the candidate (here, the first
+    after a restart, which also shows the candidate survives one)."""
+    gw = _gateway(cloud, tmp_path, procs)
+    rec = cloud.bt.broker.recorder
+    wait_for(lambda: rec.unique >= 20, 30, "records at the cloud")
+    assert (
+        cloud.command({"id": "r1", "command": "rotate_key", "algorithm": "RS256"})["status"] == "ok"
+    )
+    new = cloud.key_state(lambda k: "candidate" in k, "the new key")["candidate"]
+    assert new["algorithm"] == "RS256"
+    cloud.registry.add(DEVICE, new["public_key"])
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(15) == 0
+    with cloud.lock:
+        cloud.states.clear()
+    gw = start_gateway(tmp_path / "gw.toml", procs, tmp_path / "gw.log")
+    k = cloud.key_state(
+        lambda k: (k.get("rotation") or {}).get("status") == "committed", "committed at connect"
+    )
+    assert k["key_id"] == new["key_id"] and k["algorithm"] == "RS256"
+    _no_loss(cloud, gw, tmp_path / "buffer.sqlite")
+
+
+def test_a_candidate_past_its_deadline_is_deleted_and_reported(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    gw = _gateway(cloud, tmp_path, procs)
+    wait_for(lambda: cloud.bt.broker.recorder.unique >= 1, 30, "a record at the cloud")
+    assert cloud.command({"id": "r1", "command": "rotate_key", "deadline_s": 2})["status"] == "ok"
+    kid = cloud.key_state(lambda k: "candidate" in k, "the new key")["candidate"]["key_id"]
+    k = cloud.key_state(
+        lambda k: (k.get("rotation") or {}).get("status") == "expired", "the expiry reported"
+    )
+    assert k["rotation"]["key_id"] == kid and "candidate" not in k
+    assert not (tmp_path / "keys" / f"{kid}.key").exists()
+    r = cloud.command({"id": "c1", "command": "commit_key"})
+    assert r["status"] == "refused" and "send rotate_key first" in r["reason"], r
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(15) == 0
+
+
 def test_registry_holds_at_most_three_keys_per_device(tmp_path: Path) -> None:
     reg = Registry("p1", "r1", "reg1")
     pubs = [generate_key(tmp_path / f"k{i}.key", "ES256") for i in range(MAX_KEYS + 1)]

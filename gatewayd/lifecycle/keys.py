@@ -171,6 +171,7 @@ class KeyRing:
     # -- state ---------------------------------------------------------------------------------
 
     def document(self) -> dict[str, Any]:
+        self._expire()  # asked about once a second by the uplink: a deadline shows when it passes
         cur = self.current or self.base
         doc: dict[str, Any] = {"key_id": cur.get("key_id"), "algorithm": cur["algorithm"]}
         if self.candidate is not None:
