@@ -101,14 +101,25 @@ class Wheels:
 
 
 class ReleaseKey:
-    def __init__(self, folder: Path) -> None:
-        self.private = ed25519.Ed25519PrivateKey.generate()
+    """The operator's release key: the public half in folder/release.pub (for [update]
+    release_key), the private half in folder/release.key."""
+
+    def __init__(self, folder: Path, private: ed25519.Ed25519PrivateKey | None = None) -> None:
+        self.private = private or ed25519.Ed25519PrivateKey.generate()
         self.public_path = folder / "release.pub"
-        self.public_path.write_bytes(
-            self.private.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if private is None:
+            self.public_path.write_bytes(
+                self.private.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
             )
-        )
+            (folder / "release.key").write_bytes(self.pem())
+
+    @classmethod
+    def load(cls, folder: Path) -> ReleaseKey:
+        key = serialization.load_pem_private_key((folder / "release.key").read_bytes(), None)
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        return cls(folder, key)
 
     def pem(self) -> bytes:
         return self.private.private_bytes(
