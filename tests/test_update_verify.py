@@ -97,3 +97,22 @@ def test_only_ed25519_and_p256_release_keys_are_accepted(tmp_path: Path) -> None
         load_public_key(rsa_pub)
     with pytest.raises(UpdateRefused, match="cannot read"):
         load_public_key(tmp_path / "missing.pub")
+
+
+def test_the_release_tool_prints_a_command_that_verifies(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pem, pub = _pair(tmp_path, "p256")
+    (tmp_path / "release.key").write_bytes(pem)
+    files = _wheels(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "gatewayd.lifecycle.release", "--version", "0.2.0", "--key",
+         str(tmp_path / "release.key"), "--url", "http://ops/0.2.0", *map(str, files)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cmd = json.loads(r.stdout)
+    assert cmd["command"] == "update" and cmd["url"] == "http://ops/0.2.0"
+    m = parse_manifest(cmd["manifest"], cmd["signature"], load_public_key(pub), 10_000)
+    assert m.version == cmd["version"] == "0.2.0"
