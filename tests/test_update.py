@@ -232,6 +232,14 @@ def test_sigkill_at_each_step_comes_back_on_a_working_version(site: Site, step: 
         wait_for(
             lambda: f"update_held step={step}" in site.log_text(), 90, f"the update held at {step}"
         )
+        if step == "build":  # one update at a time: a second one is refused, the first goes on
+            site.operator.send(update_command("k2", "0.2.0", files, site.lab.key, url=url))
+            r = site.operator.result("k2")
+            assert r["status"] == "refused" and "under way" in r["reason"], r
+            sw = site.operator.software(
+                lambda sw: (sw.get("update") or {}).get("id") == "k2", 20, "the refusal in state"
+            )
+            assert sw["update_step"] == {"version": "0.2.0", "step": "build"}, sw
         killed_at = time.monotonic()
         sup.kill()
         wait_for(lambda: sup.starts >= 2, 30, "the supervisor's restart")

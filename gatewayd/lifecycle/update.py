@@ -161,13 +161,14 @@ class Updater:
         """Record a refusal made before `begin` returned (the state shows the last outcome)."""
         version = doc.get("version") if isinstance(doc, dict) else None
         self._finish(
-            {
+            end_step=False,
+            outcome={
                 "id": _id(doc),
                 "version": version,
                 "previous": __version__,
                 "status": "refused",
                 "reason": reason,
-            }
+            },
         )
 
     async def _install(self, m: Manifest, dest: Path, fetch: Fetch, cid: Any) -> Result:
@@ -190,7 +191,9 @@ class Updater:
         except UpdateRefused as exc:
             self._finish({**ident, "status": "refused", "reason": str(exc)})
             return "refused", str(exc)
-        except (BuildFailed, FetchFailed, OSError) as exc:
+        except Exception as exc:  # BuildFailed, FetchFailed, OSError; anything else is a bug
+            if not isinstance(exc, BuildFailed | FetchFailed | OSError):
+                log.exception("update_crashed version=%s", quote(m.version))
             reason = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):
                 self.releases.clean()
@@ -206,8 +209,9 @@ class Updater:
         self.host.request_restart(f"update to={m.version}")
         return "ok", f"installed {m.version}; restarting on it; the outcome follows in the state"
 
-    def _finish(self, outcome: dict[str, Any]) -> None:
-        self.step = None
+    def _finish(self, outcome: dict[str, Any], end_step: bool = True) -> None:
+        if end_step:  # not for a command refused while another update is under way
+            self.step = None
         self.files.write_outcome(outcome)
         self.last_outcome = self.files.outcome()
         self.metrics.inc("update_outcomes", status=outcome["status"])

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -67,7 +67,7 @@ def load_public_key(path: Path) -> ed25519.Ed25519PublicKey | ec.EllipticCurvePu
         raise UpdateRefused(
             f"update.release_key: cannot read {path}: {exc.strerror}; check the path"
         ) from exc
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise UpdateRefused(
             f"update.release_key: {path} is not a PEM public key; give the release key's public "
             "half (openssl pkey -pubout)"

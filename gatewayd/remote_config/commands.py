@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -130,8 +131,9 @@ class CommandHandler:
             return "update: this gateway has no updater"
         try:
             return updater.begin(doc)
-        except UpdateRefused as exc:
-            updater.refused(doc, str(exc))
+        except (UpdateRefused, OSError) as exc:  # OSError: the state directory, e.g. full
+            with contextlib.suppress(OSError):
+                updater.refused(doc, str(exc))
             return f"update: {exc}"
 
     def _key_command(self, doc: dict[str, Any]) -> Coroutine[Any, Any, tuple[str, str]] | str:
