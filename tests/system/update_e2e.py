@@ -5,7 +5,10 @@
     update_e2e.py config DIR PORT        print a gateway.toml for the container: the host's
                                          mosquitto on PORT, no devices, [update] release_key
     update_e2e.py run DIR PORT           mosquitto on PORT and an HTTP server for DIR/www; send
-                                         the signed update; wait until 0.2.0 reports `applied`
+                                         the signed update; wait until 0.2.0 reports `applied`;
+                                         then an update to 0.3.0, which dies at every start:
+                                         systemd restarts it, the start check (ExecStartPre,
+                                         from 0.2.0) switches back after max_starts
 
 Prints `ok:`/`FAIL:`/`figure:` lines like the script. Runs on the host's .venv python (paho,
 cryptography); the container only sees 127.0.0.1 (nspawn shares the host's network here).
@@ -30,12 +33,14 @@ from update_harness import (
 from gatewayd_sim.procs import Mosquitto
 
 NEW = "0.2.0"
+DIES = "0.3.0"
 
 
 def prepare(d: Path) -> int:
     d.mkdir(parents=True, exist_ok=True)
     wheels = Wheels(d / "wheels")
     publish_folder(d / "www", wheels.files(NEW))
+    publish_folder(d / "www-dies", wheels.files(DIES, "dies"))
     ReleaseKey(d)
     return 0
 
@@ -49,6 +54,7 @@ listen = ""
 [update]
 release_key = "/etc/gatewayd/release.pub"
 health_deadline_s = 60
+max_starts = 2
 [uplink]
 host = "127.0.0.1"
 port = {port}
@@ -95,7 +101,32 @@ def run(d: Path, port: int) -> int:
             print(f"figure: update_bytes={http.sent} (served over HTTP)")
         except AssertionError as exc:
             print(f"FAIL: {exc}; last states: {[s for _, s in op.states[-2:]]}")
+            return fails + 1
+        dies = FileServer(d / "www-dies")
+        try:
+            files = sorted((d / "www-dies").glob("*.whl"))
+            t = time.monotonic()
+            op.send(update_command("systest-dies", DIES, files, key, url=dies.url))
+            r = op.result("systest-dies", 240)
+            if r["status"] != "ok":
+                print(f"FAIL: update command to {DIES}: {r}")
+                return fails + 1
+            sw = op.software(
+                lambda sw: (
+                    sw.get("version") == NEW
+                    and (sw.get("update") or {}).get("status") == "rolled_back"
+                ),
+                240,
+                f"back on {NEW} after {DIES}'s crash loop",
+            )
+            print(f"ok: {DIES} died at every start; the start check put back {NEW}: "
+                  f"{sw['update']['reason']}")  # fmt: skip
+            print(f"figure: crash_loop_rollback_s={time.monotonic() - t:.1f} (command to back)")
+        except AssertionError as exc:
+            print(f"FAIL: {exc}; last states: {[s for _, s in op.states[-2:]]}")
             fails += 1
+        finally:
+            dies.close()
     finally:
         op.close()
         http.close()
