@@ -16,6 +16,7 @@ from .model import (
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
+    UpdateConfig,
     UplinkConfig,
 )
 from .parse import example_path, load, load_document, load_file, parse_bytes, read_document
@@ -34,6 +35,7 @@ __all__ = [
     "RuleConfig",
     "TlsConfig",
     "TopicsConfig",
+    "UpdateConfig",
     "UplinkConfig",
     "example_path",
     "load",

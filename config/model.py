@@ -202,6 +202,18 @@ class RemoteConfigConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    """Self-update (gatewayd/lifecycle). Read from the local file only: a push cannot change it."""
+
+    release_key: str | None = None  # PEM public key of the operator's release key; None: off
+    releases_dir: str = "/opt/gatewayd/releases"
+    health_deadline_s: float = 120.0  # the new version must be healthy within this, or roll back
+    max_starts: int = 3  # starts of an unconfirmed release before going back to the previous one
+    max_bytes: int = 128 * 1024 * 1024  # all of a release's files together
+    chunk_timeout_s: float = 300.0  # an MQTT transfer with no chunk for this long is abandoned
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     # Prometheus text endpoint; loopback only by default, "" turns it off. `gatewayd status`
     # reads it too.
@@ -226,4 +238,5 @@ class GatewayConfig:
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
     rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -30,6 +30,7 @@ from .model import (
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
+    UpdateConfig,
     UplinkConfig,
 )
 from .rules import parse_rules
@@ -115,6 +116,7 @@ def load_document(doc: Any) -> GatewayConfig:
         devices=tuple(_device(s) for s in root.tables("devices")),
         remote_config=_remote_config(root.table("remote_config")),
         metrics=_metrics(root.table("metrics")),
+        update=_update(root.table("update")),
         logging=_logging(root.table("logging")),
     )
     gw.done()
@@ -147,6 +149,20 @@ def _remote_config(s: Section) -> RemoteConfigConfig:
             "missing, demanded by require_signed = true",
             "give the PEM public key that signs configuration pushes",
         )
+    return cfg
+
+
+def _update(s: Section) -> UpdateConfig:
+    d = UpdateConfig()
+    cfg = UpdateConfig(
+        release_key=s.opt_text("release_key"),
+        releases_dir=s.text("releases_dir", d.releases_dir),
+        health_deadline_s=s.number("health_deadline_s", d.health_deadline_s, lo=1.0, hi=3600.0),
+        max_starts=s.integer("max_starts", d.max_starts, lo=1, hi=100),
+        max_bytes=s.integer("max_bytes", d.max_bytes, lo=1024),
+        chunk_timeout_s=s.number("chunk_timeout_s", d.chunk_timeout_s, lo=1.0),
+    )
+    s.done()
     return cfg
 
 

@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
 
-    async def go() -> None:
+    async def go() -> int:
         path = Path(args.config).resolve()
         doc = read_document(path)  # a ConfigError (exit 2) names the place and the fix
         cfg = load_document(doc)
@@ -176,11 +176,12 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
         await gw.run(stop)
+        return gw.exit_code  # EXIT_RESTART: an update moved the `current` release
 
     loop = asyncio.new_event_loop()
     rc = 0
     try:
-        loop.run_until_complete(go())
+        rc = loop.run_until_complete(go())
     except GatewaydError as exc:
         print(f"error: {exc}", file=sys.stderr)
         rc = 2

@@ -30,6 +30,9 @@ from gatewayd.clock import PLAUSIBLE_MS, WallClock, clock_plausible
 from gatewayd.config import GatewayConfig
 from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
+from gatewayd.lifecycle import EXIT_RESTART
+from gatewayd.lifecycle.keys import KeyRing
+from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 from gatewayd.metrics_http import MetricsServer
@@ -80,6 +83,18 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._started = time.time()
+        self._stop_event: asyncio.Event | None = None
+        self.exit_code = 0  # EXIT_RESTART after an update or its rollback moved `current`
+        # Self-update takes its settings from the local file only (a push cannot enable it).
+        self.updater = Updater(cfg.update, config_dir, self.state_dir, self, self.metrics)
+        # Device-key rotation (lifecycle/keys.py): new keys live in the state directory.
+        self.keyring: KeyRing | None = None
+        auth = cfg.uplink.auth
+        if auth.kind == "jwt":
+            key = Path(auth.private_key)
+            key = key if key.is_absolute() else config_dir / key
+            self.keyring = KeyRing(self.state_dir / "keys", key, auth.algorithm, auth.key_id)
+            self.keyring.on_change = self.state_changed
         self.clock = WallClock()
         self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
         self._trial: TrialWatch | None = None  # fed by every poll while a candidate is judged
@@ -104,6 +119,7 @@ class Gateway:
         # The buffer first: an unusable state directory is reported with its path right here.
         # (A push cannot move the buffer, so the configuration chosen below shares this one.)
         self.buffer = await Buffer.open(self.buffer_path, self.cfg.buffer)
+        confirm_update = self.updater.start()  # this release may be on trial (lifecycle/)
         trial = None
         if self.local_doc is not None and self.cfg.remote_config.enabled:
             trial = self._init_remote_config()
@@ -126,6 +142,8 @@ class Gateway:
         if self.remote is not None:
             remote = self.remote
             self._supervise("remote_config", lambda: remote.run(trial))
+        if confirm_update:
+            self._supervise("update_confirm", self.updater.confirm)
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
             __version__,
@@ -223,6 +241,17 @@ class Gateway:
         finally:
             self._trial = None
 
+    def request_restart(self, reason: str) -> None:
+        """Stop as on SIGTERM, then exit with EXIT_RESTART: the supervisor starts `current`."""
+        log.warning("restart_requested reason=%s", quote(reason))
+        self.exit_code = EXIT_RESTART
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def state_changed(self) -> None:
+        if self.uplink is not None:
+            self.uplink.state_changed()
+
     def _start_uplink(self) -> None:
         assert self.buffer is not None
         self.uplink = Uplink(
@@ -232,6 +261,7 @@ class Gateway:
             key_dir=self.config_dir,
             on_message=self._on_message,
             state=self._state,
+            keyring=self.keyring,
         )
         self._uplink_task = self._supervise("uplink", self.uplink.run)
 
@@ -250,9 +280,12 @@ class Gateway:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         assert self.uplink is not None
+        chunks = self.uplink.topics["commands"].rstrip("#") + "update/"
         if topic == self.uplink.topics["config"]:
             if self.remote is not None:
                 self.remote.on_push(payload)
+        elif topic.startswith(chunks):  # a release's file in chunks (lifecycle/update.py)
+            self.updater.on_chunk(topic[len(chunks) :], payload)
         elif self.commands is not None:
             self.commands.on_message(topic, payload)
 
@@ -287,6 +320,8 @@ class Gateway:
             "buffer_evicted": dict(sorted(stats.evicted.items())) if stats else {},
             "buffer_quarantined_files": stats.quarantined if stats else 0,
             "buffer_salvaged": stats.salvaged if stats else 0,
+            "software": self.updater.document(),
+            **({"device_key": self.keyring.document()} if self.keyring is not None else {}),
         }
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -447,6 +482,7 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, tell systemd we are ready, feed its watchdog, stop when `stop` is set."""
+        self._stop_event = stop
         await self.start()
         sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
         log.info("ready")

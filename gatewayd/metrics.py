@@ -80,6 +80,9 @@ HELP: dict[str, str] = {
     # configuration and commands
     "config_version": "Version of the configuration in use.",
     "config_outcomes": "Configuration pushes by outcome.",
+    "update_outcomes": "Self-updates by outcome (applied, rolled_back, refused, failed).",
+    "update_bytes_received": "Bytes of release files received (by URL or MQTT chunks).",
+    "update_chunks_dropped": "MQTT release chunks dropped: no update under way, or out of bounds.",
     "config_reconfigures": "Configurations applied live.",
     "commands": "Cloud commands by outcome.",
     # process, loop, clock

@@ -4,7 +4,8 @@
 #   sudo systemd/install.sh                 install or upgrade (idempotent), print the public key;
 #                                           `gatewayd` on PATH (/usr/local/bin) for root and for
 #                                           members of the gatewayd group (they may read the config)
-#   sudo systemd/install.sh --uninstall     remove the unit and the venv; keep config, key, buffer
+#   sudo systemd/install.sh --uninstall     remove the unit and every release; keep config, key,
+#                                           buffer
 #   sudo systemd/install.sh --uninstall --purge   also remove /etc/gatewayd, /var/lib/gatewayd, user
 #   systemd/install.sh --root DIR           stage into DIR (testing): system changes that need
 #                                           root (apt-get, useradd, chown, pip, systemctl) are
@@ -16,6 +17,13 @@
 # venv with --system-site-packages; the default on 32-bit ARM (dpkg architecture armhf/armel),
 # where PyPI has no wheel for cffi, on armv6l for cryptography either, and pip would need a
 # compiler). Re-running never overwrites the config or the device key.
+#
+# Layout (gatewayd/lifecycle, self-update): one venv per version, the unit runs `current`:
+#   /opt/gatewayd/releases/<version>/      a venv; `.complete` marks it usable
+#   /opt/gatewayd/releases/current -> V    switched by the daemon on update (rename, atomic)
+#   /opt/gatewayd/releases/previous -> V   the way back; runs the start check (ExecStartPre)
+#   /opt/gatewayd/current -> releases/current   what ExecStart and /usr/local/bin/gatewayd use
+# The service user may write /opt/gatewayd/releases (new releases) and nothing else there.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,7 +51,9 @@ case "$alg" in ES256|RS256) ;; *) echo "install.sh: --alg must be ES256 or RS256
 
 USER_NAME=gatewayd
 OPT=$root/opt/gatewayd
-VENV=$OPT/venv
+RELEASES=$OPT/releases
+CURRENT_BIN=/opt/gatewayd/current/bin/gatewayd
+OLD_VENV_BIN=/opt/gatewayd/venv/bin/gatewayd  # the layout before releases/
 ETC=$root/etc/gatewayd
 STATE=$root/var/lib/gatewayd
 UNIT=$root/etc/systemd/system/gatewayd.service
@@ -76,7 +86,8 @@ do_uninstall() {
   rm -f "$UNIT"
   sys systemctl daemon-reload || true
   # Only our own link: never a gatewayd installed some other way.
-  if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = /opt/gatewayd/venv/bin/gatewayd ]; then
+  if [ -L "$LINK" ] && { [ "$(readlink "$LINK")" = "$CURRENT_BIN" ] \
+    || [ "$(readlink "$LINK")" = "$OLD_VENV_BIN" ]; }; then
     rm -f "$LINK"
   fi
   rm -rf "$OPT"
@@ -89,9 +100,9 @@ do_uninstall() {
     if [ -n "$root" ] || getent group "$USER_NAME" >/dev/null; then
       sys groupdel "$USER_NAME" || true
     fi
-    say "removed the service, the venv, the config with the device key, the buffer and the user"
+    say "removed the service, the releases, the config with the device key, the buffer and the user"
   else
-    say "removed the service and the venv; kept $ETC (config, device key) and $STATE (buffer);"
+    say "removed the service and the releases; kept $ETC (config, device key) and $STATE (buffer);"
     say "run again with --uninstall --purge to remove those too"
   fi
 }
@@ -130,9 +141,19 @@ do_install() {
       --shell /usr/sbin/nologin --comment "gatewayd edge gateway" "$USER_NAME"
   fi
 
-  # 3. The venv under /opt/gatewayd, upgraded in place on every run.
-  mkdir -p "$OPT"
-  chmod 0755 "$OPT"
+  # 3. This version's venv under /opt/gatewayd/releases, upgraded in place when it is re-run.
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$source_dir/pyproject.toml" | head -n 1)
+  if [ -z "$version" ]; then
+    echo "install.sh: no version = \"...\" in $source_dir/pyproject.toml" >&2
+    exit 1
+  fi
+  local VENV=$RELEASES/$version
+  mkdir -p "$RELEASES"
+  chmod 0755 "$OPT" "$RELEASES"
+  # The daemon builds new releases here (and only here): the directory is the service user's,
+  # the releases installed by this script stay root's.
+  sys chown "$USER_NAME:$USER_NAME" "$RELEASES"
   local want_ssp=false
   [ "$system_crypto" = yes ] && want_ssp=true
   if [ -e "$VENV/pyvenv.cfg" ] \
@@ -152,8 +173,21 @@ do_install() {
     "$build_copy"
   rm -rf "$build_copy"
   trap - EXIT
+  mkdir -p "$VENV"  # (staging: only recorded above)
+  echo install >"$VENV/.complete"
+  # Links by rename, as the daemon switches them: a reader sees the old or the new one.
+  local old
+  old=$(readlink "$RELEASES/current" 2>/dev/null || true)
+  if [ -n "$old" ] && [ "$old" != "$version" ] && [ -e "$RELEASES/$old/.complete" ]; then
+    ln -sfn "$old" "$RELEASES/.previous.tmp" && mv -T "$RELEASES/.previous.tmp" "$RELEASES/previous"
+  elif [ ! -e "$RELEASES/previous" ]; then
+    ln -sfn "$version" "$RELEASES/.previous.tmp" && mv -T "$RELEASES/.previous.tmp" "$RELEASES/previous"
+  fi
+  ln -sfn "$version" "$RELEASES/.current.tmp" && mv -T "$RELEASES/.current.tmp" "$RELEASES/current"
+  ln -sfn releases/current "$OPT/.current.tmp" && mv -T "$OPT/.current.tmp" "$OPT/current"
+  rm -rf "$OPT/venv"  # the layout before releases/
   mkdir -p "$(dirname "$LINK")"
-  ln -sfn /opt/gatewayd/venv/bin/gatewayd "$LINK"
+  ln -sfn "$CURRENT_BIN" "$LINK"
 
   # 4. /etc/gatewayd: root owns it, the service group may read it.
   mkdir -p "$ETC"

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gatewayd import __version__
+
 REPO = Path(__file__).parent.parent
 SCRIPT = REPO / "systemd" / "install.sh"
+REL = f"/opt/gatewayd/releases/{__version__}"  # this version's venv (gatewayd/lifecycle)
 
 
 def _install(
@@ -59,7 +62,7 @@ def test_install_into_root_gives_tree_permissions_and_public_key(tmp_path: Path)
     assert any(a.startswith("useradd --system") and a.endswith(" gatewayd") for a in actions)
     assert "chown gatewayd:gatewayd /etc/gatewayd/device.key" in actions
     assert "systemctl enable gatewayd.service" in actions
-    assert any(a.startswith("python3 -m venv /opt/gatewayd/venv") for a in actions)
+    assert any(a.startswith(f"python3 -m venv {REL}") for a in actions)
 
 
 def test_second_install_keeps_config_and_key(tmp_path: Path) -> None:
@@ -102,7 +105,7 @@ def test_gatewayd_is_put_on_path_and_removed_with_the_service(tmp_path: Path) ->
     r = _install(root)
     assert r.returncode == 0, r.stderr
     link = root / "usr" / "local" / "bin" / "gatewayd"
-    assert link.is_symlink() and os.readlink(link) == "/opt/gatewayd/venv/bin/gatewayd"
+    assert link.is_symlink() and os.readlink(link) == "/opt/gatewayd/current/bin/gatewayd"
     assert "members of the gatewayd group" in r.stderr
     assert _install(root, "--uninstall").returncode == 0
     assert not link.is_symlink()
@@ -141,7 +144,7 @@ def test_read_only_checkout_is_built_from_a_copy_and_left_clean(tmp_path: Path) 
         root = tmp_path / "root"
         r = _install(root, script=src / "systemd" / "install.sh")
         assert r.returncode == 0, r.stderr
-        pip = [a for a in _actions(root) if a.startswith("/opt/gatewayd/venv/bin/pip install")]
+        pip = [a for a in _actions(root) if a.startswith(f"{REL}/bin/pip install")]
         assert len(pip) == 1, _actions(root)
         built_from = Path(pip[0].split()[-1])
         # pip builds in the folder it is given (build/, *.egg-info): never the checkout.
@@ -181,8 +184,8 @@ def test_32_bit_arm_uses_debian_cryptography_and_wheels_only(tmp_path: Path) -> 
             "apt-get install -y --no-install-recommends python3-venv python3-cryptography "
             "python3-cffi"
         ) in actions
-        assert "python3 -m venv --system-site-packages /opt/gatewayd/venv" in actions
-        pip = next(a for a in actions if a.startswith("/opt/gatewayd/venv/bin/pip install"))
+        assert f"python3 -m venv --system-site-packages {REL}" in actions
+        pip = next(a for a in actions if a.startswith(f"{REL}/bin/pip install"))
         assert "--only-binary=:all:" in pip.split()
 
 
@@ -190,8 +193,8 @@ def test_64_bit_uses_plain_wheels_unless_asked(tmp_path: Path) -> None:
     root = tmp_path / "a" / "root"
     prefix = _fake_arch(tmp_path / "a", "arm64", "aarch64")
     assert _install(root, path_prefix=prefix).returncode == 0
-    assert "python3 -m venv /opt/gatewayd/venv" in _actions(root)
+    assert f"python3 -m venv {REL}" in _actions(root)
     assert not any("python3-cffi" in a for a in _actions(root))
     root = tmp_path / "b" / "root"
     assert _install(root, "--system-crypto").returncode == 0
-    assert "python3 -m venv --system-site-packages /opt/gatewayd/venv" in _actions(root)
+    assert f"python3 -m venv --system-site-packages {REL}" in _actions(root)

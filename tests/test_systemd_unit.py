@@ -27,8 +27,10 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     gatewayd = Path(sys.executable).parent / "gatewayd"
     unit = tmp_path / "gatewayd.service"
     text = UNIT.read_text()
-    assert "/opt/gatewayd/venv/bin/gatewayd run" in text
-    unit.write_text(text.replace("/opt/gatewayd/venv/bin/gatewayd", str(gatewayd)))
+    assert "/opt/gatewayd/current/bin/gatewayd run" in text
+    assert "/opt/gatewayd/releases/previous/bin/python -I -m gatewayd.lifecycle" in text
+    text = text.replace("/opt/gatewayd/current/bin/gatewayd", str(gatewayd))
+    unit.write_text(text.replace("/opt/gatewayd/releases/previous/bin/python", sys.executable))
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     # Unknown keys and bad values are only warnings: none is allowed.

@@ -1,5 +1,9 @@
 """Commands from the cloud: `{"id": .., "point": "dev/p", "value": v}` writes a field device point;
-`{"id": .., "command": "ping"}` is answered at once. Each gets one result message.
+`{"id": .., "command": "ping"}` is answered at once; `{"id": .., "command": "update", "version": ..,
+"manifest": .., "signature": .., "url": ..}` (or `"source": "mqtt"`) installs a signed release
+(gatewayd/lifecycle/update.py), answered once it is installed or refused; `rotate_key`
+(optional `algorithm`, `deadline_s`) makes a new device key and `commit_key` tries it
+(gatewayd/lifecycle/keys.py). Each gets one result message.
 
 Writes go only to points the configuration marks writable, within their declared range. Commands
 are not queued for unreachable devices: they fail fast, like Cloud IoT Core's. A token bucket
@@ -18,17 +22,22 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.config import GatewayConfig, PointConfig
 from gatewayd.drivers import Driver, WriteError, check_write
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Value, now_ms
+
+if TYPE_CHECKING:
+    from gatewayd.lifecycle.keys import KeyRing
+    from gatewayd.lifecycle.update import Updater
 
 log = logging.getLogger("gatewayd.commands")
 
@@ -53,7 +62,11 @@ def parse_command(payload: bytes) -> Any:
 
 class Host(Protocol):
     cfg: GatewayConfig
-    drivers: dict[str, Driver]
+    drivers: dict[str, Driver]  # and optionally `updater` (gatewayd.lifecycle.update.Updater)
+
+
+async def _done(status: str, reason: str) -> tuple[str, str]:
+    return status, reason
 
 
 class CommandHandler:
@@ -68,7 +81,10 @@ class CommandHandler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(topic, payload))
+        # An update is checked here, before the next message: its chunks may follow in the same
+        # read of the socket and need somewhere to go.
+        job = self._begin(payload)
+        task = asyncio.get_running_loop().create_task(self._handle(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -82,7 +98,8 @@ class CommandHandler:
         self._tokens -= 1
         return True
 
-    async def _handle(self, topic: str, payload: bytes) -> None:
+    def _begin(self, payload: bytes) -> tuple[Any, Coroutine[Any, Any, tuple[str, str]] | str]:
+        """The command's id and its work still to do, or the reason it is refused now."""
         cid: Any = None
         try:
             doc = parse_command(payload) if len(payload) <= 64 * 1024 else None
@@ -90,18 +107,65 @@ class CommandHandler:
                 raise ValueError("a command is a JSON object")
             cid = doc.get("id")
             if not self._take_token():
-                status, reason = "refused", "rate limited; retry later"
-            elif "point" in doc:
-                status, reason = await self._write(doc.get("point"), doc.get("value"))
-            elif doc.get("command") == "ping":
-                status, reason = "ok", "pong"
-            else:
-                status, reason = (
-                    "refused",
-                    "unknown command; send {point, value} or {command: ping}",
-                )
+                return cid, "rate limited; retry later"
+            if "point" in doc:
+                return cid, self._write(doc.get("point"), doc.get("value"))
+            if doc.get("command") == "ping":
+                return cid, _done("ok", "pong")
+            if doc.get("command") == "update":
+                return cid, self._update(doc)
+            if doc.get("command") in ("rotate_key", "commit_key"):
+                return cid, self._key_command(doc)
+            return cid, (
+                "unknown command; send {point, value} or "
+                "{command: ping|update|rotate_key|commit_key}"
+            )
         except (ValueError, RecursionError) as exc:
-            status, reason = "refused", f"malformed command: {exc}"
+            return cid, f"malformed command: {exc}"
+
+    def _update(self, doc: dict[str, Any]) -> Coroutine[Any, Any, tuple[str, str]] | str:
+        from gatewayd.lifecycle.verify import UpdateRefused
+
+        updater: Updater | None = getattr(self.host, "updater", None)
+        if updater is None:
+            return "update: this gateway has no updater"
+        try:
+            return updater.begin(doc)
+        except (UpdateRefused, OSError) as exc:  # OSError: the state directory, e.g. full
+            with contextlib.suppress(OSError):
+                updater.refused(doc, str(exc))
+            return f"update: {exc}"
+
+    def _key_command(self, doc: dict[str, Any]) -> Coroutine[Any, Any, tuple[str, str]] | str:
+        from gatewayd.lifecycle.keys import RotationRefused
+
+        ring: KeyRing | None = getattr(self.host, "keyring", None)
+        if ring is None:
+            return f"{doc['command']}: the uplink does not use a device key ([uplink.auth] jwt)"
+        alg, deadline = doc.get("algorithm"), doc.get("deadline_s")
+        if alg is not None and not isinstance(alg, str):
+            return "rotate_key: algorithm must be 'ES256' or 'RS256'"
+        if deadline is not None and (not isinstance(deadline, int | float) or deadline <= 0):
+            return "rotate_key: deadline_s must be a positive number of seconds"
+        try:
+            if doc["command"] == "rotate_key":
+                new = ring.rotate(alg, float(deadline) if deadline is not None else None)
+                return _done(
+                    "ok",
+                    f"new {new['algorithm']} key {new['key_id']}; its public key is in the state "
+                    "(device_key.candidate): register it, then send commit_key",
+                )
+            kid = ring.commit()
+        except RotationRefused as exc:
+            return f"{doc['command']}: {exc}"
+        return _done("ok", f"trying key {kid} now; the outcome follows in the state")
+
+    async def _handle(self, job: tuple[Any, Coroutine[Any, Any, tuple[str, str]] | str]) -> None:
+        cid, work = job
+        if isinstance(work, str):
+            status, reason = "refused", work
+        else:
+            status, reason = await work
         self.metrics.inc("commands", status=status)
         log.info("command id=%r status=%s reason=%r", cid, status, reason)
         result = {"id": cid, "status": status, "reason": reason, "ts": now_ms()}

@@ -3,7 +3,8 @@
 One class per kind; the session asks each for the username and password at every connect and
 for the monotonic time at which it must reconnect with fresh credentials:
 - `NoAuth`, `Password`: nothing to renew (`refresh_at` is infinity);
-- `DeviceJwt`: a token signed by the device key, minted at every connect; the session is
+- `DeviceJwt`: a token signed by the device key (or, with a key ring, by the key the ring says:
+  key rotation, gatewayd/lifecycle/keys.py), minted at every connect; the session is
   refreshed at 85 % of the token's life (REFRESH_AT), but never later than REFRESH_DRAIN_S before
   expiry, so the messages in flight at the refresh can still be acknowledged;
 - a client certificate (mTLS, [uplink.tls] cert_file/key_file) is no credential object: tls.py
@@ -23,12 +24,15 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.config import AuthConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 
 from .device_jwt import load_private_key, mint_jwt
+
+if TYPE_CHECKING:
+    from gatewayd.lifecycle.keys import KeyRing
 
 REFRESH_AT = 0.85  # of the token's lifetime
 # At refresh, in-flight messages get until shortly before expiry to be acknowledged; keep at
@@ -53,6 +57,12 @@ class Credentials(Protocol):
     def drain_until(self, puback_timeout_s: float) -> float:
         """Monotonic time until which a refresh may wait for messages in flight."""
 
+    def connected(self) -> None:
+        """The broker accepted the last CONNECT."""
+
+    def refused(self, reason: str) -> None:
+        """The broker refused the last CONNECT's credentials."""
+
 
 class NoAuth:
     username: str | None = None
@@ -69,6 +79,12 @@ class NoAuth:
 
     def drain_until(self, puback_timeout_s: float) -> float:
         return time.monotonic()
+
+    def connected(self) -> None:
+        pass
+
+    def refused(self, reason: str) -> None:
+        pass
 
 
 class Password(NoAuth):
@@ -91,8 +107,10 @@ class DeviceJwt:
         key_path: Path,
         wall_clock: Callable[[], float],
         metrics: Metrics,
+        ring: KeyRing | None = None,
     ) -> None:
         self.auth = auth
+        self.ring = ring
         self.username: str | None = auth.username
         self.key_path = key_path
         self.wall_clock = wall_clock
@@ -101,24 +119,43 @@ class DeviceJwt:
         self._key: Any = None
         # A key that exists but is unsafe or unusable stops the daemon at start; a key not
         # provisioned yet does not: the gateway buffers and `run` retries (supervised).
-        if key_path.exists():
+        if ring is not None:
+            ring.check_current()
+        elif key_path.exists():
             self._key = load_private_key(key_path, auth.algorithm)
 
     def load(self) -> None:
-        if self._key is None:
+        if self.ring is not None:
+            self.ring.signer(at_refresh=False)  # the current key: raises if unusable
+        elif self._key is None:
             self._key = load_private_key(self.key_path, self.auth.algorithm)
 
     def password(self) -> str | None:
         a = self.auth
+        key: Any = self._key
+        alg: str = a.algorithm
+        kid = a.key_id
+        if self.ring is not None:
+            # A candidate key is tried at a token refresh (and the first connect).
+            at_refresh = time.monotonic() >= self.refresh_at()
+            key, alg, kid = self.ring.signer(at_refresh)
         self.metrics.inc("uplink_tokens_minted")
         wall = self.wall_clock()
         # iat is a whole second, so the token's life started up to 1 s before now.
         self.expires_at = time.monotonic() + a.lifetime_s - (wall - int(wall))
-        return mint_jwt(
-            self._key, a.algorithm, a.audience, a.lifetime_s, a.key_id, dict(a.claims), wall
-        )
+        return mint_jwt(key, alg, a.audience, a.lifetime_s, kid, dict(a.claims), wall)
+
+    def connected(self) -> None:
+        if self.ring is not None:
+            self.ring.connected()
+
+    def refused(self, reason: str) -> None:
+        if self.ring is not None:
+            self.ring.refused(reason)
 
     def refresh_at(self) -> float:
+        if self.ring is not None and self.ring.refresh_now():
+            return 0.0  # commit_key: reconnect with the candidate now (drained like a refresh)
         life = self.auth.lifetime_s
         return self.expires_at - max((1 - REFRESH_AT) * life, min(REFRESH_DRAIN_S, life / 2))
 
@@ -127,7 +164,11 @@ class DeviceJwt:
 
 
 def credentials_for(
-    cfg: UplinkConfig, key_dir: Path, wall_clock: Callable[[], float], metrics: Metrics
+    cfg: UplinkConfig,
+    key_dir: Path,
+    wall_clock: Callable[[], float],
+    metrics: Metrics,
+    ring: KeyRing | None = None,
 ) -> Credentials:
     values = cfg.template_values()
     a = dataclasses.replace(
@@ -139,7 +180,8 @@ def credentials_for(
     )
     if a.kind == "jwt":
         path = Path(a.private_key)
-        return DeviceJwt(a, path if path.is_absolute() else key_dir / path, wall_clock, metrics)
+        key = path if path.is_absolute() else key_dir / path
+        return DeviceJwt(a, key, wall_clock, metrics, ring)
     if a.kind == "password":
         return Password(a.username, a.password)
     return NoAuth()

@@ -58,6 +58,8 @@ from .window import InflightWindow
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
+    from gatewayd.lifecycle.keys import KeyRing
+
 log = logging.getLogger("gatewayd.uplink")
 
 MessageHandler = Callable[[str, bytes], None]
@@ -80,6 +82,7 @@ class Uplink:
         on_message: MessageHandler | None = None,
         state: StateSource | None = None,
         wall_clock: Callable[[], float] = time.time,
+        keyring: KeyRing | None = None,
     ) -> None:
         """Loads the device key and the encoder now, so a bad key stops the daemon at start."""
         self.cfg = cfg
@@ -97,7 +100,9 @@ class Uplink:
         }
         if cfg.presence.enabled:
             self.topics["presence"] = cfg.presence.topic.format(**values)
-        self.credentials = credentials_for(cfg, key_dir, lambda: self.wall_clock(), metrics)
+        self.credentials = credentials_for(
+            cfg, key_dir, lambda: self.wall_clock(), metrics, keyring
+        )
         self.window = InflightWindow(cfg.inflight_window, self.encode, cfg.batch_max_bytes, metrics)
         self.outage = OutageLog()
         self.connected = False
@@ -151,6 +156,7 @@ class Uplink:
             started = time.monotonic()
             try:
                 await self._connect()
+                self.credentials.connected()
                 reminted = False
                 reconnect_now = await self._session()
                 if time.monotonic() - started >= STABLE_SESSION_S or reconnect_now:
@@ -158,6 +164,8 @@ class Uplink:
             except UplinkError as exc:
                 self._set_error(exc.reason)
                 self.metrics.inc("uplink_connect_failures")
+                if exc.auth_refused:
+                    self.credentials.refused(exc.reason)
                 # A refused token may be a stale one: mint a fresh token once, at once.
                 if exc.auth_refused and self.credentials.remint_on_refusal and not reminted:
                     reminted = True
@@ -268,7 +276,6 @@ class Uplink:
         """Publish until the connection ends; True when it ended for a credential refresh."""
         assert self._client is not None and self._closed is not None
         client, closed, window = self._client, self._closed, self.window
-        refresh_at = self.credentials.refresh_at()
         appended = self.buffer.appended
         interval = 1.0 / self.cfg.max_messages_per_s
         while not closed.done():
@@ -287,7 +294,7 @@ class Uplink:
                 window.first_puback_at is not None or now - self._connected_at >= STABLE_SESSION_S
             ):
                 self.outage.recovered(self._where())
-            if now >= refresh_at:
+            if now >= self.credentials.refresh_at():  # asked again: a key rotation moves it
                 await self._refresh_drain(closed)
                 return True
             oldest = window.oldest_sent_at()

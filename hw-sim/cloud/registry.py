@@ -2,7 +2,9 @@
 
 Checks follow Cloud IoT Core: the password is a JWT signed (RS256 or ES256) by one of the device's
 registered keys; `iat` and `exp` are required, `iat` may be at most 10 minutes in the future,
-the lifetime at most 24 hours, and `aud` must be the project id.
+the lifetime at most 24 hours, and `aud` must be the project id. A device has up to MAX_KEYS
+registered keys at once (Cloud IoT Core's limit), any of which may sign: that is what lets a
+device rotate its key (register the new one, switch, remove the old one).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 SKEW_S = 600
+MAX_KEYS = 3
 MAX_LIFETIME_S = 24 * 3600
 
 
@@ -52,8 +55,23 @@ class Registry:
         if isinstance(public_key_pem, str):
             public_key_pem = public_key_pem.encode()
         dev = self.devices.setdefault(device_id, Device(device_id))
+        if public_key_pem in dev.public_keys:
+            return dev
+        if len(dev.public_keys) >= MAX_KEYS:
+            raise ValueError(
+                f"device {device_id!r} already has {MAX_KEYS} keys; remove one before adding"
+            )
         dev.public_keys.append(public_key_pem)
         return dev
+
+    def remove(self, device_id: str, public_key_pem: bytes | str) -> None:
+        """Unregister one key (ValueError if the device does not have it)."""
+        if isinstance(public_key_pem, str):
+            public_key_pem = public_key_pem.encode()
+        dev = self.devices.get(device_id)
+        if dev is None or public_key_pem not in dev.public_keys:
+            raise ValueError(f"device {device_id!r} has no such key")
+        dev.public_keys.remove(public_key_pem)
 
     def device_of(self, client_id: str) -> str | None:
         parts = client_id.split("/")

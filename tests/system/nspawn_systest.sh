@@ -185,7 +185,7 @@ dead=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 ctr sed -i -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" \
   -e 's/^host = "mqtt.example.com"/host = "127.0.0.1"/' -e "s/^port = 8883/port = $dead/" \
   /etc/gatewayd/gateway.toml
-ctr /opt/gatewayd/venv/bin/gatewayd check /etc/gatewayd/gateway.toml >/dev/null \
+ctr /opt/gatewayd/current/bin/gatewayd check /etc/gatewayd/gateway.toml >/dev/null \
   || fail "gatewayd check of the edited example config"
 
 # 5. Start: active, READY time, STATUS line, journal lines.
@@ -248,6 +248,13 @@ as_daemon python3 -c 'open("/etc/gatewayd/gateway.toml", "a")' 2>/dev/null \
   && fail "the daemon can write its config" || ok "the config is read-only to the daemon"
 as_daemon python3 -c 'import os; open("/var/lib/gatewayd/.systest", "w"); os.unlink("/var/lib/gatewayd/.systest")' 2>/dev/null \
   && ok "the state directory is writable" || fail "the state directory is not writable"
+# Self-update (gatewayd/lifecycle) writes new releases and their links, nothing else under /opt.
+as_daemon python3 -c 'import os; os.mkdir("/opt/gatewayd/releases/.systest"); os.rmdir("/opt/gatewayd/releases/.systest")' 2>/dev/null \
+  && ok "the releases directory is writable" || fail "the releases directory is not writable"
+as_daemon python3 -c 'import os; os.symlink("x", "/opt/gatewayd/.systest")' 2>/dev/null \
+  && fail "the daemon can write /opt/gatewayd" || ok "/opt/gatewayd itself is read-only to the daemon"
+as_daemon sh -c 'touch /opt/gatewayd/current/bin/.systest' 2>/dev/null \
+  && fail "the daemon can change the release install.sh made" || ok "the installed release is read-only to the daemon"
 bad=$(journal | grep -Ei 'operation not permitted|EPERM|SIGSYS|bad system call|seccomp' || true)
 [ -z "$bad" ] && ok "no EPERM or SIGSYS in the journal" || fail "journal: $bad"
 check "no restarts so far" [ "$(show NRestarts)" = 0 ]
@@ -319,6 +326,42 @@ done
 ctr rm "$dropins/50-systest-watchdog.conf"
 ctr systemctl daemon-reload
 
+# 10b. Self-update under systemd (gatewayd/lifecycle): the host plays the operator
+# (update_e2e.py: mosquitto, an HTTP server with the release's wheels, a signed update command);
+# the daemon, hardened, builds /opt/gatewayd/releases/0.2.0, switches `current`, exits 75, and
+# systemd's Restart= starts 0.2.0, which must report healthy. Then 0.3.0, which dies at every
+# start: the start check (ExecStartPre, from 0.2.0) must bring 0.2.0 back.
+py=${GATEWAYD_SYSTEST_PYTHON:-$REPO/.venv/bin/python}
+if [ -x "$py" ]; then
+  upd=$run/update
+  tu=$(now)
+  if "$py" "$REPO/tests/system/update_e2e.py" prepare "$upd" >"$run/update-prepare.log" 2>&1; then
+    figure "update_prepare_s=$(since "$tu") (wheels of 0.2.0, 0.3.0 and their dependencies, on the host)"
+    bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$py" "$REPO/tests/system/update_e2e.py" config "$upd" "$bport" | ctr sh -c 'cat >/etc/gatewayd/gateway.toml'
+    ctr sh -c 'cat >/etc/gatewayd/release.pub && chmod 0644 /etc/gatewayd/release.pub' <"$upd/release.pub"
+    ctr systemctl restart gatewayd.service
+    restarts=$(show NRestarts)
+    "$py" "$REPO/tests/system/update_e2e.py" run "$upd" "$bport" >"$run/update-run.log" 2>&1 || true
+    cat "$run/update-run.log" | grep -E '^(ok|FAIL|figure): ' || fail "update_e2e.py: $(tail -3 "$run/update-run.log")"
+    fails=$((fails + $(grep -c '^FAIL: ' "$run/update-run.log" || true)))
+    # After 0.2.0 was applied, 0.3.0 (which dies at start) was tried and rolled back.
+    [ "$(ctr readlink /opt/gatewayd/releases/current)" = 0.2.0 ] \
+      && [ "$(ctr readlink /opt/gatewayd/releases/previous)" = 0.2.0 ] \
+      && ok "releases/current -> 0.2.0 again, and previous -> 0.2.0 (what installed 0.3.0)" \
+      || fail "links after the updates: current=$(ctr readlink /opt/gatewayd/releases/current) previous=$(ctr readlink /opt/gatewayd/releases/previous)"
+    [ "$(show NRestarts)" -gt "$restarts" ] && [ "$(ctr systemctl is-active gatewayd.service)" = active ] \
+      && ok "systemd restarted it on exit 75 and it is active" || fail "no restart through systemd (NRestarts=$(show NRestarts))"
+    ctr stat -c %U /opt/gatewayd/releases/0.2.0/bin/python >"$run/owner" 2>/dev/null
+    [ "$(cat "$run/owner")" = gatewayd ] && ok "the daemon built releases/0.2.0 as its own user" \
+      || fail "releases/0.2.0 owner: $(cat "$run/owner")"
+  else
+    fail "update_e2e.py prepare: $(tail -3 "$run/update-prepare.log")"
+  fi
+else
+  fail "no host python with paho and cryptography for the update step ($py); set GATEWAYD_SYSTEST_PYTHON"
+fi
+
 # 11. Stop: clean exit within TimeoutStopSec (the figure is reported, not asserted).
 tstop=$(now)
 ctr systemctl stop gatewayd.service
@@ -340,7 +383,7 @@ else
 fi
 [ "$(cat "$run/install2.out")" = "$pub" ] && ok "the device key was kept" \
   || fail "the public key changed: $(diff "$run/install.out" "$run/install2.out" | head -5)"
-crypto=$(ctr /opt/gatewayd/venv/bin/python -c 'import cffi, cryptography, jwt; print(cryptography.__file__, cffi.__file__)' || true)
+crypto=$(ctr /opt/gatewayd/current/bin/python -c 'import cffi, cryptography, jwt; print(cryptography.__file__, cffi.__file__)' || true)
 case "$crypto" in /usr/lib/python3/dist-packages/*" /usr/lib/python3/dist-packages/"*) ok "cryptography and cffi from Debian" ;;
   *) fail "cryptography/cffi not Debian's: $crypto" ;; esac
 ctr systemctl start gatewayd.service && [ "$(ctr systemctl is-active gatewayd.service)" = active ] \
