@@ -4,6 +4,13 @@ Not a general-purpose broker: clean sessions only, QoS 0 and 1, no persistence. 
 what a test of a gateway needs: every CONNECT checked against the device registry (or accepted
 when no registry is given), a connection closed when its token expires, a recorder of received
 records by id, and fault switches (stop acknowledging, drop every client, close on a SUBSCRIBE).
+
+Other clouds' stand-ins (aws.py, thingsboard.py) subclass it and override its hooks, each called
+on the broker's event loop: `authenticate` (CONNECT; sees the TLS peer through the writer),
+`allowed` (a device's topic policy), `admit` (a PUBLISH: accept, drop without PUBACK, or raise
+ProtocolError to disconnect) and `consume` (an accepted PUBLISH, before it is routed). A PUBLISH
+is recorded, routed or acknowledged only after `admit` accepted it, so a refused or truncated
+one counts nowhere.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +63,8 @@ class Session:
     device: str | None
     subscriptions: dict[str, int] = field(default_factory=dict)
     next_id: int = 0
+    unacked: int = 0  # the client's QoS 1 publishes this broker has not acknowledged yet
+    recent: deque[float] = field(default_factory=deque)  # for rate limits: admitted publishes
 
     def packet_id(self) -> int:
         self.next_id = self.next_id % 65535 + 1
@@ -83,8 +94,10 @@ class Broker:
         port: int = 0,
         recorder: Recorder | None = None,
         observer_password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.registry = registry
+        self.tls = tls
         self.host = host
         self.port = port
         self.recorder = recorder or Recorder()
@@ -104,7 +117,7 @@ class Broker:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> Broker:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -211,7 +224,9 @@ class Broker:
             c.blob()
         username = c.text() if flags & 0x80 else None
         password = c.blob() if flags & 0x40 else None
-        code, reason, device, exp, claims, kid = self._authenticate(client_id, username, password)
+        code, reason, device, exp, claims, kid = self.authenticate(
+            client_id, username, password, writer
+        )
         self.auth_log.append(
             AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid, username)
         )
@@ -227,13 +242,18 @@ class Broker:
         writer.write(packet(CONNACK, 0, bytes([0, ACCEPTED])))
         return session, keepalive, exp
 
-    def _authenticate(
-        self, client_id: str, username: str | None, password: bytes | None
+    def authenticate(
+        self,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        writer: asyncio.StreamWriter,
     ) -> tuple[int, str, str | None, float, dict[str, Any], str | None]:
-        if username == OBSERVER and self.observer_password is not None:
-            if password == self.observer_password.encode():
-                return ACCEPTED, "observer", None, 0.0, {}, None
-            return BAD_CREDENTIALS, "wrong observer password", None, 0.0, {}, None
+        """Hook: (CONNACK code, reason, device or None, token expiry or 0, claims, kid)."""
+        observer = self.observer_check(username, password)
+        if observer is not None:
+            reason = "observer" if observer == ACCEPTED else "wrong observer password"
+            return observer, reason, None, 0.0, {}, None
         if self.registry is None:
             return ACCEPTED, "open broker", None, 0.0, {}, None
         r = self.registry.authenticate(client_id, password)
@@ -242,11 +262,33 @@ class Broker:
             return code, r.reason, None, 0.0, {}, None
         return ACCEPTED, "ok", r.device, r.exp, r.claims, r.kid
 
-    def _allowed(self, s: Session, topic: str) -> bool:
-        """A device may touch only its own /devices/{id}/... topics."""
+    def observer_check(self, username: str | None, password: bytes | None) -> int | None:
+        """The CONNACK code for the in-test observer, or None when this is not the observer."""
+        if username != OBSERVER or self.observer_password is None:
+            return None
+        return ACCEPTED if password == self.observer_password.encode() else BAD_CREDENTIALS
+
+    def allowed(self, s: Session, topic: str) -> bool:
+        """Hook: a device may touch only its own /devices/{id}/... topics."""
         if self.registry is None or s.device is None:
             return True
         return topic.startswith(f"/devices/{s.device}/")
+
+    def allowed_filter(self, s: Session, pattern: str) -> bool:
+        """Hook: may the session subscribe to this topic filter?"""
+        return self.allowed(s, pattern.replace("#", "x").replace("+", "x"))
+
+    def admit(self, s: Session, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        """Hook: True to accept a PUBLISH, False to drop it unacknowledged; raise ProtocolError
+        to close the connection."""
+        if not self.allowed(s, topic):
+            raise ProtocolError(f"{s.client_id} may not publish to {topic}")
+        return True
+
+    def consume(self, s: Session, topic: str, payload: bytes) -> None:
+        """Hook: an accepted PUBLISH, before it is routed: record the telemetry."""
+        if "/events" in topic and not topic.endswith("/command-results"):
+            self.recorder.feed(payload)
 
     async def _session_loop(self, s: Session, reader: asyncio.StreamReader, keepalive: int) -> None:
         timeout = keepalive * 1.5 if keepalive else None
@@ -262,7 +304,7 @@ class Broker:
                     pattern, qos = c.text(), c.u8() & 0x03
                     if self.close_on_subscribe is not None and self.close_on_subscribe(pattern):
                         raise ProtocolError(f"{s.client_id} may not subscribe to {pattern}")
-                    if not self._allowed(s, pattern.replace("#", "x").replace("+", "x")):
+                    if not self.allowed_filter(s, pattern):
                         codes.append(0x80)
                         continue
                     s.subscriptions[pattern] = min(qos, 1)
@@ -296,18 +338,25 @@ class Broker:
         payload = c.rest()
         if qos > 1:
             raise ProtocolError("QoS 2 is not supported by the stand-in")
-        if not self._allowed(s, topic):
-            raise ProtocolError(f"{s.client_id} may not publish to {topic}")
-        if "/events" in topic and not topic.endswith("/command-results"):
-            self.recorder.feed(payload)
+        if not self.admit(s, topic, payload, qos, retain):
+            return
+        self.consume(s, topic, payload)
         if self.on_message is not None:
             self.on_message(topic, payload)
         if retain:
             self.retained[topic] = payload
         self._route(topic, payload, qos, retain=False)
-        if qos and self.acks_enabled:
-            ack = packet(PUBACK, 0, struct.pack(">H", pid))
-            if self.ack_delay_s:
-                asyncio.get_running_loop().call_later(self.ack_delay_s, s.send, ack)
-            else:
-                s.send(ack)
+        if not qos:
+            return
+        ack = packet(PUBACK, 0, struct.pack(">H", pid))
+        if not self.acks_enabled:
+            s.unacked += 1
+        elif self.ack_delay_s:
+            s.unacked += 1
+            asyncio.get_running_loop().call_later(self.ack_delay_s, self._late_ack, s, ack)
+        else:
+            s.send(ack)
+
+    def _late_ack(self, s: Session, ack: bytes) -> None:
+        s.unacked -= 1
+        s.send(ack)
