@@ -20,17 +20,18 @@ from conftest import IN_CI
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = Path(__file__).resolve().parent / "sdk_flows"
 INSTALL_TIMEOUT_S = 900
+MARK = "SDKFLOW "  # the flows' own lines; anything else on stdout is the SDK's
 
 
-def sdk_python(name: str, requirement: str, probe: str) -> Path:
-    """The python of a venv with `requirement` installed; `probe` is a module to import."""
+def sdk_python(name: str, requirements: list[str], probe: str) -> Path:
+    """The python of a venv with `requirements` installed; `probe` is a module to import."""
     venv = ROOT / ".venv-sdk" / name
     py = venv / "bin" / "python"
     if py.exists() and _imports(py, probe):
         return py
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(venv)],
-        [str(py), "-m", "pip", "install", "-q", requirement],
+        [str(py), "-m", "pip", "install", "-q", *requirements],
     ]
     for cmd in steps:
         try:
@@ -40,7 +41,7 @@ def sdk_python(name: str, requirement: str, probe: str) -> Path:
         if done.returncode != 0:
             _unavailable(name, f"{' '.join(cmd[:4])} failed: {done.stderr.strip()[-500:]}")
     if not _imports(py, probe):
-        _unavailable(name, f"{requirement} installed but `import {probe}` fails")
+        _unavailable(name, f"{' '.join(requirements)} installed but `import {probe}` fails")
     return py
 
 
@@ -70,13 +71,20 @@ class Flow:
     def next(self) -> dict[str, Any]:
         out: IO[str] | None = self.proc.stdout
         assert out is not None
-        line = out.readline()
-        if not line:
-            self.proc.wait(30)
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"SDK flow ended early (rc={self.proc.returncode}):\n{err}")
-        doc: dict[str, Any] = json.loads(line)
-        return doc
+        noise: list[str] = []  # what the SDK itself printed
+        while True:
+            line = out.readline()
+            if not line:
+                self.proc.wait(30)
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                said = "".join(noise[-20:])
+                raise AssertionError(
+                    f"SDK flow ended early (rc={self.proc.returncode}):\n{said}\n{err[-4000:]}"
+                )
+            if line.startswith(MARK):
+                doc: dict[str, Any] = json.loads(line[len(MARK) :])
+                return doc
+            noise.append(line)
 
     def expect_ready(self, step: str) -> None:
         doc = self.next()

@@ -22,7 +22,7 @@ THING = "gw1"
 
 @pytest.fixture(scope="session")
 def aws_sdk() -> Path:
-    return sdk_python("awsiotsdk", "awsiotsdk>=1.22,<2", "awsiot.iotshadow")
+    return sdk_python("awsiotsdk", ["awsiotsdk>=1.22,<2"], "awsiot.iotshadow")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """An embedded MQTT 3.1.1 broker that plays the cloud: JWT device auth, retained config, commands.
 
-Not a general-purpose broker: clean sessions only, QoS 0 and 1, no persistence. What it adds is
+Not a general-purpose broker: clean sessions only, QoS 0 and 1, no persistence; MQTT 3.1.1, and
+MQTT 5 framing when `mqtt5` is set (properties are read and ignored, none are sent). What it adds is
 what a test of a gateway needs: every CONNECT checked against the device registry (or accepted
 when no registry is given), a connection closed when its token expires, a recorder of received
 records by id, and fault switches (stop acknowledging, drop every client, close on a SUBSCRIBE).
@@ -8,7 +9,8 @@ records by id, and fault switches (stop acknowledging, drop every client, close 
 Other clouds' stand-ins (aws.py, thingsboard.py) subclass it and override its hooks, each called
 on the broker's event loop: `authenticate` (CONNECT; sees the TLS peer through the writer),
 `allowed` (a device's topic policy), `admit` (a PUBLISH: accept, drop without PUBACK, or raise
-ProtocolError to disconnect) and `consume` (an accepted PUBLISH, before it is routed). A PUBLISH
+ProtocolError to disconnect), `consume` (an accepted PUBLISH, before it is routed) and `forward`
+(whether it is routed to other sessions at all). A PUBLISH
 is recorded, routed or acknowledged only after `admit` accepted it, so a refused or truncated
 one counts nowhere.
 """
@@ -52,6 +54,8 @@ log = logging.getLogger("gatewayd_sim.cloud")
 
 # CONNACK return codes of MQTT 3.1.1
 ACCEPTED, BAD_PROTOCOL, BAD_CLIENT_ID, UNAVAILABLE, BAD_CREDENTIALS, NOT_AUTHORIZED = range(6)
+# ... and what MQTT 5 says for each
+V5_REASON = {0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
 
 OBSERVER = "observer"  # username of in-test subscribers when a registry is in force
 
@@ -63,6 +67,7 @@ class Session:
     device: str | None
     subscriptions: dict[str, int] = field(default_factory=dict)
     next_id: int = 0
+    level: int = 4  # MQTT protocol level: 4 is 3.1.1, 5 is MQTT 5
     unacked: int = 0  # the client's QoS 1 publishes this broker has not acknowledged yet
     recent: deque[float] = field(default_factory=deque)  # for rate limits: admitted publishes
 
@@ -87,6 +92,8 @@ class AuthEvent:
 
 
 class Broker:
+    mqtt5 = False  # accept MQTT 5 CONNECTs too
+
     def __init__(
         self,
         registry: Registry | None = None,
@@ -173,6 +180,8 @@ class Broker:
         body = mqtt_str(topic)
         if qos:
             body += struct.pack(">H", s.packet_id())
+        if s.level == 5:
+            body += b"\x00"  # no properties
         s.send(packet(PUBLISH, flags, body + payload))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -215,11 +224,15 @@ class Broker:
     ) -> tuple[Session | None, int, float]:
         c = Cursor(body)
         proto, level, flags, keepalive = c.text(), c.u8(), c.u8(), c.u16()
-        if proto != "MQTT" or level != 4:
+        if proto != "MQTT" or level not in ((4, 5) if self.mqtt5 else (4,)):
             writer.write(packet(CONNACK, 0, bytes([0, BAD_PROTOCOL])))
             return None, 0, 0.0
+        if level == 5:
+            c.properties()
         client_id = c.text()
         if flags & 0x04:  # will: topic and message, ignored
+            if level == 5:
+                c.properties()
             c.blob()
             c.blob()
         username = c.text() if flags & 0x80 else None
@@ -232,15 +245,19 @@ class Broker:
         )
         if code != ACCEPTED:
             log.info("connect_refused client=%s reason=%s", client_id, reason)
-            writer.write(packet(CONNACK, 0, bytes([0, code])))
+            writer.write(packet(CONNACK, 0, self._connack(level, code)))
             return None, 0, 0.0
         old = self.sessions.get(client_id)
         if old is not None:  # MQTT: a second connection with the same id takes over
             old.writer.close()
-        session = Session(client_id, writer, device)
+        session = Session(client_id, writer, device, level=level)
         self.sessions[client_id] = session
-        writer.write(packet(CONNACK, 0, bytes([0, ACCEPTED])))
+        writer.write(packet(CONNACK, 0, self._connack(level, ACCEPTED)))
         return session, keepalive, exp
+
+    @staticmethod
+    def _connack(level: int, code: int) -> bytes:
+        return bytes([0, V5_REASON[code], 0]) if level == 5 else bytes([0, code])
 
     def authenticate(
         self,
@@ -290,6 +307,18 @@ class Broker:
         if "/events" in topic and not topic.endswith("/command-results"):
             self.recorder.feed(payload)
 
+    def forward(self, s: Session, topic: str) -> bool:
+        """Hook: route an accepted PUBLISH to the other sessions' matching subscriptions?"""
+        return True
+
+    def deliver_to(self, s: Session, topic: str, payload: bytes) -> bool:
+        """Send to one session only (a per-connection answer), if it subscribed to the topic."""
+        for pattern, sub_qos in s.subscriptions.items():
+            if topic_matches(pattern, topic):
+                self._deliver(s, topic, payload, sub_qos, retain=False)
+                return True
+        return False
+
     async def _session_loop(self, s: Session, reader: asyncio.StreamReader, keepalive: int) -> None:
         timeout = keepalive * 1.5 if keepalive else None
         while True:
@@ -299,6 +328,8 @@ class Broker:
             elif ptype == SUBSCRIBE:
                 c = Cursor(body)
                 pid = c.u16()
+                if s.level == 5:
+                    c.properties()
                 codes = bytearray()
                 while c.more:
                     pattern, qos = c.text(), c.u8() & 0x03
@@ -312,13 +343,20 @@ class Broker:
                     for topic, payload in list(self.retained.items()):
                         if topic_matches(pattern, topic):
                             self._deliver(s, topic, payload, min(qos, 1), retain=True)
-                s.send(packet(SUBACK, 0, struct.pack(">H", pid) + bytes(codes)))
+                props = b"\x00" if s.level == 5 else b""
+                s.send(packet(SUBACK, 0, struct.pack(">H", pid) + props + bytes(codes)))
             elif ptype == UNSUBSCRIBE:
                 c = Cursor(body)
                 pid = c.u16()
+                if s.level == 5:
+                    c.properties()
+                n = 0
                 while c.more:
                     s.subscriptions.pop(c.text(), None)
-                s.send(packet(UNSUBACK, 0, struct.pack(">H", pid)))
+                    n += 1
+                # MQTT 5 answers each filter (0 = success) after an empty property block.
+                answers = b"\x00" + bytes(n) if s.level == 5 else b""
+                s.send(packet(UNSUBACK, 0, struct.pack(">H", pid) + answers))
             elif ptype == PINGREQ:
                 s.send(packet(PINGRESP, 0, b""))
             elif ptype == PUBACK:
@@ -335,6 +373,8 @@ class Broker:
         c = Cursor(body)
         topic = c.text()
         pid = c.u16() if qos else 0
+        if s.level == 5:
+            c.properties()
         payload = c.rest()
         if qos > 1:
             raise ProtocolError("QoS 2 is not supported by the stand-in")
@@ -345,7 +385,8 @@ class Broker:
             self.on_message(topic, payload)
         if retain:
             self.retained[topic] = payload
-        self._route(topic, payload, qos, retain=False)
+        if self.forward(s, topic):
+            self._route(topic, payload, qos, retain=False)
         if not qos:
             return
         ack = packet(PUBACK, 0, struct.pack(">H", pid))

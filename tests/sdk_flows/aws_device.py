@@ -2,8 +2,9 @@
 
     python aws_device.py PORT CA CERT KEY THING
 
-Prints one JSON object per line: `{"ready": STEP}` when it waits for the test to act on the
-cloud side (the test answers with a line on stdin), and at the end `{"results": {...}}`.
+Prints one `SDKFLOW <json>` line per event (the SDK may print lines of its own): `{"ready": STEP}`
+when it waits for the test to act on the cloud side (the test answers with a line on stdin), and
+at the end `{"results": {...}}`.
 Each step follows the SDK's documented service-client (V2) usage.
 """
 
@@ -22,7 +23,7 @@ results: dict = {}
 
 
 def say(obj: dict) -> None:
-    print(json.dumps(obj), flush=True)
+    print("SDKFLOW " + json.dumps(obj), flush=True)
 
 
 def wait_test(step: str) -> None:
