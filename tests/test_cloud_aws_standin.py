@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import struct
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import BrokerThread, wait_for
@@ -285,3 +290,87 @@ def test_hostile_peers_leave_the_stand_in_serving_and_counting_nothing(
     assert c.pubacks() == [1]
     assert dict(cloud.recorder.counts) == {1: 1}
     assert cloud.recorder.malformed == 0 and cloud.throttled == 0
+
+
+def test_cli_serves_things_updates_a_shadow_and_creates_a_job(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    certs = tmp_path / "ca"
+    sim = [sys.executable, "-m", "gatewayd_sim", "aws"]
+    out = subprocess.run(
+        [*sim, "issue", "--thing", THING, "--certs", str(certs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    cert, key = certs / f"{THING}.pem", certs / f"{THING}.key"
+    assert f"--thing {THING}={cert}" in out.stdout
+    serve = subprocess.Popen(
+        [*sim, "--certs", str(certs), "--thing", f"{THING}={cert}", "--admin-password", "adm"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        port = int(re.search(r":(\d+),", serve.stdout.readline()).group(1))  # type: ignore[union-attr]
+        got: list[tuple[str, Any]] = []
+        dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=THING)
+        dev.tls_set(ca_certs=str(certs / "ca.pem"), certfile=str(cert), keyfile=str(key))
+        dev.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
+        subscribed = threading.Event()
+        dev.on_subscribe = lambda *a: subscribed.set()
+        dev.on_connect = lambda c, *a: c.subscribe(
+            [
+                ("$aws/things/gw1/shadow/name/config/update/delta", 1),
+                ("$aws/things/gw1/jobs/notify-next", 1),
+            ]
+        )
+        dev.connect("localhost", port)
+        dev.loop_start()
+        try:
+            assert subscribed.wait(10)
+            (tmp_path / "desired.json").write_text('{"interval_s": 30}')
+            (tmp_path / "job.json").write_text('{"operation": "config", "url": "x"}')
+
+            def cli(*args: str) -> str:
+                done = subprocess.run(
+                    [
+                        *sim,
+                        *args,
+                        "--to",
+                        THING,
+                        "--port",
+                        str(port),
+                        "--certs",
+                        str(certs),
+                        "--admin-password",
+                        "adm",
+                        "--host",
+                        "localhost",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert done.returncode == 0, done.stderr
+                return done.stdout
+
+            assert "shadow/name/config/update" in cli(
+                "update-shadow", str(tmp_path / "desired.json")
+            )
+            wait_for(lambda: len(got) == 1, 10, "the shadow delta")
+            cli("create-job", str(tmp_path / "job.json"), "--job-id", "j7")
+            wait_for(lambda: len(got) == 2, 10, "the job notification")
+        finally:
+            dev.loop_stop()
+            dev.disconnect()
+        (t1, delta), (t2, nxt) = got
+        assert t1.endswith("/update/delta") and delta["state"] == {"interval_s": 30}
+        assert t2.endswith("/notify-next") and nxt["execution"]["jobId"] == "j7"
+        assert nxt["execution"]["jobDocument"] == {"operation": "config", "url": "x"}
+    finally:
+        serve.kill()
+        serve.wait(5)

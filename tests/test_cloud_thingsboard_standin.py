@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,3 +228,53 @@ def test_hostile_peers_leave_the_stand_in_serving_and_counting_nothing(
     assert acks == b"\x40\x02\x00\x02\x40\x02\x00\x03"
     s.close()
     assert dict(cloud.recorder.counts) == {5: 1} and cloud.recorder.malformed == 1
+
+
+def test_cli_serves_devices_sets_shared_attributes_and_sends_an_rpc(tmp_path: Path) -> None:
+    sim = [sys.executable, "-m", "gatewayd_sim", "thingsboard"]
+    serve = subprocess.Popen(
+        [
+            *sim,
+            "--token",
+            f"dev1={DEVICE_TOKEN}",
+            "--gateway-token",
+            f"gw1={GATEWAY_TOKEN}",
+            "--admin-password",
+            "adm",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        first = serve.stdout.readline()
+        assert "devices dev1, gw1" in first
+        port = int(re.search(r":(\d+),", first).group(1))  # type: ignore[union-attr]
+        dev = Paho(port, DEVICE_TOKEN)
+        try:
+            dev.c.subscribe([("v1/devices/me/attributes", 1), ("v1/devices/me/rpc/request/+", 1)])
+            wait_for(lambda: len(dev.granted) == 2, 10, "SUBACK")
+
+            def cli(*args: str) -> None:
+                done = subprocess.run(
+                    [*sim, *args, "--to", "dev1", "--port", str(port), "--admin-password", "adm"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert done.returncode == 0, done.stderr
+
+            (tmp_path / "attrs.json").write_text('{"interval_s": 15}')
+            cli("set-attributes", str(tmp_path / "attrs.json"))
+            cli("rpc", "reboot", "--params", '{"delay_s": 3}')
+            wait_for(lambda: len(dev.got) == 2, 10, "the attribute update and the RPC")
+        finally:
+            dev.close()
+        assert dev.got == [
+            ("v1/devices/me/attributes", {"interval_s": 15}),
+            ("v1/devices/me/rpc/request/1", {"method": "reboot", "params": {"delay_s": 3}}),
+        ]
+    finally:
+        serve.kill()
+        serve.wait(5)

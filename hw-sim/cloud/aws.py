@@ -352,6 +352,7 @@ class AwsIotCore(Broker):
             body, ok = {"code": exc.code, "message": exc.message, "timestamp": _now()}, False
         if token is not None:
             body["clientToken"] = token
+        log.info("shadow_%s thing=%s shadow=%s accepted=%s", op, thing, name or "-", ok)
         self._answer(base, ok, body)
 
     def update_shadow(self, thing: str, name: str, state: Json) -> None:
@@ -543,6 +544,7 @@ class AwsIotCore(Broker):
             )
         before = self._next(thing)
         self._set_status(job, status, req.get("statusDetails"), ts)
+        log.info("job_update thing=%s job=%s status=%s", thing, job.job_id, status)
         self._notify(thing, before, changed_list=status in TERMINAL or before is not job)
         out: Json = {"timestamp": ts}
         if req.get("includeJobExecutionState"):

@@ -176,7 +176,7 @@ class ThingsBoard(Broker):
                 answer["shared"] = {k: dev.shared[k] for k in shared_keys if k in dev.shared}
             self.deliver_to(s, f"{ME}attributes/response/{req_id}", json.dumps(answer).encode())
         elif rest.startswith("rpc/response/"):
-            self.rpc_replies[(dev.name, int(rest.rsplit("/", 1)[1]))] = doc
+            self._rpc_reply(dev.name, int(rest.rsplit("/", 1)[1]), doc)
         elif rest.startswith("rpc/request/"):
             req_id = rest.rsplit("/", 1)[1]
             if doc.get("method") == "getSessionLimits":
@@ -213,9 +213,13 @@ class ThingsBoard(Broker):
                 answer["value"] = source.get(doc["key"])
             self.deliver_to(s, f"{GW}attributes/response", json.dumps(answer).encode())
         elif rest == "rpc":
-            self.rpc_replies[(str(doc["device"]), int(doc["id"]))] = doc.get("data")
+            self._rpc_reply(str(doc["device"]), int(doc["id"]), doc.get("data"))
         elif rest != "claim":
             raise ProtocolError(f"unknown gateway topic v1/gateway/{rest}")
+
+    def _rpc_reply(self, device: str, rid: int, answer: Any) -> None:
+        self.rpc_replies[(device, rid)] = answer
+        log.info("rpc_reply device=%s id=%d answer=%s", device, rid, json.dumps(answer))
 
     # -- the cloud side --------------------------------------------------------------------------
 
