@@ -41,13 +41,13 @@ def aws(tmp_path: Path) -> Iterator[tuple[BrokerThread, AwsIotCore, Path, Path]]
         bt.stop()
 
 
+@pytest.mark.parametrize("protocol", ["mqtt3", "mqtt5"])
 def test_sdk_connects_with_mtls_and_runs_shadow_and_jobs_flows(
-    aws_sdk: Path, aws: tuple[BrokerThread, AwsIotCore, Path, Path]
+    aws_sdk: Path, aws: tuple[BrokerThread, AwsIotCore, Path, Path], protocol: str
 ) -> None:
     bt, cloud, cert, key = aws
-    flow = Flow(
-        aws_sdk, "aws_device.py", str(bt.port), str(cloud.ca.ca_file), str(cert), str(key), THING
-    )
+    ca = str(cloud.ca.ca_file)
+    flow = Flow(aws_sdk, "aws_device.py", protocol, str(bt.port), ca, str(cert), str(key), THING)
     try:
         flow.expect_ready("delta")
         bt.loop.call_soon_threadsafe(
@@ -63,6 +63,8 @@ def test_sdk_connects_with_mtls_and_runs_shadow_and_jobs_flows(
     finally:
         flow.close()
     assert r["connect"] == {"session_present": False}
+    last = cloud.auth_log[-1]
+    assert last.accepted and last.level == {"mqtt3": 4, "mqtt5": 5}[protocol]
     assert r["get_before_any"] == {"code": 404, "message": "No shadow exists with name: 'config'"}
     assert r["update_reported"] == {"version": 1, "reported": {"interval_s": 10, "version": "1"}}
     assert r["deltas"] == [{"state": {"interval_s": 5}, "version": 2}]
@@ -208,6 +210,26 @@ def test_topic_policy_and_payload_limits(
         assert c.closed()
         assert cloud.recorder.messages == 0
         assert cloud.refused[-1][0] == THING
+
+
+def test_basic_ingest_is_recorded_but_reaches_no_subscriber(
+    aws: tuple[BrokerThread, AwsIotCore, Path, Path],
+) -> None:
+    _bt, cloud, _c, _k = aws
+    c = _raw(aws)
+    assert c.connect(THING) == 0
+    assert c.subscribe("$aws/rules/ingest/dt/gw1/#") == 1
+    assert c.subscribe("dt/gw1/#") == 1
+    c.sock.sendall(c.publish("$aws/rules/ingest/dt/gw1/t", b'{"id": 1}', pid=1))
+    c.sock.sendall(c.publish("dt/gw1/t", b'{"id": 2}', pid=2))
+    types = []
+    while True:
+        try:
+            types.append(c.read(1.0)[0])
+        except TimeoutError:
+            break
+    assert sorted(types) == [PUBLISH, 4, 4]  # two PUBACKs, one delivery: the plain topic's
+    assert dict(cloud.recorder.counts) == {1: 1, 2: 1}
 
 
 def test_subscriptions_outside_the_policy_or_too_deep_are_refused(

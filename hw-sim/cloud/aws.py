@@ -1,6 +1,7 @@
 """AWS IoT Core stand-in: mTLS things, a thing-name policy, the broker's limits, shadows and Jobs.
 
-Invariants, each as AWS documents it for MQTT 3.1.1 (what we could not confirm is marked):
+Invariants, each as AWS documents it for MQTT 3.1.1 (what we could not confirm is marked); MQTT 5
+clients are served with the same rules and no reason codes beyond CONNACK's:
 - A device connects over TLS with a certificate signed by the stand-in's CA and registered to a
   thing, and its client id must be that thing's name; otherwise CONNACK 5 (AWS may close without
   a CONNACK; unconfirmed). The observer (admin) connects with a password and no certificate.
@@ -19,7 +20,7 @@ Invariants, each as AWS documents it for MQTT 3.1.1 (what we could not confirm i
   `{jobId}/update` with IN_PROGRESS/SUCCEEDED/FAILED/REJECTED; `notify` and `notify-next` when the
   pending list or the next job changes; a terminal execution does not change again.
 - Every other accepted publish of a thing (its telemetry, Basic Ingest included) is fed to the
-  recorder, which counts records by id.
+  recorder, which counts records by id. Basic Ingest publishes reach no subscriber.
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ class Rejected(Exception):
 class AwsIotCore(Broker):
     """The stand-in. `folder` holds its CA (reused when present) and server certificate."""
 
+    mqtt5 = True  # AWS IoT Core speaks both; the SDK's recommended client is MQTT 5
+
     def __init__(
         self,
         folder: Path,
@@ -299,6 +302,9 @@ class AwsIotCore(Broker):
             return False
         s.recent.append(now)
         return True
+
+    def forward(self, s: Session, topic: str) -> bool:
+        return not topic.startswith("$aws/rules/")  # Basic Ingest goes to rules, not subscribers
 
     # -- what an accepted publish does -----------------------------------------------------------
 

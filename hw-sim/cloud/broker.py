@@ -89,6 +89,7 @@ class AuthEvent:
     claims: dict[str, Any] = field(default_factory=dict)
     kid: str | None = None
     username: str | None = None
+    level: int = 4  # the MQTT protocol level the client asked for
 
 
 class Broker:
@@ -241,7 +242,9 @@ class Broker:
             client_id, username, password, writer
         )
         self.auth_log.append(
-            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid, username)
+            AuthEvent(
+                client_id, code == ACCEPTED, reason, time.time(), claims, kid, username, level
+            )
         )
         if code != ACCEPTED:
             log.info("connect_refused client=%s reason=%s", client_id, reason)

@@ -1,6 +1,6 @@
 """AWS IoT Device SDK v2 (awsiotsdk) flow against the stand-in; run in the SDK's own venv.
 
-    python aws_device.py PORT CA CERT KEY THING
+    python aws_device.py mqtt3|mqtt5 PORT CA CERT KEY THING
 
 Prints one `SDKFLOW <json>` line per event (the SDK may print lines of its own): `{"ready": STEP}`
 when it waits for the test to act on the cloud side (the test answers with a line on stdin), and
@@ -12,12 +12,19 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import Future
 
 import awsiot
-from awscrt import mqtt, mqtt_request_response
-from awsiot import V2ServiceException, iotjobs, iotshadow, mqtt_connection_builder
+from awscrt import mqtt, mqtt5, mqtt_request_response
+from awsiot import (
+    V2ServiceException,
+    iotjobs,
+    iotshadow,
+    mqtt5_client_builder,
+    mqtt_connection_builder,
+)
 
-port, ca, cert, key, thing = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+protocol, port, ca, cert, key, thing = sys.argv[1:7]
 SHADOW = "config"
 results: dict = {}
 
@@ -37,17 +44,30 @@ def error_of(exc: BaseException) -> dict:
     return {"error": repr(exc)}
 
 
-conn = mqtt_connection_builder.mtls_from_path(
-    endpoint="localhost",
-    port=int(port),
-    cert_filepath=cert,
-    pri_key_filepath=key,
-    ca_filepath=ca,
-    client_id=thing,
-    clean_session=True,
-    keep_alive_secs=30,
-)
-results["connect"] = conn.connect().result(20)
+common = {
+    "endpoint": "localhost",
+    "port": int(port),
+    "cert_filepath": cert,
+    "pri_key_filepath": key,
+    "ca_filepath": ca,
+    "client_id": thing,
+}
+if protocol == "mqtt3":
+    conn = mqtt_connection_builder.mtls_from_path(**common, clean_session=True, keep_alive_secs=30)
+    results["connect"] = conn.connect().result(20)
+else:
+    up: Future = Future()
+    conn = mqtt5_client_builder.mtls_from_path(
+        **common,
+        on_lifecycle_connection_success=lambda data: up.set_result(
+            {"session_present": data.connack_packet.session_present}
+        ),
+        on_lifecycle_connection_failure=lambda data: (
+            up.done() or up.set_exception(RuntimeError(repr(data.exception)))
+        ),
+    )
+    conn.start()
+    results["connect"] = up.result(20)
 options = mqtt_request_response.ClientOptions(
     max_request_response_subscriptions=4,
     max_streaming_subscriptions=4,
@@ -226,12 +246,21 @@ results["nexts"] = nexts
 
 # -- telemetry: QoS 1, acknowledged --------------------------------------------------------------
 for i in range(5):
-    fut, _ = conn.publish(
-        f"dt/{thing}/telemetry", json.dumps({"id": i, "v": i}).encode(), mqtt.QoS.AT_LEAST_ONCE
-    )
+    payload = json.dumps({"id": i, "v": i}).encode()
+    if protocol == "mqtt3":
+        fut, _ = conn.publish(f"dt/{thing}/telemetry", payload, mqtt.QoS.AT_LEAST_ONCE)
+    else:
+        fut = conn.publish(
+            mqtt5.PublishPacket(
+                topic=f"dt/{thing}/telemetry", payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE
+            )
+        )
     fut.result(20)
 results["telemetry_acked"] = 5
 
-conn.disconnect().result(20)
+if protocol == "mqtt3":
+    conn.disconnect().result(20)
+else:
+    conn.stop()
 say({"results": results})
 time.sleep(0.1)
