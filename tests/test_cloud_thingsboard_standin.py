@@ -278,3 +278,40 @@ def test_cli_serves_devices_sets_shared_attributes_and_sends_an_rpc(tmp_path: Pa
     finally:
         serve.kill()
         serve.wait(5)
+
+
+def test_attribute_answers_leave_out_what_was_not_found(
+    tb: tuple[BrokerThread, ThingsBoard],
+) -> None:
+    bt, cloud = tb
+    _on_loop(bt, cloud.set_shared, "Boiler A", {"setpoint": 60, "mode": "eco"})
+    _on_loop(bt, cloud.set_shared, "dev1", {"interval_s": 5})
+    gw, dev = Paho(bt.port, GATEWAY_TOKEN), Paho(bt.port, DEVICE_TOKEN)
+    try:
+        gw.c.subscribe("v1/gateway/attributes/response", 1)
+        dev.c.subscribe("v1/devices/me/attributes/response/+", 1)
+        wait_for(lambda: len(gw.granted) == 1 and len(dev.granted) == 1, 10, "SUBACKs")
+        requests = [
+            {"id": 1, "device": "Boiler A", "client": False, "key": "setpoint"},
+            {"id": 2, "device": "Boiler A", "client": False, "keys": ["setpoint", "nope"]},
+            {"id": 3, "device": "Boiler A", "client": False, "key": "nope"},
+            {"id": 4, "device": "Boiler A", "client": True, "keys": ["setpoint"]},
+        ]
+        for req in requests:
+            gw.c.publish("v1/gateway/attributes/request", json.dumps(req), qos=1)
+        dev.c.publish(
+            "v1/devices/me/attributes/request/9",
+            '{"clientKeys": "fw", "sharedKeys": "interval_s"}',
+            qos=1,
+        )
+        wait_for(lambda: len(gw.got) == 4 and len(dev.got) == 1, 10, "the answers")
+    finally:
+        gw.close()
+        dev.close()
+    assert sorted((m for _t, m in gw.got), key=lambda m: m["id"]) == [
+        {"id": 1, "device": "Boiler A", "value": 60},
+        {"id": 2, "device": "Boiler A", "values": {"setpoint": 60}},
+        {"id": 3, "device": "Boiler A"},
+        {"id": 4, "device": "Boiler A"},
+    ]
+    assert dev.got == [("v1/devices/me/attributes/response/9", {"shared": {"interval_s": 5}})]

@@ -14,8 +14,9 @@ Invariants, as ThingsBoard documents its MQTT transport:
   `getSessionLimits` (the SDK asks it at every connect) is answered with `session_limits`.
 - Gateway API (gateway devices only): `v1/gateway/connect|disconnect` with `{"device": name}`,
   telemetry `{"Device": [{"ts": ms, "values": {...}}]}` and attributes `{"Device": {...}}`;
-  `v1/gateway/attributes/request` with `id`, `device`, `client` and `key` or `keys`, answered on
-  `v1/gateway/attributes/response` with `value` or `values`; shared-attribute updates of a device
+  `v1/gateway/attributes/request` with `id`, `device`, `client` (true/false) and `key` or `keys`,
+  answered on `v1/gateway/attributes/response` with `value` or `values` (what is not found is
+  left out, as is an empty scope of a device's answer); shared-attribute updates of a device
   behind the gateway are pushed as `{"device", "data"}` on `v1/gateway/attributes`; RPC as
   `{"device", "data": {"id", "method", "params"}}` on `v1/gateway/rpc`, answered there with
   `{"device", "id", "data"}`. A device the gateway names is created on first use, as
@@ -34,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .broker import ACCEPTED, NOT_AUTHORIZED, Broker, Session
-from .mqtt_wire import ProtocolError
 from .recorder import Recorder
 
 log = logging.getLogger("gatewayd_sim.cloud.thingsboard")
@@ -167,13 +167,15 @@ class ThingsBoard(Broker):
             req_id = rest.rsplit("/", 1)[1]
             client_keys = _keys(doc.get("clientKeys"))
             shared_keys = _keys(doc.get("sharedKeys"))
+            everything = client_keys is None and shared_keys is None
             answer: Json = {}
-            if client_keys is None and shared_keys is None:
-                answer = {"client": dev.client, "shared": dev.shared}
-            if client_keys is not None:
-                answer["client"] = {k: dev.client[k] for k in client_keys if k in dev.client}
-            if shared_keys is not None:
-                answer["shared"] = {k: dev.shared[k] for k in shared_keys if k in dev.shared}
+            for scope, keys, have in (
+                ("client", client_keys, dev.client),
+                ("shared", shared_keys, dev.shared),
+            ):
+                found = dict(have) if everything else {k: have[k] for k in keys or () if k in have}
+                if found:  # ThingsBoard leaves out a scope with nothing found
+                    answer[scope] = found
             self.deliver_to(s, f"{ME}attributes/response/{req_id}", json.dumps(answer).encode())
         elif rest.startswith("rpc/response/"):
             self._rpc_reply(dev.name, int(rest.rsplit("/", 1)[1]), doc)
@@ -205,17 +207,26 @@ class ThingsBoard(Broker):
                 self._device(name, via=gw).client.update(attrs)
         elif rest == "attributes/request":
             dev = self._device(str(doc["device"]), via=gw)
-            source = dev.client if doc.get("client") else dev.shared
-            answer: Json = {"id": doc["id"], "device": dev.name}
-            if "keys" in doc:
-                answer["values"] = {k: source[k] for k in doc["keys"] if k in source}
+            if not isinstance(doc["client"], bool):
+                raise TypeError("'client' must be true or false")
+            source = dev.client if doc["client"] else dev.shared
+            answer: Json = {"id": int(doc["id"]), "device": dev.name}
+            # As ThingsBoard 3.x answers: `key` gets `value`, `keys` gets `values`, and an
+            # attribute not found is left out (no `value`, or not in `values`). Older versions
+            # answered `value` whenever one attribute was found, even for `keys`.
+            if "key" in doc:
+                if doc["key"] in source:
+                    answer["value"] = source[doc["key"]]
             else:
-                answer["value"] = source.get(doc["key"])
+                found = {k: source[k] for k in doc["keys"] if k in source}
+                if found:
+                    answer["values"] = found
             self.deliver_to(s, f"{GW}attributes/response", json.dumps(answer).encode())
         elif rest == "rpc":
             self._rpc_reply(str(doc["device"]), int(doc["id"]), doc.get("data"))
         elif rest != "claim":
-            raise ProtocolError(f"unknown gateway topic v1/gateway/{rest}")
+            # ThingsBoard acknowledges a publish to an unknown topic and drops it.
+            log.info("unknown_gateway_topic client=%s topic=v1/gateway/%s", s.client_id, rest)
 
     def _rpc_reply(self, device: str, rid: int, answer: Any) -> None:
         self.rpc_replies[(device, rid)] = answer
