@@ -396,3 +396,56 @@ def test_cli_serves_things_updates_a_shadow_and_creates_a_job(tmp_path: Path) ->
     finally:
         serve.kill()
         serve.wait(5)
+
+
+def test_job_notifications_follow_the_pending_list_and_the_next_job(
+    aws: tuple[BrokerThread, AwsIotCore, Path, Path],
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    bt, cloud, cert, key = aws
+    got: list[tuple[str, Any]] = []
+    subscribed = threading.Event()
+    dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=THING)
+    dev.tls_set(ca_certs=str(cloud.ca.ca_file), certfile=str(cert), keyfile=str(key))
+    dev.on_message = lambda c, u, m: got.append((m.topic.rsplit("/", 1)[1], json.loads(m.payload)))
+    dev.on_subscribe = lambda *a: subscribed.set()
+    dev.on_connect = lambda c, *a: c.subscribe(
+        [("$aws/things/gw1/jobs/notify", 1), ("$aws/things/gw1/jobs/notify-next", 1)]
+    )
+    dev.connect("localhost", bt.port)
+    dev.loop_start()
+
+    def step(fn: Any, *args: Any, expect: int) -> list[tuple[str, Any]]:
+        before = len(got)
+        bt.loop.call_soon_threadsafe(fn, *args)
+        wait_for(lambda: len(got) >= before + expect, 10, f"{expect} notifications")
+        time.sleep(0.3)  # nothing more may follow
+        return got[before:]
+
+    def update(job: str, status: str) -> None:
+        dev.publish(f"$aws/things/gw1/jobs/{job}/update", json.dumps({"status": status}), qos=1)
+
+    try:
+        assert subscribed.wait(10)
+        first = step(cloud.create_job, THING, "j1", {"n": 1}, expect=2)
+        assert [t for t, _ in first] == ["notify", "notify-next"]
+        assert first[1][1]["execution"]["jobId"] == "j1"
+        second = step(cloud.create_job, THING, "j2", {"n": 2}, expect=1)
+        assert [t for t, _ in second] == ["notify"]  # j1 is still next
+        assert [j["jobId"] for j in second[0][1]["jobs"]["QUEUED"]] == ["j1", "j2"]
+        before = len(got)
+        update("j1", "IN_PROGRESS")
+        wait_for(lambda: cloud.jobs[THING][0].status == "IN_PROGRESS", 10, "j1 in progress")
+        time.sleep(0.3)
+        assert got[before:] == []  # still pending, still next
+        done = step(update, "j1", "SUCCEEDED", expect=2)
+        assert sorted(t for t, _ in done) == ["notify", "notify-next"]
+        assert dict(done)["notify-next"]["execution"]["jobId"] == "j2"
+        last = step(update, "j2", "REJECTED", expect=2)
+        assert dict(last)["notify"]["jobs"] == {}
+        assert "execution" not in dict(last)["notify-next"]
+    finally:
+        dev.loop_stop()
+        dev.disconnect()

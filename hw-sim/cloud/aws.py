@@ -17,8 +17,9 @@ clients are served with the same rules and no reason codes beyond CONNACK's:
   reported apart, `update/documents` with previous and current; versions (a stale `version` is
   409), `null` deletes a key, a request or a resulting state over 8 KiB is 413.
 - Jobs (`$aws/things/{thing}/jobs/...`): `get`, `{jobId}/get` (and `$next`), `start-next`,
-  `{jobId}/update` with IN_PROGRESS/SUCCEEDED/FAILED/REJECTED; `notify` and `notify-next` when the
-  pending list or the next job changes; a terminal execution does not change again.
+  `{jobId}/update` with IN_PROGRESS/SUCCEEDED/FAILED/REJECTED; `notify` when an execution joins
+  or leaves the pending list, `notify-next` when the next pending execution becomes another one
+  (or none); a terminal execution does not change again.
 - Every other accepted publish of a thing (its telemetry, Basic Ingest included) is fed to the
   recorder, which counts records by id. Basic Ingest publishes reach no subscriber.
 """
@@ -517,8 +518,8 @@ class AwsIotCore(Broker):
             if before is None:
                 return {"timestamp": ts}
             if before.status == "QUEUED":
+                # Still pending and still next: neither `notify` nor `notify-next` changes.
                 self._set_status(before, "IN_PROGRESS", req.get("statusDetails"), ts)
-                self._notify(thing, None)
             return {"execution": before.execution(), "timestamp": ts}
         assert job_id is not None
         if op == "get":
@@ -551,7 +552,8 @@ class AwsIotCore(Broker):
         before = self._next(thing)
         self._set_status(job, status, req.get("statusDetails"), ts)
         log.info("job_update thing=%s job=%s status=%s", thing, job.job_id, status)
-        self._notify(thing, before, changed_list=status in TERMINAL or before is not job)
+        # `notify` lists the pending executions: it changes only when one leaves the list.
+        self._notify(thing, before, changed_list=status in TERMINAL)
         out: Json = {"timestamp": ts}
         if req.get("includeJobExecutionState"):
             out["executionState"] = job.state()
