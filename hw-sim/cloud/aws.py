@@ -233,6 +233,7 @@ class AwsIotCore(Broker):
         self.jobs: dict[str, list[JobExecution]] = {}
         self.max_publishes_per_s = MAX_PUBLISHES_PER_S  # tests isolate one limit by lifting another
         self.max_unacked = MAX_UNACKED
+        self.clock = time.monotonic  # of the rate window; a test may hold it still
         self.throttled = 0  # publishes dropped over the rate or the unacknowledged limit
         self.refused: list[tuple[str, str]] = []  # (client id, why) of closed connections
 
@@ -295,7 +296,7 @@ class AwsIotCore(Broker):
         if problem is not None:
             self.refused.append((s.client_id, problem))
             raise ProtocolError(problem)
-        now = time.monotonic()
+        now = self.clock()
         while s.recent and s.recent[0] <= now - 1.0:
             s.recent.popleft()
         if len(s.recent) >= self.max_publishes_per_s or (qos and s.unacked >= self.max_unacked):
