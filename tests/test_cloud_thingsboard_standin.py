@@ -179,11 +179,12 @@ def test_devices_see_only_their_own_me_topics_and_no_gateway_api(
         b.close()
 
 
-def _connect_raw(port: int, token: str) -> socket.socket:
+def _connect_raw(port: int, token: str, level: int = 4) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    body = mqtt_str("MQTT") + bytes([4, 0x82]) + struct.pack(">H", 60) + mqtt_str("x")
+    props = b"\x00" if level == 5 else b""
+    body = mqtt_str("MQTT") + bytes([level, 0x82]) + struct.pack(">H", 60) + props + mqtt_str("x")
     s.sendall(packet(CONNECT, 0, body + mqtt_str(token)))
-    assert s.recv(4) == b"\x20\x02\x00\x00"
+    assert s.recv(5) == (b"\x20\x03\x00\x00\x00" if level == 5 else b"\x20\x02\x00\x00")
     return s
 
 
@@ -211,6 +212,9 @@ def test_hostile_peers_leave_the_stand_in_serving_and_counting_nothing(
     s.close()
     s = _connect_raw(bt.port, GATEWAY_TOKEN)  # a topic length longer than the packet
     s.sendall(packet(PUBLISH, 0x02, b"\x00\xff" + b"v1/gateway/telemetry"))
+    assert _gone(s)
+    s = _connect_raw(bt.port, GATEWAY_TOKEN, level=5)  # MQTT 5 properties longer than the packet
+    s.sendall(packet(PUBLISH, 0x02, mqtt_str("v1/gateway/telemetry") + b"\x00\x01\x7f{}"))
     assert _gone(s)
     s = _connect_raw(bt.port, GATEWAY_TOKEN)  # garbage after a good CONNECT
     s.sendall(b"\xff" * 32)
