@@ -10,9 +10,8 @@ Other clouds' stand-ins (aws.py, thingsboard.py) subclass it and override its ho
 on the broker's event loop: `authenticate` (CONNECT; sees the TLS peer through the writer),
 `allowed` (a device's topic policy), `admit` (a PUBLISH: accept, drop without PUBACK, or raise
 ProtocolError to disconnect), `consume` (an accepted PUBLISH, before it is routed) and `forward`
-(whether it is routed to other sessions at all). A PUBLISH
-is recorded, routed or acknowledged only after `admit` accepted it, so a refused or truncated
-one counts nowhere.
+(whether it is routed to other sessions at all). A PUBLISH is recorded, routed or acknowledged
+only after `admit` accepted it, so a refused or truncated one counts nowhere.
 """
 
 from __future__ import annotations
