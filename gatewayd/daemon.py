@@ -97,7 +97,11 @@ class Gateway:
             self.keyring.on_change = self.state_changed
         self.clock = WallClock()
         self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
-        self._trial: TrialWatch | None = None  # fed by every poll while a candidate is judged
+        # Health watches, fed by every poll while one runs: a config candidate and a new release
+        # may be judged at the same time, each by its own. `_next_watch` is made ahead (at start,
+        # at a reconfigure) so the polls before `wait_healthy` begins count too.
+        self._watches: set[TrialWatch] = set()
+        self._next_watch: TrialWatch | None = None
         for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
         # Remote config counts its outcomes (applied / rejected / rolled_back / superseded).
@@ -134,7 +138,7 @@ class Gateway:
         if trial is not None:
             from gatewayd.remote_config.health import TrialWatch
 
-            self._trial = TrialWatch(self.cfg)  # before the first poll: each one counts
+            self._watch_next(TrialWatch(self.cfg))  # before the first poll: each one counts
         # Rule windows close by the clock too, not only on their point's next reading.
         self.poller.start(
             self.cfg.devices, maintenance=[(self.collect, 10.0), (self._tick_rules, 1.0)]
@@ -187,7 +191,7 @@ class Gateway:
 
         old = self.cfg
         self.cfg = new
-        self._trial = TrialWatch(new, old, self._polling_good(old)) if trial else None
+        self._watch_next(TrialWatch(new, old, self._polling_good(old)) if trial else None)
         old_devs = {d.id: d for d in old.devices}
         new_devs = {d.id: d for d in new.devices}
         for dev_id, dev in old_devs.items():
@@ -222,8 +226,8 @@ class Gateway:
         from gatewayd.remote_config.health import TrialWatch
 
         t0 = time.monotonic()
-        watch = self._trial or TrialWatch(self.cfg)
-        self._trial = watch
+        watch, self._next_watch = self._next_watch or TrialWatch(self.cfg), None
+        self._watches.add(watch)
         try:
             while True:
                 uplink_ok = self.uplink is not None and self.uplink.connected
@@ -239,7 +243,15 @@ class Gateway:
                     return problem
                 await asyncio.sleep(0.1)
         finally:
-            self._trial = None
+            self._watches.discard(watch)
+
+    def _watch_next(self, watch: TrialWatch | None) -> None:
+        """Start feeding `watch` for the next `wait_healthy`, replacing one not yet taken up."""
+        if self._next_watch is not None:
+            self._watches.discard(self._next_watch)
+        self._next_watch = watch
+        if watch is not None:
+            self._watches.add(watch)
 
     def request_restart(self, reason: str) -> None:
         """Stop as on SIGTERM, then exit with EXIT_RESTART: the supervisor starts `current`."""
@@ -377,8 +389,8 @@ class Gateway:
     async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
         """One poll's readings through the rules into the buffer (committed when this returns);
         a device going down or up is one event, stored beside them (not through the rules)."""
-        if self._trial is not None:
-            self._trial.observe(group, readings)
+        for watch in self._watches:
+            watch.observe(group, readings)
         events = self.device_health.observe(group, readings, self.drivers.get(group.device))
         dropped = self.rules.dropped
         records = self.rules.process(readings)

@@ -9,6 +9,13 @@
     python -m gatewayd_sim sensor --rate 2                        # key=value sensor on a new pty
     python -m gatewayd_sim cloud --port 1883 --device gw1=public.pem   # the cloud stand-in
     python -m gatewayd_sim cloud push-config doc.json --to gw1 --port 1883 --admin-password PW
+    python -m gatewayd_sim aws issue --thing gw1 --certs ca/        # a device certificate
+    python -m gatewayd_sim aws --port 8883 --certs ca/ --thing gw1=ca/gw1.pem  # AWS IoT Core
+    python -m gatewayd_sim aws update-shadow desired.json --to gw1 --port 8883 --certs ca/ \
+        --admin-password PW                                          # also: create-job --job-id
+    python -m gatewayd_sim thingsboard --port 1883 --gateway-token gw1=TOKEN   # ThingsBoard
+    python -m gatewayd_sim thingsboard rpc setValve --params '{"open": true}' --to "Boiler A" \
+        --port 1883 --admin-password PW                              # also: set-attributes FILE
 
 Each prints where it listens (the pty path to put in `serial_port`) and runs until Ctrl-C.
 """
@@ -99,7 +106,9 @@ def main() -> int:
     from gatewayd_sim.cloud import cli as cloud_cli
 
     p = argparse.ArgumentParser(prog="python -m gatewayd_sim")
-    p.add_argument("what", choices=["modbus", "rtu", "hostile", "gps", "sensor", "cloud"])
+    p.add_argument(
+        "what", choices=["modbus", "rtu", "hostile", "gps", "sensor", *cloud_cli.ACTIONS]
+    )
     p.add_argument("--map", help="modbus, rtu: register map TOML (default: the demo boiler)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="the port to listen on (rtu: RTU over TCP)")
@@ -118,9 +127,20 @@ def main() -> int:
     cloud_cli.add_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
-    if args.what == "cloud" and args.action != "serve":
+    if args.what in cloud_cli.ACTIONS and args.action not in cloud_cli.ACTIONS[args.what]:
+        p.error(
+            f"{args.what} has no action {args.action}: {', '.join(cloud_cli.ACTIONS[args.what])}"
+        )
+    if args.what == "aws" and args.action == "issue":
+        return cloud_cli.issue(args)
+    if args.what in cloud_cli.ACTIONS and args.action != "serve":
         return cloud_cli.send(args)
-    serve = cloud_cli.serve(args) if args.what == "cloud" else _serve(args)
+    serves = {
+        "cloud": cloud_cli.serve,
+        "aws": cloud_cli.serve_aws,
+        "thingsboard": cloud_cli.serve_thingsboard,
+    }
+    serve = serves[args.what](args) if args.what in serves else _serve(args)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve)
     return 0

@@ -1,9 +1,17 @@
 """An embedded MQTT 3.1.1 broker that plays the cloud: JWT device auth, retained config, commands.
 
-Not a general-purpose broker: clean sessions only, QoS 0 and 1, no persistence. What it adds is
+Not a general-purpose broker: clean sessions only, QoS 0 and 1, no persistence; MQTT 3.1.1, and
+MQTT 5 framing when `mqtt5` is set (properties are read and ignored, none are sent). What it adds is
 what a test of a gateway needs: every CONNECT checked against the device registry (or accepted
 when no registry is given), a connection closed when its token expires, a recorder of received
 records by id, and fault switches (stop acknowledging, drop every client, close on a SUBSCRIBE).
+
+Other clouds' stand-ins (aws.py, thingsboard.py) subclass it and override its hooks, each called
+on the broker's event loop: `authenticate` (CONNECT; sees the TLS peer through the writer),
+`allowed` (a device's topic policy), `admit` (a PUBLISH: accept, drop without PUBACK, or raise
+ProtocolError to disconnect), `consume` (an accepted PUBLISH, before it is routed) and `forward`
+(whether it is routed to other sessions at all). A PUBLISH is recorded, routed or acknowledged
+only after `admit` accepted it, so a refused or truncated one counts nowhere.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +53,8 @@ log = logging.getLogger("gatewayd_sim.cloud")
 
 # CONNACK return codes of MQTT 3.1.1
 ACCEPTED, BAD_PROTOCOL, BAD_CLIENT_ID, UNAVAILABLE, BAD_CREDENTIALS, NOT_AUTHORIZED = range(6)
+# ... and what MQTT 5 says for each
+V5_REASON = {0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
 
 OBSERVER = "observer"  # username of in-test subscribers when a registry is in force
 
@@ -54,6 +66,9 @@ class Session:
     device: str | None
     subscriptions: dict[str, int] = field(default_factory=dict)
     next_id: int = 0
+    level: int = 4  # MQTT protocol level: 4 is 3.1.1, 5 is MQTT 5
+    unacked: int = 0  # the client's QoS 1 publishes this broker has not acknowledged yet
+    recent: deque[float] = field(default_factory=deque)  # for rate limits: admitted publishes
 
     def packet_id(self) -> int:
         self.next_id = self.next_id % 65535 + 1
@@ -73,9 +88,12 @@ class AuthEvent:
     claims: dict[str, Any] = field(default_factory=dict)
     kid: str | None = None
     username: str | None = None
+    level: int = 4  # the MQTT protocol level the client asked for
 
 
 class Broker:
+    mqtt5 = False  # accept MQTT 5 CONNECTs too
+
     def __init__(
         self,
         registry: Registry | None = None,
@@ -83,8 +101,10 @@ class Broker:
         port: int = 0,
         recorder: Recorder | None = None,
         observer_password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.registry = registry
+        self.tls = tls
         self.host = host
         self.port = port
         self.recorder = recorder or Recorder()
@@ -104,7 +124,7 @@ class Broker:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> Broker:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -160,6 +180,8 @@ class Broker:
         body = mqtt_str(topic)
         if qos:
             body += struct.pack(">H", s.packet_id())
+        if s.level == 5:
+            body += b"\x00"  # no properties
         s.send(packet(PUBLISH, flags, body + payload))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -202,38 +224,55 @@ class Broker:
     ) -> tuple[Session | None, int, float]:
         c = Cursor(body)
         proto, level, flags, keepalive = c.text(), c.u8(), c.u8(), c.u16()
-        if proto != "MQTT" or level != 4:
+        if proto != "MQTT" or level not in ((4, 5) if self.mqtt5 else (4,)):
             writer.write(packet(CONNACK, 0, bytes([0, BAD_PROTOCOL])))
             return None, 0, 0.0
+        if level == 5:
+            c.properties()
         client_id = c.text()
         if flags & 0x04:  # will: topic and message, ignored
+            if level == 5:
+                c.properties()
             c.blob()
             c.blob()
         username = c.text() if flags & 0x80 else None
         password = c.blob() if flags & 0x40 else None
-        code, reason, device, exp, claims, kid = self._authenticate(client_id, username, password)
+        code, reason, device, exp, claims, kid = self.authenticate(
+            client_id, username, password, writer
+        )
         self.auth_log.append(
-            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid, username)
+            AuthEvent(
+                client_id, code == ACCEPTED, reason, time.time(), claims, kid, username, level
+            )
         )
         if code != ACCEPTED:
             log.info("connect_refused client=%s reason=%s", client_id, reason)
-            writer.write(packet(CONNACK, 0, bytes([0, code])))
+            writer.write(packet(CONNACK, 0, self._connack(level, code)))
             return None, 0, 0.0
         old = self.sessions.get(client_id)
         if old is not None:  # MQTT: a second connection with the same id takes over
             old.writer.close()
-        session = Session(client_id, writer, device)
+        session = Session(client_id, writer, device, level=level)
         self.sessions[client_id] = session
-        writer.write(packet(CONNACK, 0, bytes([0, ACCEPTED])))
+        writer.write(packet(CONNACK, 0, self._connack(level, ACCEPTED)))
         return session, keepalive, exp
 
-    def _authenticate(
-        self, client_id: str, username: str | None, password: bytes | None
+    @staticmethod
+    def _connack(level: int, code: int) -> bytes:
+        return bytes([0, V5_REASON[code], 0]) if level == 5 else bytes([0, code])
+
+    def authenticate(
+        self,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        writer: asyncio.StreamWriter,
     ) -> tuple[int, str, str | None, float, dict[str, Any], str | None]:
-        if username == OBSERVER and self.observer_password is not None:
-            if password == self.observer_password.encode():
-                return ACCEPTED, "observer", None, 0.0, {}, None
-            return BAD_CREDENTIALS, "wrong observer password", None, 0.0, {}, None
+        """Hook: (CONNACK code, reason, device or None, token expiry or 0, claims, kid)."""
+        observer = self.observer_check(username, password)
+        if observer is not None:
+            reason = "observer" if observer == ACCEPTED else "wrong observer password"
+            return observer, reason, None, 0.0, {}, None
         if self.registry is None:
             return ACCEPTED, "open broker", None, 0.0, {}, None
         r = self.registry.authenticate(client_id, password)
@@ -242,11 +281,45 @@ class Broker:
             return code, r.reason, None, 0.0, {}, None
         return ACCEPTED, "ok", r.device, r.exp, r.claims, r.kid
 
-    def _allowed(self, s: Session, topic: str) -> bool:
-        """A device may touch only its own /devices/{id}/... topics."""
+    def observer_check(self, username: str | None, password: bytes | None) -> int | None:
+        """The CONNACK code for the in-test observer, or None when this is not the observer."""
+        if username != OBSERVER or self.observer_password is None:
+            return None
+        return ACCEPTED if password == self.observer_password.encode() else BAD_CREDENTIALS
+
+    def allowed(self, s: Session, topic: str) -> bool:
+        """Hook: a device may touch only its own /devices/{id}/... topics."""
         if self.registry is None or s.device is None:
             return True
         return topic.startswith(f"/devices/{s.device}/")
+
+    def allowed_filter(self, s: Session, pattern: str) -> bool:
+        """Hook: may the session subscribe to this topic filter?"""
+        return self.allowed(s, pattern.replace("#", "x").replace("+", "x"))
+
+    def admit(self, s: Session, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        """Hook: True to accept a PUBLISH, False to drop it unacknowledged; raise ProtocolError
+        to close the connection."""
+        if not self.allowed(s, topic):
+            raise ProtocolError(f"{s.client_id} may not publish to {topic}")
+        return True
+
+    def consume(self, s: Session, topic: str, payload: bytes) -> None:
+        """Hook: an accepted PUBLISH, before it is routed: record the telemetry."""
+        if "/events" in topic and not topic.endswith("/command-results"):
+            self.recorder.feed(payload)
+
+    def forward(self, s: Session, topic: str) -> bool:
+        """Hook: route an accepted PUBLISH to the other sessions' matching subscriptions?"""
+        return True
+
+    def deliver_to(self, s: Session, topic: str, payload: bytes) -> bool:
+        """Send to one session only (a per-connection answer), if it subscribed to the topic."""
+        for pattern, sub_qos in s.subscriptions.items():
+            if topic_matches(pattern, topic):
+                self._deliver(s, topic, payload, sub_qos, retain=False)
+                return True
+        return False
 
     async def _session_loop(self, s: Session, reader: asyncio.StreamReader, keepalive: int) -> None:
         timeout = keepalive * 1.5 if keepalive else None
@@ -257,12 +330,14 @@ class Broker:
             elif ptype == SUBSCRIBE:
                 c = Cursor(body)
                 pid = c.u16()
+                if s.level == 5:
+                    c.properties()
                 codes = bytearray()
                 while c.more:
                     pattern, qos = c.text(), c.u8() & 0x03
                     if self.close_on_subscribe is not None and self.close_on_subscribe(pattern):
                         raise ProtocolError(f"{s.client_id} may not subscribe to {pattern}")
-                    if not self._allowed(s, pattern.replace("#", "x").replace("+", "x")):
+                    if not self.allowed_filter(s, pattern):
                         codes.append(0x80)
                         continue
                     s.subscriptions[pattern] = min(qos, 1)
@@ -270,13 +345,20 @@ class Broker:
                     for topic, payload in list(self.retained.items()):
                         if topic_matches(pattern, topic):
                             self._deliver(s, topic, payload, min(qos, 1), retain=True)
-                s.send(packet(SUBACK, 0, struct.pack(">H", pid) + bytes(codes)))
+                props = b"\x00" if s.level == 5 else b""
+                s.send(packet(SUBACK, 0, struct.pack(">H", pid) + props + bytes(codes)))
             elif ptype == UNSUBSCRIBE:
                 c = Cursor(body)
                 pid = c.u16()
+                if s.level == 5:
+                    c.properties()
+                n = 0
                 while c.more:
                     s.subscriptions.pop(c.text(), None)
-                s.send(packet(UNSUBACK, 0, struct.pack(">H", pid)))
+                    n += 1
+                # MQTT 5 answers each filter (0 = success) after an empty property block.
+                answers = b"\x00" + bytes(n) if s.level == 5 else b""
+                s.send(packet(UNSUBACK, 0, struct.pack(">H", pid) + answers))
             elif ptype == PINGREQ:
                 s.send(packet(PINGRESP, 0, b""))
             elif ptype == PUBACK:
@@ -293,21 +375,31 @@ class Broker:
         c = Cursor(body)
         topic = c.text()
         pid = c.u16() if qos else 0
+        if s.level == 5:
+            c.properties()
         payload = c.rest()
         if qos > 1:
             raise ProtocolError("QoS 2 is not supported by the stand-in")
-        if not self._allowed(s, topic):
-            raise ProtocolError(f"{s.client_id} may not publish to {topic}")
-        if "/events" in topic and not topic.endswith("/command-results"):
-            self.recorder.feed(payload)
+        if not self.admit(s, topic, payload, qos, retain):
+            return
+        self.consume(s, topic, payload)
         if self.on_message is not None:
             self.on_message(topic, payload)
         if retain:
             self.retained[topic] = payload
-        self._route(topic, payload, qos, retain=False)
-        if qos and self.acks_enabled:
-            ack = packet(PUBACK, 0, struct.pack(">H", pid))
-            if self.ack_delay_s:
-                asyncio.get_running_loop().call_later(self.ack_delay_s, s.send, ack)
-            else:
-                s.send(ack)
+        if self.forward(s, topic):
+            self._route(topic, payload, qos, retain=False)
+        if not qos:
+            return
+        ack = packet(PUBACK, 0, struct.pack(">H", pid))
+        if not self.acks_enabled:
+            s.unacked += 1
+        elif self.ack_delay_s:
+            s.unacked += 1
+            asyncio.get_running_loop().call_later(self.ack_delay_s, self._late_ack, s, ack)
+        else:
+            s.send(ack)
+
+    def _late_ack(self, s: Session, ack: bytes) -> None:
+        s.unacked -= 1
+        s.send(ack)

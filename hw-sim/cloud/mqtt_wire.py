@@ -1,4 +1,4 @@
-"""MQTT 3.1.1 packet framing: just what the stand-in broker needs."""
+"""MQTT 3.1.1 packet framing, and MQTT 5's properties to skip: just what the stand-ins need."""
 
 from __future__ import annotations
 
@@ -83,6 +83,22 @@ class Cursor:
             return self.blob().decode()
         except UnicodeDecodeError as exc:
             raise ProtocolError("string is not UTF-8") from exc
+
+    def properties(self) -> bytes:
+        """MQTT 5: a property block (variable-length size, then the properties), unparsed."""
+        n = 0
+        for shift in range(0, 28, 7):
+            b = self.u8()
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+        else:
+            raise ProtocolError("malformed property length")
+        if self.at + n > len(self.data):
+            raise ProtocolError("truncated properties")
+        v = self.data[self.at : self.at + n]
+        self.at += n
+        return v
 
     def rest(self) -> bytes:
         v = self.data[self.at :]
