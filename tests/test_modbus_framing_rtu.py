@@ -77,7 +77,10 @@ def test_a_reply_later_than_twice_the_timeout_is_not_the_next_answer(
     make.append(slave)
     out = asyncio.run(run(rtu(slave.path, fail_threshold=99), 10))
     assert wrong_good(out, BY_ID, slave) == []
-    assert {r.reason for r in out if r.quality is not Quality.GOOD} == {"timeout"}
+    reasons = {r.reason for r in out if r.quality is not Quality.GOOD}
+    # A late reply that starts arriving just before a deadline is cut off there: short_reply
+    # (seen on a loaded CI machine). Either way it is a bad reading, never the next answer.
+    assert "timeout" in reasons and reasons <= {"timeout", "short_reply"}, reasons
     assert [r.quality for r in out[-6:]] == [Quality.GOOD] * 6
 
 
