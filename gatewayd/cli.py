@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         "--config", "-c", default="/etc/gatewayd/gateway.toml", help="where [metrics] listen is"
     )
     st.add_argument("--listen", help="host:port of the metrics endpoint (overrides --config)")
+    sub.add_parser(
+        "schema", help="print the JSON Schema of the configuration, installed drivers included"
+    )
     sub.add_parser("version", help="print the version")
     from gatewayd import buffer_cli
 
@@ -55,9 +58,26 @@ def main(argv: list[str] | None = None) -> int:
         "keygen": _keygen,
         "status": _status,
         "version": _version,
+        "schema": _schema,
         "buffer": buffer_cli.run,
     }
     return handler[args.cmd](args)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from gatewayd.config import ConfigError
+    from gatewayd.config.schema import config_schema
+    from gatewayd.drivers.registry import declared_options
+
+    try:
+        drivers = declared_options()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(config_schema(drivers), indent=2))
+    return 0
 
 
 def _version(args: argparse.Namespace) -> int:

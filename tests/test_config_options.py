@@ -50,6 +50,7 @@ def test_an_unknown_driver_is_a_config_error_naming_the_place() -> None:
 def test_defaults_and_ranges_are_read_from_the_dataclass() -> None:
     port = {o.name: o for o in options_of(ModbusTcpOptions)}["port"]
     assert (port.kind, port.default, port.lo, port.hi) == ("integer", 502, 1, 65535)
-    assert load(HEAD + '[[devices]]\nid = "p"\ndriver = "modbus_tcp"\n').devices[
-        0
-    ].options == ModbusTcpOptions()
+    assert (
+        load(HEAD + '[[devices]]\nid = "p"\ndriver = "modbus_tcp"\n').devices[0].options
+        == ModbusTcpOptions()
+    )
