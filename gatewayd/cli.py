@@ -87,13 +87,17 @@ def _version(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from gatewayd import status
-    from gatewayd.config import ConfigError, MetricsConfig, load_file
+    from gatewayd.config import ConfigError, MetricsConfig, load_document, read_document
     from gatewayd.metrics_http import parse_listen
 
     listen = args.listen
     if listen is None:
         try:
-            listen = load_file(args.config).metrics.listen
+            # Only [metrics] matters here: devices (whose drivers this process may not have
+            # installed, config/options.py) and the rules naming their points are left out.
+            doc = read_document(args.config)
+            rest = {k: v for k, v in doc.items() if k not in ("devices", "rules")}
+            listen = load_document(rest).metrics.listen
         except ConfigError as exc:
             listen = MetricsConfig().listen
             print(f"note: {exc}; trying {listen}", file=sys.stderr)
