@@ -22,8 +22,10 @@ def with_metrics(toml: str, port: int) -> str:
 
 
 def plugin_device(dev_id: str, driver: str, interval_ms: int = 100, points: int = 2) -> str:
-    # These drivers declare no options: a point is its id (drivers/options.py).
-    pts = "".join(f'[[devices.points]]\nid = "p{i}"\n' for i in range(points))
+    pts = "".join(
+        f'[[devices.points]]\nid = "p{i}"\ntable = "holding"\naddress = {i}\n'
+        for i in range(points)
+    )
     return (
         f'\n[[devices]]\nid = "{dev_id}"\ndriver = "{driver}"\ninterval_ms = {interval_ms}\n{pts}'
     )
