@@ -2,7 +2,8 @@
 
 Invariants:
 - A driver's device options and point schema are plain frozen dataclasses; a field's type says
-  how it is read (str, int, float, bool, a Literal of strings, `X | None`, tuple[str, ...]),
+  how it is read (str, int, float, bool, a Literal of strings, `X | None`, tuple[str, ...],
+  tuple[int, ...] whose items lo..hi bound),
   its default is the documented default, and `option(...)` metadata adds range, doc and fix.
   Defaults and choice lists are written once, here, and both parsing and `gatewayd schema` read
   them from the dataclass.
@@ -53,7 +54,7 @@ class Option:
     """One key of a table, as read from a dataclass field."""
 
     name: str
-    kind: Literal["text", "integer", "number", "flag", "choice", "strings"]
+    kind: Literal["text", "integer", "number", "flag", "choice", "strings", "integers"]
     default: Any  # dataclasses.MISSING: required
     optional: bool = False  # `X | None`: absent means None
     choices: tuple[str, ...] = ()
@@ -96,6 +97,8 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
         }
         if get_origin(tp) is Literal:
             out.append(Option(f.name, "choice", choices=tuple(get_args(tp)), **common))
+        elif get_origin(tp) is tuple and get_args(tp)[:1] == (int,):
+            out.append(Option(f.name, "integers", **common))
         elif get_origin(tp) is tuple:
             out.append(Option(f.name, "strings", **common))
         elif tp in _KINDS:
@@ -112,6 +115,9 @@ class Reader(typing.Protocol):
     def text(self, key: str, default: Any = ...) -> str: ...
     def opt_text(self, key: str) -> str | None: ...
     def strings(self, key: str, default: Any = ...) -> tuple[str, ...]: ...
+    def integers(
+        self, key: str, default: Any = ..., *, lo: int | None = None, hi: int | None = None
+    ) -> tuple[int, ...]: ...
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = ...) -> Any: ...
     def flag(self, key: str, default: Any = ...) -> bool: ...
     def integer(
@@ -151,6 +157,8 @@ def read_options(cls: type[T], s: Reader, missing: Any) -> T:
             values[o.name] = s.choice(o.name, o.choices, d)
         elif o.kind == "strings":
             values[o.name] = s.strings(o.name, d)
+        elif o.kind == "integers":
+            values[o.name] = s.integers(o.name, d, lo=lo, hi=hi)
         elif o.kind == "flag":
             values[o.name] = s.flag(o.name, d)
         elif o.kind == "integer" and o.optional:

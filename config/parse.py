@@ -484,6 +484,21 @@ class Section:
                 )
         return tuple(v)
 
+    def integers(
+        self, key: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
+    ) -> tuple[int, ...]:
+        """An array of integers, each within lo..hi (an error names its index)."""
+        v = self._get(key, default, (list, tuple), "an array of integers")
+        for i, item in enumerate(v):
+            at = f"{key}[{i}]"
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise ConfigError(
+                    self.at(at), f"expected an integer, got {_kind(item)}", "write an integer"
+                )
+            self._bounded(at, item, lo, hi)
+            self._range(at, item, lo, hi, None)
+        return tuple(v)
+
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:
         v = self.text(key, default)
         if v not in allowed:

@@ -81,14 +81,18 @@ def _option(o: Option) -> dict[str, Any]:
         "flag": {"type": "boolean"},
         "choice": {"enum": list(o.choices)},
         "strings": {"type": "array", "items": {"type": "string"}},
+        "integers": {"type": "array", "items": {"type": "integer"}},
     }
     s = kinds[o.kind]
+    bounds = s["items"] if o.kind == "integers" else s
     if o.lo is not None:
-        s["minimum"] = o.lo
+        bounds["minimum"] = o.lo
     if o.hi is not None:
-        s["maximum"] = o.hi
+        bounds["maximum"] = o.hi
     if not o.required and not o.optional and _plain(o.default):
         s["default"] = o.default
+    elif isinstance(o.default, tuple):
+        s["default"] = list(o.default)
     if o.doc:
         s["description"] = o.doc
     return s

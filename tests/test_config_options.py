@@ -54,3 +54,25 @@ def test_defaults_and_ranges_are_read_from_the_dataclass() -> None:
         load(HEAD + '[[devices]]\nid = "p"\ndriver = "modbus_tcp"\n').devices[0].options
         == ModbusTcpOptions()
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Ids:
+    # The shape a list of unit ids takes (e.g. a Modbus `accept_unit_ids`).
+    ids: tuple[int, ...] = option((), lo=1, hi=247, doc="accepted ids")
+
+
+def test_an_integer_array_option_bounds_each_item_and_names_its_index() -> None:
+    lookup = table_lookup({"ids": OptionSet(device=Ids)})
+    dev = '[[devices]]\nid = "k"\ndriver = "ids"\n'
+    assert device_options(load(HEAD + dev, drivers=lookup).devices[0], Ids) == Ids()
+    cfg = load(HEAD + dev + "ids = [1, 247]\n", drivers=lookup)
+    assert device_options(cfg.devices[0], Ids).ids == (1, 247)
+    with pytest.raises(ConfigError) as err:
+        load(HEAD + dev + "ids = [1, 248]\n", drivers=lookup)
+    assert str(err.value) == "devices[0].ids[1]: 248 is above 247; use at most 247"
+    with pytest.raises(ConfigError) as err:
+        load(HEAD + dev + 'ids = [1, "2"]\n', drivers=lookup)
+    assert (
+        str(err.value) == "devices[0].ids[1]: expected an integer, got a string; write an integer"
+    )
