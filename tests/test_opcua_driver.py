@@ -300,3 +300,33 @@ def test_config_names_place_and_fix_for_opcua_options() -> None:
         load(unsecured + '[[devices.points]]\nid = "x"\n')
     assert str(err.value).startswith("devices[0].points[0].node: give exactly one of node and")
     assert load(unsecured + '[[devices.points]]\nid = "x"\nnode = "i=2258"\n').devices
+
+
+def test_an_expired_session_is_noticed_and_re_created_with_its_subscription(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        port = free_port()
+        sim = await SimServer(port, period_s=0.05).start()
+        dev = device(port, TEMP)  # subscribed only: no read fails, the publish loop tells
+        drv = OpcUaDriver(dev)
+        (group,) = poll_groups(dev)
+        try:
+            await collect(drv, group, lambda g: len(g) >= 3)
+            assert await sim.expire_sessions() == 1
+            expired_ms = time.time() * 1000
+            await collect(
+                drv,
+                group,
+                lambda g: (
+                    sum(r.quality is Quality.GOOD and r.ts_ms > expired_ms + 500 for r in g) >= 3
+                ),
+            )
+            assert len(sim._server.iserver._external_sessions) == 1, "one new session"
+        finally:
+            await drv.close()
+            await sim.stop()
+
+    run(body)
+    lost = [r.getMessage() for r in caplog.records if "opcua_unavailable" in r.getMessage()]
+    assert len(lost) == 1 and "reason=subscription_lost: Bad" in lost[0], lost

@@ -5,8 +5,9 @@ Address space (namespace "urn:gatewayd:sim", index 2), under Objects/2:Plant:
 - Counter (UInt32, ns=2;s=Plant.Counter): +1 per tick.
 - Running (Boolean), Name (String), Setpoint (Double, writable, ns=2;s=Plant.Setpoint).
 - Bulk.0 .. Bulk.{items-1} (Double, ns=2;s=Bulk.N): all change every tick (benchmarks).
-Faults: `bad` maps a variable to a bad status code it reports (value kept, status bad), and
-`session_timeout_ms` caps the sessions a client may ask for. Disconnects are a stop() or a kill.
+Faults: `bad` maps a variable to a bad status code it reports (value kept, status bad);
+expire_sessions() closes every session server-side (a session timeout); disconnects are a
+stop() or a kill of the process.
 Every value carries the server's SourceTimestamp, set at the tick that made it (shifted by
 `ts_offset_s`, so a test can tell the server's stamps from the gateway's).
 """
@@ -151,6 +152,15 @@ class SimServer:
         while True:
             await asyncio.sleep(self.period_s)
             await self._tick()
+
+    async def expire_sessions(self) -> int:
+        """The session-timeout fault: close every client session (and its subscriptions) on
+        the server side, as a server does whose session timer ran out; the TCP connection
+        stays. Returns how many were closed."""
+        sessions = list(self._server.iserver._external_sessions.values())
+        for session in sessions:
+            await session.close_session(delete_subs=True)
+        return len(sessions)
 
     async def stop(self) -> None:
         if self._task is not None:
