@@ -23,9 +23,11 @@ import os
 import platform
 import time
 
-from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.config import PointConfig
 from gatewayd.drivers import PollGroup
 from gatewayd.drivers.modbus import ModbusDriver
+from gatewayd.drivers.modbus.options import ModbusTcpOptions
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus import ModbusTcpSlave
 from gatewayd_sim.procs import free_port
@@ -60,7 +62,8 @@ async def run(period_s: float, duration_s: float, interval_s: float, window_s: f
     port = free_port()
     slave: ModbusTcpSlave | None = await _slave(port)
     points = tuple(PointConfig(id=f"r{a}", table="holding", address=a) for a in range(POINTS))
-    dev = DeviceConfig(
+    dev = device_config(
+        ModbusTcpOptions,
         id="flappy",
         driver="modbus_tcp",
         port=port,

@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.config import PointConfig
 from gatewayd.drivers import PollGroup
 from gatewayd.drivers.modbus import ModbusDriver, ModbusRtuDriver, plan_requests
+from gatewayd.drivers.modbus.options import ModbusRtuOptions, ModbusTcpOptions
+from gatewayd.drivers.options import device_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from telegraf_planner import telegraf_requests
@@ -121,8 +123,13 @@ async def bench_tcp(seconds: float) -> None:
     try:
         maps = [device_map(i) for i in range(DEVICES)]
         devs = [
-            DeviceConfig(
-                id=f"d{i}", driver="modbus_tcp", port=port, timeout_s=2.0, points=tuple(maps[i])
+            device_config(
+                ModbusTcpOptions,
+                id=f"d{i}",
+                driver="modbus_tcp",
+                port=port,
+                timeout_s=2.0,
+                points=tuple(maps[i]),
             )
             for i, port in enumerate(ports)
         ]
@@ -190,7 +197,8 @@ async def bench_rtu(seconds: float) -> None:
                 PointConfig(id="a", table="holding", address=0),
                 PointConfig(id="z", table="holding", address=124),
             )
-            dev = DeviceConfig(
+            dev = device_config(
+                ModbusRtuOptions,
                 id="rtu",
                 driver="modbus_rtu",
                 serial_port=path,

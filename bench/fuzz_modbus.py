@@ -36,6 +36,7 @@ from gatewayd.drivers.modbus import (
     ModbusRtuOverTcpDriver,
     encode_point,
 )
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality
 
 TIMEOUT = 0.05
@@ -144,7 +145,7 @@ async def fuzz(name: str, args: list[str], make: Any, target: int) -> None:
 
 
 def _dev(driver: str, **kw: Any) -> DeviceConfig:
-    return DeviceConfig(
+    return device_config(
         id="fuzz",
         driver=driver,
         points=POINTS,

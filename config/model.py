@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .rules import RuleConfig
 
@@ -12,8 +12,6 @@ DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
 ]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
-Parity = Literal["N", "E", "O"]
-LineFormat = Literal["nmea", "kv", "csv", "regex"]
 # Registers per data type (a string spans its `length`); a table, not built per call.
 _REGISTERS = {
     "bool": 1,
@@ -31,8 +29,8 @@ _REGISTERS = {
 @dataclass(frozen=True, slots=True)
 class PointConfig:
     id: str
-    table: RegisterTable
-    address: int
+    table: RegisterTable = "input"
+    address: int = 0
     type: DataType = "uint16"
     order: ByteOrder = "ABCD"
     scale: float = 1.0
@@ -45,6 +43,9 @@ class PointConfig:
     max: float | None = None
     interval_ms: int | None = None  # overrides the device's interval
     field: str = ""  # serial_line: the field of a line that holds the value (NMEA: "GGA.lat")
+    # The driver's own point keys beyond these (its OptionSet.point instance), e.g. an OPC UA
+    # node id; None for the built-in drivers, whose keys are the fields above.
+    options: Any = None
 
     @property
     def register_count(self) -> int:
@@ -56,39 +57,18 @@ class PointConfig:
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
+    """A device: the keys every driver shares; the rest is the driver's own `options`.
+
+    `options` is an instance of the dataclass its driver declares (OptionSet.device, see
+    config/options.py), or None for a driver that declares none.
+    """
+
     id: str
     driver: str
     interval_ms: int = 1000
-    host: str = "127.0.0.1"
-    port: int = 502
-    unit: int = 1
-    timeout_s: float = 1.0
+    timeout_s: float = 1.0  # per request; the poll deadline grows with it (polling.py)
     points: tuple[PointConfig, ...] = ()
-    # Request planning: registers a merged read may bridge, and the device's read limits.
-    max_gap: int = 16
-    max_registers: int = 125
-    max_bits: int = 2000
-    # Faults: exception 06 (busy) retries, and the backoff of a device failing polls in a row.
-    busy_retries: int = 2
-    busy_delay_s: float = 0.1
-    fail_threshold: int = 3
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
-    write_multiple: bool = False  # always write with fc 15/16, for devices without fc 5/6
-    # Unit ids a reply may carry besides `unit` ("any", or a list): for gateways that answer
-    # with 0 or 255. Off by default: a reply from another unit is `wrong_unit`.
-    accept_unit_ids: tuple[int, ...] | Literal["any"] = ()
-    # Serial line (modbus_rtu, serial_line); RTU over TCP uses host and port instead.
-    serial_port: str = ""
-    baud: int = 9600
-    parity: Parity = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    request_delay_s: float = 0.0  # extra quiet time between requests on a bus, beyond t3.5
-    # serial_line instruments
-    line_format: LineFormat = "kv"
-    line_regex: str = ""
-    csv_delimiter: str = ","
+    options: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from . import profiles
 from .errors import ConfigError
@@ -33,6 +33,7 @@ from .model import (
     UpdateConfig,
     UplinkConfig,
 )
+from .options import Lookup, OptionSet, Placed, entry_point_options, read_options
 from .rules import parse_rules
 
 T = TypeVar("T")
@@ -52,8 +53,8 @@ def example_path() -> Path:
     return Path(__file__).parent / "examples" / "gateway.toml"
 
 
-def load_file(path: str | Path) -> GatewayConfig:
-    return load_document(read_document(path))
+def load_file(path: str | Path, drivers: Lookup | None = None) -> GatewayConfig:
+    return load_document(read_document(path), drivers)
 
 
 def read_document(path: str | Path) -> dict[str, Any]:
@@ -96,13 +97,18 @@ def parse_text(text: str, source: str = "<config>") -> dict[str, Any]:
         ) from None
 
 
-def load(text: str, source: str = "<config>") -> GatewayConfig:
+def load(text: str, source: str = "<config>", drivers: Lookup | None = None) -> GatewayConfig:
     """Parse and validate TOML text."""
-    return load_document(parse_text(text, source))
+    return load_document(parse_text(text, source), drivers)
 
 
-def load_document(doc: Any) -> GatewayConfig:
-    """Validate an already-parsed document (a local file or a remote push)."""
+def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
+    """Validate an already-parsed document (a local file or a remote push).
+
+    `drivers` finds the options a device's driver declares; by default the `options` of its
+    `gatewayd.drivers` entry point (config/options.py), each looked up once per document.
+    """
+    lookup = _cached(drivers or entry_point_options)
     if not isinstance(doc, Mapping):
         raise ConfigError("<document>", f"expected a table, got {_kind(doc)}", "send a JSON object")
     root = Section(doc, "")
@@ -113,7 +119,7 @@ def load_document(doc: Any) -> GatewayConfig:
         state_dir=gw.text("state_dir", GatewayConfig().state_dir),
         buffer=_buffer(root.table("buffer")),
         uplink=_uplink(root.table("uplink")),
-        devices=tuple(_device(s) for s in root.tables("devices")),
+        devices=tuple(_device(s, lookup) for s in root.tables("devices")),
         remote_config=_remote_config(root.table("remote_config")),
         metrics=_metrics(root.table("metrics")),
         update=_update(root.table("update")),
@@ -124,8 +130,19 @@ def load_document(doc: Any) -> GatewayConfig:
     cfg = replace(cfg, rules=parse_rules(root.tables("rules"), known))
     root.done()
     _unique((d.id for d in cfg.devices), "devices", "id")
-    _one_setting_per_bus(cfg.devices)
+    _check_across(cfg.devices, lookup)
     return cfg
+
+
+def _cached(lookup: Lookup) -> Lookup:
+    seen: dict[str, OptionSet] = {}
+
+    def cached(kind: str, place: str) -> OptionSet:
+        if kind not in seen:
+            seen[kind] = lookup(kind, place)
+        return seen[kind]
+
+    return cached
 
 
 def _remote_config(s: Section) -> RemoteConfigConfig:
@@ -329,207 +346,49 @@ def _claims(s: Section) -> tuple[tuple[str, str | int | float | bool], ...]:
     return tuple(out)
 
 
-_DRIVER_DEFAULT_PORT = {"modbus_tcp": 502, "modbus_rtu_over_tcp": 502}
-_SERIAL_DRIVERS = ("modbus_rtu", "serial_line")
-
-
-def _device(s: Section) -> DeviceConfig:
+def _device(s: Section, lookup: Lookup) -> DeviceConfig:
+    """The keys every device has; the rest are the driver's (its OptionSet, config/options.py)."""
     driver = s.text("driver")
-    d = DeviceConfig(id="", driver="")
-    line = driver == "serial_line"
+    declared = lookup(driver, s.at("driver"))
     cfg = DeviceConfig(
         id=s.ident("id"),
         driver=driver,
         interval_ms=s.integer("interval_ms", 1000, lo=10, hi=24 * 3600 * 1000),
-        host=s.text("host", "127.0.0.1"),
-        port=s.integer("port", _DRIVER_DEFAULT_PORT.get(driver, 502), lo=1, hi=65535),
-        unit=s.integer("unit", 1, lo=0, hi=255),
         timeout_s=s.number("timeout_s", 1.0, lo=0.01, hi=60.0),
-        points=tuple(_line_point(p) if line else _point(p) for p in s.tables("points")),
-        **_device_options(s, d),
+        options=read_options(declared.device, s, _MISSING) if declared.device else None,
+        points=tuple(_point(p, declared) for p in s.tables("points")),
     )
     s.done()
     _unique((p.id for p in cfg.points), s.at("points"), "id")
-    if driver in _SERIAL_DRIVERS and not cfg.serial_port:
-        raise ConfigError(
-            s.at("serial_port"),
-            f"missing, demanded by driver = {driver!r}",
-            'give the serial device, e.g. "/dev/ttyUSB0"',
-        )
-    if driver in ("modbus_rtu", "modbus_rtu_over_tcp") and not 1 <= cfg.unit <= 247:
-        raise ConfigError(
-            s.at("unit"),
-            f"{cfg.unit} is not a device address on an RTU bus (0 is broadcast, never answered)",
-            "use 1..247",
-        )
-    if line and cfg.line_format == "regex":
-        _check_regex(s, cfg)
+    if declared.check is not None:
+        declared.check(cfg, s.at)
     return cfg
 
 
-_BUS_SETTINGS = ("baud", "parity", "stopbits", "bytesize", "request_delay_s")
-
-
-def _one_setting_per_bus(devices: tuple[DeviceConfig, ...]) -> None:
-    """Devices on one serial port share it, so they must agree on how the line is driven."""
-    first: dict[str, int] = {}
+def _check_across(devices: tuple[DeviceConfig, ...], lookup: Lookup) -> None:
+    """Each driver's rules across its devices (e.g. one setting per shared serial bus)."""
+    by_driver: dict[str, list[Placed]] = {}
     for i, d in enumerate(devices):
-        if d.driver != "modbus_rtu":
-            continue
-        j = first.setdefault(d.serial_port, i)
-        for key in _BUS_SETTINGS:
-            if getattr(d, key) != getattr(devices[j], key):
-                raise ConfigError(
-                    f"devices[{i}].{key}",
-                    f"{getattr(d, key)!r} differs from devices[{j}] on the same serial_port "
-                    f"{d.serial_port!r} ({getattr(devices[j], key)!r})",
-                    "use one setting for every device on a bus",
-                )
+        by_driver.setdefault(d.driver, []).append(Placed(i, d))
+    for driver, placed in by_driver.items():
+        check_all = lookup(driver, f"devices[{placed[0].index}].driver").check_all
+        if check_all is not None:
+            check_all(placed)
 
 
-def _device_options(s: Section, d: DeviceConfig) -> dict[str, Any]:
-    """The transport, planning and fault options of a device (see DeviceConfig)."""
-    return {
-        "max_gap": s.integer("max_gap", d.max_gap, lo=0, hi=124),
-        "max_registers": s.integer("max_registers", d.max_registers, lo=1, hi=125),
-        "max_bits": s.integer("max_bits", d.max_bits, lo=1, hi=2000),
-        "busy_retries": s.integer("busy_retries", d.busy_retries, lo=0, hi=10),
-        "busy_delay_s": s.number("busy_delay_s", d.busy_delay_s, lo=0.0, hi=10.0),
-        "fail_threshold": s.integer("fail_threshold", d.fail_threshold, lo=1, hi=100),
-        "backoff_base_s": s.number("backoff_base_s", d.backoff_base_s, lo=0.01, hi=3600.0),
-        "backoff_cap_s": s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01, hi=24 * 3600.0),
-        "write_multiple": s.flag("write_multiple", d.write_multiple),
-        "accept_unit_ids": _unit_ids(s, "accept_unit_ids"),
-        "serial_port": s.text("serial_port", d.serial_port),
-        "baud": s.integer("baud", d.baud, lo=50, hi=4_000_000),
-        "parity": s.choice("parity", ("N", "E", "O"), d.parity),
-        "stopbits": s.integer("stopbits", d.stopbits, lo=1, hi=2),
-        "bytesize": s.integer("bytesize", d.bytesize, lo=5, hi=8),
-        "request_delay_s": s.number("request_delay_s", d.request_delay_s, lo=0.0, hi=10.0),
-        "line_format": s.choice("line_format", ("nmea", "kv", "csv", "regex"), d.line_format),
-        "line_regex": s.text("line_regex", d.line_regex),
-        "csv_delimiter": s.text("csv_delimiter", d.csv_delimiter),
-    }
-
-
-def _unit_ids(s: Section, key: str) -> tuple[int, ...] | Literal["any"]:
-    v = s._get(key, (), (str, list), '"any" or an array of unit ids')
-    if v == "any":
-        return "any"
-    fix = 'write "any" or an array of unit ids 0..255, e.g. [0, 255]'
-    if isinstance(v, str):
-        raise ConfigError(s.at(key), f"{v!r} is not allowed", fix)
-    for i, u in enumerate(v):
-        if not isinstance(u, int) or isinstance(u, bool) or not 0 <= u <= 255:
-            raise ConfigError(f"{s.at(key)}[{i}]", f"{u!r} is not a unit id", fix)
-    return tuple(v)
-
-
-def _check_regex(s: Section, cfg: DeviceConfig) -> None:
-    try:
-        groups = set(re.compile(cfg.line_regex).groupindex)
-    except re.error as exc:
-        raise ConfigError(
-            s.at("line_regex"), f"not a valid regular expression: {exc}", "fix the pattern"
-        ) from exc
-    if not groups:
-        raise ConfigError(
-            s.at("line_regex"), "has no named group", "name each value, e.g. (?P<temp>[-0-9.]+)"
-        )
-    for i, p in enumerate(cfg.points):
-        if p.field not in groups:
-            raise ConfigError(
-                f"{s.at('points')}[{i}].field",
-                f"{p.field!r} is not a group of line_regex",
-                f"use one of {sorted(groups)}",
-            )
-
-
-def _line_point(s: Section) -> PointConfig:
-    """A point of a serial line instrument: a named field of a line, no register."""
-    cfg = PointConfig(
+def _point(s: Section, declared: OptionSet) -> PointConfig:
+    """A point: id and interval_ms here, the rest from the driver's point schema."""
+    base = PointConfig(
         id=s.ident("id"),
-        table="input",
-        address=0,
-        field=s.text("field"),
-        type=s.choice("type", ("float64", "int64", "string", "bool"), "float64"),
-        scale=s.number("scale", 1.0),
-        offset=s.number("offset", 0.0),
-        unit=s.text("unit", ""),
         interval_ms=s.opt_integer("interval_ms", lo=10, hi=24 * 3600 * 1000),
     )
+    if declared.point is None or declared.make_point is None:
+        cfg = replace(base, unit=s.text("unit", ""))
+        s.done()
+        return cfg
+    values = read_options(declared.point, s, _MISSING)
     s.done()
-    return cfg
-
-
-_TYPES = (
-    "bool",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float32",
-    "float64",
-    "string",
-)
-
-
-def _point(s: Section) -> PointConfig:
-    table = s.choice("table", ("coil", "discrete", "input", "holding"))
-    bit_table = table in ("coil", "discrete")
-    dtype = s.choice("type", _TYPES, "bool" if bit_table else "uint16")
-    if bit_table and dtype != "bool":
-        raise ConfigError(
-            s.at("type"),
-            f"{dtype!r} is not possible in a {table} table",
-            'use type = "bool" or a register table',
-        )
-    length = s.integer("length", 0, lo=0, hi=125)
-    if dtype == "string" and length == 0:
-        raise ConfigError(
-            s.at("length"),
-            'missing, demanded by type = "string"',
-            "give the string's length in registers",
-        )
-    bit = s.opt_integer("bit", lo=0, hi=15)
-    if dtype == "bool" and not bit_table and bit is None:
-        raise ConfigError(
-            s.at("bit"),
-            'missing, demanded by type = "bool" in a register',
-            "give the bit number, 0 = least significant",
-        )
-    cfg = PointConfig(
-        id=s.ident("id"),
-        table=table,
-        address=s.integer("address", lo=0, hi=65535, fix="use a 0-based register address"),
-        type=dtype,
-        order=s.choice("order", ("ABCD", "CDAB", "BADC", "DCBA"), "ABCD"),
-        scale=s.number("scale", 1.0),
-        offset=s.number("offset", 0.0),
-        unit=s.text("unit", ""),
-        length=length,
-        bit=bit,
-        writable=s.flag("writable", False),
-        min=s.opt_number("min"),
-        max=s.opt_number("max"),
-        interval_ms=s.opt_integer("interval_ms", lo=10, hi=24 * 3600 * 1000),
-    )
-    s.done()
-    if cfg.address + cfg.register_count > 65536:
-        raise ConfigError(
-            s.at("address"), "the point ends past register 65535", "lower the address or the length"
-        )
-    if cfg.min is not None and cfg.max is not None and cfg.min > cfg.max:
-        raise ConfigError(s.at("min"), f"{cfg.min} is above max = {cfg.max}", "swap them")
-    if cfg.writable and table in ("discrete", "input"):
-        raise ConfigError(
-            s.at("writable"),
-            f"a {table} table is read-only",
-            "use a coil or holding register for writable points",
-        )
-    return cfg
+    return cast(PointConfig, declared.make_point(values, base, s.at))
 
 
 def _unique(values: Any, place: str, key: str) -> None:
@@ -589,6 +448,10 @@ class Section:
     def text(self, key: str, default: Any = _MISSING) -> str:
         return cast(str, self._get(key, default, (str,), "a string"))
 
+    def peek(self, key: str) -> Any:
+        """The raw value (None when absent), for a key whose reading depends on its shape."""
+        return self._data.get(key)
+
     def names(self) -> list[str]:
         return [str(k) for k in self._data]
 
@@ -639,6 +502,21 @@ class Section:
                 raise ConfigError(
                     f"{self.at(key)}[{i}]", f"expected a string, got {_kind(item)}", "quote it"
                 )
+        return tuple(v)
+
+    def integers(
+        self, key: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
+    ) -> tuple[int, ...]:
+        """An array of integers, each within lo..hi (an error names its index)."""
+        v = self._get(key, default, (list, tuple), "an array of integers")
+        for i, item in enumerate(v):
+            at = f"{key}[{i}]"
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise ConfigError(
+                    self.at(at), f"expected an integer, got {_kind(item)}", "write an integer"
+                )
+            self._bounded(at, item, lo, hi)
+            self._range(at, item, lo, hi, None)
         return tuple(v)
 
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:

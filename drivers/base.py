@@ -10,9 +10,10 @@ import math
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.config.options import NO_OPTIONS, OptionSet
 from gatewayd.errors import PlacedError
 from gatewayd.reading import Reading, Value
 
@@ -95,6 +96,11 @@ def poll_groups(device: DeviceConfig) -> list[PollGroup]:
 
 
 class Driver(ABC):
+    # What the driver's device and point tables may carry (drivers/options.py); config reads
+    # it through the driver's entry point. A driver that declares none takes devices with
+    # only the common keys and points with id, interval_ms and unit.
+    options: ClassVar[OptionSet] = NO_OPTIONS
+
     def __init__(self, device: DeviceConfig) -> None:
         self.device = device
         # Plain counters the daemon may copy into its metrics, e.g. "requests", "faults.timeout",

@@ -5,10 +5,9 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from gatewayd.config import ConfigError
+from gatewayd.config.options import GROUP, OptionSet
 
 from .base import Driver
-
-GROUP = "gatewayd.drivers"
 
 
 def available_drivers() -> list[str]:
@@ -32,3 +31,8 @@ def load_driver(kind: str, place: str) -> type[Driver]:
             "fix or uninstall the package that provides it",
         )
     return cls
+
+
+def declared_options() -> dict[str, OptionSet]:
+    """Every installed driver's OptionSet (`gatewayd schema`); imports every driver."""
+    return {kind: load_driver(kind, f"driver {kind!r}").options for kind in available_drivers()}

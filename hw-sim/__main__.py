@@ -16,6 +16,7 @@
     python -m gatewayd_sim thingsboard --port 1883 --gateway-token gw1=TOKEN   # ThingsBoard
     python -m gatewayd_sim thingsboard rpc setValve --params '{"open": true}' --to "Boiler A" \
         --port 1883 --admin-password PW                              # also: set-attributes FILE
+    python -m gatewayd_sim opcua --port 4840 --bad Temperature=BadSensorFailure   # OPC UA server
 
 Each prints where it listens (the pty path to put in `serial_port`) and runs until Ctrl-C.
 """
@@ -104,6 +105,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> int:
     from gatewayd_sim.cloud import cli as cloud_cli
+
+    if sys.argv[1:2] == ["opcua"]:  # its own options (hw-sim/opcua/server.py)
+        from gatewayd_sim.opcua.server import main as opcua_main
+
+        return opcua_main(sys.argv[2:])
 
     p = argparse.ArgumentParser(prog="python -m gatewayd_sim")
     p.add_argument(

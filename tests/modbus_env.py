@@ -11,6 +11,8 @@ from typing import Any
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers import PollGroup
 from gatewayd.drivers.modbus import encode_point
+from gatewayd.drivers.modbus.options import ModbusTcpOptions
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality, Reading
 from gatewayd_sim.modbus import ModbusTcpSlave
 from gatewayd_sim.procs import wait_for
@@ -34,8 +36,13 @@ def point(pid: str, address: int, **kw: Any) -> PointConfig:
 
 def device(port: int, points: list[PointConfig], **kw: Any) -> DeviceConfig:
     kw.setdefault("timeout_s", 0.3)
-    return DeviceConfig(
-        id=kw.pop("id", "dev"), driver="modbus_tcp", port=port, points=tuple(points), **kw
+    return device_config(
+        ModbusTcpOptions,
+        id=kw.pop("id", "dev"),
+        driver="modbus_tcp",
+        port=port,
+        points=tuple(points),
+        **kw,
     )
 
 

@@ -14,8 +14,10 @@ import pytest
 
 from gatewayd.buffer import Store
 from gatewayd.clock import PLAUSIBLE_MS, PLAUSIBLE_S, WallClock, clock_plausible
-from gatewayd.config import BufferConfig, DeviceConfig, PointConfig
+from gatewayd.config import BufferConfig, PointConfig
 from gatewayd.drivers import PollGroup
+from gatewayd.drivers.modbus.options import ModbusTcpOptions
+from gatewayd.drivers.options import device_config
 from gatewayd.metrics import Metrics
 from gatewayd.polling import Poller
 from gatewayd.reading import Quality, Reading, Record
@@ -150,7 +152,8 @@ def test_poller_marks_readings_taken_while_the_clock_is_unset(
 
         metrics = Metrics()
         poller = Poller(metrics, sink)
-        dev = DeviceConfig(
+        dev = device_config(
+            ModbusTcpOptions,
             id="a",
             driver="modbus_tcp",
             port=slave.port,

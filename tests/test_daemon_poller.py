@@ -6,6 +6,8 @@ import asyncio
 
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers import PollGroup
+from gatewayd.drivers.modbus.options import ModbusTcpOptions
+from gatewayd.drivers.options import device_config
 from gatewayd.metrics import Metrics
 from gatewayd.polling import Poller
 from gatewayd.reading import Quality, Reading
@@ -13,7 +15,8 @@ from gatewayd_sim.modbus import ModbusTcpSlave, constant
 
 
 def _device(dev_id: str, port: int) -> DeviceConfig:
-    return DeviceConfig(
+    return device_config(
+        ModbusTcpOptions,
         id=dev_id,
         driver="modbus_tcp",
         port=port,

@@ -14,10 +14,10 @@ import pytest
 from conftest import require_binary
 from modbus_env import group, point, socat_pair, wrong_good
 
-from gatewayd.config import DeviceConfig
 from gatewayd.drivers.modbus import ModbusRtuDriver, ModbusRtuOverTcpDriver
 from gatewayd.drivers.modbus.pdu import ModbusFault, read_request
 from gatewayd.drivers.modbus.rtu import RtuLink
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality, Reading
 from gatewayd_sim.modbus.hostile import HostileSlave
 
@@ -38,7 +38,7 @@ def make() -> Iterator[list[HostileSlave]]:
 def rtu(path: str, **kw: Any) -> ModbusRtuDriver:
     kw.setdefault("timeout_s", 0.3)
     kw.setdefault("baud", 19200)
-    dev = DeviceConfig(
+    dev = device_config(
         id="rtu", driver="modbus_rtu", serial_port=path, points=tuple(PTS), max_gap=0, **kw
     )
     return ModbusRtuDriver(dev)
@@ -46,7 +46,7 @@ def rtu(path: str, **kw: Any) -> ModbusRtuDriver:
 
 def over_tcp(port: int, **kw: Any) -> ModbusRtuOverTcpDriver:
     kw.setdefault("timeout_s", 0.3)
-    dev = DeviceConfig(
+    dev = device_config(
         id="gw", driver="modbus_rtu_over_tcp", port=port, points=tuple(PTS), max_gap=0, **kw
     )
     return ModbusRtuOverTcpDriver(dev)

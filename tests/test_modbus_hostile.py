@@ -14,6 +14,7 @@ from modbus_env import bad_without_reason, group, point, wrong_good
 
 from gatewayd.config import DeviceConfig
 from gatewayd.drivers.modbus import ModbusDriver, ModbusRtuDriver, ModbusRtuOverTcpDriver
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality, Reading
 from gatewayd_sim.modbus.hostile import MIX, HostileSlave
 
@@ -54,7 +55,7 @@ def check(out: list[Reading], slave: HostileSlave) -> None:
 
 
 def device(driver: str, **kw: Any) -> DeviceConfig:
-    return DeviceConfig(
+    return device_config(
         id="h",
         driver=driver,
         points=tuple(PTS),

@@ -15,8 +15,9 @@ from conftest import require_binary
 from helpers import free_port, wait_port
 from modbus_env import VALUES, group, point, socat_pair
 
-from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import ModbusDriver, ModbusRtuDriver
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus import to_words
 
@@ -92,7 +93,7 @@ def test_pymodbus_tcp_server_every_type_exactly(procs: list[subprocess.Popen[byt
     port = free_port()
     serve("tcp", str(port), words, procs)
     wait_port(port)
-    dev = DeviceConfig(id="peer", driver="modbus_tcp", port=port, timeout_s=2.0, points=tuple(pts))
+    dev = device_config(id="peer", driver="modbus_tcp", port=port, timeout_s=2.0, points=tuple(pts))
     check_exact(ModbusDriver(dev), pts, 3)
 
 
@@ -106,7 +107,7 @@ def test_pymodbus_rtu_server_on_an_unpaced_socat_pty_every_reading_good(
     serve("rtu", a, words, procs)
     # one register read at a time, so every poll is many small exchanges (the case that lost
     # nearly every reply when input was flushed after the request's line time)
-    dev = DeviceConfig(
+    dev = device_config(
         id="peer",
         driver="modbus_rtu",
         serial_port=b,

@@ -14,6 +14,8 @@ from modbus_env import VALUES, group, point
 
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers.modbus import ModbusRtuDriver, ModbusRtuOverTcpDriver
+from gatewayd.drivers.modbus.options import ModbusRtuOptions, ModbusRtuOverTcpOptions
+from gatewayd.drivers.options import device_config
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus import ModbusRtuSlave, to_words
 
@@ -21,8 +23,13 @@ from gatewayd_sim.modbus import ModbusRtuSlave, to_words
 def rtu_device(path: str, points: list[PointConfig], **kw: Any) -> DeviceConfig:
     kw.setdefault("timeout_s", 0.3)
     kw.setdefault("baud", 115200)
-    return DeviceConfig(
-        id=kw.pop("id", "rtu"), driver="modbus_rtu", serial_port=path, points=tuple(points), **kw
+    return device_config(
+        ModbusRtuOptions,
+        id=kw.pop("id", "rtu"),
+        driver="modbus_rtu",
+        serial_port=path,
+        points=tuple(points),
+        **kw,
     )
 
 
@@ -167,7 +174,8 @@ def test_rtu_over_tcp_reads_and_checks_the_unit() -> None:
     try:
 
         async def body() -> None:
-            dev = DeviceConfig(
+            dev = device_config(
+                ModbusRtuOverTcpOptions,
                 id="gw",
                 driver="modbus_rtu_over_tcp",
                 port=slave.port,

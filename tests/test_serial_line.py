@@ -11,7 +11,9 @@ from helpers import wait_for
 from modbus_env import group
 
 from gatewayd.config import ConfigError, DeviceConfig, PointConfig, load
+from gatewayd.drivers.options import device_config
 from gatewayd.drivers.serial_line import LineError, SerialLineDriver, parse_line
+from gatewayd.drivers.serial_line.options import SerialLineOptions
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus.signals import constant
 from gatewayd_sim.serial import LineFaults, LineInstrument, gps_lines, kv_lines, nmea
@@ -24,14 +26,15 @@ def line_point(pid: str, field: str, **kw: object) -> PointConfig:
 
 
 def line_device(path: str, fmt: str, points: list[PointConfig], **kw: object) -> DeviceConfig:
-    return DeviceConfig(
+    return device_config(
+        SerialLineOptions,
         id="inst",
         driver="serial_line",
         serial_port=path,
         line_format=fmt,
-        interval_ms=200,  # type: ignore[arg-type]
+        interval_ms=200,
         points=tuple(points),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

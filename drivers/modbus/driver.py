@@ -31,10 +31,12 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.config.options import device_options
 from gatewayd.reading import Quality, Reading, Value, now_ms
 
 from ..base import Driver, PollGroup, WriteError, check_write
 from ..health import FailureLog, Health
+from . import options as O
 from . import pdu as P
 from .causes import cause, exception_code, refused
 from .decode import encode_point
@@ -61,20 +63,25 @@ class Link(Protocol):
 class ModbusDriver(Driver):
     """Modbus TCP; the RTU drivers differ only in the link they open."""
 
+    options = O.TCP
     log_window_s = 60.0  # FailureLog's window: at most three lines per device per window
 
     def __init__(self, device: DeviceConfig) -> None:
         super().__init__(device)
+        self.opts = device_options(device, O.ModbusOptions)
         self._link: Link | None = None
         self._key = ""  # the link's key in bus.py
         self._plans: dict[PollGroup, GroupPlan] = {}
         self._names = _PointNames(device.id)
         self.failure_log = FailureLog(log, device.id, self.log_window_s)
-        self._health = Health(self.failure_log, device.fail_threshold)
+        self._health = Health(self.failure_log, self.opts.fail_threshold)
+
+    def _tcp(self) -> O.ModbusTcpOptions:
+        return device_options(self.device, O.ModbusTcpOptions)
 
     def _bus_key(self) -> str:
         loop = id(asyncio.get_running_loop())
-        return f"tcp://{self.device.host}:{self.device.port}@{loop}"
+        return f"tcp://{self._tcp().host}:{self._tcp().port}@{loop}"
 
     def _open_link(self) -> Link:
         from . import bus
@@ -82,41 +89,38 @@ class ModbusDriver(Driver):
 
         # A host that is down drops SYNs: give up as soon as a request would have.
         timeout = max(1.0, self.device.timeout_s)
-        return bus.acquire(
-            self._bus_key(), lambda: TcpLink(self.device.host, self.device.port, timeout)
-        )
+        o = self._tcp()
+        return bus.acquire(self._bus_key(), lambda: TcpLink(o.host, o.port, timeout))
 
     async def _ask(self, request: bytes, parse: Callable[[bytes, bytes], T]) -> T:
         """One request and its checked answer; busy (exception 06) is retried after a delay."""
         if self._link is None:
             self._key = self._bus_key()
             self._link = self._open_link()
-        dev = self.device
-        for attempt in range(dev.busy_retries + 1):
+        dev, o = self.device, self.opts
+        for attempt in range(o.busy_retries + 1):
             self.counters["requests"] += 1
             try:
-                reply = await self._link.transact(
-                    dev.unit, request, dev.timeout_s, dev.accept_unit_ids
-                )
+                reply = await self._link.transact(o.unit, request, dev.timeout_s, o.accept_unit_ids)
                 return parse(request, reply)
             except P.ModbusFault as f:
-                if f.reason != f"exception_{P.BUSY:02d}" or attempt == dev.busy_retries:
+                if f.reason != f"exception_{P.BUSY:02d}" or attempt == o.busy_retries:
                     self.counters[f"faults.{f.reason}"] += 1
                     raise
                 self.counters["busy_retries"] += 1
-                await asyncio.sleep(dev.busy_delay_s * 2**attempt)
+                await asyncio.sleep(o.busy_delay_s * 2**attempt)
         raise AssertionError("unreachable")
 
     def _plan(self, group: PollGroup) -> GroupPlan:
         plan = self._plans.get(group)
         if plan is None:
-            d = self.device
+            o = self.opts
             plan = self._plans[group] = GroupPlan(
-                plan_requests(group.points, d.max_gap, d.max_registers, d.max_bits)
+                plan_requests(group.points, o.max_gap, o.max_registers, o.max_bits)
             )
             log.info(
                 "poll_group_planned device=%s group=%s points=%d requests=%d",
-                d.id,
+                self.device.id,
                 group.name,
                 len(group.points),
                 len(plan.requests),
@@ -232,13 +236,13 @@ class ModbusDriver(Driver):
             ) from exc
 
     async def _write_coil(self, address: int, on: bool) -> None:
-        if self.device.write_multiple:
+        if self.opts.write_multiple:
             await self._ask(P.write_coils_request(address, [on]), P.check_write)
         else:
             await self._ask(P.write_coil_request(address, on), P.check_write)
 
     async def _write_words(self, address: int, words: list[int]) -> None:
-        if len(words) == 1 and not self.device.write_multiple:
+        if len(words) == 1 and not self.opts.write_multiple:
             await self._ask(P.write_register_request(address, words[0]), P.check_write)
         else:
             await self._ask(P.write_registers_request(address, words), P.check_write)
@@ -294,14 +298,17 @@ class _PointNames(dict[str, str]):
 class ModbusRtuDriver(ModbusDriver):
     """Modbus RTU on a serial port; the devices on one port share it (see bus.py)."""
 
+    options = O.RTU
+
     def _bus_key(self) -> str:
-        return self.device.serial_port
+        return device_options(self.device, O.ModbusRtuOptions).serial_port
 
     def _open_link(self) -> Link:
         from . import bus
         from .rtu import RtuLink
 
-        d = self.device
+        d = self.device.options
+        assert isinstance(d, O.ModbusRtuOptions | O.ModbusRtuOverTcpOptions)
         url = self._bus_key()
         return bus.acquire(
             url, lambda: RtuLink(url, d.baud, d.parity, d.stopbits, d.bytesize, d.request_delay_s)
@@ -311,5 +318,7 @@ class ModbusRtuDriver(ModbusDriver):
 class ModbusRtuOverTcpDriver(ModbusRtuDriver):
     """RTU frames through a TCP serial gateway (host, port): a shared bus like a serial port."""
 
+    options = O.RTU_OVER_TCP
+
     def _bus_key(self) -> str:
-        return f"socket://{self.device.host}:{self.device.port}"
+        return f"socket://{self._tcp().host}:{self._tcp().port}"

@@ -18,9 +18,11 @@ import time
 from typing import Any
 
 from gatewayd.config import DeviceConfig, PointConfig
+from gatewayd.config.options import device_options
 from gatewayd.reading import Quality, Reading, Value, now_ms
 
 from ..base import Driver, PollGroup, WriteError
+from .options import OPTIONS, SerialLineOptions
 from .parse import LineError, parse_line
 
 log = logging.getLogger("gatewayd.drivers.serial_line")
@@ -28,9 +30,12 @@ MAX_LINE = 1024  # bytes; longer without a newline is garbage
 
 
 class SerialLineDriver(Driver):
+    options = OPTIONS
+
     def __init__(self, device: DeviceConfig) -> None:
         super().__init__(device)
-        self._regex = re.compile(device.line_regex) if device.line_format == "regex" else None
+        self.opts = o = device_options(device, SerialLineOptions)
+        self._regex = re.compile(o.line_regex) if o.line_format == "regex" else None
         self._latest: dict[str, tuple[str, float, int]] = {}  # field: (text, monotonic, ts_ms)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,14 +75,12 @@ class SerialLineDriver(Driver):
         line = raw.decode("ascii", errors="replace").strip()
         if not line:
             return
-        if self.device.line_format == "nmea" and line.rfind("$") > 0:
+        if self.opts.line_format == "nmea" and line.rfind("$") > 0:
             # a sentence cut off by the next one: drop the fragment, keep the whole sentence
             self._count("lines_dropped.partial")
             line = line[line.rfind("$") :]
         try:
-            fields = parse_line(
-                line, self.device.line_format, self._regex, self.device.csv_delimiter
-            )
+            fields = parse_line(line, self.opts.line_format, self._regex, self.opts.csv_delimiter)
         except LineError as exc:
             self._count(f"lines_dropped.{exc.reason}")
             return
@@ -93,7 +96,7 @@ class SerialLineDriver(Driver):
     def _read_forever(self) -> None:
         import serial
 
-        d = self.device
+        d = self.opts
         failures = 0
         while not self._stop.is_set():
             try:
@@ -108,14 +111,14 @@ class SerialLineDriver(Driver):
             except (serial.SerialException, OSError, ValueError, termios.error) as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("port_unavailable device=%s error=%s", d.id, exc)
+                    log.warning("port_unavailable device=%s error=%s", self.device.id, exc)
                 self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
                 continue
             failures = 0
             try:
                 self._read_lines(port)
             except (serial.SerialException, OSError, termios.error) as exc:
-                log.warning("port_lost device=%s error=%s", d.id, exc)
+                log.warning("port_lost device=%s error=%s", self.device.id, exc)
                 self._count("reconnects")
             finally:
                 with contextlib.suppress(Exception):

@@ -1,0 +1,205 @@
+"""The options of the Modbus drivers and their point schema, declared through the plugin contract.
+
+Invariants:
+- Every key a Modbus device or point table may carry is a field below, with its default and
+  range; config/parse.py knows none of them (it reads them through each driver's `options`).
+- The checks keep the messages config/parse.py had when it owned these keys (tests/config_cases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from gatewayd.config import ConfigError, DeviceConfig, PointConfig
+from gatewayd.config.model import ByteOrder, DataType, RegisterTable
+from gatewayd.drivers.options import At, OptionSet, Placed, option
+
+Parity = Literal["N", "E", "O"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusOptions:
+    """What every Modbus device has: the unit id, request planning and fault handling."""
+
+    unit: int = option(1, lo=0, hi=255, doc="unit id (slave address)")
+    # Request planning: registers a merged read may bridge, and the device's read limits.
+    max_gap: int = option(16, lo=0, hi=124, doc="registers a merged read may bridge")
+    max_registers: int = option(
+        125, lo=1, hi=125, doc="lower it for devices that refuse long reads"
+    )
+    max_bits: int = option(2000, lo=1, hi=2000)
+    # Faults: exception 06 (busy) retries, and the backoff of a device failing polls in a row.
+    busy_retries: int = option(2, lo=0, hi=10, doc="exception 06 (busy): retries")
+    busy_delay_s: float = option(0.1, lo=0.0, hi=10.0, doc="first busy retry delay, doubling")
+    fail_threshold: int = option(3, lo=1, hi=100, doc="failed polls in a row before down")
+    backoff_base_s: float = option(1.0, lo=0.01, hi=3600.0)
+    backoff_cap_s: float = option(60.0, lo=0.01, hi=24 * 3600.0)
+    write_multiple: bool = option(False, doc="always write with fc 15/16")
+    # For gateways that answer with unit 0 or 255. Off by default: another unit is wrong_unit.
+    accept_unit_ids: tuple[int, ...] | Literal["any"] = option(
+        (), lo=0, hi=255, doc='unit ids a reply may carry besides `unit`, or "any"'
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusTcpOptions(ModbusOptions):
+    host: str = option("127.0.0.1", doc="the device's (or TCP gateway's) address")
+    port: int = option(502, lo=1, hi=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusRtuOptions(ModbusOptions):
+    """A device on a serial line; the devices of one port share the bus settings."""
+
+    serial_port: str = option("", doc='the serial device, e.g. "/dev/ttyUSB0" (required)')
+    baud: int = option(9600, lo=50, hi=4_000_000)
+    parity: Parity = option("N")
+    stopbits: int = option(1, lo=1, hi=2)
+    bytesize: int = option(8, lo=5, hi=8)
+    request_delay_s: float = option(
+        0.0, lo=0.0, hi=10.0, doc="extra quiet time between requests on a bus, beyond t3.5"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusRtuOverTcpOptions(ModbusTcpOptions):
+    """RTU frames through a TCP serial gateway: host and port name the bus; the line settings
+    time the quiet gap (t3.5) between frames as on the serial side."""
+
+    baud: int = option(9600, lo=50, hi=4_000_000)
+    parity: Parity = option("N")
+    stopbits: int = option(1, lo=1, hi=2)
+    bytesize: int = option(8, lo=5, hi=8)
+    request_delay_s: float = option(
+        0.0, lo=0.0, hi=10.0, doc="extra quiet time between requests on a bus, beyond t3.5"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterPoint:
+    """A point's keys beside id and interval_ms; `type` defaults by table (bool or uint16)."""
+
+    table: RegisterTable = option(doc="coil, discrete, input or holding")
+    address: int = option(lo=0, hi=65535, fix="use a 0-based register address")
+    type: DataType | None = option(None, doc="bool in coil/discrete, else uint16 by default")
+    order: ByteOrder = option("ABCD", doc="bytes as they arrive, A most significant")
+    scale: float = option(1.0)
+    offset: float = option(0.0)
+    unit: str = option("")
+    length: int = option(0, lo=0, hi=125, doc="registers, for strings")
+    bit: int | None = option(None, lo=0, hi=15, doc="bit-in-register, 0 = least significant")
+    writable: bool = option(False)
+    min: float | None = option(None)
+    max: float | None = option(None)
+
+
+def make_point(v: RegisterPoint, base: PointConfig, at: At) -> PointConfig:
+    bit_table = v.table in ("coil", "discrete")
+    dtype = v.type or ("bool" if bit_table else "uint16")
+    if bit_table and dtype != "bool":
+        raise ConfigError(
+            at("type"),
+            f"{dtype!r} is not possible in a {v.table} table",
+            'use type = "bool" or a register table',
+        )
+    if dtype == "string" and v.length == 0:
+        raise ConfigError(
+            at("length"),
+            'missing, demanded by type = "string"',
+            "give the string's length in registers",
+        )
+    if dtype == "bool" and not bit_table and v.bit is None:
+        raise ConfigError(
+            at("bit"),
+            'missing, demanded by type = "bool" in a register',
+            "give the bit number, 0 = least significant",
+        )
+    cfg = replace(
+        base,
+        table=v.table,
+        address=v.address,
+        type=dtype,
+        order=v.order,
+        scale=v.scale,
+        offset=v.offset,
+        unit=v.unit,
+        length=v.length,
+        bit=v.bit,
+        writable=v.writable,
+        min=v.min,
+        max=v.max,
+    )
+    if cfg.address + cfg.register_count > 65536:
+        raise ConfigError(
+            at("address"), "the point ends past register 65535", "lower the address or the length"
+        )
+    if cfg.min is not None and cfg.max is not None and cfg.min > cfg.max:
+        raise ConfigError(at("min"), f"{cfg.min} is above max = {cfg.max}", "swap them")
+    if cfg.writable and v.table in ("discrete", "input"):
+        raise ConfigError(
+            at("writable"),
+            f"a {v.table} table is read-only",
+            "use a coil or holding register for writable points",
+        )
+    return cfg
+
+
+def require_serial_port(device: DeviceConfig, at: At) -> None:
+    if not device.options.serial_port:
+        raise ConfigError(
+            at("serial_port"),
+            f"missing, demanded by driver = {device.driver!r}",
+            'give the serial device, e.g. "/dev/ttyUSB0"',
+        )
+
+
+def _check_rtu(device: DeviceConfig, at: At) -> None:
+    require_serial_port(device, at)
+    _check_rtu_unit(device, at)
+
+
+def _check_rtu_unit(device: DeviceConfig, at: At) -> None:
+    unit = device.options.unit
+    if not 1 <= unit <= 247:
+        raise ConfigError(
+            at("unit"),
+            f"{unit} is not a device address on an RTU bus (0 is broadcast, never answered)",
+            "use 1..247",
+        )
+
+
+BUS_SETTINGS = ("baud", "parity", "stopbits", "bytesize", "request_delay_s")
+
+
+def one_setting_per_bus(devices: Sequence[Placed]) -> None:
+    """Devices on one serial port share it, so they must agree on how the line is driven."""
+    first: dict[str, Placed] = {}
+    for p in devices:
+        o = p.device.options
+        f = first.setdefault(o.serial_port, p)
+        for key in BUS_SETTINGS:
+            if getattr(o, key) != getattr(f.device.options, key):
+                raise ConfigError(
+                    f"devices[{p.index}].{key}",
+                    f"{getattr(o, key)!r} differs from devices[{f.index}] on the same serial_port "
+                    f"{o.serial_port!r} ({getattr(f.device.options, key)!r})",
+                    "use one setting for every device on a bus",
+                )
+
+
+TCP = OptionSet(device=ModbusTcpOptions, point=RegisterPoint, make_point=make_point)
+RTU = OptionSet(
+    device=ModbusRtuOptions,
+    point=RegisterPoint,
+    make_point=make_point,
+    check=_check_rtu,
+    check_all=one_setting_per_bus,
+)
+RTU_OVER_TCP = OptionSet(
+    device=ModbusRtuOverTcpOptions,
+    point=RegisterPoint,
+    make_point=make_point,
+    check=_check_rtu_unit,
+)
