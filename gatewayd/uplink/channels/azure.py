@@ -24,7 +24,8 @@ Invariants:
   handed on twice in a row: a twin GET at a reconnect that finds nothing new is no push (and
   ConfigManager ignores a redelivery that reaches it across an uplink restart);
 - a 429 answer to a twin request pauses every twin request of this channel (Throttle: 1 s
-  doubling to 60 s); the throttled request is sent again after the pause, never at once;
+  doubling to 60 s); the throttled request is sent again after the pause, never at once, and
+  one request at a time until one succeeds (the GET first, then the newest state);
   telemetry is not paused (it has its own PUBACK window);
 - a reported document over REPORTED_MAX_BYTES (IoT Hub's 32 KB reported-properties limit) is
   not sent: logged once at WARNING; a request left unanswered for REQUEST_TIMEOUT_S is sent
@@ -111,8 +112,13 @@ class AzureChannel:
         self._get_wanted = True
         self._send_get(client, time.monotonic())
 
+    def _busy(self, now: float) -> bool:
+        """Throttled: no request during the pause, and one at a time until one succeeds."""
+        outstanding = self._get_rid is not None or bool(self._reported)
+        return self.throttle.blocked(now) or (self.throttle.probing and outstanding)
+
     def _send_get(self, client: mqtt.Client, now: float) -> None:
-        if self.throttle.blocked(now):
+        if self._busy(now):
             return
         rid = self._next_rid()
         if client.publish(f"$iothub/twin/GET/?$rid={rid}", b"", qos=1).rc == 0:
@@ -131,7 +137,7 @@ class AzureChannel:
             rid, reason = self._refuse.pop(0)
             answer = {"id": rid, "status": "refused", "reason": reason}
             self._respond(client, rid, METHOD_STATUS["refused"], answer)
-        if self._state_pending is not None and not self.throttle.blocked(now):
+        if self._state_pending is not None and not self._busy(now):
             body, self._state_pending = self._state_pending, None
             self._send_reported(client, body, now)
 
@@ -266,7 +272,7 @@ class AzureChannel:
                 self._too_big_warned = True
             return True
         now = time.monotonic()
-        if self.throttle.blocked(now):
+        if self._busy(now):
             self._state_pending = body  # the newest waits; older ones are superseded
             return True
         return self._send_reported(client, body, now)

@@ -27,7 +27,7 @@ Invariants a channel keeps:
 - the same document delivered again (at a reconnect: a retained topic, a twin GET) comes out as
   the same bytes, so ConfigManager can tell a redelivery from a new push;
 - a throttled request is retried after a growing pause, never at once (THROTTLE_BASE_S doubling
-  up to THROTTLE_CAP_S);
+  up to THROTTLE_CAP_S), and until one succeeds, one request at a time;
 - a channel keeps no client: it is handed the current session's at every call.
 
 Channels: topic.py (retained config topic + commands topic, Cloud IoT Core, ClearBlade, any
@@ -97,3 +97,8 @@ class Throttle:
 
     def blocked(self, now: float) -> bool:
         return now < self.until
+
+    @property
+    def probing(self) -> bool:
+        """Throttled since the last success: one request at a time until one succeeds."""
+        return self._pause > 0
