@@ -7,6 +7,7 @@
     python -m gatewayd_sim sensor --rate 2                        # key=value sensor on a new pty
     python -m gatewayd_sim cloud --port 1883 --device gw1=public.pem   # the cloud stand-in
     python -m gatewayd_sim cloud push-config doc.json --to gw1 --port 1883 --admin-password PW
+    python -m gatewayd_sim azure --port 8883 --hub demo-hub --device gw1  # the IoT Hub stand-in
 
 Each prints where it listens (the pty path to put in `serial_port`) and runs until Ctrl-C.
 """
@@ -72,6 +73,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> int:
     from gatewayd_sim.cloud import cli as cloud_cli
+
+    if sys.argv[1:2] == ["azure"]:  # its own actions and options (cloud/azure_cli.py)
+        from gatewayd_sim.cloud import azure_cli
+
+        return azure_cli.main(sys.argv[2:])
 
     p = argparse.ArgumentParser(prog="python -m gatewayd_sim")
     p.add_argument("what", choices=["modbus", "rtu", "gps", "sensor", "cloud"])
