@@ -248,3 +248,13 @@ def test_sas_tokens_refreshed_under_load_nothing_lost(tmp_path: Path) -> None:
         assert hub.oversize == 0 and hub.largest <= 256 * 1024
 
     asyncio.run(scenario())
+
+
+def test_the_readme_example_for_the_profile_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Azure IoT Hub") :]
+    text = section[
+        section.index("```toml") + 7 : section.index("```", section.index("```toml") + 7)
+    ]
+    cfg = load_document(parse_bytes(text.encode(), source="README.md"))
+    assert cfg.uplink.profile == "azure-iot-hub" and cfg.uplink.host == "plant7.azure-devices.net"
