@@ -258,3 +258,31 @@ def test_the_readme_example_for_the_profile_loads(tmp_path: Path) -> None:
     ]
     cfg = load_document(parse_bytes(text.encode(), source="README.md"))
     assert cfg.uplink.profile == "azure-iot-hub" and cfg.uplink.host == "plant7.azure-devices.net"
+
+
+def test_a_wrong_device_key_is_refused_naming_the_settings_to_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+
+    async def scenario() -> None:
+        hub, ca, _ = await _hub(tmp_path)
+        wrong = base64.b64encode(b"not the device key, 32 bytes....").decode()
+        h = await Harness.open(tmp_path, events_cfg(azure_cfg(hub.port, ca, wrong)))
+        try:
+            await until(lambda: h.metrics.total("uplink_connect_failures") >= 2, 20, "refusals")
+        finally:
+            await h.close()
+            await hub.stop()
+        assert not any(e.accepted for e in hub.auth_log)
+        assert "signature does not match" in hub.auth_log[0].reason
+
+    with caplog.at_level("WARNING", logger="gatewayd.uplink"):
+        asyncio.run(scenario())
+    text = caplog.text
+    assert "device_key is a key (primary or secondary) of device 'gw-test' in hub 'testhub'" in text
+    assert wrong_key_not_logged(text)
+
+
+def wrong_key_not_logged(text: str) -> bool:
+    return "SharedAccessSignature" not in text and "bm90IHRoZSBkZXZpY2Uga2V5" not in text
