@@ -27,6 +27,7 @@ Invariants:
   doubling to 60 s); the throttled request is sent again after the pause, never at once, and
   one request at a time until one succeeds (the GET first, then the newest state);
   telemetry is not paused (it has its own PUBACK window);
+- reported PATCHes go at most once per REPORTED_MIN_INTERVAL_S; the newest state waits;
 - a reported document over REPORTED_MAX_BYTES (IoT Hub's 32 KB reported-properties limit) is
   not sent: logged once at WARNING; a request left unanswered for REQUEST_TIMEOUT_S is sent
   again (GET) or forgotten (reported: the next state document supersedes it).
@@ -51,6 +52,9 @@ log = logging.getLogger("gatewayd.uplink")
 DESIRED_KEY = "gatewayd"  # the desired property with the config, the reported one with the state
 REPORTED_MAX_BYTES = 32 * 1024
 REQUEST_TIMEOUT_S = 10.0
+# Twin operations are a hub-wide quota (S1: 10/s per unit): the state, which changes with its
+# counters every second, goes at most this often (the newest waits; outcomes wait with it).
+REPORTED_MIN_INTERVAL_S = 5.0
 METHOD_STATUS = {"ok": 200, "refused": 400, "failed": 500, "unknown": 504}
 MAX_PENDING_METHODS = 256
 
@@ -93,7 +97,8 @@ class AzureChannel:
         self._desired: Any = None  # the desired `gatewayd` value, as last merged
         self._delivered: bytes | None = None
         self._reported: dict[str, tuple[float, bytes]] = {}  # rid -> (sent at, body)
-        self._state_pending: bytes | None = None  # waits for the throttle's pause
+        self._state_pending: bytes | None = None  # waits for the throttle or the interval
+        self._next_reported = 0.0  # monotonic: no reported PATCH before
         self._too_big_warned = False
         self._methods: dict[str, tuple[str, Any]] = {}  # our command id -> (rid, caller's id)
         self._refuse: list[tuple[str, str]] = []  # (rid, reason): unreadable methods, for tick
@@ -137,7 +142,7 @@ class AzureChannel:
             rid, reason = self._refuse.pop(0)
             answer = {"id": rid, "status": "refused", "reason": reason}
             self._respond(client, rid, METHOD_STATUS["refused"], answer)
-        if self._state_pending is not None and not self._busy(now):
+        if self._state_pending is not None and not self._busy(now) and now >= self._next_reported:
             body, self._state_pending = self._state_pending, None
             self._send_reported(client, body, now)
 
@@ -272,7 +277,7 @@ class AzureChannel:
                 self._too_big_warned = True
             return True
         now = time.monotonic()
-        if self._busy(now):
+        if self._busy(now) or now < self._next_reported:
             self._state_pending = body  # the newest waits; older ones are superseded
             return True
         return self._send_reported(client, body, now)
@@ -283,6 +288,7 @@ class AzureChannel:
         if client.publish(topic, body, qos=1).rc != 0:
             return False
         self._reported[rid] = (now, body)
+        self._next_reported = now + REPORTED_MIN_INTERVAL_S
         return True
 
     def report_outcome(self, client: mqtt.Client, outcome: dict[str, Any]) -> None:
