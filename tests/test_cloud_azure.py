@@ -286,3 +286,40 @@ def test_a_wrong_device_key_is_refused_naming_the_settings_to_check(
 
 def wrong_key_not_logged(text: str) -> bool:
     return "SharedAccessSignature" not in text and "bm90IHRoZSBkZXZpY2Uga2V5" not in text
+
+
+def test_x509_device_certificate_authenticates_and_a_wrong_one_is_refused(tmp_path: Path) -> None:
+    from tls_certs import TestCA
+
+    ca = TestCA(tmp_path / "device-ca")
+    good_cert, good_key = ca.issue(DEVICE, server=False)
+    other_cert, other_key = ca.issue("someone-else", server=False)
+
+    async def scenario() -> None:
+        ctx, hub_ca = server_tls(tmp_path / "hub-tls")
+        hub = await AzureHub(HUB, tls=ctx, client_ca=str(ca.ca_file)).start()
+        hub.add_device(DEVICE, x509=True)
+        base = events_cfg(azure_cfg(hub.port, hub_ca, ""))
+        x509 = dataclasses.replace(base.auth, kind="x509", device_key=None)
+
+        def with_cert(cert: Path, key: Path) -> UplinkConfig:
+            tls = TlsConfig(ca_file=hub_ca, cert_file=str(cert), key_file=str(key))
+            return dataclasses.replace(base, auth=x509, tls=tls)
+
+        h = await Harness.open(tmp_path, with_cert(other_cert, other_key))
+        try:
+            await until(lambda: h.metrics.total("uplink_connect_failures") >= 1, 20, "refusal")
+        finally:
+            await h.close()
+        assert "CN 'someone-else'" in hub.auth_log[-1].reason
+        h = await Harness.open(tmp_path, with_cert(good_cert, good_key))
+        try:
+            ids = await h.append(200)
+            await h.drained(20)
+        finally:
+            await h.close()
+            await hub.stop()
+        assert hub.recorder.missing(set(ids)) == set()
+        assert hub.auth_log[-1].accepted and hub.auth_log[-1].reason == "x509"
+
+    asyncio.run(scenario())

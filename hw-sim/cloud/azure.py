@@ -6,6 +6,8 @@ What it checks, as IoT Hub does over MQTT 3.1.1 (TLS when given a context):
   sr=..&sig=..&se=..` whose sr is the URL-encoded `{hub host}/devices/{device}`, whose sig is
   HMAC-SHA256 over `{sr}\\n{se}` with the device's primary or secondary key, and whose se is
   in the future; the connection is closed when se passes (the base broker's expiry timer);
+  or, for a device added with `x509=True` and no password, a TLS client certificate signed by
+  `client_ca` (CA-signed X.509 authentication) whose common name is the device id;
 - a device publishes only telemetry (`devices/{id}/messages/events/{properties}`, at most
   MAX_MESSAGE_BYTES, else the connection is closed as IoT Hub does), twin requests
   (`$iothub/twin/GET/?$rid=`, `$iothub/twin/PATCH/properties/reported/?$rid=`) and method
@@ -93,6 +95,7 @@ class TwinDevice:
     desired_version: int = 1
     reported: dict[str, Any] = field(default_factory=dict)
     reported_version: int = 1
+    x509: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,14 @@ class AzureHub(Broker):
         tls: ssl.SSLContext | None = None,
         recorder: Recorder | None = None,
         admin_password: str | None = None,
+        client_ca: str | None = None,
     ) -> None:
+        """`client_ca`: a CA file; device certificates it signed authenticate (X.509)."""
         super().__init__(None, host, port, recorder, observer_password=admin_password)
+        if tls is not None and client_ca is not None:
+            tls.verify_mode = ssl.CERT_OPTIONAL  # SAS devices present no certificate
+            tls.load_verify_locations(cafile=client_ca)
+        self._peer_cn: str | None = None  # of the connection being authenticated
         self.hub = hub
         self.hub_host = f"{hub}.azure-devices.net"
         self.tls = tls
@@ -132,12 +141,16 @@ class AzureHub(Broker):
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    def add_device(self, device_id: str, key: str | None = None) -> str:
-        """Register a device with a primary key (base64; a new random one by default)."""
-        key = key or base64.b64encode(secrets.token_bytes(32)).decode()
+    def add_device(self, device_id: str, key: str | None = None, x509: bool = False) -> str:
+        """Register a device with a primary key (base64; a new random one by default), or for
+        X.509 (CA-signed: its certificate's common name is the id; returns "")."""
         dev = self.devices.get(device_id) or TwinDevice(device_id, [])
-        dev.keys.append(base64.b64decode(key))
         self.devices[device_id] = dev
+        if x509:
+            dev.x509 = True
+            return ""
+        key = key or base64.b64encode(secrets.token_bytes(32)).decode()
+        dev.keys.append(base64.b64decode(key))
         return key
 
     # -- the cloud's side ----------------------------------------------------------------------
@@ -191,6 +204,17 @@ class AzureHub(Broker):
 
     # -- the device's side ---------------------------------------------------------------------
 
+    def _connect(
+        self, body: bytes, writer: asyncio.StreamWriter
+    ) -> tuple[Session | None, int, float]:
+        cert = writer.get_extra_info("peercert") or {}
+        names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+        self._peer_cn = names[0] if names else None
+        try:
+            return super()._connect(body, writer)
+        finally:
+            self._peer_cn = None
+
     def _authenticate(
         self, client_id: str, username: str | None, password: bytes | None
     ) -> tuple[int, str, str | None, float, dict[str, Any], str | None]:
@@ -202,8 +226,13 @@ class AzureHub(Broker):
         if username is None or not username.startswith(f"{self.hub_host}/{client_id}/?"):
             why = f"username {username!r} is not {self.hub_host}/{client_id}/?api-version=..."
             return BAD_CREDENTIALS, why, None, 0.0, {}, None
-        if password is None:
-            return NOT_AUTHORIZED, "no SAS token (X.509 is not supported here)", None, 0.0, {}, None
+        if password is None or dev.x509:
+            if dev.x509 and password is None and self._peer_cn == client_id:
+                return ACCEPTED, "x509", client_id, 0.0, {}, None
+            why = (
+                f"no SAS token, and no client certificate for {client_id!r} (CN {self._peer_cn!r})"
+            )
+            return NOT_AUTHORIZED, why, None, 0.0, {}, None
         ok, why, se = self._check_sas(dev, password.decode(errors="replace"))
         if not ok:
             return NOT_AUTHORIZED, why, None, 0.0, {}, None
