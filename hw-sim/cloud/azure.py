@@ -14,8 +14,9 @@ What it checks, as IoT Hub does over MQTT 3.1.1 (TLS when given a context):
   answers (`$iothub/methods/res/{status}/?$rid=`); anything else closes the connection;
   retained flags are ignored (IoT Hub keeps no retained messages);
 - twins carry `$version`s: desired changes (`update_desired`, a JSON merge patch) bump it and
-  are pushed to a subscribed device with it; reported PATCHes are merged, refused with 400 when
-  over REPORTED_MAX_BYTES or when a key holds '.', '$' or ' ';
+  are pushed to a subscribed device with it (refused, ValueError, over 32 KB or with a bad
+  key); reported PATCHes are merged, refused with 400 when over REPORTED_MAX_BYTES (32 KB, as
+  desired) or when a key holds '.', '$' or ' ';
 - `throttle_next = n` answers the next n twin requests with 429; `twin_requests` logs every
   one (monotonic time, device, op, status) so a test can see the back-off;
 - `invoke` calls a direct method and waits for its answer: (status, payload); 404 when the
@@ -165,7 +166,12 @@ class AzureHub(Broker):
     def update_desired(self, device: str, patch: dict[str, Any]) -> int:
         """Merge a desired-properties patch and push it to the device; the new $version."""
         d = self.devices[device]
-        d.desired = merge_patch(d.desired, patch)
+        merged = merge_patch(d.desired, patch)
+        if len(json.dumps(merged).encode()) > REPORTED_MAX_BYTES:
+            raise ValueError("desired properties over 32 KB (IoT Hub refuses the update)")
+        if (key := _bad_key(merged)) is not None:
+            raise ValueError(f"desired key {key!r} holds '.', '$' or ' ' (IoT Hub refuses it)")
+        d.desired = merged
         d.desired_version += 1
         body = json.dumps({**patch, "$version": d.desired_version}).encode()
         topic = f"$iothub/twin/PATCH/properties/desired/?$version={d.desired_version}"

@@ -11,6 +11,9 @@ IoT Hub keeps no retained messages; what the gateway must hear lives in the devi
   merge, `null` deletes, arrays and scalars replace) and the merged whole is handed on. A PATCH
   whose `$version` skips one, or one that comes before the GET's answer and is newer than it,
   makes the channel GET the twin again rather than merge onto a stale base;
+  IoT Hub limits the desired properties to 32 KB in all, keys without '.', '$' or ' ', objects
+  10 deep: a configuration document must fit (one of a few devices does; a larger fleet of
+  points needs another way in, such as a smaller document per gateway);
 - the state document (with the config outcomes in `config` and `config_recent`) goes to the
   reported property `gatewayd` (`$iothub/twin/PATCH/properties/reported/?$rid=N`);
 - a direct method (`$iothub/methods/POST/{name}/?$rid=N`) is a command: `write` with
