@@ -7,8 +7,8 @@ and event loop) in the same run. gatewayd: a Buffer file with N readings, the Up
 azure-iot-hub profile's settings, until the stand-in has counted every id. Baseline: a plain
 paho client publishing gatewayd's own batched messages from memory (no storage) at QoS 1 with
 the same window of 20, until the last PUBACK. Both figures count from the connect (TLS
-handshake, SAS token, CONNACK; gatewayd also GETs the twin). Also printed: the largest message the hub saw
-(the profile's limit is 256 KB) and how many it refused as oversize (must be 0).
+handshake, SAS token, CONNACK; gatewayd also GETs the twin). Also printed: the largest message
+the hub saw (the profile's limit is 256 KB) and how many it refused as oversize (must be 0).
 """
 
 from __future__ import annotations
