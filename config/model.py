@@ -92,7 +92,9 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    kind: Literal["jwt", "password", "none"] = "jwt"
+    # sas: an Azure IoT Hub SAS token signed with the device key; x509: the TLS client
+    # certificate alone (the username is still sent, no password).
+    kind: Literal["jwt", "password", "sas", "x509", "none"] = "jwt"
     algorithm: Literal["ES256", "RS256"] = "ES256"
     private_key: str = "device.key"  # relative paths are inside the config directory
     audience: str = ""
@@ -102,6 +104,9 @@ class AuthConfig:
     password: str | None = None
     # Extra JWT claims, e.g. (("scope", "mqtt:publish"),) for brokers that check a scope.
     claims: tuple[tuple[str, str | int | float | bool], ...] = ()
+    # kind = "sas": the device's shared access key (base64), inline or in a file.
+    device_key: str | None = None
+    device_key_file: str | None = None  # relative paths are inside the config directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,10 @@ class UplinkConfig:
     region: str = ""
     registry: str = ""
     device: str = ""
+    hub: str = ""  # Azure IoT Hub: the hub's name ({hub}.azure-devices.net)
+    # How config, commands and state travel (gatewayd/uplink/channels): "topic" (retained
+    # config topic, commands topic) or "azure" (device twin, direct methods); set by the profile.
+    channel: Literal["topic", "azure"] = "topic"
     client_id: str = "projects/{project}/locations/{region}/registries/{registry}/devices/{device}"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = 60
@@ -166,6 +175,7 @@ class UplinkConfig:
             "registry": self.registry,
             "device": self.device,
             "device_id": self.device,
+            "hub": self.hub,
         }
 
 

@@ -45,7 +45,7 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` le
 INT_LIMIT = 2**53 - 1
 NUM_LIMIT = 1e15
 # What a topic or client id template may name (UplinkConfig.template_values).
-_PLACEHOLDERS = ("project", "region", "registry", "device", "device_id")
+_PLACEHOLDERS = ("project", "region", "registry", "device", "device_id", "hub")
 
 
 def example_path() -> Path:
@@ -222,7 +222,7 @@ def _logging(s: Section) -> LoggingConfig:
 
 def _uplink(s: Section) -> UplinkConfig:
     profile, limits = _profile(s)
-    d = profiles.defaults(profile, s.text("region", ""))
+    d = profiles.defaults(profile, s.text("region", ""), s.text("hub", ""))
     tls = s.table("tls")
     auth = s.table("auth")
     topics = s.table("topics")
@@ -230,6 +230,10 @@ def _uplink(s: Section) -> UplinkConfig:
     demanded = f'missing, demanded by profile = "{profile.name}"'
     if not d.host and "host" not in s.names():
         raise ConfigError(s.at("host"), demanded, "set it to the broker's host name")
+    if "{hub}" in profile.host and not d.hub:
+        raise ConfigError(
+            s.at("hub"), demanded, "set it to the hub's name (NAME.azure-devices.net)"
+        )
     if profile.auth_kind is None and "kind" not in auth.names():
         raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
     cfg = UplinkConfig(
@@ -241,6 +245,8 @@ def _uplink(s: Section) -> UplinkConfig:
         region=s.text("region", d.region),
         registry=s.text("registry", d.registry),
         device=s.text("device", d.device),
+        hub=d.hub,
+        channel=d.channel,
         client_id=s.template("client_id", d.client_id),
         protocol=s.choice("protocol", ("3.1.1", "5"), d.protocol),
         keepalive_s=s.integer("keepalive_s", d.keepalive_s, lo=5, hi=1200),
@@ -270,7 +276,9 @@ def _uplink(s: Section) -> UplinkConfig:
             server_name=tls.opt_text("server_name"),
         ),
         auth=AuthConfig(
-            kind=auth.choice("kind", ("jwt", "password", "none"), profile.auth_kind or "none"),
+            kind=auth.choice(
+                "kind", ("jwt", "password", "sas", "x509", "none"), profile.auth_kind or "none"
+            ),
             algorithm=auth.choice("algorithm", ("ES256", "RS256"), "ES256"),
             private_key=auth.text("private_key", AuthConfig().private_key),
             audience=auth.text("audience", ""),
@@ -279,6 +287,8 @@ def _uplink(s: Section) -> UplinkConfig:
             username=auth.text("username", d.auth.username),
             password=auth.opt_text("password"),
             claims=_claims(auth.table("claims")),
+            device_key=auth.opt_text("device_key"),
+            device_key_file=auth.opt_text("device_key_file"),
         ),
         topics=TopicsConfig(
             events=topics.template("events", d.topics.events),
@@ -301,6 +311,21 @@ def _uplink(s: Section) -> UplinkConfig:
             auth.at("password"),
             'missing, demanded by kind = "password"',
             'set it, or use kind = "jwt"',
+        )
+    if cfg.auth.kind == "sas" and (cfg.auth.device_key is None) == (
+        cfg.auth.device_key_file is None
+    ):
+        raise ConfigError(
+            auth.at("device_key"),
+            'kind = "sas" needs exactly one of device_key and device_key_file',
+            "set device_key to the device's primary key (base64), or device_key_file to a "
+            "file holding it",
+        )
+    if cfg.auth.kind == "x509" and not (cfg.tls.cert_file and cfg.tls.key_file):
+        raise ConfigError(
+            tls.at("cert_file"),
+            'missing, demanded by [uplink.auth] kind = "x509"',
+            "set cert_file and key_file to the device certificate and its key",
         )
     if cfg.backoff_cap_s < cfg.backoff_base_s:
         raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")

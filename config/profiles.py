@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from .errors import ConfigError
 from .model import TopicsConfig, UplinkConfig
@@ -43,6 +44,7 @@ class Profile:
     username: str = "unused"  # a template, like the client id
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     batch_max_bytes: int = PAYLOAD_256K
+    channel: Literal["topic", "azure"] = "topic"  # gatewayd/uplink/channels
     limits: Limits = field(default_factory=Limits)
 
 
@@ -67,6 +69,33 @@ PROFILES: dict[str, Profile] = {
         host="{region}-mqtt.clearblade.com",
         limits=replace(_IOT_CORE, retained=False, max_keepalive_s=1200, why="ClearBlade IoT Core"),
     ),
+    # No retained messages: config from the device twin's desired property `gatewayd`, state
+    # and outcomes to its reported one, commands as direct methods (channels/azure.py).
+    # Unused topics name the twin's and methods' own, for reading only.
+    "azure-iot-hub": Profile(
+        "azure-iot-hub",
+        host="{hub}.azure-devices.net",
+        client_id="{device}",
+        auth_kind="sas",
+        username="{hub}.azure-devices.net/{device}/?api-version=2021-04-12",
+        topics=TopicsConfig(
+            events="devices/{device}/messages/events/$.ct=application%2Fjson&$.ce=utf-8",
+            state="$iothub/twin/PATCH/properties/reported/",
+            config="$iothub/twin/PATCH/properties/desired/#",
+            commands="$iothub/methods/POST/#",
+            command_results="$iothub/methods/res/",
+        ),
+        channel="azure",
+        limits=Limits(
+            protocols=("3.1.1",),
+            tls_required=True,
+            auth_kinds=("sas", "x509"),
+            max_payload_bytes=PAYLOAD_256K,
+            max_keepalive_s=1178,  # IoT Hub's longest keepalive is 1177 s
+            retained=False,
+            why="Azure IoT Hub",
+        ),
+    ),
     "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None, username="{device}"),
 }
 
@@ -83,12 +112,14 @@ BROKERS: dict[str, Limits] = {
 }
 
 
-def defaults(profile: Profile, region: str) -> UplinkConfig:
-    """The [uplink] defaults under `profile` (host templated with the region)."""
+def defaults(profile: Profile, region: str, hub: str = "") -> UplinkConfig:
+    """The [uplink] defaults under `profile` (host templated with the region and hub)."""
     d = UplinkConfig()
     return replace(
         d,
-        host=profile.host.format(region=region) if profile.host else "",
+        hub=hub,
+        channel=profile.channel,
+        host=profile.host.format(region=region, hub=hub) if profile.host else "",
         port=profile.port,
         client_id=profile.client_id,
         batch_max_bytes=profile.batch_max_bytes,

@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     d = sub.add_parser("demo", help="run against simulated devices and an embedded cloud broker")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    d.add_argument(
+        "--cloud",
+        choices=["cloud-iot-core", "azure"],
+        default="cloud-iot-core",
+        help="the cloud stand-in to run against (azure: IoT Hub with SAS, twin, direct methods)",
+    )
     c = sub.add_parser("check", help="validate a configuration file")
     c.add_argument("file")
     k = sub.add_parser("keygen", help="create a device key pair; prints the public key to register")
@@ -233,7 +239,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from gatewayd.demo import run_demo
 
-    return asyncio.run(run_demo(args.duration, sys.stdout))
+    return asyncio.run(run_demo(args.duration, sys.stdout, args.cloud))
 
 
 if __name__ == "__main__":

@@ -271,9 +271,11 @@ class Gateway:
             self.buffer,
             self.metrics,
             key_dir=self.config_dir,
-            on_message=self._on_message,
             state=self._state,
             keyring=self.keyring,
+            on_message=self._on_message,
+            on_config=self._on_config,
+            on_command=self._on_command,
         )
         self._uplink_task = self._supervise("uplink", self.uplink.run)
 
@@ -290,25 +292,32 @@ class Gateway:
 
     # -- messages from the cloud -----------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes) -> bool:
+        """Claims a release's file chunks (lifecycle/update.py); the rest goes to the channel."""
         assert self.uplink is not None
         chunks = self.uplink.topics["commands"].rstrip("#") + "update/"
-        if topic == self.uplink.topics["config"]:
-            if self.remote is not None:
-                self.remote.on_push(payload)
-        elif topic.startswith(chunks):  # a release's file in chunks (lifecycle/update.py)
-            self.updater.on_chunk(topic[len(chunks) :], payload)
-        elif self.commands is not None:
-            self.commands.on_message(topic, payload)
+        if not topic.startswith(chunks):
+            return False
+        self.updater.on_chunk(topic[len(chunks) :], payload)
+        return True
+
+    def _on_config(self, payload: bytes) -> None:
+        if self.remote is not None:
+            self.remote.on_push(payload)
+
+    def _on_command(self, payload: bytes) -> None:
+        if self.commands is not None:
+            self.commands.on_message(self.uplink.channel.name if self.uplink else "", payload)
 
     def _report_config(self, outcome: dict[str, Any]) -> None:
-        """Outcomes reach the cloud in the state document (see `_state`)."""
+        """Outcomes reach the cloud in the state document (see `_state`), and through the
+        channel's own report where it has one."""
         if self.uplink is not None:
-            self.uplink.state_changed()
+            self.uplink.report_outcome(outcome)
 
     def _reply_command(self, result: dict[str, Any]) -> None:
         if self.uplink is not None:
-            self.uplink.publish_json("command_results", result)
+            self.uplink.reply_command(result)
 
     async def _state(self) -> dict[str, object]:
         """What the uplink publishes on the state topic (on change, at most once per second)."""

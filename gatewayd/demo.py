@@ -1,9 +1,12 @@
 """`gatewayd demo`: a simulated boiler, the cloud stand-in and the gateway, in one process.
 
 Uses the example configuration with the addresses pointed at the simulators, a fresh device key
-registered with the stand-in, and a temporary state directory. Every port it listens on is one
-the kernel picks (the simulators' and the metrics endpoint's), so a demo never takes a port of
-a gatewayd service running on the same machine (its metrics port, 127.0.0.1:9108, above all).
+registered with the stand-in, and a temporary state directory. `--cloud` picks the stand-in:
+`cloud-iot-core` (default: JWT, retained config topic) or `azure` (the IoT Hub stand-in over
+TLS with its own throw-away certificate: SAS token, device twin, direct methods). Every port
+it listens on is one the kernel picks (the simulators' and the metrics endpoint's), so a demo
+never takes a port of a gatewayd service running on the same machine (its metrics port,
+127.0.0.1:9108, above all).
 """
 
 from __future__ import annotations
@@ -34,7 +37,32 @@ def demo_config(text: str, broker_port: int, device_port: int, state_dir: Path) 
     return doc
 
 
-async def run_demo(duration: float | None, out: Any) -> int:
+def azure_demo_config(doc: dict[str, Any], hub: str, ca_file: str) -> dict[str, Any]:
+    """The example's [uplink] replaced by the azure-iot-hub profile's few settings."""
+    up = doc["uplink"]
+    doc["uplink"] = {
+        "profile": "azure-iot-hub",
+        "hub": hub,
+        "host": up["host"],
+        "port": up["port"],
+        "device": up["device"],
+        "tls": {"ca_file": ca_file},
+        "auth": {"kind": "sas", "device_key_file": "device.key"},
+    }
+    return doc
+
+
+async def _azure_hub(work: Path, device: str) -> tuple[Any, str]:
+    from gatewayd_sim.cloud.azure import AzureHub, server_tls
+
+    ctx, ca_file = server_tls(work / "hub-tls")
+    hub = AzureHub("demo-hub", tls=ctx)
+    (work / "device.key").write_text(hub.add_device(device) + "\n")
+    (work / "device.key").chmod(0o600)
+    return await hub.start(), ca_file
+
+
+async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-core") -> int:
     from gatewayd_sim.cloud import Broker, Registry
     from gatewayd_sim.modbus import ModbusTcpSlave
     from gatewayd_sim.plant import boiler
@@ -43,18 +71,27 @@ async def run_demo(duration: float | None, out: Any) -> int:
         work = Path(tmp)
         doc = tomllib.loads(example_path().read_text())
         up = doc["uplink"]
-        registry = Registry(up["project"], up["region"], up["registry"])
-        registry.add(up["device"], generate_key(work / "device.key", up["auth"]["algorithm"]))
-        broker = await Broker(registry).start()
+        broker: Any
+        ca_file = ""
+        if cloud == "azure":
+            broker, ca_file = await _azure_hub(work, up["device"])
+        else:
+            registry = Registry(up["project"], up["region"], up["registry"])
+            registry.add(up["device"], generate_key(work / "device.key", up["auth"]["algorithm"]))
+            broker = await Broker(registry).start()
         slave = await ModbusTcpSlave().start()
         boiler(slave)
-        cfg = load_document(demo_config(example_path().read_text(), broker.port, slave.port, work))
+        raw = demo_config(example_path().read_text(), broker.port, slave.port, work)
+        if cloud == "azure":
+            raw = azure_demo_config(raw, broker.hub, ca_file)
+        cfg = load_document(raw)
         # Port 0: the kernel's choice (the configuration refuses 0, which a user never means).
         cfg = dataclasses.replace(cfg, metrics=MetricsConfig(listen="127.0.0.1:0"))
         gw = Gateway(cfg, config_dir=work)
         print(
             f"demo: Modbus boiler on 127.0.0.1:{slave.port}, "
-            f"cloud broker on 127.0.0.1:{broker.port}, buffer {gw.buffer_path}",
+            f"{'IoT Hub stand-in' if cloud == 'azure' else 'cloud broker'} on "
+            f"127.0.0.1:{broker.port}, buffer {gw.buffer_path}",
             file=out,
             flush=True,
         )

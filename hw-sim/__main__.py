@@ -17,6 +17,7 @@
     python -m gatewayd_sim thingsboard rpc setValve --params '{"open": true}' --to "Boiler A" \
         --port 1883 --admin-password PW                              # also: set-attributes FILE
     python -m gatewayd_sim opcua --port 4840 --bad Temperature=BadSensorFailure   # OPC UA server
+    python -m gatewayd_sim azure --port 8883 --hub demo-hub --device gw1  # the IoT Hub stand-in
 
 Each prints where it listens (the pty path to put in `serial_port`) and runs until Ctrl-C.
 """
@@ -110,6 +111,10 @@ def main() -> int:
         from gatewayd_sim.opcua.server import main as opcua_main
 
         return opcua_main(sys.argv[2:])
+    if sys.argv[1:2] == ["azure"]:  # its own actions and options (cloud/azure_cli.py)
+        from gatewayd_sim.cloud import azure_cli
+
+        return azure_cli.main(sys.argv[2:])
 
     p = argparse.ArgumentParser(prog="python -m gatewayd_sim")
     p.add_argument(

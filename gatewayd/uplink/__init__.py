@@ -1,7 +1,9 @@
 """Uplink: one MQTT connection to the cloud, QoS 1 batches, ack-to-buffer on PUBACK.
 
 Modules, by job: session.py (the connect/publish/reconnect loop), window.py (take -> publish ->
-PUBACK -> ack), credentials.py (password, device JWT and when each is renewed), device_jwt.py
+PUBACK -> ack), channels/ (how config, commands and state travel: retained topics, Azure's
+twin and direct methods), credentials.py (password, device JWT, SAS token, and when each is
+renewed), device_jwt.py
 (keys and token minting), connect.py (the paho client from settings), tls.py (verification and
 the client certificate), paho_socket.py (paho's socket on the asyncio loop), diagnose.py
 (failures in words, with the settings to check), outage.py (how an outage shows in the log),

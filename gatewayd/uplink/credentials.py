@@ -7,6 +7,10 @@ for the monotonic time at which it must reconnect with fresh credentials:
   key rotation, gatewayd/lifecycle/keys.py), minted at every connect; the session is
   refreshed at 85 % of the token's life (REFRESH_AT), but never later than REFRESH_DRAIN_S before
   expiry, so the messages in flight at the refresh can still be acknowledged;
+- `SasToken`: an Azure IoT Hub shared access signature signed with the device key
+  (HMAC-SHA256 over the URL-encoded `{hub host}/devices/{device}` and the expiry), minted at
+  every connect and refreshed on the same schedule as the JWT;
+- `kind = "x509"` is a `Password` without a password: the username, and the client certificate;
 - a client certificate (mTLS, [uplink.tls] cert_file/key_file) is no credential object: tls.py
   reads the files at every connect, so a renewed certificate takes effect at the next
   reconnect; nothing to schedule.
@@ -20,13 +24,18 @@ clock from the moment it was minted, so a wall-clock step cannot postpone its re
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import hashlib
+import hmac
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gatewayd.config import AuthConfig, UplinkConfig
+from gatewayd.config import AuthConfig, ConfigError, UplinkConfig
 from gatewayd.metrics import Metrics
 
 from .device_jwt import load_private_key, mint_jwt
@@ -156,11 +165,105 @@ class DeviceJwt:
     def refresh_at(self) -> float:
         if self.ring is not None and self.ring.refresh_now():
             return 0.0  # commit_key: reconnect with the candidate now (drained like a refresh)
-        life = self.auth.lifetime_s
-        return self.expires_at - max((1 - REFRESH_AT) * life, min(REFRESH_DRAIN_S, life / 2))
+        return _refresh_at(self.expires_at, self.auth.lifetime_s)
 
     def drain_until(self, puback_timeout_s: float) -> float:
-        return min(time.monotonic() + min(5.0, puback_timeout_s), self.expires_at - 0.5)
+        return _drain_until(self.expires_at, puback_timeout_s)
+
+
+def _refresh_at(expires_at: float, life: float) -> float:
+    return expires_at - max((1 - REFRESH_AT) * life, min(REFRESH_DRAIN_S, life / 2))
+
+
+def _drain_until(expires_at: float, puback_timeout_s: float) -> float:
+    return min(time.monotonic() + min(5.0, puback_timeout_s), expires_at - 0.5)
+
+
+def sas_token(resource: str, key: bytes, expiry: int) -> str:
+    """`SharedAccessSignature sr=..&sig=..&se=..` for `resource` (host/devices/id), as IoT Hub
+    and its device SDKs build it: the URL-encoded resource and the expiry are signed."""
+    sr = urllib.parse.quote(resource, safe="")
+    digest = hmac.new(key, f"{sr}\n{expiry}".encode(), hashlib.sha256).digest()
+    sig = urllib.parse.quote(base64.b64encode(digest).decode(), safe="")
+    return f"SharedAccessSignature sr={sr}&sig={sig}&se={expiry}"
+
+
+class SasToken:
+    """An Azure IoT Hub SAS token in the MQTT password, minted at every connect.
+
+    The resource is the username's host part (`{hub}.azure-devices.net`) and `/devices/{id}`,
+    so a hub in another cloud (azure-devices.cn) needs only its username set.
+    """
+
+    remint_on_refusal = True
+
+    def __init__(
+        self,
+        auth: AuthConfig,
+        device: str,
+        key_dir: Path,
+        wall_clock: Callable[[], float],
+        metrics: Metrics,
+    ) -> None:
+        self.auth = auth
+        self.username: str | None = auth.username
+        self.resource = f"{auth.username.split('/', 1)[0]}/devices/{device}"
+        self.key_path = None
+        if auth.device_key_file is not None:
+            path = Path(auth.device_key_file)
+            self.key_path = path if path.is_absolute() else key_dir / path
+        self.wall_clock = wall_clock
+        self.metrics = metrics
+        self.expires_at = 0.0  # monotonic, of the current token
+        self._key: bytes | None = None
+        if auth.device_key is not None or (self.key_path and self.key_path.exists()):
+            self.load()
+
+    def load(self) -> None:
+        if self._key is not None:
+            return
+        place = "uplink.auth.device_key"
+        text = self.auth.device_key
+        if self.key_path is not None:
+            place = "uplink.auth.device_key_file"
+            try:
+                text = self.key_path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    place,
+                    f"{self.key_path}: cannot read it: {exc.strerror}",
+                    "write the device's primary key (base64) into it, readable by gatewayd",
+                ) from exc
+        try:
+            self._key = base64.b64decode(text or "", validate=True)
+        except (binascii.Error, ValueError):
+            self._key = b""
+        if not self._key:
+            raise ConfigError(
+                place,
+                "not a base64 key",
+                "copy the device's primary key from the hub (Devices > the device > Primary key)",
+            )
+
+    def password(self) -> str | None:
+        assert self._key is not None
+        self.metrics.inc("uplink_tokens_minted")
+        wall = self.wall_clock()
+        expiry = int(wall) + self.auth.lifetime_s
+        self.expires_at = time.monotonic() + expiry - wall
+        return sas_token(self.resource, self._key, expiry)
+
+    def refresh_at(self) -> float:
+        return _refresh_at(self.expires_at, self.auth.lifetime_s)
+
+    def drain_until(self, puback_timeout_s: float) -> float:
+        return _drain_until(self.expires_at, puback_timeout_s)
+
+    def connected(self) -> None:
+        pass
+
+    def refused(self, reason: str) -> None:
+        pass  # a device key cannot be rotated from here (key rotation is for JWT keys)
 
 
 def credentials_for(
@@ -180,8 +283,13 @@ def credentials_for(
     )
     if a.kind == "jwt":
         path = Path(a.private_key)
-        key = path if path.is_absolute() else key_dir / path
-        return DeviceJwt(a, key, wall_clock, metrics, ring)
+        return DeviceJwt(
+            a, path if path.is_absolute() else key_dir / path, wall_clock, metrics, ring
+        )
+    if a.kind == "sas":
+        return SasToken(a, cfg.device, key_dir, wall_clock, metrics)
     if a.kind == "password":
         return Password(a.username, a.password)
+    if a.kind == "x509":  # the client certificate is the credential (tls.py)
+        return Password(a.username, None)
     return NoAuth()

@@ -36,6 +36,18 @@ def _auth_fix(cfg: UplinkConfig) -> str:
         )
     if a.kind == "password":
         return f"check [uplink.auth] username ({a.username!r}) and password"
+    if a.kind == "sas":
+        source = f"device_key_file ({a.device_key_file})" if a.device_key_file else "device_key"
+        return (
+            f"check [uplink.auth] {source} is a key (primary or secondary) of device "
+            f"{cfg.device!r} in hub {cfg.hub!r}, [uplink] device and hub, and that this "
+            "gateway's clock is right (the token's se)"
+        )
+    if a.kind == "x509":
+        return (
+            f"check that [uplink.tls] cert_file is the certificate registered for device "
+            f"{cfg.device!r} (its thumbprint or CA) and [uplink] device and hub"
+        )
     return "the broker wants credentials: set [uplink.auth] kind and its settings"
 
 

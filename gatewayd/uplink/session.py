@@ -20,6 +20,10 @@ Invariants:
   to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
   subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
 
+Configuration, commands and state travel through the profile's channel (channels/base.py):
+it names the subscriptions, turns incoming messages into config documents and commands, and
+reports state and command results; the session calls it and keeps no cloud's dialect itself.
+
 The pieces: connect.py builds the paho client, paho_socket.py drives its socket from this loop
 (every paho callback below runs on the loop thread), window.py keeps take -> PUBACK -> ack,
 diagnose.py puts failures into words.
@@ -47,6 +51,7 @@ from gatewayd.metrics import Metrics
 
 from . import diagnose
 from .backoff import full_jitter
+from .channels import CommandIn, ConfigPush, channel_for
 from .connect import connect_options, make_client
 from .credentials import credentials_for
 from .errors import UplinkError
@@ -62,7 +67,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatewayd.uplink")
 
-MessageHandler = Callable[[str, bytes], None]
+MessageHandler = Callable[[str, bytes], bool]  # True: consumed, the channel does not see it
+PayloadHandler = Callable[[bytes], None]
 # The gateway's state as the daemon sees it (config version, health, counters, buffer depth...).
 StateSource = Callable[[], Awaitable[Mapping[str, Any]]]
 
@@ -83,12 +89,21 @@ class Uplink:
         state: StateSource | None = None,
         wall_clock: Callable[[], float] = time.time,
         keyring: KeyRing | None = None,
+        on_config: PayloadHandler | None = None,
+        on_command: PayloadHandler | None = None,
     ) -> None:
-        """Loads the device key and the encoder now, so a bad key stops the daemon at start."""
+        """Loads the device key and the encoder now, so a bad key stops the daemon at start.
+
+        `on_message` sees every message first, as it came (topic, payload), and may claim it
+        (return True; e.g. a release's file chunks); `on_config` gets each configuration document
+        and `on_command` each command of the rest, as the channel decoded them.
+        """
         self.cfg = cfg
         self.buffer = buffer
         self.metrics = metrics
         self.on_message = on_message
+        self.on_config = on_config
+        self.on_command = on_command
         self.state = state
         self.wall_clock = wall_clock  # tokens and the clock sanity check; intervals are monotonic
         self.encode: Encoder = load_encoder(cfg.encoder)
@@ -100,6 +115,7 @@ class Uplink:
         }
         if cfg.presence.enabled:
             self.topics["presence"] = cfg.presence.topic.format(**values)
+        self.channel = channel_for(cfg, self.topics)
         self.credentials = credentials_for(
             cfg, key_dir, lambda: self.wall_clock(), metrics, keyring
         )
@@ -267,10 +283,11 @@ class Uplink:
         )
         if "presence" in self.topics:
             client.publish(self.topics["presence"], self.cfg.presence.online, qos=1, retain=True)
-        self._subscriptions = [self.topics["config"], self.topics["commands"]]
+        self._subscriptions = self.channel.subscriptions()
         self.subscribed = False
         self._refused = []
         client.subscribe([(t, 1) for t in self._subscriptions])
+        self.channel.connected(client)
 
     async def _session(self) -> bool:
         """Publish until the connection ends; True when it ended for a credential refresh."""
@@ -303,6 +320,7 @@ class Uplink:
                 self.metrics.inc("uplink_puback_timeouts")
                 self._set_error("puback_timeout")
                 return False
+            self.channel.tick(client, now)
             if self.state is not None and now >= self._next_state:
                 await self._publish_state(client)
             # Clear before any await, so a PUBACK or append that lands meanwhile is not missed.
@@ -336,14 +354,17 @@ class Uplink:
         log.info("uplink_token_refresh inflight_left=%d", len(self.window))
         self.metrics.inc("uplink_token_refreshes")
 
-    def publish_json(self, topic_name: str, doc: dict[str, Any]) -> bool:
-        """Publish one message outside the buffer (command results); False when offline."""
+    def reply_command(self, result: dict[str, Any]) -> bool:
+        """Answer a command through the channel (outside the buffer); False when offline."""
         if not (self.connected and self._client is not None):
             return False
-        info = self._client.publish(
-            self.topics[topic_name], json.dumps(doc, allow_nan=False), qos=1
-        )
-        return info.rc == 0
+        return self.channel.answer(self._client, result)
+
+    def report_outcome(self, outcome: dict[str, Any]) -> None:
+        """A config outcome: the channel's own report, if it has one, and the state soon."""
+        if self.connected and self._client is not None:
+            self.channel.report_outcome(self._client, outcome)
+        self.state_changed()
 
     def state_changed(self) -> None:
         """Something in the state document changed: publish it soon (still at most 1/s)."""
@@ -361,11 +382,7 @@ class Uplink:
         except Exception:  # a broken state source must not stop delivery
             log.exception("state_source_failed")
             return
-        retain = self.cfg.retain_state
-        if (
-            payload != self._last_state
-            and client.publish(self.topics["state"], payload, qos=1, retain=retain).rc == 0
-        ):
+        if payload != self._last_state and self.channel.report_state(client, payload):
             self._last_state = payload
             self.metrics.inc("uplink_state_published")
 
@@ -465,11 +482,18 @@ class Uplink:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.metrics.inc("uplink_messages_received")
-        if self.on_message is not None:
-            try:
-                self.on_message(msg.topic, msg.payload)
-            except Exception:  # a peer's bytes must never kill the uplink
-                log.exception("message_handler_failed topic=%s", msg.topic)
+        try:
+            if self.on_message is None or not self.on_message(msg.topic, msg.payload):
+                self._dispatch(msg.topic, msg.payload)
+        except Exception:  # a peer's bytes must never kill the uplink
+            log.exception("message_handler_failed topic=%s", msg.topic)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        got = self.channel.incoming(topic, payload)
+        if isinstance(got, ConfigPush) and self.on_config is not None:
+            self.on_config(got.payload)
+        elif isinstance(got, CommandIn) and self.on_command is not None:
+            self.on_command(got.payload)
 
 
 class _Closed:

@@ -1,0 +1,19 @@
+"""Cloud channels (see base.py): which one a profile uses, by [uplink] `channel`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gatewayd.config import UplinkConfig
+
+from .azure import AzureChannel
+from .base import Channel, CommandIn, ConfigPush, Incoming
+from .topic import TopicChannel
+
+__all__ = ["Channel", "CommandIn", "ConfigPush", "Incoming", "channel_for"]
+
+
+def channel_for(cfg: UplinkConfig, topics: Mapping[str, str]) -> Channel:
+    if cfg.channel == "azure":
+        return AzureChannel()
+    return TopicChannel(topics, cfg.retain_state)
