@@ -10,13 +10,18 @@ same ports with the same state directory, so a test can restart a broker under l
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 from conftest import require_binary
+from paho.mqtt.enums import CallbackAPIVersion
 from uplink_harness import NatsServer
 
 from gatewayd_sim.procs import free_port, port_open, wait_port
@@ -177,3 +182,47 @@ def scopes(device: str = "{device}") -> str:
             f"{RESOURCE}.read:*/*/devices.{device}.*",
         ]
     )
+
+
+class Subscriber:
+    """A paho subscriber with a persistent session (clean_session = False, QoS 1): a broker that
+    keeps sessions queues for it while it reconnects, so it can count records across a broker
+    restart. Counts event records by id and keeps every other message by topic."""
+
+    def __init__(self, port: int, topics: list[str], client_id: str = "gw-test-subscriber") -> None:
+        self.counts: dict[int, int] = {}
+        self.messages: list[tuple[str, bytes, bool]] = []  # topic, payload, retained
+        self.subscribed = 0
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_subscribe(self, *a: Any) -> None:
+        with self.lock:
+            self.subscribed += 1
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.lock:
+            if "/events" in msg.topic and not msg.topic.endswith("command-results"):
+                for r in json.loads(msg.payload):
+                    self.counts[r["id"]] = self.counts.get(r["id"], 0) + 1
+            else:
+                self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def missing(self, ids: list[int]) -> set[int]:
+        with self.lock:
+            return set(ids) - self.counts.keys()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
