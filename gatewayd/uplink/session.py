@@ -16,6 +16,9 @@ Invariants:
   names the topics, not a recovery;
 - with [uplink.presence] on, the broker holds a retained "online" while a session lives and
   "offline" after it: published at a clean stop, and the connection's last will otherwise;
+- under a profile with an idle limit (`max_idle_s`, ClearBlade: 20 minutes whatever the
+  keepalive, PINGREQs not counted), a session silent for half of it publishes its state again
+  (`_keep_idle`), so the broker never drops a quiet gateway;
 - outages are logged by outage.py: the first failure at WARNING with its cause and the settings
   to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
   subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from gatewayd.buffer import Buffer
 from gatewayd.clock import clock_plausible
 from gatewayd.config import UplinkConfig
+from gatewayd.config.profiles import limits_of
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 
@@ -68,6 +72,9 @@ STATE_MIN_INTERVAL_S = 1.0
 # A session shorter than this does not reset the backoff: a broker that accepts and then drops
 # at once must not be hammered at the base delay.
 STABLE_SESSION_S = 10.0
+# Under an idle limit, publish after this fraction of it without a PUBLISH: room for a slow
+# PUBACK or a paced backlog before the broker's clock runs out.
+IDLE_FRACTION = 0.5
 
 
 class Uplink:
@@ -119,6 +126,8 @@ class Uplink:
         self._last_state: bytes | None = None
         self._next_state = 0.0
         self._rng = random.Random()
+        self.max_idle_s = limits_of(cfg).max_idle_s  # the broker's idle limit, None: none
+        self._last_publish = 0.0  # monotonic, of this session's last PUBLISH (or its CONNECT)
 
     @property
     def first_puback_at(self) -> float | None:
@@ -242,7 +251,7 @@ class Uplink:
         if reason is not None:
             raise diagnose.refused(reason, self.cfg)
         self.connected = True
-        self._connected_at = time.monotonic()
+        self._connected_at = self._last_publish = time.monotonic()
         self.last_error = None
         self._last_state = None
         self._next_state = 0.0
@@ -298,6 +307,7 @@ class Uplink:
                 return False
             if self.state is not None and now >= self._next_state:
                 await self._publish_state(client)
+            self._keep_idle(client, now)
             # Clear before any await, so a PUBACK or append that lands meanwhile is not missed.
             self._wake.clear()
             appended.clear()
@@ -314,6 +324,7 @@ class Uplink:
                 )
                 if entries:
                     sent = window.publish(client, self.topics["events"], entries)
+                    self._last_publish = now
                     self._next_send = max(self._next_send, now) + interval * sent
                     continue
                 waiters = [appended.wait(), self._wake.wait()]
@@ -336,6 +347,7 @@ class Uplink:
         info = self._client.publish(
             self.topics[topic_name], json.dumps(doc, allow_nan=False), qos=1
         )
+        self._last_publish = time.monotonic()
         return info.rc == 0
 
     def state_changed(self) -> None:
@@ -360,7 +372,19 @@ class Uplink:
             and client.publish(self.topics["state"], payload, qos=1, retain=retain).rc == 0
         ):
             self._last_state = payload
+            self._last_publish = time.monotonic()
             self.metrics.inc("uplink_state_published")
+
+    def _keep_idle(self, client: mqtt.Client, now: float) -> None:
+        """Before the broker's idle limit, say something: the last state again (or `{}`)."""
+        silent = now - self._last_publish
+        if self.max_idle_s is None or silent < self.max_idle_s * IDLE_FRACTION:
+            return
+        self._last_publish = now
+        payload = self._last_state or b"{}"
+        if client.publish(self.topics["state"], payload, qos=1, retain=self.cfg.retain_state).rc:
+            return  # not queued (the connection is going): the next session starts afresh
+        log.debug("uplink_idle_publish silent_s=%.0f limit_s=%g", silent, self.max_idle_s)
 
     async def _end_session(self, refresh: bool = False) -> None:
         client, self._client = self._client, None
