@@ -27,7 +27,7 @@ from uplink_harness import NatsServer
 from gatewayd_sim.procs import free_port, port_open, wait_port
 
 RABBITMQ_HOME = Path("/usr/lib/rabbitmq/bin")
-RESOURCE = "gatewayd"  # RabbitMQ's OAuth 2 resource_server_id: the token's audience
+RESOURCE = "rabbitmq"  # RabbitMQ's OAuth 2 resource_server_id: the token's audience
 
 
 class Nats(NatsServer):

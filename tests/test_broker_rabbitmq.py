@@ -237,3 +237,29 @@ events = "devices/{{device}}/events"
     text = str(err.value)
     assert text.startswith("uplink.topics.events: 'devices/ev.1/events' contains '.'"), text
     assert "RabbitMQ" in text, text
+
+
+def test_the_example_configs_scope_hint_works_as_written(rabbit: Rabbit, tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config" / "examples" / "gateway.toml"
+    hint = next(x for x in example.read_text().splitlines() if x.startswith("# scope = "))
+    scope = hint.removeprefix("# scope = ").strip().strip('"')
+    auth = dataclasses.replace(_cfg(rabbit).auth, claims=(("scope", scope),))
+    collector = rabbit.collector()
+
+    async def scenario() -> list[int]:
+        await until(lambda: _subscribed(collector), 20, "the subscriber")
+        h = await Harness.open(tmp_path, _cfg(rabbit, device="gw-hint", auth=auth))
+        try:
+            ids = await h.append(200)
+            await h.drained(30)
+            await until(lambda: h.uplink.subscribed, 10, "the SUBACK")
+            assert not h.uplink._refused, h.uplink._refused  # config and commands granted
+            return ids
+        finally:
+            await h.close()
+
+    try:
+        ids = asyncio.run(scenario())
+        asyncio.run(until(lambda: not collector.missing(ids), 20, "every record"))
+    finally:
+        collector.close()
