@@ -8,15 +8,21 @@ deadline and the resend cover it). Against real sockets: mosquitto and the cloud
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from brokers import Subscriber
 from helpers import Mosquitto
 from uplink_harness import Harness, jwt_auth, until, uplink_cfg
 
-from gatewayd.config import TlsConfig, load
+from gatewayd.config import GatewayConfig, TlsConfig, example_path, load, load_document
 from gatewayd.config.profiles import limits_of
+from gatewayd.metrics import Metrics
+from gatewayd.remote_config import ConfigManager, ConfigStore
+from gatewayd.remote_config.store import Stored
 from gatewayd.uplink.connect import make_client
 from gatewayd.uplink.credentials import NoAuth
 from gatewayd.uplink.device_jwt import generate_key
@@ -128,3 +134,61 @@ def test_messages_dropped_without_puback_are_sent_again_nothing_lost(tmp_path: P
     ids, timeouts = asyncio.run(scenario())
     assert timeouts >= 2
     assert not recorder.missing(set(ids)), recorder.report(set(ids))
+
+
+class _Target:
+    """The running gateway as the manager sees it: applies, always healthy."""
+
+    def __init__(self) -> None:
+        self.applied: list[int] = []
+
+    async def reconfigure(self, cfg: GatewayConfig, trial: bool = True) -> None:
+        self.applied.append(cfg.version)
+
+    async def wait_healthy(self, deadline_s: float) -> str | None:
+        return None
+
+
+def _redelivered(tmp: Path, profile: str) -> tuple[list[int], list[dict[str, Any]], float]:
+    """Pushes v2, v3, then v2 again (a QoS 1 redelivery); what was applied and reported."""
+    base: dict[str, Any] = tomllib.loads(example_path().read_text())
+    base["uplink"]["profile"] = profile
+    cfg = load_document(base)
+    target, outcomes, metrics = _Target(), [], Metrics()
+    m = ConfigManager(
+        target,
+        ConfigStore(tmp / "config"),
+        cfg,
+        Stored(cfg.version, base),
+        outcomes.append,
+        metrics,
+        tmp,
+    )
+
+    def doc(version: int) -> bytes:
+        d = json.loads(json.dumps(base))
+        d["version"] = version
+        d["devices"][0]["interval_ms"] = 1000 + version
+        return json.dumps(d).encode()
+
+    async def scenario() -> None:
+        for v in (2, 3, 2):
+            await m.handle(doc(v))
+
+    asyncio.run(scenario())
+    return target.applied, outcomes, metrics.total("config_outcomes")
+
+
+def test_an_older_config_redelivered_by_clearblade_is_neither_applied_nor_counted(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cb").mkdir()
+    applied, outcomes, counted = _redelivered(tmp_path / "cb", "clearblade")
+    assert applied == [2, 3]
+    assert [(o["version"], o["status"]) for o in outcomes] == [(2, "applied"), (3, "applied")]
+    assert counted == 2
+    # Where the cloud retains, an older version is a stale push someone made: refused, reported.
+    (tmp_path / "iot").mkdir()
+    applied, outcomes, counted = _redelivered(tmp_path / "iot", "cloud-iot-core")
+    assert applied == [2, 3]
+    assert [(o["version"], o["status"]) for o in outcomes][-1] == (2, "rejected")
