@@ -114,6 +114,9 @@ class RabbitMq:
             "RABBITMQ_PID_FILE": str(f / "rabbit.pid"),
             "RABBITMQ_CONF_ENV_FILE": str(f / "rabbitmq-env.conf"),  # none: not /etc's
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(f / "advanced.config"),
+            # Makes the script exec the Erlang VM: the PID started is the broker's own, so a
+            # SIGKILL kills the broker (not a shell that would leave it running).
+            "RUNNING_UNDER_SYSTEMD": "true",
         }
         out = open(f / "stdout.log", "ab")  # noqa: SIM115
         if self.epmd is None or self.epmd.poll() is not None:
@@ -125,7 +128,11 @@ class RabbitMq:
             )
         # Not /usr/sbin/rabbitmq-server: as root that wrapper switches to the rabbitmq user.
         self.proc = subprocess.Popen(
-            [str(RABBITMQ_HOME / "rabbitmq-server")], stdout=out, stderr=out, env=env
+            [str(RABBITMQ_HOME / "rabbitmq-server")],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
@@ -189,7 +196,13 @@ class Subscriber:
     keeps sessions queues for it while it reconnects, so it can count records across a broker
     restart. Counts event records by id and keeps every other message by topic."""
 
-    def __init__(self, port: int, topics: list[str], client_id: str = "gw-test-subscriber") -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: list[str],
+        client_id: str = "gw-test-subscriber",
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.counts: dict[int, int] = {}
         self.messages: list[tuple[str, bytes, bool]] = []  # topic, payload, retained
         self.subscribed = 0
@@ -197,6 +210,8 @@ class Subscriber:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
         )
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
         self.client.on_subscribe = self._on_subscribe
