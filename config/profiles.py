@@ -31,6 +31,10 @@ class Limits:
     max_keepalive_s: int | None = None
     retained: bool = True  # the broker keeps retained messages
     topic_forbidden: str = ""  # characters a topic must not contain
+    tls_minimum: str | None = None  # "1.2": the uplink refuses older TLS (tls.py)
+    # The broker drops a connection with no PUBLISH for this long, whatever the keepalive
+    # (PINGREQs do not count): the session publishes its state before (session.py).
+    max_idle_s: float | None = None
     why: str = ""  # who imposes these limits, for the error text
 
 
@@ -62,12 +66,21 @@ PROFILES: dict[str, Profile] = {
         host="mqtt.googleapis.com",
         limits=replace(_IOT_CORE, why="Cloud IoT Core"),
     ),
-    # Cloud IoT Core's successor: the same client id, JWT and topics; regional hosts, no retained
-    # messages, and an idle limit of 20 minutes whatever the keepalive.
+    # Cloud IoT Core's successor: the same client id, JWT and topics; regional hosts, TLS 1.2+,
+    # MQTT 3.1.1 only, no retained messages (configuration is redelivered at QoS 1, the latest
+    # version wins), an idle limit of 20 minutes whatever the keepalive, and QoS 1 messages
+    # dropped without a PUBACK when it is busy (covered by puback_timeout_s and the resend).
     "clearblade": Profile(
         "clearblade",
         host="{region}-mqtt.clearblade.com",
-        limits=replace(_IOT_CORE, retained=False, max_keepalive_s=1200, why="ClearBlade IoT Core"),
+        limits=replace(
+            _IOT_CORE,
+            retained=False,
+            max_keepalive_s=1200,
+            max_idle_s=1200,
+            tls_minimum="1.2",
+            why="ClearBlade IoT Core",
+        ),
     ),
     # No retained messages: config from the device twin's desired property `gatewayd`, state
     # and outcomes to its reported one, commands as direct methods (channels/azure.py).
@@ -110,6 +123,13 @@ BROKERS: dict[str, Limits] = {
     # RabbitMQ maps '/' to '.' in routing keys: a '.' in a topic silently becomes a level.
     "rabbitmq": Limits(topic_forbidden=".", why="RabbitMQ"),
 }
+
+
+def limits_of(cfg: UplinkConfig) -> Limits:
+    """The limits in force for a loaded [uplink]: its broker's under "mqtt", else its profile's."""
+    if cfg.broker:
+        return BROKERS[cfg.broker]
+    return PROFILES[cfg.profile].limits
 
 
 def defaults(profile: Profile, region: str, hub: str = "") -> UplinkConfig:

@@ -4,7 +4,9 @@ Invariants:
 - every push gets exactly one outcome: applied, rejected, rolled_back, or superseded (a newer
   push arrived while it waited behind a candidate being judged; only the newest waiting one is
   tried), except a redelivery of a document whose outcome was already reported (the retained
-  config at every reconnect), which is neither counted nor written again;
+  config at every reconnect), which is neither counted nor written again, and, from a cloud
+  without retained messages (ClearBlade redelivers at QoS 1, the latest version wins), a
+  version older than the newest tried, which is a redelivery too: ignored, not counted;
 - a push may not change what the gateway cannot apply live (buffer, metrics, gateway id) nor
   what would cut it off from its own config topic (device, client id, config topic): refused
   (the local file, on SIGHUP, may change the latter);
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 from gatewayd.config import ConfigError, GatewayConfig, UplinkConfig, load_document
 from gatewayd.config.parse import INT_LIMIT
+from gatewayd.config.profiles import limits_of
 from gatewayd.metrics import Metrics
 from gatewayd.reading import now_ms
 
@@ -247,6 +250,9 @@ class ConfigManager:
             log.debug("config_replay_ignored version=%d", cfg.version)
             return Outcome.ROLLED_BACK
         highest = max(self.store.highest_tried(), self.lkg.version)
+        if cfg.version < highest and not limits_of(self.current.uplink).retained:
+            log.debug("config_redelivery_ignored version=%d newest=%d", cfg.version, highest)
+            return Outcome.SUPERSEDED
         if cfg.version <= highest:
             self._last_rejected = raw
             self._emit(

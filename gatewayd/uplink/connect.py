@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.config import UplinkConfig
+from gatewayd.config.profiles import limits_of
 
 from .credentials import Credentials
 from .tls import apply_tls
@@ -40,7 +41,7 @@ def make_client(
         c.username_pw_set(creds.username, creds.password())
     if presence_topic is not None:  # the broker says "offline" for us when we vanish
         c.will_set(presence_topic, cfg.presence.offline, qos=1, retain=True)
-    apply_tls(c, cfg.tls, cfg.host)
+    apply_tls(c, cfg.tls, cfg.host, limits_of(cfg).tls_minimum)
     return c
 
 

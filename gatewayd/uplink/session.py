@@ -16,6 +16,9 @@ Invariants:
   names the topics, not a recovery;
 - with [uplink.presence] on, the broker holds a retained "online" while a session lives and
   "offline" after it: published at a clean stop, and the connection's last will otherwise;
+- under a profile with an idle limit (`max_idle_s`, ClearBlade: 20 minutes whatever the
+  keepalive, PINGREQs not counted), a session silent for half of it publishes its state again
+  (`_keep_idle`), so the broker never drops a quiet gateway;
 - outages are logged by outage.py: the first failure at WARNING with its cause and the settings
   to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
   subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from gatewayd.buffer import Buffer
 from gatewayd.clock import clock_plausible
 from gatewayd.config import UplinkConfig
+from gatewayd.config.profiles import limits_of
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 
@@ -76,6 +80,9 @@ STATE_MIN_INTERVAL_S = 1.0
 # A session shorter than this does not reset the backoff: a broker that accepts and then drops
 # at once must not be hammered at the base delay.
 STABLE_SESSION_S = 10.0
+# Under an idle limit, publish after this fraction of it without a PUBLISH: room for a slow
+# PUBACK or a paced backlog before the broker's clock runs out.
+IDLE_FRACTION = 0.5
 
 
 class Uplink:
@@ -140,6 +147,8 @@ class Uplink:
         self._last_state: bytes | None = None
         self._next_state = 0.0
         self._rng = random.Random()
+        self.max_idle_s = limits_of(cfg).max_idle_s  # the broker's idle limit, None: none
+        self._last_publish = 0.0  # monotonic, of this session's last PUBLISH (or its CONNECT)
 
     @property
     def first_puback_at(self) -> float | None:
@@ -266,7 +275,7 @@ class Uplink:
         if reason is not None:
             raise diagnose.refused(reason, self.cfg)
         self.connected = True
-        self._connected_at = time.monotonic()
+        self._connected_at = self._last_publish = time.monotonic()
         self.last_error = None
         self._last_state = None
         self._next_state = 0.0
@@ -323,6 +332,7 @@ class Uplink:
             self.channel.tick(client, now)
             if self.state is not None and now >= self._next_state:
                 await self._publish_state(client)
+            self._keep_idle(client, now)
             # Clear before any await, so a PUBACK or append that lands meanwhile is not missed.
             self._wake.clear()
             appended.clear()
@@ -339,6 +349,7 @@ class Uplink:
                 )
                 if entries:
                     sent = window.publish(client, self.topics["events"], entries)
+                    self._last_publish = now
                     self._next_send = max(self._next_send, now) + interval * sent
                     continue
                 waiters = [appended.wait(), self._wake.wait()]
@@ -358,6 +369,7 @@ class Uplink:
         """Answer a command through the channel (outside the buffer); False when offline."""
         if not (self.connected and self._client is not None):
             return False
+        self._last_publish = time.monotonic()
         return self.channel.answer(self._client, result)
 
     def report_outcome(self, outcome: dict[str, Any]) -> None:
@@ -384,7 +396,19 @@ class Uplink:
             return
         if payload != self._last_state and self.channel.report_state(client, payload):
             self._last_state = payload
+            self._last_publish = time.monotonic()
             self.metrics.inc("uplink_state_published")
+
+    def _keep_idle(self, client: mqtt.Client, now: float) -> None:
+        """Before the broker's idle limit, say something: the last state again (or `{}`)."""
+        silent = now - self._last_publish
+        if self.max_idle_s is None or silent < self.max_idle_s * IDLE_FRACTION:
+            return
+        self._last_publish = now
+        payload = self._last_state or b"{}"
+        if not self.channel.report_state(client, payload):
+            return  # not queued (the connection is going): the next session starts afresh
+        log.debug("uplink_idle_publish silent_s=%.0f limit_s=%g", silent, self.max_idle_s)
 
     async def _end_session(self, refresh: bool = False) -> None:
         client, self._client = self._client, None

@@ -1,6 +1,8 @@
 """TLS for the uplink: verified by default; the client certificate (mTLS) is read at every connect.
 
 `server_name` overrides the name verified (and sent as SNI), for a broker reached by IP or alias.
+A profile's `tls_minimum` (ClearBlade: "1.2") is set on the context, so an older protocol is
+refused whatever the system's OpenSSL configuration allows.
 
 Invariants: verification is off only when [uplink.tls] verify = false says so, and that is logged
 at every connect; a file that cannot be used is reported with its setting and its path.
@@ -57,8 +59,13 @@ class _Context(ssl.SSLContext):
         )
 
 
-def apply_tls(client: Any, tls: TlsConfig, host: str) -> None:
-    """Set up TLS on a paho client; raises UplinkError naming the setting and the file."""
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def apply_tls(client: Any, tls: TlsConfig, host: str, minimum: str | None = None) -> None:
+    """Set up TLS on a paho client; raises UplinkError naming the setting and the file.
+
+    `minimum` is the profile's lowest TLS version ("1.2"), None for the library's default."""
     if not tls.enabled:
         return
     for setting in ("ca_file", "cert_file", "key_file"):
@@ -66,6 +73,8 @@ def apply_tls(client: Any, tls: TlsConfig, host: str) -> None:
     # What ssl.create_default_context does for a client, in a context that can override the name.
     context = _Context(ssl.PROTOCOL_TLS_CLIENT)
     context.server_name = tls.server_name
+    if minimum is not None:
+        context.minimum_version = TLS_VERSIONS[minimum]
     try:
         if tls.ca_file is None:
             context.load_default_certs(ssl.Purpose.SERVER_AUTH)
