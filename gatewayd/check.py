@@ -1,0 +1,159 @@
+"""What `gatewayd check` reports and `run` refuses at start: one list, so they never disagree.
+
+Invariants:
+- `problems` gathers every error of a file at once (config.check parses part by part) and adds
+  what needs more than the document: driver names through the driver registry (with a did-you-
+  mean), the device key (exists, a usable PEM key, not readable by group or others), TLS and
+  signing files readable, the state directory present or creatable;
+- nothing is created or changed: the state directory is only looked at;
+- each error names the place in the file, the problem and the fix (a ConfigError).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gatewayd.config import ConfigError, GatewayConfig, read_document
+from gatewayd.config.check import device_problems, merge, parse_all, template_problems
+from gatewayd.config.model import RemoteConfigConfig, UplinkConfig
+
+
+@dataclass
+class Report:
+    errors: list[ConfigError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cfg: GatewayConfig | None = None  # the file's configuration, when it has no error
+
+
+def problems(path: Path) -> Report:
+    """Every reason `run` would refuse the file at `path`, and notes on what overrides it."""
+    try:
+        doc = read_document(path)
+    except ConfigError as exc:
+        return Report([exc])
+    parsed = parse_all(doc)
+    extra = device_problems(doc) + _driver_names(doc.get("devices"))
+    if parsed.uplink is not None:
+        extra += template_problems(parsed.uplink)
+        extra += _uplink_files(parsed.uplink, path.parent)
+    if parsed.remote_config is not None:
+        extra += _signing_key(parsed.remote_config, path.parent)
+    state_dir = state_dir_of(parsed.state_dir)
+    if state_dir is not None:
+        extra += _state_dir(state_dir)
+    report = Report(merge(parsed.errors, extra))
+    if not report.errors:
+        report.cfg = parsed.cfg
+    if parsed.cfg is not None and state_dir is not None and parsed.cfg.remote_config.enabled:
+        from gatewayd.remote_config.manager import override_note
+
+        note = override_note(parsed.cfg.version, doc, state_dir / "config")
+        if note:
+            report.notes.append(note)
+    return report
+
+
+def state_dir_of(configured: str | None) -> Path | None:
+    """Where `run` keeps its state: systemd's $STATE_DIRECTORY wins over [gateway] state_dir."""
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env)
+    return None if configured is None else Path(configured)
+
+
+def _driver_names(devices: object) -> list[ConfigError]:
+    from gatewayd.drivers import available_drivers
+
+    if not isinstance(devices, list):
+        return []
+    known = available_drivers()
+    out = []
+    for i, dev in enumerate(devices):
+        kind = dev.get("driver") if isinstance(dev, dict) else None
+        if isinstance(kind, str) and kind not in known:
+            near = difflib.get_close_matches(kind, known, n=1)
+            fix = (
+                f"did you mean {near[0]!r}? (or install the package that provides {kind!r})"
+                if near
+                else f"use one of {', '.join(map(repr, known))} or install its package"
+            )
+            out.append(ConfigError(f"devices[{i}].driver", f"unknown driver {kind!r}", fix))
+    return out
+
+
+def _uplink_files(uplink: UplinkConfig, config_dir: Path) -> list[ConfigError]:
+    out = []
+    auth = uplink.auth
+    if auth.kind == "jwt":
+        from gatewayd.uplink.device_jwt import DeviceKeyError, load_private_key
+
+        key = Path(auth.private_key)
+        key = key if key.is_absolute() else config_dir / key
+        try:
+            load_private_key(key, auth.algorithm)
+        except DeviceKeyError as exc:
+            out.append(ConfigError("uplink.auth.private_key", f"{key}: {exc.problem}", exc.fix))
+    tls = uplink.tls
+    if tls.enabled:
+        for setting in ("ca_file", "cert_file", "key_file"):
+            err = _unreadable(f"uplink.tls.{setting}", getattr(tls, setting))
+            if err is not None:
+                out.append(err)
+    return out
+
+
+def _signing_key(rc: RemoteConfigConfig, config_dir: Path) -> list[ConfigError]:
+    if not (rc.require_signed and rc.signing_key):  # read only then (remote_config.manager)
+        return []
+    p = Path(rc.signing_key)
+    err = _unreadable("remote_config.signing_key", str(p if p.is_absolute() else config_dir / p))
+    return [] if err is None else [err]
+
+
+def _unreadable(place: str, path: str | None) -> ConfigError | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return ConfigError(
+            place, f"{path}: cannot read it: {exc.strerror}", "fix the path or the file's mode"
+        )
+
+
+def _state_dir(state_dir: Path) -> list[ConfigError]:
+    place = "gateway.state_dir"
+    if os.environ.get("STATE_DIRECTORY"):
+        place += " ($STATE_DIRECTORY)"
+    if state_dir.exists():
+        if not state_dir.is_dir():
+            return [ConfigError(place, f"{state_dir} is not a directory", "point it at a folder")]
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            return [
+                ConfigError(
+                    place,
+                    f"{state_dir} is not writable by this user",
+                    "fix its owner or mode (systemd's StateDirectory= does it for the service)",
+                )
+            ]
+        return []
+    parent = state_dir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is not a directory" if not parent.is_dir() else "is not writable by this user"
+        return [
+            ConfigError(
+                place,
+                f"{state_dir} does not exist and cannot be created ({parent} {why})",
+                "create it, or point state_dir at a folder this user may write",
+            )
+        ]
+    return []
+
+
+__all__ = ["Report", "problems", "state_dir_of"]
