@@ -66,7 +66,6 @@ class Parsed:
     uplink: UplinkConfig | None = None
     remote_config: RemoteConfigConfig | None = None
     state_dir: str | None = None
-    version: int | None = None
 
 
 def parse_all(doc: Any) -> Parsed:
@@ -84,7 +83,7 @@ def parse_all(doc: Any) -> Parsed:
             return None
 
     root = Section(doc, "")
-    out.version = part(root.integer, "version", 0, lo=0, hi=INT_LIMIT)
+    part(root.integer, "version", 0, lo=0, hi=INT_LIMIT)
     gw = part(root.table, "gateway")
     if gw is not None:
         out.state_dir = part(_gateway, gw)

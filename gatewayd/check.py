@@ -1,6 +1,8 @@
-"""What `gatewayd check` reports and `run` refuses at start: one list, so they never disagree.
+"""What `gatewayd check` reports and `run` refuses at start: one list, so they do not disagree.
 
 Invariants:
+- `run` refuses what `check` reports, except a device key not provisioned yet (`KeyNotYet`):
+  the daemon then buffers and its uplink retries, as before;
 - `problems` gathers every error of a file at once (config.check parses part by part) and adds
   what needs more than the document: driver names through the driver registry (with a did-you-
   mean), the device key (exists, a usable PEM key, not readable by group or others), TLS and
@@ -21,11 +23,24 @@ from gatewayd.config.check import device_problems, merge, parse_all, template_pr
 from gatewayd.config.model import RemoteConfigConfig, UplinkConfig
 
 
+class KeyNotYet(ConfigError):
+    """The device key does not exist yet: an error for `check`; `run` warns, buffers and its
+    uplink retries until the key is provisioned (a key that exists but is unusable stops it)."""
+
+    def __init__(self, err: ConfigError) -> None:
+        super().__init__(err.place, err.problem, err.fix)
+
+
 @dataclass
 class Report:
     errors: list[ConfigError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cfg: GatewayConfig | None = None  # the file's configuration, when it has no error
+
+    @property
+    def refusals(self) -> list[ConfigError]:
+        """What stops `run` at start: every error but a device key not provisioned yet."""
+        return [e for e in self.errors if not isinstance(e, KeyNotYet)]
 
 
 def problems(path: Path) -> Report:
@@ -45,7 +60,7 @@ def problems(path: Path) -> Report:
     if state_dir is not None:
         extra += _state_dir(state_dir)
     report = Report(merge(parsed.errors, extra))
-    if not report.errors:
+    if not report.refusals:
         report.cfg = parsed.cfg
     if parsed.cfg is not None and state_dir is not None and parsed.cfg.remote_config.enabled:
         from gatewayd.remote_config.manager import override_note
@@ -95,7 +110,8 @@ def _uplink_files(uplink: UplinkConfig, config_dir: Path) -> list[ConfigError]:
         try:
             load_private_key(key, auth.algorithm)
         except DeviceKeyError as exc:
-            out.append(ConfigError("uplink.auth.private_key", f"{key}: {exc.problem}", exc.fix))
+            bad = ConfigError("uplink.auth.private_key", f"{key}: {exc.problem}", exc.fix)
+            out.append(KeyNotYet(bad) if not key.exists() else bad)
     tls = uplink.tls
     if tls.enabled:
         for setting in ("ca_file", "cert_file", "key_file"):
@@ -126,17 +142,18 @@ def _unreadable(place: str, path: str | None) -> ConfigError | None:
 
 
 def _state_dir(state_dir: Path) -> list[ConfigError]:
-    place = "gateway.state_dir"
-    if os.environ.get("STATE_DIRECTORY"):
-        place += " ($STATE_DIRECTORY)"
+    # The place is the folder, as the buffer names it when it cannot open there.
+    setting = "$STATE_DIRECTORY" if os.environ.get("STATE_DIRECTORY") else "gateway.state_dir"
+    place = str(state_dir)
     if state_dir.exists():
         if not state_dir.is_dir():
-            return [ConfigError(place, f"{state_dir} is not a directory", "point it at a folder")]
+            problem = f"is not a directory ({setting})"
+            return [ConfigError(place, problem, f"point {setting} at a folder")]
         if not os.access(state_dir, os.W_OK | os.X_OK):
             return [
                 ConfigError(
                     place,
-                    f"{state_dir} is not writable by this user",
+                    f"is not writable by this user ({setting})",
                     "fix its owner or mode (systemd's StateDirectory= does it for the service)",
                 )
             ]
@@ -149,11 +166,11 @@ def _state_dir(state_dir: Path) -> list[ConfigError]:
         return [
             ConfigError(
                 place,
-                f"{state_dir} does not exist and cannot be created ({parent} {why})",
-                "create it, or point state_dir at a folder this user may write",
+                f"does not exist and cannot be created ({setting}; {parent} {why})",
+                f"create it, or point {setting} at a folder this user may write",
             )
         ]
     return []
 
 
-__all__ = ["Report", "problems", "state_dir_of"]
+__all__ = ["KeyNotYet", "Report", "problems", "state_dir_of"]

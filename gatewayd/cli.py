@@ -177,8 +177,11 @@ def _run(args: argparse.Namespace) -> int:
 
     path = Path(args.config).resolve()
     # What `check` reports stops the start, all of it at once: never a retry loop on a typo.
-    if _refused(problems(path).errors, args.config):
+    report = problems(path)
+    if _refused(report.refusals, args.config):
         return 2
+    for exc in report.errors:  # a device key not provisioned yet: buffered until it is
+        print(f"warning: {exc}", file=sys.stderr)
 
     async def go() -> None:
         doc = read_document(path)

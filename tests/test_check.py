@@ -8,7 +8,6 @@ in expected.err (`{dir}` stands for the case's folder).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,4 +97,3 @@ def test_check_does_not_create_the_state_directory(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace(f'state_dir = "{tmp_path}"', f'state_dir = "{state}"'))
     assert problems(cfg).errors == []
     assert not state.exists() and not (tmp_path / "not").exists()
-    shutil.rmtree(tmp_path / "config", ignore_errors=True)
