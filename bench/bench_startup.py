@@ -52,6 +52,9 @@ listen = "{f"127.0.0.1:{metrics}" if metrics else ""}"
 [uplink]
 host = "127.0.0.1"
 port = {broker_port}
+project = "bench-project"
+region = "local"
+registry = "gateways"
 device = "bench"
 backoff_base_s = 0.5
 backoff_cap_s = 2.0

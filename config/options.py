@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -223,10 +224,13 @@ def entry_point_options(kind: str, place: str) -> OptionSet:
 
     eps = entry_points(group=GROUP)
     if kind not in eps.names:
+        near = difflib.get_close_matches(kind, sorted(eps.names), n=1)
         raise ConfigError(
             place,
             f"unknown driver {kind!r}",
-            f"use one of {sorted(eps.names)} or install its package",
+            f"did you mean {near[0]!r}? (or install the package that provides {kind!r})"
+            if near
+            else f"use one of {', '.join(map(repr, sorted(eps.names)))} or install its package",
         )
     declared = getattr(eps[kind].load(), "options", NO_OPTIONS)
     if not isinstance(declared, OptionSet):

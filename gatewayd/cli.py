@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from gatewayd import __version__
@@ -132,16 +133,27 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gatewayd.config import ConfigError, load_file
+    from gatewayd.check import problems
 
-    try:
-        cfg = load_file(args.file)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    report = problems(Path(args.file))
+    for note in report.notes:
+        print(f"note: {note}")
+    if _refused(report.errors, args.file):
         return 2
+    cfg = report.cfg
+    assert cfg is not None
     points = sum(len(d.points) for d in cfg.devices)
     print(f"ok: version {cfg.version}, {len(cfg.devices)} devices, {points} points")
     return 0
+
+
+def _refused(errors: Sequence[Exception], file: str) -> bool:
+    """Print every error (check and run say the same); True if there was one."""
+    for exc in errors:
+        print(f"error: {exc}", file=sys.stderr)
+    if len(errors) > 1:
+        print(f"{len(errors)} errors in {file}", file=sys.stderr)
+    return bool(errors)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -188,12 +200,20 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from gatewayd import logs
+    from gatewayd.check import problems
     from gatewayd.config import load_document, read_document
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
 
+    path = Path(args.config).resolve()
+    # What `check` reports stops the start, all of it at once: never a retry loop on a typo.
+    report = problems(path)
+    if _refused(report.refusals, args.config):
+        return 2
+    for exc in report.errors:  # a device key not provisioned yet: buffered until it is
+        print(f"warning: {exc}", file=sys.stderr)
+
     async def go() -> int:
-        path = Path(args.config).resolve()
         doc = read_document(path)  # a ConfigError (exit 2) names the place and the fix
         cfg = load_document(doc)
         logs.setup(cfg.logging.level, cfg.logging.format)

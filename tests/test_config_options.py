@@ -44,7 +44,12 @@ def test_modbus_keys_belong_to_the_modbus_drivers_only() -> None:
 def test_an_unknown_driver_is_a_config_error_naming_the_place() -> None:
     with pytest.raises(ConfigError) as err:
         load(HEAD + '[[devices]]\nid = "x"\ndriver = "modbus_tpc"\n')
-    assert str(err.value).startswith("devices[0].driver: unknown driver 'modbus_tpc'; use one of")
+    assert str(err.value).startswith(
+        "devices[0].driver: unknown driver 'modbus_tpc'; did you mean 'modbus_tcp'?"
+    )
+    with pytest.raises(ConfigError) as err:
+        load(HEAD + '[[devices]]\nid = "x"\ndriver = "profibus"\n')
+    assert str(err.value).startswith("devices[0].driver: unknown driver 'profibus'; use one of")
 
 
 def test_defaults_and_ranges_are_read_from_the_dataclass() -> None:

@@ -31,6 +31,9 @@ listen = "127.0.0.1:{metrics_port}"
 [uplink]
 host = "127.0.0.1"
 port = {free_port()}
+project = "p1"
+region = "r1"
+registry = "reg1"
 device = "gw-test"
 [uplink.tls]
 enabled = false

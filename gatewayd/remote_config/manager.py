@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from gatewayd.config import ConfigError, GatewayConfig, UplinkConfig, load_document
 from gatewayd.config.parse import INT_LIMIT
 from gatewayd.config.profiles import limits_of
+from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 from gatewayd.reading import now_ms
 
@@ -88,6 +89,7 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
             cand = None
     if cand is None or cand.version <= base.version:
         store.drop_candidate()
+        _warn_if_not_local(local.version, local_doc, base)
         return Startup(base, None, store.last_outcome())
     if cand.starts >= MAX_STARTS:
         reason = "the gateway stopped while applying it, twice; rolled back at start"
@@ -96,10 +98,50 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
         log.warning("config_rolled_back version=%d reason=%r", cand.version, reason)
         outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
         store.note_outcome(outcome)
+        _warn_if_not_local(local.version, local_doc, base)
         return Startup(base, None, outcome, new_outcome=True)
     cand = Stored(cand.version, cand.document, cand.starts + 1)
     store.save_candidate(cand)
+    _warn_if_not_local(local.version, local_doc, cand)
     return Startup(base, cand, store.last_outcome())
+
+
+def not_taken(local_version: int, version: int, what: str) -> str:
+    """Why the local file is not what runs, and what to do about it."""
+    rel = "below" if local_version < version else "equal to"
+    return (
+        f"local file version {local_version} is {rel} the {what} version {version}: "
+        f"raise `version` above {version} to take the local file, or push"
+    )
+
+
+def _warn_if_not_local(local_version: int, local_doc: dict[str, Any], chosen: Stored) -> None:
+    if digest(chosen.document) != digest(local_doc):
+        what = "applied pushed" if chosen.starts == 0 else "pushed candidate"
+        log.warning(
+            "local_file_not_taken local_version=%d version=%d reason=%s",
+            local_version,
+            chosen.version,
+            quote(not_taken(local_version, chosen.version, what)),
+        )
+
+
+def override_note(local_version: int, local_doc: dict[str, Any], store_dir: Path) -> str | None:
+    """For `gatewayd check`: the applied pushed document that `run` would start with instead."""
+    if not (store_dir / "applied.json").is_file():  # ConfigStore() would create the folder
+        return None
+    applied = ConfigStore(store_dir).applied()
+    if applied is None or applied.version < local_version:
+        return None
+    if digest(applied.document) == digest(local_doc):
+        return None
+    try:
+        load_document(applied.document)
+    except ConfigError:  # startup_config falls back to the local file
+        return None
+    return f"{store_dir / 'applied.json'} overrides this file at start: " + not_taken(
+        local_version, applied.version, "applied pushed"
+    )
 
 
 def _version_of(doc: dict[str, Any]) -> int | None:
@@ -111,6 +153,17 @@ def _version_of(doc: dict[str, Any]) -> int | None:
 
 def _outcome(version: int | None, status: Outcome, reason: str = "") -> dict[str, Any]:
     return {"version": version, "status": str(status), "reason": reason, "ts": now_ms()}
+
+
+def _warn_unchanged(version: int) -> None:
+    log.warning(
+        "reload_unchanged version=%d reason=%s",
+        version,
+        quote(
+            f"the local file is the applied configuration (version {version}); nothing changed: "
+            f"edit it and raise `version` above {version} to apply a change"
+        ),
+    )
 
 
 class ConfigManager:
@@ -234,6 +287,8 @@ class ConfigManager:
             self._check_allowed(cfg, trusted)
         except (PushRejected, ConfigError) as exc:
             self._last_rejected = raw
+            if trusted:
+                log.warning("local_file_not_taken reason=%s", quote(exc))
             self._emit(version, Outcome.REJECTED, str(exc))
             return Outcome.REJECTED
         self._last_rejected = None
@@ -242,7 +297,11 @@ class ConfigManager:
             if last.get("version") == cfg.version and last.get("status") == Outcome.APPLIED:
                 # Redelivered at every reconnect (retained): reported once, not counted again.
                 log.debug("config_replay_ignored version=%d status=applied", cfg.version)
+                if trusted:
+                    _warn_unchanged(cfg.version)
                 return Outcome.APPLIED
+            if trusted:
+                _warn_unchanged(cfg.version)
             self._emit(cfg.version, Outcome.APPLIED, "identical to the applied configuration")
             return Outcome.APPLIED
         if self.store.is_last_rollback(cfg.version, digest(doc)):
@@ -255,6 +314,14 @@ class ConfigManager:
             return Outcome.SUPERSEDED
         if cfg.version <= highest:
             self._last_rejected = raw
+            if trusted:
+                what = "applied" if highest == self.lkg.version else "highest tried"
+                log.warning(
+                    "local_file_not_taken local_version=%d version=%d reason=%s",
+                    cfg.version,
+                    highest,
+                    quote(not_taken(cfg.version, highest, what)),
+                )
             self._emit(
                 cfg.version,
                 Outcome.REJECTED,

@@ -1,0 +1,230 @@
+"""Every error of a configuration document at once: the pure half of `gatewayd check`.
+
+Invariants:
+- the parser stops at its first error, so each top-level table, each device and each rule is
+  parsed on its own (with the parser's own functions, so the messages are the same) and the errors
+  gathered; what needs the whole document (unique ids, one setting per bus, rule names) comes from
+  one full `load_document`, run only when every part parsed;
+- the checks here read the document and the parsed values only: no file, no driver registry
+  (config imports none of drivers/buffer/gatewayd; gatewayd.check adds those);
+- an error here is a ConfigError with place, problem and fix, like the parser's.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import parse
+from .errors import ConfigError
+from .model import GatewayConfig, RemoteConfigConfig, UplinkConfig
+from .options import entry_point_options
+from .parse import INT_LIMIT, Section, load_document
+from .rules import parse_rules
+
+T = TypeVar("T")
+
+# Vendor register numbers: a table digit, then the 1-based register (5 or 6 digits). Coils
+# (0xxxx) cannot be told from a plain address.
+_VENDOR_PREFIX = {"holding": 4, "input": 3, "discrete": 1}
+
+
+@dataclass
+class Parsed:
+    """What parsed, part by part, and every error found."""
+
+    errors: list[ConfigError] = field(default_factory=list)
+    cfg: GatewayConfig | None = None  # only when the whole document is valid
+    uplink: UplinkConfig | None = None
+    remote_config: RemoteConfigConfig | None = None
+    state_dir: str | None = None
+
+
+def parse_all(doc: Any) -> Parsed:
+    """Parse `doc` part by part, gathering every error (the parser alone stops at the first)."""
+    out = Parsed()
+    if not isinstance(doc, Mapping):
+        out.errors.append(_error_of(load_document, doc))
+        return out
+
+    def part(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            out.errors.append(exc)
+            return None
+
+    root = Section(doc, "")
+    part(root.integer, "version", 0, lo=0, hi=INT_LIMIT)
+    gw = part(root.table, "gateway")
+    if gw is not None:
+        out.state_dir = part(_gateway, gw)
+    out.uplink = part(_table, root, "uplink", parse._uplink)
+    out.remote_config = part(_table, root, "remote_config", parse._remote_config)
+    for name, fn in (
+        ("buffer", parse._buffer),
+        ("metrics", parse._metrics),
+        ("update", parse._update),
+        ("logging", parse._logging),
+    ):
+        part(_table, root, name, fn)
+    known: list[str] = []
+    lookup = parse._cached(entry_point_options)  # each driver's declared options
+    for i, s in enumerate(part(root.tables, "devices") or []):
+        dev = part(parse._device, s, lookup)
+        if dev is not None:
+            known += (f"{dev.id}/{p.id}" for p in dev.points)
+        else:  # its points still exist for the rules: no second error for one mistake
+            known += _raw_points(doc["devices"][i])
+    for s in part(root.tables, "rules") or []:
+        part(parse_rules, [s], known)
+    part(root.done)
+    if not out.errors:
+        out.cfg = part(load_document, doc)
+    return out
+
+
+def _table(root: Section, name: str, fn: Callable[[Section], T]) -> T:
+    return fn(root.table(name))
+
+
+def _gateway(gw: Section) -> str:
+    gw.ident("id", "gateway")
+    state_dir = gw.text("state_dir", GatewayConfig().state_dir)
+    gw.done()
+    return state_dir
+
+
+def _raw_points(dev: Mapping[str, Any]) -> list[str]:
+    points = dev.get("points")
+    if not isinstance(points, list):
+        return []
+    return [f"{dev.get('id')}/{p.get('id')}" for p in points if isinstance(p, Mapping)]
+
+
+def _error_of(fn: Callable[[Any], Any], arg: Any) -> ConfigError:
+    try:
+        fn(arg)
+    except ConfigError as exc:
+        return exc
+    raise AssertionError("expected a ConfigError")  # pragma: no cover
+
+
+_COMMON = frozenset({"id", "driver", "interval_ms", "timeout_s", "points"})
+
+
+def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
+    """Options foreign to a device's driver (declared by another installed driver) and
+    vendor-style addresses, from the raw document (so a device the parser refused for something
+    else is still looked at)."""
+    out: list[ConfigError] = []
+    devices = doc.get("devices")
+    if not isinstance(devices, list):
+        return out
+    owners = _option_owners()
+    for i, dev in enumerate(devices):
+        if not isinstance(dev, Mapping):
+            continue
+        driver = dev.get("driver")
+        own = {k for k, kinds in owners.items() if driver in kinds}
+        for key in dev if own else ():
+            if key not in _COMMON and key not in own and key in owners:
+                out.append(
+                    ConfigError(
+                        f"devices[{i}].{key}",
+                        f"is not an option of driver = {driver!r} "
+                        f"(only of {', '.join(sorted(owners[key]))})",
+                        "remove it, or set the driver this device really uses",
+                    )
+                )
+        points = dev.get("points")
+        for j, p in enumerate(points if isinstance(points, list) else []):
+            if isinstance(p, Mapping):
+                err = _vendor_address(f"devices[{i}].points[{j}].address", p)
+                if err is not None:
+                    out.append(err)
+    return out
+
+
+def _option_owners() -> dict[str, set[str]]:
+    """Device option name -> the installed drivers that declare it."""
+    from importlib.metadata import entry_points
+
+    from .options import GROUP, options_of
+
+    owners: dict[str, set[str]] = {}
+    for name in entry_points(group=GROUP).names:
+        try:
+            device = entry_point_options(name, "driver").device
+        except ConfigError:
+            continue  # a broken plugin is reported where a config names it
+        for o in options_of(device) if device is not None else ():
+            owners.setdefault(o.name, set()).add(name)
+    return owners
+
+
+def _vendor_address(place: str, p: Mapping[str, Any]) -> ConfigError | None:
+    a, table = p.get("address"), p.get("table")
+    prefix = _VENDOR_PREFIX.get(table) if isinstance(table, str) else None
+    if prefix is None or not isinstance(a, int) or isinstance(a, bool):
+        return None
+    for base in (prefix * 10_000 + 1, prefix * 100_000 + 1):
+        if base <= a < base + (9_999 if base < 100_000 else 65_536):
+            return ConfigError(
+                place,
+                f"{a} looks like a vendor (table digit + 1-based) number for {table} register "
+                f"{a - base}",
+                f"addresses here are 0-based within the table: write address = {a - base}",
+            )
+    return None
+
+
+def template_problems(uplink: UplinkConfig) -> list[ConfigError]:
+    """A value a client id, topic, username or claim names must not be empty: the gateway
+    would connect as `projects//locations//registries//devices/`."""
+    values = uplink.template_values()
+    templates = [
+        ("uplink.client_id", uplink.client_id),
+        *((f"uplink.topics.{k}", getattr(uplink.topics, k)) for k in _TOPICS),
+        ("uplink.auth.username", uplink.auth.username),
+        *((f"uplink.auth.claims.{k}", v) for k, v in uplink.auth.claims if isinstance(v, str)),
+    ]
+    out: list[ConfigError] = []
+    seen: set[str] = set()
+    for where, text in templates:
+        for name in _placeholders(text):
+            key = "device" if name == "device_id" else name
+            if values[name] or key in seen:
+                continue
+            seen.add(key)
+            out.append(
+                ConfigError(
+                    f"uplink.{key}",
+                    f"is empty, but {where} names {{{name}}} "
+                    f"(it would read {text.format(**values)!r})",
+                    f"set uplink.{key}",
+                )
+            )
+    return out
+
+
+_TOPICS = ("events", "state", "config", "commands", "command_results")
+
+
+def _placeholders(text: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+    except ValueError:  # the parser refuses such a template already
+        return []
+
+
+def merge(errors: list[ConfigError], extra: list[ConfigError]) -> list[ConfigError]:
+    """`errors` then `extra`; an extra error replaces a parser error at the same place (it says
+    more: 400001 is above 65535, but it is also holding register 0)."""
+    places = {e.place for e in extra}
+    return [e for e in errors if e.place not in places] + extra
+
+
+__all__ = ["Parsed", "device_problems", "merge", "parse_all", "template_problems"]
