@@ -188,6 +188,9 @@ class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
     state_dir: str = "/var/lib/gatewayd"
+    # [gateway] labels: published in the state document, so `gatewayd fleet --select` works
+    # without an inventory. Sorted (key, value) pairs of safe strings (see parse._labels).
+    labels: tuple[tuple[str, str], ...] = ()
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()

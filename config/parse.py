@@ -71,6 +71,7 @@ def load_document(doc: Any) -> GatewayConfig:
         version=root.integer("version", 0, lo=0),
         gateway_id=gw.ident("id", "gateway"),
         state_dir=gw.text("state_dir", GatewayConfig().state_dir),
+        labels=_labels(gw.table("labels")),
         buffer=_buffer(root.table("buffer")),
         uplink=_uplink(root.table("uplink")),
         devices=tuple(_device(s) for s in root.tables("devices")),
@@ -84,6 +85,39 @@ def load_document(doc: Any) -> GatewayConfig:
     _unique((d.id for d in cfg.devices), "devices", "id")
     _one_setting_per_bus(cfg.devices)
     return cfg
+
+
+# Labels travel in the state document and in `fleet --select key=value`: no '=', ',', '/',
+# '+', '#' or spaces, which would need quoting on a command line or in a topic.
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+MAX_LABELS = 16
+
+
+def _labels(s: Section) -> tuple[tuple[str, str], ...]:
+    names = s.names()
+    if len(names) > MAX_LABELS:
+        raise ConfigError(
+            s.at(names[MAX_LABELS]), f"more than {MAX_LABELS} labels", "keep the ones you select by"
+        )
+    out = []
+    for key in names:
+        if not _LABEL_KEY.fullmatch(key):
+            raise ConfigError(
+                s.at(key),
+                "is not a valid label name",
+                "use lower-case letters, digits and '_', starting with a letter (at most 32)",
+            )
+        value = s.text(key)
+        if not _LABEL_VALUE.fullmatch(value):
+            raise ConfigError(
+                s.at(key),
+                f"{value[:40]!r} is not a valid label value",
+                "use letters, digits, '_', '.', ':', '-' (at most 64, no spaces)",
+            )
+        out.append((key, value))
+    s.done()
+    return tuple(sorted(out))
 
 
 def _remote_config(s: Section) -> RemoteConfigConfig:

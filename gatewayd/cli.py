@@ -35,10 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     st.add_argument("--listen", help="host:port of the metrics endpoint (overrides --config)")
     sub.add_parser("version", help="print the version")
+    # Its own parser, in gatewayd.fleet.cli: nothing of the fleet tool loads for `run`.
+    fl = sub.add_parser(
+        "fleet", help="many gateways through their broker: status, rollouts", add_help=False
+    )
+    fl.add_argument("fleet_args", nargs=argparse.REMAINDER)
     from gatewayd import buffer_cli
 
     buffer_cli.add_parser(sub)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if args.cmd == "fleet":  # `fleet --help`: argparse leaves a leading option out of REMAINDER
+        args.fleet_args = extra + args.fleet_args
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from gatewayd import logs
 
@@ -51,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         "status": _status,
         "version": _version,
         "buffer": buffer_cli.run,
+        "fleet": _fleet,
     }
     return handler[args.cmd](args)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from gatewayd.fleet.cli import main as fleet_main
+
+    return fleet_main(args.fleet_args)
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -222,7 +222,9 @@ class Gateway:
             self.uplink.publish_json("command_results", result)
 
     async def _state(self) -> dict[str, object]:
-        """What the uplink publishes on the state topic (on change, at most once per second)."""
+        """What the uplink publishes on the state topic (on change, at most once per second).
+
+        `gatewayd fleet` reads it (gatewayd/fleet/state.py): keep its field names stable."""
         stats = await self.buffer.stats() if self.buffer is not None else None
         totals: dict[str, float] = {}  # Metrics.total of every name, in one pass
         for (name, _), v in self.metrics.counters.items():
@@ -231,9 +233,12 @@ class Gateway:
         return {
             **({"config": outcome} if outcome else {}),
             "config_version": self.cfg.version,
+            "labels": dict(self.cfg.labels),  # `gatewayd fleet --select` matches on these
+            "ts": now_ms(),  # when it was made: a retained document's age (fleet's "last seen")
             "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
             "counters": {name: totals[name] for name in sorted(totals)},
             "buffer_depth": stats.depth if stats else None,
+            "buffer_oldest_ts": stats.oldest_ts_ms if stats else None,
             "evictions": sum(stats.evicted.values()) if stats else 0,
             "devices": self.device_health.document(),
         }

@@ -1,0 +1,269 @@
+"""A 3-node NATS cluster with JetStream and MQTT on 127.0.0.1, for the fleet tests and bench.
+
+nats-server (Debian) starts its MQTT listener only with a server_name and a jetstream block;
+MQTT there is 3.1.1, QoS 0/1, and a '.' or a space in a topic closes the connection. Each node
+has its own store directory under the work directory; nodes are stopped by the PID started here.
+Users: `gw` for the gateways, `fleet` for the operator's tool (its own credentials).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gatewayd_sim.procs import free_port, wait_port
+
+USERS = {"gw": "gw-secret", "fleet": "fleet-secret", "observer": "observer-secret"}
+
+
+@dataclass
+class Node:
+    name: str
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class NatsCluster:
+    workdir: Path
+    binary: str
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.nodes = [Node(f"n{i}", free_port(), free_port(), free_port()) for i in (1, 2, 3)]
+
+    @property
+    def mqtt_hosts(self) -> list[str]:
+        return [f"127.0.0.1:{n.mqtt_port}" for n in self.nodes]
+
+    def _conf(self, node: Node) -> str:
+        routes = ", ".join(
+            f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node
+        )
+        users = ", ".join(f'{{user: "{u}", password: "{p}"}}' for u, p in USERS.items())
+        store = self.workdir / node.name
+        return f"""
+server_name: {node.name}
+listen: 127.0.0.1:{node.client_port}
+jetstream {{
+  store_dir: "{store}"
+  max_memory_store: 64MB
+  max_file_store: 256MB
+}}
+cluster {{
+  name: fleet
+  listen: 127.0.0.1:{node.cluster_port}
+  routes: [{routes}]
+}}
+authorization {{
+  users: [{users}]
+}}
+mqtt {{
+  listen: 127.0.0.1:{node.mqtt_port}
+  ack_wait: "10s"
+}}
+"""
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            self.start_node(node)
+        for node in self.nodes:
+            wait_port(node.mqtt_port, 30)
+        # JetStream elects its leaders after the routes are up; MQTT sessions fail until then.
+        deadline = time.monotonic() + 60
+        for node in self.nodes:
+            while not _retained_round_trip(node.mqtt_port):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"NATS node {node.name} never served MQTT retained")
+                time.sleep(0.5)
+
+    def start_node(self, node: Node) -> None:
+        conf = self.workdir / f"{node.name}.conf"
+        conf.write_text(self._conf(node))
+        log = open(self.workdir / f"{node.name}.log", "ab")  # noqa: SIM115
+        node.proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def kill(self, node: Node) -> None:
+        """SIGKILL, by the PID started here."""
+        if node.proc is not None and node.proc.poll() is None:
+            os.kill(node.proc.pid, signal.SIGKILL)
+            node.proc.wait(10)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.terminate()
+        for node in self.nodes:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.kill(node)
+
+
+def _retained_round_trip(port: int) -> bool:
+    """A retained QoS 1 message published and read back on this node: MQTT is ready."""
+    got = threading.Event()
+    topic = f"/fleet-ready/{port}"
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ready-{port}-{time.time_ns()}")
+    c.username_pw_set("observer", USERS["observer"])
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        got.set()
+
+    c.on_message = on_message
+    try:
+        c.connect("127.0.0.1", port, 10)
+    except OSError:
+        return False
+    c.loop_start()
+    try:
+        info = c.publish(topic, b"ready", qos=1, retain=True)
+        info.wait_for_publish(5)
+        if not info.is_published():
+            return False
+        c.subscribe(topic, 1)
+        return got.wait(5)
+    except (RuntimeError, ValueError):
+        return False
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+# -- a fleet of gateways on the cluster --------------------------------------------------------
+
+POINTS = """
+[[devices.points]]
+id = "counter"
+table = "holding"
+address = 0
+"""
+
+
+def fleet_map(path: Path, units: int) -> Path:
+    """One simulated Modbus TCP slave with a unit per gateway, each a fast counter."""
+    lines = ["# one unit per gateway of the fleet test"]
+    for u in range(1, units + 1):
+        lines += [
+            "[[units]]",
+            f"id = {u}",
+            "registers = [",
+            '  { table = "holding", address = 0, type = "uint16", signal = "counter", '
+            "step = 1, period_s = 0.1 },",
+            "]",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def gateway_doc(
+    version: int,
+    hosts: list[str],
+    device_port: int,
+    *,
+    gateway: str = "{gateway}",
+    unit: str | int = "{label.unit}",
+    labels: dict[str, str] | None = None,
+    interval_ms: int = 1000,
+    health_deadline_s: float = 15.0,
+) -> dict[str, Any]:
+    """A gateway's configuration as a document: the local file (TOML) and the pushes (JSON).
+    With the defaults it is the fleet template: {gateway} and {label.unit} filled per gateway."""
+    host, _, port = hosts[0].rpartition(":")
+    gw: dict[str, Any] = {"id": gateway, "state_dir": "/var/lib/gatewayd"}
+    if labels is not None:
+        gw["labels"] = labels
+    uplink: dict[str, Any] = {
+        "host": host,
+        "port": int(port),
+        "project": "p1",
+        "region": "r1",
+        "registry": "reg1",
+        "device": gateway,
+        "backoff_base_s": 0.2,
+        "backoff_cap_s": 2.0,
+        "keepalive_s": 10,
+        "tls": {"enabled": False},
+        "auth": {"kind": "password", "username": "gw", "password": USERS["gw"]},
+    }
+    if len(hosts) > 1:
+        uplink["hosts"] = hosts
+    return {
+        "version": version,
+        "gateway": gw,
+        "metrics": {"listen": ""},
+        "remote_config": {"health_deadline_s": health_deadline_s},
+        "uplink": uplink,
+        "devices": [
+            {
+                "id": "plc",
+                "driver": "modbus_tcp",
+                "port": device_port,
+                "unit": unit,
+                "interval_ms": interval_ms,
+                "points": [{"id": "counter", "table": "holding", "address": 0}],
+            }
+        ],
+    }
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Just enough TOML for gateway_doc's documents (tables, arrays of tables, scalars)."""
+    import json
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return json.dumps(v)
+
+    out: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        plain = {
+            k: v
+            for k, v in d.items()
+            if not isinstance(v, dict | list)
+            or k == "labels"
+            or (isinstance(v, list) and not (v and isinstance(v[0], dict)))
+        }
+        if prefix:
+            out.append(f"[{prefix}]")
+        out.extend(f"{k} = {scalar(v)}" for k, v in plain.items())
+        for k, v in d.items():
+            if k in plain:
+                continue
+            name = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                table(name, v)
+            else:
+                for item in v:
+                    sub = {a: b for a, b in item.items() if not isinstance(b, list)}
+                    out.append(f"[[{name}]]")
+                    out.extend(f"{a} = {scalar(b)}" for a, b in sub.items())
+                    for a, b in item.items():
+                        if isinstance(b, list):
+                            for x in b:
+                                out.append(f"[[{name}.{a}]]")
+                                out.extend(f"{c} = {scalar(y)}" for c, y in x.items())
+
+    table("", doc)
+    return "\n".join(out) + "\n"
