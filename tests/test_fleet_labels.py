@@ -17,7 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gatewayd.config import ConfigError, load
 from gatewayd.fleet.broker import FleetError, Seen
-from gatewayd.fleet.plan import GatewayPlan, Plan, for_gateway, load as load_plan, parse_waves
+from gatewayd.fleet.plan import GatewayPlan, Plan, for_gateway, parse_waves
+from gatewayd.fleet.plan import load as load_plan
 from gatewayd.fleet.plan import save as save_plan
 from gatewayd.fleet.rollout import compile_require
 from gatewayd.fleet.state import read

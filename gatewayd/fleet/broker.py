@@ -135,6 +135,7 @@ class FleetBroker:
         self._last_message = time.monotonic()
         self._closing = False
         self.host_in_use: tuple[str, int] | None = None
+        self.connects = 0  # sessions so far: a new one brings the retained documents again
         cid = settings.client_id or f"gatewayd-fleet-{threading.get_native_id()}-{time.time_ns()}"
         self.client = c = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=True
@@ -189,6 +190,7 @@ class FleetBroker:
         if not self._subscribed.wait(timeout_s):
             raise FleetError(f"no SUBACK within {timeout_s:g} s")
         self.host_in_use = (host, port)
+        self.connects += 1
 
     def ensure_connected(self, timeout_s: float = 10.0) -> bool:
         """Reconnect (next host first) when the session died; False if no host answered."""

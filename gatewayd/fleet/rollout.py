@@ -73,6 +73,7 @@ class Rollout:
         self.progress = progress  # a terminal: the progress bar goes here
         self.require = compile_require(plan.require)
         self._applied_at: dict[str, float] = {}  # gateway -> when its `applied` was first seen
+        self._settled = broker.connects  # the session whose retained documents were awaited
 
     def save(self) -> None:
         save(self.plan, self.state_path)
@@ -120,7 +121,9 @@ class Rollout:
             if not self.broker.ensure_connected():
                 time.sleep(1.0)
                 continue
-            self.broker.settle(quiet_s=0.3, max_s=1.0)  # the retained configs, after a reconnect
+            if self.broker.connects != self._settled:  # a new session: its retained configs
+                self.broker.settle(quiet_s=0.3, max_s=2.0)
+                self._settled = self.broker.connects
             seen = self.broker.configs.get(g.id)
             if seen is not None and seen.doc.get("version") == version:
                 break  # pushed already: by an earlier run, or before a lost PUBACK
