@@ -8,11 +8,14 @@ Users: `gw` for the gateways, `fleet` for the operator's tool (its own credentia
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,38 @@ mqtt {{
                     node.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     self.kill(node)
+
+
+class Observer:
+    """Counts every config message each gateway's topic carried, by (gateway, version)."""
+
+    def __init__(self, port: int) -> None:
+        self.pushes: Counter[tuple[str, int]] = Counter()
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{time.time_ns()}")
+        self.c.username_pw_set("observer", USERS["observer"])
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_connect = lambda cl, *a: cl.subscribe("/devices/+/config", 1)
+        self.c.connect("127.0.0.1", port, 10)
+        self.c.loop_start()
+        assert ready.wait(15), "observer got no SUBACK"
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.retain or not msg.payload:
+            return  # retained copies replayed at subscribe are not pushes
+        gw = msg.topic.split("/")[2]
+        with self.lock:
+            self.pushes[(gw, json.loads(msg.payload).get("version"))] += 1
+
+    def count(self, gw: str, version: int) -> int:
+        with self.lock:
+            return self.pushes[(gw, version)]
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
 
 
 def _retained_round_trip(port: int) -> bool:
@@ -267,3 +302,62 @@ def to_toml(doc: dict[str, Any]) -> str:
 
     table("", doc)
     return "\n".join(out) + "\n"
+
+
+@dataclass
+class GatewayFleet:
+    """N real `gatewayd run` processes on the cluster, each its own state dir and Modbus unit."""
+
+    work: Path
+    cluster: NatsCluster
+    sim_port: int
+    ids: list[str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    sim: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        everything = [*self.procs.values(), *([self.sim] if self.sim else [])]
+        for p in everything:
+            if p.poll() is None:
+                p.terminate()
+        for p in everything:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def start_gateways(
+    work: Path, cluster: NatsCluster, n: int, hosts_per_gateway: int = 1, interval_ms: int = 1000
+) -> GatewayFleet:
+    """Gateway i's first host is node i % 3 (the fleet is spread over the nodes); labels:
+    site, line (l1/l2 alternating), unit (its Modbus unit on the one simulator)."""
+    sim_port = free_port()
+    args = ["-m", "gatewayd_sim", "modbus", "--port", str(sim_port)]
+    args += ["--map", str(fleet_map(work / "map.toml", n))]
+    sim = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
+    wait_port(sim_port, 30)
+    ids = [f"gw-{i:02d}" for i in range(1, n + 1)]
+    fleet = GatewayFleet(work, cluster, sim_port, ids, sim=sim)
+    for i, gw in enumerate(ids, 1):
+        d = work / gw
+        (d / "state").mkdir(parents=True)
+        hosts = cluster.mqtt_hosts[i % 3 :] + cluster.mqtt_hosts[: i % 3]
+        local = gateway_doc(
+            1,
+            hosts[:hosts_per_gateway],
+            sim_port,
+            gateway=gw,
+            unit=i,
+            labels={"site": "plant-1", "line": f"l{1 + i % 2}", "unit": str(i)},
+            interval_ms=interval_ms,
+        )
+        (d / "gateway.toml").write_text(to_toml(local))
+        fleet.procs[gw] = subprocess.Popen(
+            [sys.executable, "-m", "gatewayd", "run", "--config", str(d / "gateway.toml")],
+            env={**os.environ, "STATE_DIRECTORY": str(d / "state")},
+            stdout=open(d / "gateway.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+    return fleet

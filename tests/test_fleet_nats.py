@@ -13,54 +13,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import require_binary
-from helpers import free_port, wait_for, wait_port
-from nats_cluster import USERS, NatsCluster, fleet_map, gateway_doc, to_toml
-from paho.mqtt.enums import CallbackAPIVersion
+from helpers import free_port, wait_for
+from nats_cluster import USERS, NatsCluster, Observer, gateway_doc, start_gateways
 
 GATEWAYS = 5
-
-
-class Observer:
-    """Counts every config message each gateway's topic carried, by (gateway, version)."""
-
-    def __init__(self, port: int) -> None:
-        self.pushes: Counter[tuple[str, int]] = Counter()
-        self.lock = threading.Lock()
-        ready = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{time.time_ns()}")
-        self.c.username_pw_set("observer", USERS["observer"])
-        self.c.on_message = self._on_message
-        self.c.on_subscribe = lambda *a: ready.set()
-        self.c.on_connect = lambda cl, *a: cl.subscribe("/devices/+/config", 1)
-        self.c.connect("127.0.0.1", port, 10)
-        self.c.loop_start()
-        assert ready.wait(15), "observer got no SUBACK"
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.retain or not msg.payload:
-            return  # retained copies replayed at subscribe are not pushes
-        gw = msg.topic.split("/")[2]
-        with self.lock:
-            self.pushes[(gw, json.loads(msg.payload).get("version"))] += 1
-
-    def count(self, gw: str, version: int) -> int:
-        with self.lock:
-            return self.pushes[(gw, version)]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 @dataclass
@@ -70,7 +34,6 @@ class Fleet:
     sim_port: int
     observer: Observer
     ids: list[str]
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     version: int = 1
 
     def conn(self) -> list[str]:
@@ -111,35 +74,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     binary = require_binary("nats-server")
     work = tmp_path_factory.mktemp("fleet")
     cluster = NatsCluster(work / "nats", binary)
-    procs: list[subprocess.Popen[bytes]] = []
+    stop: list[Any] = []
     try:
         cluster.start()
-        sim_port = free_port()
-        sim = ["-m", "gatewayd_sim", "modbus", "--port", str(sim_port)]
-        sim += ["--map", str(fleet_map(work / "map.toml", GATEWAYS))]
-        procs.append(subprocess.Popen([sys.executable, *sim], stdout=subprocess.DEVNULL))
-        wait_port(sim_port)
-        ids = [f"gw-{i:02d}" for i in range(1, GATEWAYS + 1)]
-        for i, gw in enumerate(ids, 1):
-            d = work / gw
-            (d / "state").mkdir(parents=True)
-            # Spread over the nodes: each gateway's first host is another node.
-            hosts = cluster.mqtt_hosts[i % 3 :] + cluster.mqtt_hosts[: i % 3]
-            local = gateway_doc(
-                1, hosts[:1], sim_port, gateway=gw, unit=i,
-                labels={"site": "plant-1", "line": f"l{1 + i % 2}", "unit": str(i)},
-            )  # fmt: skip
-            (d / "gateway.toml").write_text(to_toml(local))
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "gatewayd", "run", "--config", str(d / "gateway.toml")],
-                    env={**os.environ, "STATE_DIRECTORY": str(d / "state")},
-                    stdout=open(d / "gateway.log", "ab"),  # noqa: SIM115
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        gws = start_gateways(work, cluster, GATEWAYS)
+        stop.append(gws.stop)
         observer = Observer(cluster.nodes[0].mqtt_port)
-        f = Fleet(work, cluster, sim_port, observer, ids, procs)
+        f = Fleet(work, cluster, gws.sim_port, observer, gws.ids)
         wait_for(
             lambda: len([g for g in f.status()["gateways"] if g["devices_good"] == 1]) == GATEWAYS,
             90,
@@ -149,14 +90,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield f
         observer.close()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for fn in stop:
+            fn()
         cluster.stop()
 
 
