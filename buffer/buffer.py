@@ -85,6 +85,9 @@ class Buffer:
     async def ack(self, ids: Sequence[int]) -> int:
         return await self._run(self._store.ack, ids)
 
+    async def restamp(self, before_ms: int, delta_ms: int) -> int:
+        return await self._run(self._store.restamp, before_ms, delta_ms)
+
     async def nack(self, ids: Sequence[int]) -> None:
         await self._run(self._store.nack, ids)
 

@@ -50,6 +50,7 @@ from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, cast
 
+from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
 from gatewayd.errors import PlacedError
 from gatewayd.files import write_atomic
@@ -66,8 +67,8 @@ ROW_OVERHEAD = 32
 # Evict a little more than needed, so a full buffer deletes in chunks, not a row per append.
 EVICT_SLACK = 1 / 200
 EXPIRE_SLICE = 20_000
-# Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md).
-PLAUSIBLE_MS = 1_704_067_200_000  # 2024-01-01
+# Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md). A row
+# stamped before it has no age until `restamp` corrects it.
 # Give space back to the file system once a backlog is drained: when `take` finds nothing to
 # send, half of the file is free and little is live, VACUUM rewrites the file. It writes only the
 # live pages (then just records in flight), where incremental vacuum would rewrite about half a
@@ -474,14 +475,16 @@ class Store:
         for rid, ts, length in q:
             if ts >= cutoff:
                 break
+            if ts < PLAUSIBLE_MS:  # stamped before the clock was set: no age
+                continue
             n += 1
             size += length + ROW_OVERHEAD
             last = rid
         q.close()
         if last is not None:
             self._db.execute(
-                "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ?",
-                (TELEMETRY, self._cursor[TELEMETRY], last),
+                "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ? AND ts_ms >= ?",
+                (TELEMETRY, self._cursor[TELEMETRY], last, PLAUSIBLE_MS),
             )
             txn.evict(TELEMETRY, "age", n, size)
 
@@ -628,6 +631,18 @@ class Store:
             log.warning("buffer_expiry_failed error=%s", exc)
             return
         self._apply(txn)
+
+    def restamp(self, before_ms: int, delta_ms: int) -> int:
+        """Move every stamp earlier than `before_ms` by `delta_ms` (stamps taken before the
+        clock was set, once it is: see gatewayd.clock), in the column and in the body.
+        Returns how many rows moved."""
+        cur = self._db.execute(  # one statement: atomic on its own
+            "UPDATE records SET ts_ms = ts_ms + ?1, "
+            "body = replace(body, '\"ts\":' || ts_ms || ',', '\"ts\":' || (ts_ms + ?1) || ',') "
+            "WHERE ts_ms < ?2",
+            (delta_ms, before_ms),
+        )
+        return cur.rowcount
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete acknowledged records; unknown ids (already acked or evicted) are ignored."""

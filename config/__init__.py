@@ -12,12 +12,13 @@ from .model import (
     GatewayConfig,
     MetricsConfig,
     PointConfig,
+    PresenceConfig,
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
     UplinkConfig,
 )
-from .parse import example_path, load, load_document, load_file
+from .parse import example_path, load, load_document, load_file, parse_bytes, read_document
 from .rules import RuleConfig
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "GatewayConfig",
     "MetricsConfig",
     "PointConfig",
+    "PresenceConfig",
     "RemoteConfigConfig",
     "RuleConfig",
     "TlsConfig",
@@ -37,4 +39,6 @@ __all__ = [
     "load",
     "load_document",
     "load_file",
+    "parse_bytes",
+    "read_document",
 ]

@@ -30,7 +30,8 @@ MAX_ARGS = 8
 # The names an expression sees: the reading being processed, in the units of the step before.
 VARIABLES = ("value", "prev", "dt", "ts")
 CONSTANTS = {"pi": math.pi, "e": math.e}
-_POINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_CONSTANT = 1e15
+_POINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _clamp(x: float, lo: float, hi: float) -> float:
@@ -233,6 +234,11 @@ class _Checker:
             raise self.fail(node, 'text is only allowed as the point id in point("dev/p")')
         if v is None or not isinstance(v, int | float) or isinstance(v, complex):
             raise self.fail(node, f"{v!r} is not a number")
+        # 1e999 is inf and 10**400 has no float: both would break the compiled expression.
+        if not -MAX_CONSTANT <= v <= MAX_CONSTANT:
+            raise self.fail(
+                node, "a constant beyond ±1e15 is not allowed", "use a finite, smaller constant"
+            )
 
     def exponent(self, node: ast.AST) -> None:
         signed = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
@@ -281,7 +287,7 @@ class _Checker:
         ):
             raise self.fail(node, 'point() takes one point id in quotes, e.g. point("dev/p")')
         pid = args[0].value
-        if len(pid) > MAX_TEXT or not _POINT_ID.match(pid):
+        if len(pid) > MAX_TEXT or not _POINT_ID.fullmatch(pid):
             raise self.fail(args[0], f"{pid[:40]!r} is not a point id", 'write "device/point"')
         self.points.append(pid)
 

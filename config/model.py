@@ -103,6 +103,8 @@ class TlsConfig:
     verify: bool = True
     cert_file: str | None = None  # client certificate, for mTLS
     key_file: str | None = None
+    # The name the broker's certificate must carry (and SNI), when host is an IP or an alias.
+    server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,21 @@ class TopicsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    """A retained online/offline message; the offline one is also the connection's last will."""
+
+    enabled: bool = False
+    topic: str = "/devices/{device}/presence"
+    online: str = "online"
+    offline: str = "offline"
+
+
+@dataclass(frozen=True, slots=True)
 class UplinkConfig:
+    # A cloud's defaults and hard limits (config/profiles.py); "" = Cloud IoT Core's defaults,
+    # nothing enforced. `broker` names a self-hosted broker's limits under profile = "mqtt".
+    profile: str = ""
+    broker: str = ""
     host: str = "mqtt.googleapis.com"
     port: int = 8883
     project: str = ""
@@ -150,6 +166,12 @@ class UplinkConfig:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 10.0
     encoder: str = "json"  # "json" or a name registered under entry points "gatewayd.encoders"
+    # False: the broker keeps the session while the gateway is offline, so QoS 1 commands sent
+    # meanwhile are delivered after the reconnect (MQTT 5: for session_expiry_s).
+    clean_session: bool = True
+    session_expiry_s: int = 3600
+    retain_state: bool = False  # publish the state document retained
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
@@ -184,6 +206,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    # logfmt (key=value) or one JSON object per line; `gatewayd --log-level` overrides `level`.
+    format: Literal["logfmt", "json"] = "logfmt"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
@@ -197,3 +226,4 @@ class GatewayConfig:
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
     rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -7,21 +7,26 @@ Unknown keys are errors too: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from . import profiles
 from .errors import ConfigError
 from .model import (
     AuthConfig,
     BufferConfig,
     DeviceConfig,
     GatewayConfig,
+    LoggingConfig,
     MetricsConfig,
     PointConfig,
+    PresenceConfig,
     RemoteConfigConfig,
     TlsConfig,
     TopicsConfig,
@@ -31,7 +36,14 @@ from .rules import parse_rules
 
 T = TypeVar("T")
 _MISSING: Any = object()
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` lets "\n" through
+# Every number is bounded, even where a field names no limit of its own: a push may carry
+# 10**400, which no float(), metric or timer downstream survives. 2**53 - 1 is the largest
+# integer that every JSON reader (and a float) holds exactly.
+INT_LIMIT = 2**53 - 1
+NUM_LIMIT = 1e15
+# What a topic or client id template may name (UplinkConfig.template_values).
+_PLACEHOLDERS = ("project", "region", "registry", "device", "device_id")
 
 
 def example_path() -> Path:
@@ -40,25 +52,52 @@ def example_path() -> Path:
 
 
 def load_file(path: str | Path) -> GatewayConfig:
+    return load_document(read_document(path))
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """The TOML file as a document, not yet validated; every failure is a ConfigError."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(
             str(p), f"cannot read: {exc.strerror}", "check the path and its permissions"
         ) from exc
-    return load(text, source=str(p))
+    return parse_bytes(raw, source=str(p))
 
 
-def load(text: str, source: str = "<config>") -> GatewayConfig:
-    """Parse and validate TOML text."""
+def parse_bytes(raw: bytes, source: str = "<config>") -> dict[str, Any]:
     try:
-        doc = tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            source,
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} at line {line}",
+            "save the file as UTF-8",
+        ) from None
+    return parse_text(text, source)
+
+
+def parse_text(text: str, source: str = "<config>") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             source, f"not valid TOML: {exc}", "fix the syntax at the line shown"
         ) from exc
-    return load_document(doc)
+    except RecursionError:
+        raise ConfigError(
+            source,
+            "nested too deeply for a configuration (arrays or inline tables)",
+            "the schema nests 4 levels; flatten the value",
+        ) from None
+
+
+def load(text: str, source: str = "<config>") -> GatewayConfig:
+    """Parse and validate TOML text."""
+    return load_document(parse_text(text, source))
 
 
 def load_document(doc: Any) -> GatewayConfig:
@@ -68,7 +107,7 @@ def load_document(doc: Any) -> GatewayConfig:
     root = Section(doc, "")
     gw = root.table("gateway")
     cfg = GatewayConfig(
-        version=root.integer("version", 0, lo=0),
+        version=root.integer("version", 0, lo=0, hi=INT_LIMIT),
         gateway_id=gw.ident("id", "gateway"),
         state_dir=gw.text("state_dir", GatewayConfig().state_dir),
         labels=_labels(gw.table("labels")),
@@ -77,6 +116,7 @@ def load_document(doc: Any) -> GatewayConfig:
         devices=tuple(_device(s) for s in root.tables("devices")),
         remote_config=_remote_config(root.table("remote_config")),
         metrics=_metrics(root.table("metrics")),
+        logging=_logging(root.table("logging")),
     )
     gw.done()
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
@@ -130,7 +170,9 @@ def _remote_config(s: Section) -> RemoteConfigConfig:
         max_document_bytes=s.integer(
             "max_document_bytes", d.max_document_bytes, lo=1024, hi=16 * 1024 * 1024
         ),
-        commands_per_minute=s.integer("commands_per_minute", d.commands_per_minute, lo=1),
+        commands_per_minute=s.integer(
+            "commands_per_minute", d.commands_per_minute, lo=1, hi=60_000
+        ),
     )
     s.done()
     if cfg.require_signed and not cfg.signing_key:
@@ -146,19 +188,19 @@ def _buffer(s: Section) -> BufferConfig:
     cfg = BufferConfig(
         path=s.text("path", BufferConfig().path),
         sync=s.choice("sync", ("full", "normal"), BufferConfig().sync),
-        max_bytes=s.integer("max_bytes", BufferConfig().max_bytes, lo=64 * 1024),
-        max_age_s=s.opt_integer("max_age_s", lo=60),
+        max_bytes=s.integer("max_bytes", BufferConfig().max_bytes, lo=64 * 1024, hi=2**48),
+        max_age_s=s.opt_integer("max_age_s", lo=60, hi=10 * 365 * 24 * 3600),
     )
     s.done()
     return cfg
 
 
-_LISTEN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_LISTEN = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 
 
 def _metrics(s: Section) -> MetricsConfig:
     listen = s.text("listen", MetricsConfig().listen)
-    m = _LISTEN.match(listen)
+    m = _LISTEN.fullmatch(listen)
     if listen and (m is None or not 0 < int(m.group(1)) < 65536):
         raise ConfigError(
             s.at("listen"),
@@ -169,19 +211,38 @@ def _metrics(s: Section) -> MetricsConfig:
     return MetricsConfig(listen=listen)
 
 
+def _logging(s: Section) -> LoggingConfig:
+    d = LoggingConfig()
+    cfg = LoggingConfig(
+        format=s.choice("format", ("logfmt", "json"), d.format),
+        level=s.choice("level", ("DEBUG", "INFO", "WARNING", "ERROR"), d.level),
+    )
+    s.done()
+    return cfg
+
+
 def _uplink(s: Section) -> UplinkConfig:
-    d = UplinkConfig()
+    profile, limits = _profile(s)
+    d = profiles.defaults(profile, s.text("region", ""))
     tls = s.table("tls")
     auth = s.table("auth")
     topics = s.table("topics")
+    presence = s.table("presence")
+    demanded = f'missing, demanded by profile = "{profile.name}"'
+    if not d.host and "host" not in s.names():
+        raise ConfigError(s.at("host"), demanded, "set it to the broker's host name")
+    if profile.auth_kind is None and "kind" not in auth.names():
+        raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
     cfg = UplinkConfig(
+        profile=profile.name,
+        broker=s.text("broker", ""),
         host=s.text("host", d.host),
         port=s.integer("port", d.port, lo=1, hi=65535),
         project=s.text("project", d.project),
         region=s.text("region", d.region),
         registry=s.text("registry", d.registry),
         device=s.text("device", d.device),
-        client_id=s.text("client_id", d.client_id),
+        client_id=s.template("client_id", d.client_id),
         protocol=s.choice("protocol", ("3.1.1", "5"), d.protocol),
         keepalive_s=s.integer("keepalive_s", d.keepalive_s, lo=5, hi=1200),
         connect_timeout_s=s.number("connect_timeout_s", d.connect_timeout_s, lo=0.5, hi=300),
@@ -190,38 +251,45 @@ def _uplink(s: Section) -> UplinkConfig:
             "batch_max_bytes", d.batch_max_bytes, lo=1024, hi=256 * 1024 * 1024
         ),
         inflight_window=s.integer("inflight_window", d.inflight_window, lo=1, hi=65535),
-        max_messages_per_s=s.number("max_messages_per_s", d.max_messages_per_s, lo=0.1),
-        puback_timeout_s=s.number("puback_timeout_s", d.puback_timeout_s, lo=0.5),
-        backoff_base_s=s.number("backoff_base_s", d.backoff_base_s, lo=0.01),
-        backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01),
+        max_messages_per_s=s.number(
+            "max_messages_per_s", d.max_messages_per_s, lo=0.1, hi=1_000_000.0
+        ),
+        puback_timeout_s=s.number("puback_timeout_s", d.puback_timeout_s, lo=0.5, hi=3600.0),
+        backoff_base_s=s.number("backoff_base_s", d.backoff_base_s, lo=0.01, hi=3600.0),
+        backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s, lo=0.01, hi=3600.0),
         encoder=s.text("encoder", d.encoder),
+        clean_session=s.flag("clean_session", d.clean_session),
+        session_expiry_s=s.integer("session_expiry_s", d.session_expiry_s, lo=0, hi=2**32 - 1),
+        retain_state=s.flag("retain_state", d.retain_state),
+        presence=_presence(presence),
         tls=TlsConfig(
             enabled=tls.flag("enabled", True),
             ca_file=tls.opt_text("ca_file"),
             verify=tls.flag("verify", True),
             cert_file=tls.opt_text("cert_file"),
             key_file=tls.opt_text("key_file"),
+            server_name=tls.opt_text("server_name"),
         ),
         auth=AuthConfig(
-            kind=auth.choice("kind", ("jwt", "password", "none"), "jwt"),
+            kind=auth.choice("kind", ("jwt", "password", "none"), profile.auth_kind or "none"),
             algorithm=auth.choice("algorithm", ("ES256", "RS256"), "ES256"),
             private_key=auth.text("private_key", AuthConfig().private_key),
             audience=auth.text("audience", ""),
             lifetime_s=auth.integer("lifetime_s", 3600, lo=60, hi=24 * 3600),
             key_id=auth.opt_text("key_id"),
-            username=auth.text("username", "unused"),
+            username=auth.text("username", d.auth.username),
             password=auth.opt_text("password"),
             claims=_claims(auth.table("claims")),
         ),
         topics=TopicsConfig(
-            events=topics.text("events", TopicsConfig().events),
-            state=topics.text("state", TopicsConfig().state),
-            config=topics.text("config", TopicsConfig().config),
-            commands=topics.text("commands", TopicsConfig().commands),
-            command_results=topics.text("command_results", TopicsConfig().command_results),
+            events=topics.template("events", d.topics.events),
+            state=topics.template("state", d.topics.state),
+            config=topics.template("config", d.topics.config),
+            commands=topics.template("commands", d.topics.commands),
+            command_results=topics.template("command_results", d.topics.command_results),
         ),
     )
-    for sub in (tls, auth, topics, s):
+    for sub in (tls, auth, topics, presence, s):
         sub.done()
     if cfg.auth.kind == "jwt" and not cfg.auth.audience:
         raise ConfigError(
@@ -237,7 +305,31 @@ def _uplink(s: Section) -> UplinkConfig:
         )
     if cfg.backoff_cap_s < cfg.backoff_base_s:
         raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")
+    profiles.check(cfg, limits, s.at)
     return cfg
+
+
+def _profile(s: Section) -> tuple[profiles.Profile, profiles.Limits]:
+    names = tuple(n for n in profiles.PROFILES if n)
+    profile = profiles.PROFILES[s.choice("profile", names) if "profile" in s.names() else ""]
+    if "broker" not in s.names():
+        return profile, profile.limits
+    if profile.name != "mqtt":
+        raise ConfigError(
+            s.at("broker"), 'applies to profile = "mqtt" only', 'set profile = "mqtt" or remove it'
+        )
+    brokers = tuple(n for n in profiles.BROKERS if n)
+    return profile, profiles.BROKERS[s.choice("broker", brokers)]
+
+
+def _presence(s: Section) -> PresenceConfig:
+    d = PresenceConfig()
+    return PresenceConfig(
+        enabled=s.flag("enabled", d.enabled),
+        topic=s.text("topic", d.topic),
+        online=s.text("online", d.online),
+        offline=s.text("offline", d.offline),
+    )
 
 
 _RESERVED_CLAIMS = ("iat", "exp", "aud")
@@ -454,6 +546,16 @@ def _unique(values: Any, place: str, key: str) -> None:
         seen.add(v)
 
 
+def _show(v: float) -> str:
+    """A number short enough for a message (int → str is refused past 4300 digits)."""
+    if isinstance(v, int) and abs(v) >= 10**20:
+        try:
+            return f"an integer of {len(str(abs(v)))} digits"
+        except ValueError:
+            return "an integer of more than 4300 digits"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _kind(v: Any) -> str:
     return {
         bool: "a boolean",
@@ -496,16 +598,37 @@ class Section:
 
     def scalar(self, key: str) -> str | int | float | bool:
         what = "a string, number or boolean"
-        return cast(
-            "str | int | float | bool", self._get(key, _MISSING, (str, int, float, bool), what)
-        )
+        v = self._get(key, _MISSING, (str, int, float, bool), what)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            self._finite(key, v, -NUM_LIMIT, NUM_LIMIT)
+        return cast("str | int | float | bool", v)
+
+    def template(self, key: str, default: Any = _MISSING) -> str:
+        """A text with `{placeholder}`s from _PLACEHOLDERS only: nothing else survives format()."""
+        v = self.text(key, default)
+        fix = f"use only {', '.join('{' + n + '}' for n in _PLACEHOLDERS)}; no other braces"
+        try:
+            fields = list(string.Formatter().parse(v))
+        except ValueError as exc:
+            raise ConfigError(self.at(key), f"{v!r}: {exc}", fix) from None
+        for _, name, spec, conv in fields:
+            if name is None:
+                continue
+            if name not in _PLACEHOLDERS or spec or conv:
+                near = difflib.get_close_matches(name, _PLACEHOLDERS, n=1)
+                hint = f"did you mean {{{near[0]}}}? " if near else ""
+                shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
+                raise ConfigError(
+                    self.at(key), f"{v!r}: unknown placeholder {shown + '}'}", hint + fix
+                )
+        return v
 
     def opt_text(self, key: str) -> str | None:
         return cast("str | None", self._get(key, None, (str,), "a string"))
 
     def ident(self, key: str, default: Any = _MISSING) -> str:
         v = self.text(key, default)
-        if not _ID.match(v):
+        if not _ID.fullmatch(v):
             raise ConfigError(
                 self.at(key),
                 f"{v!r} is not a valid id",
@@ -547,12 +670,14 @@ class Section:
         fix: str | None = None,
     ) -> int:
         v = cast(int, self._get(key, default, (int,), "an integer"))
+        self._bounded(key, v, lo, hi)
         self._range(key, v, lo, hi, fix)
         return v
 
     def opt_integer(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
         v = cast("int | None", self._get(key, None, (int,), "an integer"))
         if v is not None:
+            self._bounded(key, v, lo, hi)
             self._range(key, v, lo, hi, None)
         return v
 
@@ -560,12 +685,50 @@ class Section:
         self, key: str, default: Any = _MISSING, *, lo: float | None = None, hi: float | None = None
     ) -> float:
         v = self._get(key, default, (int, float), "a number")
+        self._finite(key, v, lo, hi)
         self._range(key, v, lo, hi, None)
         return float(v)
 
-    def opt_number(self, key: str) -> float | None:
+    def opt_number(
+        self, key: str, *, lo: float | None = None, hi: float | None = None
+    ) -> float | None:
         v = self._get(key, None, (int, float), "a number")
-        return None if v is None else float(v)
+        if v is None:
+            return None
+        self._finite(key, v, lo, hi)
+        self._range(key, v, lo, hi, None)
+        return float(v)
+
+    def _bounded(self, key: str, v: int, lo: int | None, hi: int | None) -> None:
+        if abs(v) > INT_LIMIT:  # said before the range: str() of 10**5000 itself raises
+            lo = -INT_LIMIT if lo is None else lo
+            hi = INT_LIMIT if hi is None else hi
+            raise ConfigError(
+                self.at(key), f"{_show(v)} is out of range", f"use an integer from {lo} to {hi}"
+            )
+
+    def _finite(self, key: str, v: float, lo: float | None, hi: float | None) -> None:
+        """NaN passes every comparison and ±Inf (or 10**400) breaks float arithmetic: refuse
+        them before any range check, naming the range the field allows."""
+        if isinstance(v, float) and math.isfinite(v) and abs(v) <= NUM_LIMIT:
+            return
+        if isinstance(v, int) and abs(v) <= NUM_LIMIT:
+            return
+        if isinstance(v, float) and math.isnan(v):
+            problem = "NaN is not a number"
+        elif isinstance(v, float) and math.isinf(v):
+            problem = f"{'-' if v < 0 else ''}Infinity is not a finite number"
+        else:
+            problem = f"{_show(v)} is out of range"
+        if lo is not None and hi is not None:
+            fix = f"use a number from {lo:g} to {hi:g}"
+        elif lo is not None:
+            fix = f"use a finite number of at least {lo:g}"
+        elif hi is not None:
+            fix = f"use a finite number of at most {hi:g}"
+        else:
+            fix = "use a finite number"
+        raise ConfigError(self.at(key), problem, fix)
 
     def _range(
         self, key: str, v: float, lo: float | None, hi: float | None, fix: str | None
@@ -604,4 +767,13 @@ class Section:
                 raise ConfigError(self.at(str(key)), "unknown key", hint)
 
 
-__all__ = ["Section", "example_path", "load", "load_document", "load_file"]
+__all__ = [
+    "Section",
+    "example_path",
+    "load",
+    "load_document",
+    "load_file",
+    "parse_bytes",
+    "parse_text",
+    "read_document",
+]

@@ -176,8 +176,8 @@ class RuleConfig:
 
 
 _LANES = ("alarm", "event", "telemetry")
-_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+/[A-Za-z0-9_.*?\[\]!-]+$")
-_SUBFOLDER = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+/[A-Za-z0-9_.*?\[\]!-]+")
+_SUBFOLDER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 
 def parse_rules(sections: list[Section], known_points: Iterable[str]) -> tuple[RuleConfig, ...]:
@@ -202,7 +202,7 @@ def _rule(s: Section, known: list[str]) -> RuleConfig:
             s.at("points"), "is empty", 'list point ids or globs, e.g. "pump-*/pressure"'
         )
     for i, p in enumerate(points):
-        if not _GLOB.match(p):
+        if not _GLOB.fullmatch(p):
             raise ConfigError(
                 f"{s.at('points')}[{i}]",
                 f"{p!r} is not a point id or glob",
@@ -354,7 +354,7 @@ def _route(s: Section, rule: str, known: list[str]) -> StepConfig:
             s.at("lane"), f"{lane!r} is not allowed", f"use one of {', '.join(map(repr, _LANES))}"
         )
     drop = s.flag("drop", False)
-    if subfolder is not None and not _SUBFOLDER.match(subfolder):
+    if subfolder is not None and not _SUBFOLDER.fullmatch(subfolder):
         raise ConfigError(
             s.at("subfolder"),
             f"{subfolder!r} is not a topic subfolder",

@@ -13,7 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="gatewayd", description="Edge gateway: field devices to a cloud MQTT broker."
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="overrides [logging] level (default INFO; the demo: WARNING)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the daemon (what systemd starts)")
     r.add_argument(
@@ -51,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from gatewayd import logs
 
-    logs.setup(args.log_level if args.cmd != "demo" or args.log_level != "INFO" else "WARNING")
+    logs.force_level(args.log_level)
+    logs.setup("WARNING" if args.cmd == "demo" else "INFO")
     handler = {
         "run": _run,
         "demo": _demo,
@@ -167,19 +172,17 @@ def _run(args: argparse.Namespace) -> int:
     import os
     import signal
     import threading
-    import tomllib
 
-    from gatewayd.config import load_file
+    from gatewayd import logs
+    from gatewayd.config import load_document, read_document
     from gatewayd.daemon import Gateway
     from gatewayd.errors import GatewaydError
 
     async def go() -> None:
         path = Path(args.config).resolve()
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            doc = None  # load_file below reports it with the place and the fix
-        cfg = load_file(path)
+        doc = read_document(path)  # a ConfigError (exit 2) names the place and the fix
+        cfg = load_document(doc)
+        logs.setup(cfg.logging.level, cfg.logging.format)
         gw = Gateway(cfg, config_dir=path.parent, config_path=path, local_doc=doc)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """Orchestration: drivers → rules → buffer → uplink, on one asyncio loop.
 
-APScheduler fires each poll group on its interval (one instance at a time, missed runs
+The monotonic scheduler fires each poll group on its interval (one instance at a time, missed runs
 coalesced, so a slow device never piles up work; see `polling`); the buffer's SQLite work runs on
 its own thread; the uplink drives paho's socket from the loop. Long-running tasks (the uplink) are
 supervised: a crash is logged, counted and the task restarted, never fatal to the process.
@@ -20,12 +20,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd import __version__, sdnotify
+from gatewayd import __version__, logs, sdnotify
 from gatewayd.buffer import Buffer
-from gatewayd.clock import clock_plausible
+from gatewayd.clock import PLAUSIBLE_MS, WallClock, clock_plausible
 from gatewayd.config import GatewayConfig
 from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
@@ -39,6 +40,7 @@ from gatewayd.uplink import Uplink
 
 if TYPE_CHECKING:
     from gatewayd.remote_config import CommandHandler, ConfigManager
+    from gatewayd.remote_config.health import TrialWatch
 
 log = logging.getLogger("gatewayd")
 
@@ -78,10 +80,13 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._started = time.time()
-        for name in ("uplink_reconnects", "rules_dropped"):
+        self.clock = WallClock()
+        self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
+        self._trial: TrialWatch | None = None  # fed by every poll while a candidate is judged
+        for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
-        # Remote config counts its outcomes (applied / rejected / rolled_back) under this name.
-        for status in ("applied", "rejected", "rolled_back"):
+        # Remote config counts its outcomes (applied / rejected / rolled_back / superseded).
+        for status in ("applied", "rejected", "rolled_back", "superseded"):
             self.metrics.inc("config_outcomes", 0, status=status)
         for name in ("buffered_records", "published_records", "acked_records"):
             self.metrics.inc(name, 0)
@@ -104,10 +109,16 @@ class Gateway:
             trial = self._init_remote_config()
             self.rules = Rules(self.cfg.rules)  # the configuration chosen at start may differ
         if self.cfg.metrics.listen:
-            self.metrics_server = MetricsServer(self.cfg.metrics.listen, self.render_metrics)
+            self.metrics_server = MetricsServer(
+                self.cfg.metrics.listen, self.render_metrics, self.metrics
+            )
             await self.metrics_server.start()
         self._start_uplink()
         self._supervise("loop_monitor", self._monitor_loop)
+        if trial is not None:
+            from gatewayd.remote_config.health import TrialWatch
+
+            self._trial = TrialWatch(self.cfg)  # before the first poll: each one counts
         # Rule windows close by the clock too, not only on their point's next reading.
         self.poller.start(
             self.cfg.devices, maintenance=[(self.collect, 10.0), (self._tick_rules, 1.0)]
@@ -131,7 +142,15 @@ class Gateway:
         assert self.local_doc is not None
         store = ConfigStore(self.state_dir / "config")
         start = startup_config(self.cfg, self.local_doc, store)
-        self.cfg = load_document((start.trial or start.lkg).document)
+        local = self.cfg
+        # Settings read only at start come from the local file, whatever a push once stored
+        # (an older gatewayd let pushes set them; the buffer is already open with the local one).
+        self.cfg = replace(
+            load_document((start.trial or start.lkg).document),
+            buffer=local.buffer,
+            metrics=local.metrics,
+            gateway_id=local.gateway_id,
+        )
         self.remote = ConfigManager(
             self, store, self.cfg, start.lkg, self._report_config, self.metrics, self.config_dir
         )
@@ -143,10 +162,14 @@ class Gateway:
 
     # -- live reconfiguration ----------------------------------------------------------------
 
-    async def reconfigure(self, new: GatewayConfig) -> None:
-        """Apply `new` live: restart changed devices and, if its settings changed, the uplink."""
+    async def reconfigure(self, new: GatewayConfig, trial: bool = True) -> None:
+        """Apply `new` live: restart changed devices and, if its settings changed, the uplink.
+        `trial`: `wait_healthy` judges it next (a rollback is not judged)."""
+        from gatewayd.remote_config.health import TrialWatch
+
         old = self.cfg
         self.cfg = new
+        self._trial = TrialWatch(new, old, self._polling_good(old)) if trial else None
         old_devs = {d.id: d for d in old.devices}
         new_devs = {d.id: d for d in new.devices}
         for dev_id, dev in old_devs.items():
@@ -155,6 +178,8 @@ class Gateway:
                 self.device_health.forget(dev_id)
         places = {d.id: f"devices[{i}].driver" for i, d in enumerate(new.devices)}
         self.poller.add((d for d in new.devices if old_devs.get(d.id) != d), places)
+        if new.logging != old.logging:
+            logs.setup(new.logging.level, new.logging.format)
         if new.rules != old.rules:
             self.rules.reload(new.rules)  # unchanged rules keep their state
         if new.uplink != old.uplink:
@@ -163,21 +188,40 @@ class Gateway:
         self.metrics.inc("config_reconfigures")
         log.info("gateway_reconfigured version=%d devices=%d", new.version, len(new.devices))
 
+    def _polling_good(self, cfg: GatewayConfig) -> frozenset[str]:
+        """Devices whose last poll was good (from the poller's per-device gauges)."""
+        m = self.metrics
+        return frozenset(
+            d.id
+            for d in cfg.devices
+            if m.get("device_last_poll_good", device=d.id) > 0
+            and m.get("device_last_poll_bad", device=d.id) == 0
+        )
+
     async def wait_healthy(self, deadline_s: float) -> str | None:
-        """None once the uplink is connected and every device completed a poll; else why not."""
+        """None once the uplink is connected, every new or changed device completed a good poll
+        and the unchanged ones keep their poll rate (see remote_config.health); else why not."""
+        from gatewayd.remote_config.health import TrialWatch
+
         t0 = time.monotonic()
-        polled = self.poller.polled_at
-        while True:
-            uplink_ok = self.uplink is not None and self.uplink.connected
-            unpolled = [d.id for d in self.cfg.devices if polled.get(d.id, 0) < t0]
-            if uplink_ok and not unpolled:
-                return None
-            if time.monotonic() - t0 >= deadline_s:
-                if not uplink_ok:
-                    why = self.uplink.last_error if self.uplink else None
-                    return f"uplink not connected within {deadline_s:g} s ({why or 'no answer'})"
-                return f"devices {', '.join(unpolled)} completed no poll within {deadline_s:g} s"
-            await asyncio.sleep(0.1)
+        watch = self._trial or TrialWatch(self.cfg)
+        self._trial = watch
+        try:
+            while True:
+                uplink_ok = self.uplink is not None and self.uplink.connected
+                problem = watch.problem(deadline_s)
+                if uplink_ok and problem is None:
+                    return None
+                if time.monotonic() - t0 >= deadline_s:
+                    if not uplink_ok:
+                        why = self.uplink.last_error if self.uplink else None
+                        return (
+                            f"uplink not connected within {deadline_s:g} s ({why or 'no answer'})"
+                        )
+                    return problem
+                await asyncio.sleep(0.1)
+        finally:
+            self._trial = None
 
     def _start_uplink(self) -> None:
         assert self.buffer is not None
@@ -230,8 +274,10 @@ class Gateway:
         for (name, _), v in self.metrics.counters.items():
             totals[name] = totals.get(name, 0) + v
         outcome = self.remote.last_outcome if self.remote is not None else None
+        recent = list(self.remote.recent_outcomes) if self.remote is not None else []
         return {
             **({"config": outcome} if outcome else {}),
+            **({"config_recent": recent} if recent else {}),
             "config_version": self.cfg.version,
             "labels": dict(self.cfg.labels),  # `gatewayd fleet --select` matches on these
             "ts": now_ms(),  # when it was made: a retained document's age (fleet's "last seen")
@@ -296,6 +342,8 @@ class Gateway:
     async def _handle(self, group: PollGroup, readings: list[Reading]) -> None:
         """One poll's readings through the rules into the buffer (committed when this returns);
         a device going down or up is one event, stored beside them (not through the rules)."""
+        if self._trial is not None:
+            self._trial.observe(group, readings)
         events = self.device_health.observe(group, readings, self.drivers.get(group.device))
         dropped = self.rules.dropped
         records = self.rules.process(readings)
@@ -310,8 +358,22 @@ class Gateway:
         await self._store(self.rules.tick(now_ms()))
 
     async def _store(self, records: list[Record]) -> None:
-        if not records or self.buffer is None:
+        if self.buffer is None:
             return
+        # Every poll and the 1 s rules tick pass here: a step of the wall clock is seen within a
+        # second, and stamps taken before it was set are corrected before the next append (and
+        # so before any age expiry sees them).
+        if (correction := self.clock.check()) is not None and correction:
+            moved = await self.buffer.restamp(PLAUSIBLE_MS, correction)
+            log.info("buffer_restamped records=%d correction_s=%.3f", moved, correction / 1000)
+        if not records:
+            return
+        fix = self.clock.correction_ms
+        if fix and (records[0].ts_ms < PLAUSIBLE_MS or records[-1].ts_ms < PLAUSIBLE_MS):
+            # a poll that started before the clock was set and ended after
+            records = [
+                r._replace(ts_ms=r.ts_ms + fix) if r.ts_ms < PLAUSIBLE_MS else r for r in records
+            ]
         try:
             await self.buffer.append(records)
         except Exception as exc:
@@ -327,11 +389,22 @@ class Gateway:
         m.set("config_version", self.cfg.version)
         m.set("start_time_seconds", self._started)
         m.set("clock_plausible", 1 if clock_plausible() else 0)
+        m.total_from("clock_steps", self.clock.steps)
+        # The rules keep running counts that a reload may restart: add what is new.
+        for name, now in (
+            ("rules_expression_errors", self.rules.expr_errors[0]),
+            ("rules_late_readings", self.rules.late_readings),
+        ):
+            m.inc(name, max(0, now - self._rules_seen.get(name, 0)))
+            self._rules_seen[name] = now
         if self.buffer is not None:
             st = await self.buffer.stats()
             m.set("buffer_depth", st.depth)
             m.set("buffer_bytes", st.bytes)
             m.set("buffer_file_bytes", st.file_bytes)
+            m.set("buffer_inflight", st.inflight)
+            m.total_from("buffer_quarantined_files", st.quarantined)
+            m.total_from("buffer_commits", self.buffer.commits)
             oldest = (
                 0.0 if st.oldest_ts_ms is None else max(0.0, time.time() - st.oldest_ts_ms / 1e3)
             )
@@ -355,7 +428,7 @@ class Gateway:
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the local file and apply it through the remote-config path."""
-        import tomllib
+        from gatewayd.config import ConfigError, read_document
 
         if self.config_path is None or self.remote is None:
             log.warning(
@@ -364,8 +437,8 @@ class Gateway:
             )
             return
         try:
-            doc = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            doc = read_document(self.config_path)
+        except ConfigError as exc:
             log.error("reload_refused error=%s", quote(exc))
             return
         self.remote.on_local(doc)

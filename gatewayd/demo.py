@@ -1,13 +1,16 @@
 """`gatewayd demo`: a simulated boiler, the cloud stand-in and the gateway, in one process.
 
 Uses the example configuration with the addresses pointed at the simulators, a fresh device key
-registered with the stand-in, and a temporary state directory.
+registered with the stand-in, and a temporary state directory. Every port it listens on is one
+the kernel picks (the simulators' and the metrics endpoint's), so a demo never takes a port of
+a gatewayd service running on the same machine (its metrics port, 127.0.0.1:9108, above all).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import tempfile
 import time
@@ -15,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gatewayd.config import example_path, load_document
+from gatewayd.config import MetricsConfig, example_path, load_document
 from gatewayd.daemon import Gateway
 from gatewayd.uplink.device_jwt import generate_key
 
@@ -46,6 +49,8 @@ async def run_demo(duration: float | None, out: Any) -> int:
         slave = await ModbusTcpSlave().start()
         boiler(slave)
         cfg = load_document(demo_config(example_path().read_text(), broker.port, slave.port, work))
+        # Port 0: the kernel's choice (the configuration refuses 0, which a user never means).
+        cfg = dataclasses.replace(cfg, metrics=MetricsConfig(listen="127.0.0.1:0"))
         gw = Gateway(cfg, config_dir=work)
         print(
             f"demo: Modbus boiler on 127.0.0.1:{slave.port}, "
@@ -61,10 +66,19 @@ async def run_demo(duration: float | None, out: Any) -> int:
         runner = loop.create_task(gw.run(stop))
         t0 = time.monotonic()
         first_cloud: float | None = None
+        told_metrics = False
         try:
             while not stop.is_set() and not runner.done():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+                server = gw.metrics_server
+                if not told_metrics and server is not None and server.port:
+                    told_metrics = True
+                    print(
+                        f"demo: metrics on http://127.0.0.1:{server.port}/metrics",
+                        file=out,
+                        flush=True,
+                    )
                 elapsed = time.monotonic() - t0
                 if first_cloud is None and broker.recorder.unique:
                     first_cloud = elapsed

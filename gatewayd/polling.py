@@ -1,12 +1,15 @@
-"""Poll groups on APScheduler, each device's driver supervised.
+"""Poll groups on the monotonic scheduler (`schedule`), each device's driver supervised.
 
 Invariants:
-- at most one poll of a group runs at a time (`max_instances=1`) and missed runs are coalesced
-  into one, so a slow device never piles up work; a run skipped because the previous one is still
-  going is counted (`polls_skipped`), not queued;
+- at most one poll of a group runs at a time and missed runs are coalesced into one, so a slow
+  device never piles up work; a run skipped because the previous one is still going is counted
+  (`polls_skipped`), not queued; due times the loop was too late for are counted
+  (`polls_missed`); a wall-clock step changes neither;
 - a driver that raises, hangs past its deadline or cannot be built never stops the process or the
   other devices: it is logged (first at WARNING, repeats at DEBUG), counted, its points come out as
   BAD readings with reason `driver_error`, and it is rebuilt after a backoff;
+- a reading stamped before the clock is plausible leaves the poll marked uncertain with reason
+  `clock_unsynced` (bad ones keep their own reason); the check costs two comparisons per poll;
 - a poll hands its readings to the sink (rules → buffer) before it ends, so `stop()`, which waits
   for the polls in flight, leaves nothing half-done.
 """
@@ -15,20 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
+from gatewayd.clock import PLAUSIBLE_MS, UNSYNCED
 from gatewayd.config import DeviceConfig
 from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Quality, Reading, now_ms
-
-if TYPE_CHECKING:
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from gatewayd.schedule import Run, Scheduler
 
 log = logging.getLogger("gatewayd.polling")
 
@@ -126,63 +127,27 @@ class Poller:
         self.drivers: dict[str, Driver] = {}  # the built ones, by device id
         # device -> monotonic time of its last poll the driver answered (crashes do not count)
         self.polled_at: dict[str, float] = {}
-        self._scheduler: AsyncIOScheduler | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._scheduler: Scheduler | None = None
+        self._groups: dict[str, list[str]] = {}  # device -> its poll groups' job names
         self._skips: dict[str, int] = {}
         self._pipeline_errors: dict[str, int] = {}
 
     def start(
         self,
         devices: Iterable[DeviceConfig],
-        maintenance: Sequence[tuple[Callable[[], Awaitable[None]], float]] = (),
+        maintenance: Sequence[tuple[Run, float]] = (),
     ) -> None:
-        """Start the scheduler with the devices' poll groups and the maintenance jobs
-        (coroutine, period in seconds)."""
-        from apscheduler.events import (
-            EVENT_JOB_MAX_INSTANCES,
-            EVENT_JOB_MISSED,
-            JobExecutionEvent,
-            JobSubmissionEvent,
-        )
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        self._scheduler = sched = AsyncIOScheduler(timezone=UTC)
+        """Start polling the devices' groups, and the maintenance jobs (coroutine, period in
+        seconds, first run one period from now)."""
+        self._scheduler = Scheduler()
         for i, (job, period_s) in enumerate(maintenance):
-            sched.add_job(
-                job,
-                "interval",
-                seconds=period_s,
-                id=f"maintenance-{i}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(period_s)),
-            )
-
-        def skipped(ev: JobSubmissionEvent) -> None:
-            if ev.job_id.startswith("maintenance-"):
-                return
-            n = self._skips[ev.job_id] = self._skips.get(ev.job_id, 0) + 1
-            device = ev.job_id.rpartition("@")[0]
-            self.metrics.inc("polls_skipped", device=device, group=ev.job_id)
-            if n == 1 or n % 100 == 0:  # a slow device: say so, then every 100th skip
-                log.warning(
-                    "poll_skipped group=%s reason=previous_poll_running count=%d", ev.job_id, n
-                )
-
-        def missed(ev: JobExecutionEvent) -> None:  # the loop was later than the grace time
-            if not ev.job_id.startswith("maintenance-"):
-                self.metrics.inc("polls_missed", device=ev.job_id.rpartition("@")[0])
-
-        sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
-        sched.add_listener(missed, EVENT_JOB_MISSED)
-        sched.start()
+            self._scheduler.add(f"maintenance-{i}", job, period_s)
         self.add(devices)
 
     def add(self, devices: Iterable[DeviceConfig], places: Mapping[str, str] | None = None) -> None:
         """Build each device's driver (a failure is counted, not raised) and schedule its groups
         from now on. `places` names each device's config path for errors (default: its order)."""
         assert self._scheduler is not None, "start() first"
-        now = datetime.now(UTC)
         for i, dev in enumerate(devices):
             place = (places or {}).get(dev.id, f"devices[{i}].driver")
             slot = self.slots[dev.id] = DriverSlot(dev, place, self.metrics, self.drivers)
@@ -190,26 +155,35 @@ class Poller:
             for name in ("polls", "poll_failures", "driver_crashes", "polls_missed"):
                 self.metrics.inc(name, 0, device=dev.id)
             self.metrics.inc("pipeline_errors", 0, device=dev.id)
+            groups = self._groups[dev.id] = []
             for group in poll_groups(dev):
                 self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
-                self._scheduler.add_job(
-                    self._poll,
-                    "interval",
-                    seconds=group.interval_ms / 1000,
-                    args=[group],
-                    id=group.name,
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=max(1, group.interval_ms // 1000),
-                    next_run_time=now,
+                self._scheduler.add(
+                    group.name,
+                    functools.partial(self._poll, group),
+                    group.interval_ms / 1000,
+                    first_in_s=0.0,
+                    on_skip=functools.partial(self._skipped, group),
+                    on_miss=functools.partial(self._missed, group),
                 )
+                groups.append(group.name)
+
+    def _skipped(self, group: PollGroup) -> None:
+        n = self._skips[group.name] = self._skips.get(group.name, 0) + 1
+        self.metrics.inc("polls_skipped", device=group.device, group=group.name)
+        if n == 1 or n % 100 == 0:  # a slow device: say so, then every 100th skip
+            log.warning(
+                "poll_skipped group=%s reason=previous_poll_running count=%d", group.name, n
+            )
+
+    def _missed(self, group: PollGroup, n: int) -> None:  # the loop was a period or more late
+        self.metrics.inc("polls_missed", n, device=group.device)
 
     async def remove(self, dev_id: str) -> None:
         """Unschedule a device's groups and close its driver; a poll in flight ends on its own."""
-        if self._scheduler is not None:
-            for job in self._scheduler.get_jobs():
-                if job.args and isinstance(job.args[0], PollGroup) and job.args[0].device == dev_id:
-                    job.remove()
+        for name in self._groups.pop(dev_id, []):
+            if self._scheduler is not None:
+                self._scheduler.remove(name)
         self.polled_at.pop(dev_id, None)
         slot = self.slots.pop(dev_id, None)
         if slot is not None:
@@ -219,27 +193,20 @@ class Poller:
         slot = self.slots.get(group.device)
         if slot is None:  # removed by a new configuration while this run was being submitted
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
+        readings = await self._read(group, slot)
         try:
-            readings = await self._read(group, slot)
-            try:
-                await self.sink(group, readings)
-            except Exception as exc:  # a rules or buffer bug loses this poll, not the scheduler
-                self.metrics.inc("pipeline_errors", device=group.device)
-                n = self._pipeline_errors[group.name] = self._pipeline_errors.get(group.name, 0) + 1
-                log.log(
-                    logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
-                    "pipeline_failed group=%s error=%s count=%d",
-                    group.name,
-                    quote(_describe(exc)),
-                    n,
-                    exc_info=n == 1,
-                )
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+            await self.sink(group, readings)
+        except Exception as exc:  # a rules or buffer bug loses this poll, not the scheduler
+            self.metrics.inc("pipeline_errors", device=group.device)
+            n = self._pipeline_errors[group.name] = self._pipeline_errors.get(group.name, 0) + 1
+            log.log(
+                logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
+                "pipeline_failed group=%s error=%s count=%d",
+                group.name,
+                quote(_describe(exc)),
+                n,
+                exc_info=n == 1,
+            )
 
     async def _read(self, group: PollGroup, slot: DriverSlot) -> list[Reading]:
         driver = slot.get()
@@ -261,6 +228,8 @@ class Poller:
                 for kind, n in driver.counters.items():
                     key = ("driver_events", (("device", group.device), ("kind", kind)))
                     self.metrics.counters[key] = n
+        if readings and (readings[0].ts_ms < PLAUSIBLE_MS or readings[-1].ts_ms < PLAUSIBLE_MS):
+            readings = [_unsynced(r) for r in readings]
         self._account(group.device, readings, time.monotonic() - t0)
         return readings
 
@@ -273,7 +242,7 @@ class Poller:
             m.inc("poll_failures", device=device)
         m.inc("readings", len(readings), device=device)
         m.inc("readings_bad", bad, device=device)
-        m.set("poll_duration_seconds", elapsed, device=device)
+        m.observe("poll_duration_seconds", elapsed, device=device)
         m.set("device_last_poll_timestamp_seconds", time.time(), device=device)
         m.set("device_last_poll_good", len(readings) - bad, device=device)
         m.set("device_last_poll_bad", bad, device=device)
@@ -286,15 +255,9 @@ class Poller:
         """Stop firing polls, let the ones in flight finish (up to `grace_s`), close drivers."""
         sched, self._scheduler = self._scheduler, None
         if sched is not None:
-            sched.pause()
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=grace_s)
-        if sched is not None:
-            sched.shutdown(wait=False)  # cancels what did not finish in time
-        leftovers = [t for t in self._inflight if not t.done()]
-        if leftovers:
-            log.warning("polls_cancelled_at_stop count=%d", len(leftovers))
-            await asyncio.gather(*leftovers, return_exceptions=True)
+            cancelled = await sched.stop(grace_s)
+            if cancelled:
+                log.warning("polls_cancelled_at_stop count=%d", cancelled)
         # Drivers close together, bounded: a device that hangs on close must not eat the budget.
         await asyncio.gather(*(slot.close() for slot in self.slots.values()))
 
@@ -302,6 +265,13 @@ class Poller:
 def _bad(group: PollGroup, reason: str) -> list[Reading]:
     ts = now_ms()
     return [Reading(f"{group.device}/{p.id}", ts, None, Quality.BAD, reason) for p in group.points]
+
+
+def _unsynced(r: Reading) -> Reading:
+    """Mark a reading stamped while the wall clock was not set (see `clock`)."""
+    if r.ts_ms >= PLAUSIBLE_MS or r.quality is Quality.BAD:
+        return r
+    return r._replace(quality=Quality.UNCERTAIN, reason=UNSYNCED)
 
 
 def _describe(exc: BaseException) -> str:

@@ -42,7 +42,7 @@ class Reading(NamedTuple):
     ts_ms: int  # UTC epoch milliseconds
     value: Value
     quality: Quality = Quality.GOOD
-    reason: str | None = None  # set when quality is BAD
+    reason: str | None = None  # why, when quality is not GOOD (e.g. clock_unsynced)
 
     def __eq__(self, other: object) -> bool:
         return _same(self, other)

@@ -37,7 +37,7 @@ def start(
     log: Path,
     env: dict[str, str] | None = None,
     plugins: bool = False,
-    log_level: str = "INFO",
+    log_level: str | None = "INFO",  # None: the configuration's [logging] level
 ) -> subprocess.Popen[bytes]:
     full = {**os.environ, **(env or {})}
     if plugins:
@@ -50,8 +50,7 @@ def start(
             sys.executable,
             "-m",
             "gatewayd",
-            "--log-level",
-            log_level,
+            *(["--log-level", log_level] if log_level else []),
             "run",
             "--config",
             str(config),

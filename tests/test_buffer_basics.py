@@ -71,7 +71,7 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_telemetry_older_than_max_age_is_dropped_and_counted_alarms_stay(tmp_path: Path) -> None:
-    now = [1_764_000_000_000]
+    now = [1_765_000_000_000]  # after the build date: a plausible clock
     s = Store(tmp_path / "b.sqlite", BufferConfig(max_age_s=600), now=lambda: now[0])
     old = [Record("d/p", now[0] - 700_000, 1.0), Record("d/p", now[0] - 650_000, 2.0)]
     old_alarm = Record("d/hi", now[0] - 3_600_000, True, lane=Lane.ALARM)

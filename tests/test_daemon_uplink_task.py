@@ -47,4 +47,4 @@ def test_missing_device_key_restarts_uplink_while_buffering_then_delivers(
     text = log.read_text()
     crashed = [line for line in text.splitlines() if "event=task_crashed task=uplink" in line]
     assert len(crashed) == 1, "first crash at ERROR, repeats at DEBUG"
-    assert crashed[0].startswith("level=error") and "device.key" in crashed[0]
+    assert "level=error " in crashed[0] and "device.key" in crashed[0]

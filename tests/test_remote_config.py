@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_procs import scrape, try_scrape, with_metrics
+from daemon_procs import start as start_daemon
 from helpers import (
     BrokerThread,
     delivered_range,
@@ -51,7 +55,8 @@ class Cloud:
 
     def __init__(self, tmp: Path) -> None:
         registry = Registry("p1", "r1", "reg1")
-        registry.add("gw-test", generate_key(tmp / "device.key", "ES256"))
+        self.public_key = generate_key(tmp / "device.key", "ES256")
+        registry.add("gw-test", self.public_key)
         self.broker = Broker(registry)
         self.states: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
@@ -80,9 +85,9 @@ class Cloud:
         def find() -> dict[str, Any] | None:
             with self.lock:
                 for s in reversed(self.states):
-                    c = s.get("config", {})
-                    if c.get("version") == version and (status is None or c["status"] == status):
-                        return dict(c)
+                    for c in [s.get("config", {}), *reversed(s.get("config_recent", []))]:
+                        if c.get("version") == version and status in (None, c["status"]):
+                            return dict(c)
             return None
 
         return wait_for(find, timeout, f"config outcome for version {version}")  # type: ignore[no-any-return]
@@ -268,7 +273,9 @@ def test_fuzzed_pushes_never_stop_the_daemon(
     time.sleep(1.0)
     assert gw.poll() is None, (tmp_path / "gw.log").read_text()[-2000:]
     _wait_flowing(cloud, "plc", n=10)
-    assert any(s.get("config", {}).get("status") == "rejected" for s in cloud.states)
+    # Pushes arriving while a mutated valid one is tried are superseded, the others rejected.
+    seen = {s.get("config", {}).get("status") for s in cloud.states}
+    assert seen & {"rejected", "superseded"}, seen
 
 
 def _random_json(rng: random.Random, depth: int) -> Any:
@@ -351,3 +358,291 @@ def test_sighup_reloads_the_local_file_through_the_same_path(
     gw.send_signal(signal.SIGHUP)
     out = cloud.outcome(8, "rejected")
     assert "address: 99999 is above 65535" in out["reason"]
+
+
+# -- issue 14: pushes that are valid but wrong -------------------------------------------------
+
+
+def _outcome_lines(log: Path, status: str) -> list[str]:
+    return [ln for ln in log.read_text().splitlines() if f"event=config_{status} " in ln]
+
+
+def test_push_to_an_unreachable_device_is_rolled_back_and_later_pushes_are_applied(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    # Each poll of these completes, with every reading BAD: the driver answered, the device not.
+    moves: list[tuple[str, Any]] = [
+        ("port", free_port()),  # closed port
+        ("unit", 99),  # the simulator stays silent for an unknown unit id
+        ("host", "192.0.2.1"),  # TEST-NET-1: unroutable
+    ]
+    for version, (key, value) in enumerate(moves, start=2):
+        bad = json.loads(json.dumps(doc))
+        bad["version"] = version
+        bad["devices"][0][key] = value
+        bad["devices"][0]["timeout_s"] = 0.3
+        cloud.push(bad)
+        out = cloud.outcome(version, "rolled_back", timeout=30)
+        assert "plc" in out["reason"] and "completed no good poll" in out["reason"], out
+    shadow = json.loads(json.dumps(doc))  # a file that is no serial port
+    shadow["version"] = 5
+    shadow["devices"][0] = {
+        "id": "plc",
+        "driver": "serial_line",
+        "serial_port": "/etc/shadow",
+        "points": [{"id": "t", "field": "t"}],
+    }
+    cloud.push(shadow)
+    out = cloud.outcome(5, "rolled_back", timeout=30)
+    assert "plc" in out["reason"] and "completed no good poll" in out["reason"], out
+    good = json.loads(json.dumps(doc))
+    good["version"] = 9
+    good["devices"][0]["timeout_s"] = 0.5
+    cloud.push(good)
+    assert cloud.outcome(9, "applied")["reason"].startswith("healthy after")
+    _wait_flowing(cloud, "plc", n=10)
+
+
+def test_push_that_starves_the_existing_device_is_rolled_back(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    start_daemon(cfg, procs, tmp_path / "gw.log", plugins=True)
+    _wait_flowing(cloud, "plc", n=10)
+    heavy = json.loads(json.dumps(doc))
+    heavy["version"] = 2
+    heavy["remote_config"]["health_deadline_s"] = 8.0
+    heavy["devices"] += [
+        {
+            "id": f"busy{i}",
+            "driver": "test_busy",
+            "interval_ms": 10,
+            "points": [{"id": "p0", "table": "holding", "address": 0}],
+        }
+        for i in range(300)
+    ]
+    cloud.push(heavy)
+    out = cloud.outcome(2, "rolled_back", timeout=60)
+    assert "device plc polled" in out["reason"] and "starves it" in out["reason"], out
+    _wait_flowing(cloud, "plc", n=10)
+
+
+def test_push_changing_the_identity_or_config_topic_is_refused_and_the_topic_still_heard(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    cloud.broker.registry.add("gw-other", cloud.public_key)  # the rename would connect fine
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    changes: list[tuple[str, str, str]] = [
+        ("device", "gw-other", "uplink.device: would change 'gw-test' to 'gw-other'"),
+        ("client_id", "projects/p1/x/{device}", "uplink.client_id: would change"),
+    ]
+    for version, (key, value, reason) in enumerate(changes, start=2):
+        new = json.loads(json.dumps(doc))
+        new["version"] = version
+        new["uplink"][key] = value
+        cloud.push(new)
+        out = cloud.outcome(version, "rejected")
+        assert out["reason"].startswith(reason) and "only in the local file" in out["reason"], out
+    topic = json.loads(json.dumps(doc))
+    topic["version"] = 4
+    topic["uplink"]["topics"] = {"config": "/devices/{device}/config2"}
+    cloud.push(topic)
+    assert cloud.outcome(4, "rejected")["reason"].startswith("uplink.topics.config: would change")
+    gw.send_signal(signal.SIGKILL)  # across a restart the gateway still hears its config topic
+    gw.wait(5)
+    start_gateway(cfg, procs, tmp_path / "gw2.log")
+    _wait_flowing(cloud, "plc", n=5)
+    ok = json.loads(json.dumps(doc))
+    ok["version"] = 5000
+    ok["devices"][0]["interval_ms"] = 150
+    cloud.push(ok)
+    assert cloud.outcome(5000, "applied")["reason"].startswith("healthy after")
+
+
+def test_pushes_arriving_during_a_candidate_each_get_an_outcome_and_the_newest_is_tried(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path, deadline=4.0)
+    log = tmp_path / "gw.log"
+    start_gateway(cfg, procs, log)
+    _wait_flowing(cloud, "plc", n=5)
+    slow = json.loads(json.dumps(doc))
+    slow["version"] = 2
+    slow["devices"][0]["port"] = free_port()  # judged for the whole deadline, then rolled back
+    cloud.push(slow)
+    wait_for(lambda: _outcome_lines(log, "candidate") or None, 10, "the candidate")
+    for version in (3, 4, 5):
+        new = json.loads(json.dumps(doc))
+        new["version"] = version
+        new["devices"][0]["interval_ms"] = 100 + version
+        cloud.push(new)
+        time.sleep(0.1)
+    assert "version 2" not in cloud.outcome(5, "applied", timeout=30)["reason"]
+    assert cloud.outcome(2, "rolled_back")  # the state went through 2 before 5
+    superseded = _outcome_lines(log, "superseded")
+    assert [ln.split("version=")[1].split()[0] for ln in superseded] == ["3", "4"], superseded
+
+
+def test_settings_not_applied_live_and_hostile_numbers_are_refused_with_the_place(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    mport = free_port()
+    cfg.write_text(with_metrics(cfg.read_text(), mport))
+    doc = tomllib.loads(cfg.read_text())
+    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+
+    def push(version: int, edit: Any) -> None:
+        new = json.loads(json.dumps(doc))
+        new["version"] = version
+        edit(new)
+        cloud.push(json.dumps(new).encode())  # NaN goes out as the NaN literal
+
+    push(2, lambda d: d.setdefault("buffer", {}).update(max_bytes=1 << 20))
+    out = cloud.outcome(2, "rejected")
+    assert out["reason"].startswith("buffer.max_bytes: cannot be changed by a push"), out
+    push(3, lambda d: d["metrics"].update(listen="0.0.0.0:9999"))
+    out = cloud.outcome(3, "rejected")
+    assert out["reason"].startswith("metrics.listen: cannot be changed by a push"), out
+    assert "beyond loopback" in out["reason"]
+    # NaN once kept a bad candidate forever (no deadline ever passed) and blocked every push.
+    push(
+        4,
+        lambda d: (
+            d["remote_config"].update(health_deadline_s=float("nan")),
+            d["uplink"].update(port=free_port()),
+        ),
+    )
+    out = cloud.outcome(4, "rejected")
+    assert out["reason"].startswith(
+        "remote_config.health_deadline_s: NaN is not a number; use a number from 1 to 3600"
+    ), out
+    push(5, lambda d: d["devices"][0]["points"][0].update(scale=float("inf")))
+    assert (
+        "points[0].scale: Infinity is not a finite number" in cloud.outcome(5, "rejected")["reason"]
+    )
+    cloud.push(b'{"version": 6, "version": 7}')
+    wait_for(
+        lambda: (
+            any(
+                "appears twice" in (s.get("config") or {}).get("reason", "")
+                for s in list(cloud.states)
+            )
+            or None
+        ),
+        30,
+        "the duplicate key refused",
+    )
+    # Version 10**400 once broke /metrics and `gatewayd status` for good.
+    huge = json.loads(json.dumps(doc))
+    huge["version"] = 10**400
+    cloud.push(huge)
+    wait_for(
+        lambda: (
+            any(
+                "version: an integer of 401 digits is out of range"
+                in (s.get("config") or {}).get("reason", "")
+                for s in list(cloud.states)
+            )
+            or None
+        ),
+        30,
+        "the huge version refused",
+    )
+    assert scrape(mport).get("gatewayd_config_version") == 1
+    res = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "status", "--listen", f"127.0.0.1:{mport}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    push(8, lambda d: d["devices"][0].update(interval_ms=150))
+    assert cloud.outcome(8, "applied")["reason"].startswith("healthy after")
+    assert gw.poll() is None
+
+
+def test_a_reconnect_does_not_count_or_rewrite_the_same_config_again(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    mport = free_port()
+    cfg.write_text(with_metrics(cfg.read_text(), mport))
+    doc = tomllib.loads(cfg.read_text())
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    new = json.loads(json.dumps(doc))
+    new["version"] = 2
+    new["devices"][0]["interval_ms"] = 150
+    cloud.push(new)
+    cloud.outcome(2, "applied")
+    history = tmp_path / "config" / "history.json"
+    before = (history.stat().st_mtime_ns, history.read_bytes())
+    applied = scrape(mport).get("gatewayd_config_outcomes_total", status="applied")
+    for _ in range(3):
+        n = cloud.broker.connections
+        cloud.bt.loop.call_soon_threadsafe(cloud.broker.drop_all)
+        wait_for(lambda n=n: cloud.broker.connections > n or None, 30, "a reconnect")
+        _wait_flowing(cloud, "plc", n=5)  # the retained config came again with the subscribe
+    assert scrape(mport).get("gatewayd_config_outcomes_total", status="applied") == applied
+    assert (history.stat().st_mtime_ns, history.read_bytes()) == before
+
+
+def test_start_only_settings_come_from_the_local_file_not_from_a_stored_push(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """An older gatewayd stored pushes that moved metrics (to 0.0.0.0, at the next start)."""
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    local_port, pushed_port = free_port(), free_port()
+    cfg.write_text(with_metrics(cfg.read_text(), local_port))
+    doc = tomllib.loads(cfg.read_text())
+    stored = json.loads(json.dumps(doc))
+    stored["version"] = 2
+    stored["metrics"]["listen"] = f"0.0.0.0:{pushed_port}"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "applied.json").write_text(
+        json.dumps({"version": 2, "document": stored})
+    )
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    samples = wait_for(lambda: try_scrape(local_port), 30, "metrics on the local file's address")
+    assert samples.get("gatewayd_config_version") == 2, "the stored configuration runs"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pushed_port), timeout=2).close()
+
+
+def test_a_stored_version_beyond_2_53_neither_breaks_metrics_nor_blocks_pushes(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """What c3de71f stored after a push with version 10**400: it broke /metrics for good."""
+    doc, cfg, _ = _setup(cloud, procs, tmp_path)
+    mport = free_port()
+    cfg.write_text(with_metrics(cfg.read_text(), mport))
+    doc = tomllib.loads(cfg.read_text())
+    huge = json.loads(json.dumps(doc))
+    huge["version"] = 10**400
+    state = tmp_path / "config"
+    state.mkdir()
+    (state / "applied.json").write_text(json.dumps({"version": 10**400, "document": huge}))
+    (state / "history.json").write_text(json.dumps({"highest_tried": 10**400}))
+    start_gateway(cfg, procs, tmp_path / "gw.log")
+    samples = wait_for(lambda: try_scrape(mport), 30, "the metrics endpoint")
+    assert samples.get("gatewayd_config_version") == 1, "the local file runs"
+    res = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "status", "--listen", f"127.0.0.1:{mport}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    _wait_flowing(cloud, "plc", n=5)
+    new = json.loads(json.dumps(doc))
+    new["version"] = 2
+    new["devices"][0]["interval_ms"] = 150
+    cloud.push(new)
+    assert cloud.outcome(2, "applied")["reason"].startswith("healthy after")

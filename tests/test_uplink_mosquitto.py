@@ -4,44 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_binary
 from tls_certs import TestCA
-from uplink_harness import Harness, until, uplink_cfg
+from uplink_harness import Harness, SecureMosquitto, until, uplink_cfg
 
 from gatewayd.config import AuthConfig, TlsConfig
-from gatewayd_sim.procs import Mosquitto
-
-
-class SecureMosquitto(Mosquitto):
-    """mosquitto with a TLS listener (test CA), a password file and an optional ACL."""
-
-    def __init__(self, folder: Path, mtls: bool = False, acl: str | None = None) -> None:
-        self.ca = TestCA(folder / "ca")
-        cert, key = self.ca.issue("broker", server=True)
-        passwd = folder / "passwd"
-        subprocess.run(
-            [require_binary("mosquitto_passwd"), "-c", "-b", str(passwd), "gw", "s3cret"],
-            check=True,
-            capture_output=True,
-        )
-        lines = [
-            f"cafile {self.ca.ca_file}",
-            f"certfile {cert}",
-            f"keyfile {key}",
-            f"password_file {passwd}",
-        ]
-        if mtls:
-            lines += ["require_certificate true", "use_identity_as_username true"]
-        if acl is not None:
-            (folder / "acl").write_text(acl)
-            lines.append(f"acl_file {folder / 'acl'}")
-        super().__init__(folder, binary=require_binary("mosquitto"), extra=lines, anonymous=False)
-        self.start()
 
 
 @pytest.fixture
@@ -152,6 +122,15 @@ def test_mqtt5_refused_puback_does_not_ack(
             assert await h.depth() == 50
             refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
             assert "uplink_publish_refused reason=Not authorized records=50" in refusals
+            await until(
+                lambda: any("uplink_disconnected" in r.getMessage() for r in caplog.records),
+                10,
+                "the session ended",
+            )
+            ended = next(
+                r.getMessage() for r in caplog.records if "uplink_disconnected" in r.getMessage()
+            )
+            assert "publish refused: Not authorized" in ended and "ACL" in ended, ended
         finally:
             await h.close()
 

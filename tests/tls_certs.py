@@ -49,8 +49,11 @@ class TestCA:
         self.ca_file = folder / f"{cn.replace(' ', '_')}.pem"
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, server: bool) -> tuple[Path, Path]:
-        """(certificate file, key file) for `name`; a server certificate is for 127.0.0.1."""
+    def issue(
+        self, name: str, server: bool, dns_names: tuple[str, ...] | None = None
+    ) -> tuple[Path, Path]:
+        """(certificate file, key file) for `name`; a server certificate is for 127.0.0.1 and
+        localhost, or only for `dns_names` when given."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         b = (
@@ -65,7 +68,12 @@ class TestCA:
         if server:
             b = b.add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [x509.DNSName(n) for n in dns_names]
+                    if dns_names is not None
+                    else [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
                 ),
                 critical=False,
             )

@@ -5,7 +5,7 @@ Invariants:
   process killed at any point leaves the previous or the new file, never a torn one;
 - the plan is fixed when the rollout starts (gateways, waves, each one's previous document) and
   a resumed run uses it as written; the document's digest ties the file to its DOC;
-- a gateway's result, once final (applied / rejected / rolled_back / timeout), never changes;
+- a gateway's result, once final (one of FINAL), never changes;
   `pushed` records that its push was acknowledged by the broker.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 from .broker import FleetError
 
-FINAL = ("applied", "rejected", "rolled_back", "timeout", "require_failed")
-FAILURES = ("rejected", "rolled_back", "timeout", "require_failed")
+FINAL = ("applied", "rejected", "rolled_back", "superseded", "timeout", "require_failed")
+FAILURES = ("rejected", "rolled_back", "superseded", "timeout", "require_failed")
 
 
 def parse_waves(text: str, total: int) -> list[int]:

@@ -24,7 +24,8 @@ from .plan import FAILURES, GatewayPlan, Plan, encode, for_gateway, save
 from .state import NAMES, View, read
 
 PUSH_ATTEMPTS = 3
-FINAL_STATUSES = ("applied", "rejected", "rolled_back")  # remote_config.manager.Outcome
+# remote_config.manager.Outcome; superseded: a newer push (not this rollout's) overtook it.
+FINAL_STATUSES = ("applied", "rejected", "rolled_back", "superseded")
 # After `applied`, how long --require may take to become true (state documents come at most 1/s).
 REQUIRE_GRACE_S = 10.0
 
@@ -169,8 +170,8 @@ class Rollout:
         if seen is None:
             return None
         view = read(g.id, seen)
-        o = view.outcome or {}
-        if o.get("version") != version or o.get("status") not in FINAL_STATUSES:
+        o = view.outcome_of(version) or {}
+        if o.get("status") not in FINAL_STATUSES:
             return None
         status, reason = str(o["status"]), str(o.get("reason", ""))
         if status == "applied" and self.require is not None and not self.require(view):
@@ -191,9 +192,10 @@ class Rollout:
         seen = self.broker.states.get(g.id)
         if seen is None:
             return f"no state document within {self.plan.health_timeout_s:g} s"
-        o = read(g.id, seen).outcome or {}
-        if o.get("version") == self.plan.version and o.get("status") == "applied":
+        view = read(g.id, seen)
+        if (view.outcome_of(self.plan.version) or {}).get("status") == "applied":
             return f"--require stayed false for {self.plan.health_timeout_s:g} s"
+        o = view.outcome or {}
         return (
             f"no outcome for version {self.plan.version} within {self.plan.health_timeout_s:g} s "
             f"(last: v{o.get('version')} {o.get('status')})"
@@ -225,8 +227,8 @@ class Rollout:
         while waiting and time.time() < deadline:
             for g in list(waiting):
                 seen = self.broker.states.get(g.id)
-                o = (read(g.id, seen).outcome if seen is not None else None) or {}
-                if o.get("version") == back and o.get("status") in FINAL_STATUSES:
+                o = (read(g.id, seen).outcome_of(back) if seen is not None else None) or {}
+                if o.get("status") in FINAL_STATUSES:
                     g.reverted = f"pushed v{back}: {o.get('status')}"
                     waiting.remove(g)
                     self.save()

@@ -29,6 +29,7 @@ class View:
     buffer_depth: int | None
     buffer_oldest_ts: int | None  # ms
     outcome: dict[str, Any] | None  # the last remote-config outcome: version, status, reason, ts
+    recent: list[dict[str, Any]]  # the recent outcomes, oldest first, ending with `outcome`
     seen_ts: float  # wall seconds: the document's own stamp, else when it reached fleet
     counters: dict[str, float]
 
@@ -40,8 +41,11 @@ class View:
 
     @property
     def last_rollback(self) -> dict[str, Any] | None:
-        o = self.outcome
-        return o if o is not None and o.get("status") == "rolled_back" else None
+        return next((o for o in reversed(self.recent) if o.get("status") == "rolled_back"), None)
+
+    def outcome_of(self, version: int) -> dict[str, Any] | None:
+        """The newest outcome the gateway reported for `version`, if it is still listed."""
+        return next((o for o in reversed(self.recent) if o.get("version") == version), None)
 
     def matches(self, select: dict[str, str]) -> bool:
         return all(
@@ -118,6 +122,10 @@ def read(gateway: str, seen: Seen) -> View:
         else:
             dev_good += 1
     outcome = d.get("config") if isinstance(d.get("config"), dict) else None
+    recent_raw = d.get("config_recent")
+    recent = [o for o in recent_raw if isinstance(o, dict)] if isinstance(recent_raw, list) else []
+    if outcome is not None and (not recent or recent[-1] != outcome):
+        recent.append(outcome)
     ts = _int(d.get("ts"))
     counters_raw = d.get("counters")
     counters = (
@@ -139,6 +147,7 @@ def read(gateway: str, seen: Seen) -> View:
         buffer_depth=_int(d.get("buffer_depth")),
         buffer_oldest_ts=_int(d.get("buffer_oldest_ts")),
         outcome=outcome,
+        recent=recent,
         # A live message is as fresh as its arrival; a retained one is as old as its stamp.
         seen_ts=ts / 1000 if ts is not None and seen.retained else seen.at,
         counters=counters,

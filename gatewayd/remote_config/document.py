@@ -1,7 +1,9 @@
 """Decoding a pushed configuration: size and depth limits, JSON or a signed JWS, never a crash.
 
 A push is either a plain JSON object (the same structure as the TOML file) or, when signatures
-are required, a compact JWS (ES256/RS256) whose payload is that JSON object.
+are required, a compact JWS (ES256/RS256) whose payload is that JSON object. A key twice in one
+object is refused (which one would win is the sender's guess). NaN and Infinity literals are
+let through to the schema, which refuses them with the setting's place and range.
 """
 
 from __future__ import annotations
@@ -29,14 +31,31 @@ def decode_push(payload: bytes, max_bytes: int, signing_key: Any | None = None) 
     elif payload.lstrip()[:1] != b"{":
         raise PushRejected("not a JSON object; send the configuration as a JSON document")
     try:
-        doc = json.loads(payload)
+        doc = json.loads(payload, object_pairs_hook=_unique_keys)
     except RecursionError as exc:
         raise PushRejected(f"nested deeper than {MAX_DEPTH} levels") from exc
+    except _DuplicateKey as exc:
+        raise PushRejected(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PushRejected(f"not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise PushRejected("not a JSON object; send the configuration as a JSON document")
     _check_depth(doc)
+    return doc
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} appears twice in one object; send it once")
+            seen.add(key)
     return doc
 
 

@@ -1,18 +1,30 @@
-"""A pushed configuration's life: validate, refuse stale, try as candidate, keep or roll back."""
+"""A pushed configuration's life: validate, refuse stale, try as candidate, keep or roll back.
+
+Invariants:
+- every push gets exactly one outcome: applied, rejected, rolled_back, or superseded (a newer
+  push arrived while it waited behind a candidate being judged; only the newest waiting one is
+  tried), except a redelivery of a document whose outcome was already reported (the retained
+  config at every reconnect), which is neither counted nor written again;
+- a push may not change what the gateway cannot apply live (buffer, metrics, gateway id) nor
+  what would cut it off from its own config topic (device, client id, config topic): refused
+  (the local file, on SIGHUP, may change the latter);
+- the manager never dies of a push: whatever fails becomes an outcome.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from gatewayd.config import ConfigError, GatewayConfig, load_document
+from gatewayd.config import ConfigError, GatewayConfig, UplinkConfig, load_document
+from gatewayd.config.parse import INT_LIMIT
 from gatewayd.metrics import Metrics
 from gatewayd.reading import now_ms
 
@@ -23,18 +35,20 @@ log = logging.getLogger("gatewayd.remote_config")
 
 # A candidate that was being tried when the process died gets one more start, then is rolled back.
 MAX_STARTS = 2
+RECENT_OUTCOMES = 8
 
 
 class Outcome(StrEnum):
     APPLIED = "applied"
     REJECTED = "rejected"
     ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"
 
 
 class Target(Protocol):
     """What the manager needs from the running gateway."""
 
-    async def reconfigure(self, cfg: GatewayConfig) -> None: ...
+    async def reconfigure(self, cfg: GatewayConfig, trial: bool = True) -> None: ...
 
     async def wait_healthy(self, deadline_s: float) -> str | None:
         """None once healthy; otherwise, at the deadline, the reason it is not."""
@@ -63,6 +77,12 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
         except ConfigError as exc:  # e.g. written by an older gatewayd with another schema
             log.warning("applied_config_unusable version=%d error=%s", applied.version, exc)
     cand = store.candidate()
+    if cand is not None and cand.version > base.version:
+        try:
+            load_document(cand.document)
+        except ConfigError as exc:  # stored by an older gatewayd that let it through
+            log.warning("candidate_unusable version=%d error=%s", cand.version, exc)
+            cand = None
     if cand is None or cand.version <= base.version:
         store.drop_candidate()
         return Startup(base, None, store.last_outcome())
@@ -77,6 +97,13 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
     cand = Stored(cand.version, cand.document, cand.starts + 1)
     store.save_candidate(cand)
     return Startup(base, cand, store.last_outcome())
+
+
+def _version_of(doc: dict[str, Any]) -> int | None:
+    """The version a document claims, if it is one a config may have (for its outcome)."""
+    v = doc.get("version")
+    ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT_LIMIT
+    return v if ok else None
 
 
 def _outcome(version: int | None, status: Outcome, reason: str = "") -> dict[str, Any]:
@@ -102,7 +129,13 @@ class ConfigManager:
         self.metrics = metrics
         self.config_dir = config_dir
         self.last_outcome: dict[str, Any] | None = None
-        self._pending: tuple[bytes, bool] | None = None  # (payload, from the local file)
+        # The state document is published at most once a second: outcomes decided within one
+        # second would hide each other, so the last few travel with it.
+        self.recent_outcomes: deque[dict[str, Any]] = deque(maxlen=RECENT_OUTCOMES)
+        # The newest push waiting behind the one being handled: (payload, from the local file).
+        self._pending: tuple[bytes | dict[str, Any], bool] | None = None
+        self._handling: bytes | dict[str, Any] | None = None
+        self._last_rejected: bytes | None = None  # a rejected payload is not reported twice
         self._wake = asyncio.Event()
         self._key: Any = None
         self._load_signing_key()
@@ -118,14 +151,42 @@ class ConfigManager:
         self._key = load_pem_public_key(path.read_bytes())
 
     def on_push(self, payload: bytes) -> None:
-        """Called from the uplink for every message on the config topic; the newest one wins."""
-        self._pending = (payload, False)
-        self._wake.set()
+        """Called from the uplink for every message on the config topic."""
+        self._enqueue(payload, False)
 
     def on_local(self, doc: dict[str, Any]) -> None:
         """SIGHUP: the local file goes through the same path, trusted (no signature needed)."""
-        self._pending = (json.dumps(doc).encode(), True)
+        self._enqueue(doc, True)
+
+    def _enqueue(self, item: bytes | dict[str, Any], trusted: bool) -> None:
+        """Latest wins: a push still waiting when a newer one comes is reported superseded."""
+        if item == self._handling:
+            # The broker redelivers the retained document (the uplink reconnected while it was
+            # being tried): it is the one being judged, and gets that verdict.
+            log.debug("config_redelivery_ignored")
+            return
+        if self._pending is not None:
+            old = self._pending[0]
+            if old != item:
+                self._emit(
+                    self._peek_version(old, self._pending[1]),
+                    Outcome.SUPERSEDED,
+                    "a newer push arrived while it waited for the configuration being tried; "
+                    "only the newest is tried",
+                )
+        self._pending = (item, trusted)
         self._wake.set()
+
+    def _peek_version(self, item: bytes | dict[str, Any], trusted: bool) -> int | None:
+        try:
+            doc = item if isinstance(item, dict) else self._decode(item, trusted)
+        except PushRejected:
+            return None
+        return _version_of(doc)
+
+    def _decode(self, payload: bytes, trusted: bool) -> dict[str, Any]:
+        rc = self.current.remote_config
+        return decode_push(payload, rc.max_document_bytes, None if trusted else self._key)
 
     async def run(self, trial: Stored | None = None) -> None:
         if trial is not None:
@@ -134,34 +195,51 @@ class ConfigManager:
             await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, None
-            if pending is not None:
-                try:
-                    await self.handle(*pending)
-                except Exception:  # a push must never take the manager down
-                    log.exception("config_push_failed")
+            if pending is None:
+                continue
+            self._handling = pending[0]
+            try:
+                await self.handle(*pending)
+            except Exception as exc:  # a push must never take the manager down, nor go unanswered
+                log.exception("config_push_failed")
+                self._emit(
+                    self._peek_version(*pending), Outcome.REJECTED, f"internal error: {exc!r}"
+                )
+            finally:
+                self._handling = None
 
     def _emit(self, version: int | None, status: Outcome, reason: str = "") -> None:
         out = _outcome(version, status, reason)
         self.last_outcome = out
-        if status is not Outcome.REJECTED:  # rejections change nothing on disk; keep writes few
+        self.recent_outcomes.append(out)
+        if status in (Outcome.APPLIED, Outcome.ROLLED_BACK):  # others change nothing on disk
             self.store.note_outcome(out)
         self.metrics.inc("config_outcomes", status=str(status))
         log.info("config_%s version=%s reason=%r", status, version, reason)
         self.report(out)
 
-    async def handle(self, payload: bytes, trusted: bool = False) -> Outcome:
+    async def handle(self, payload: bytes | dict[str, Any], trusted: bool = False) -> Outcome:
         version: int | None = None
+        raw = payload if isinstance(payload, bytes) else None
+        if raw is not None and raw == self._last_rejected:
+            log.debug("config_replay_ignored status=rejected")  # the retained push, again
+            return Outcome.REJECTED
         try:
-            rc = self.current.remote_config
-            doc = decode_push(payload, rc.max_document_bytes, None if trusted else self._key)
-            v = doc.get("version")
-            version = v if isinstance(v, int) and not isinstance(v, bool) else None
+            doc = payload if isinstance(payload, dict) else self._decode(payload, trusted)
+            version = _version_of(doc)
             cfg = load_document(doc)
-            self._check_allowed(cfg)
+            self._check_allowed(cfg, trusted)
         except (PushRejected, ConfigError) as exc:
+            self._last_rejected = raw
             self._emit(version, Outcome.REJECTED, str(exc))
             return Outcome.REJECTED
+        self._last_rejected = None
         if digest(doc) == self.lkg.digest:
+            last = self.last_outcome or {}
+            if last.get("version") == cfg.version and last.get("status") == Outcome.APPLIED:
+                # Redelivered at every reconnect (retained): reported once, not counted again.
+                log.debug("config_replay_ignored version=%d status=applied", cfg.version)
+                return Outcome.APPLIED
             self._emit(cfg.version, Outcome.APPLIED, "identical to the applied configuration")
             return Outcome.APPLIED
         if self.store.is_last_rollback(cfg.version, digest(doc)):
@@ -170,6 +248,7 @@ class ConfigManager:
             return Outcome.ROLLED_BACK
         highest = max(self.store.highest_tried(), self.lkg.version)
         if cfg.version <= highest:
+            self._last_rejected = raw
             self._emit(
                 cfg.version,
                 Outcome.REJECTED,
@@ -206,13 +285,13 @@ class ConfigManager:
     async def _rollback(self, cand: Stored, reason: str) -> Outcome:
         good = load_document(self.lkg.document)
         self.store.note_rollback(cand, reason)
-        await self.target.reconfigure(good)
+        await self.target.reconfigure(good, trial=False)
         self.current = good
         self.store.drop_candidate()
         self._emit(cand.version, Outcome.ROLLED_BACK, f"{reason}; back on version {good.version}")
         return Outcome.ROLLED_BACK
 
-    def _check_allowed(self, cfg: GatewayConfig) -> None:
+    def _check_allowed(self, cfg: GatewayConfig, trusted: bool = False) -> None:
         """Settings a push may not change: they would strand records or lock the cloud out."""
         from gatewayd.drivers import load_driver
 
@@ -229,6 +308,29 @@ class ConfigManager:
                 "cannot be changed by a push",
                 "it would strand the buffered records; change the local file",
             )
+        # Read once at start, so a push could only pretend to apply them: refused instead.
+        for place, new, old in (
+            ("buffer", cfg.buffer, cur.buffer),
+            ("metrics", cfg.metrics, cur.metrics),
+            ("gateway.id", cfg.gateway_id, cur.gateway_id),
+        ):
+            if new != old:
+                key = next(
+                    (
+                        f"{place}.{k}"
+                        for k in getattr(new, "__slots__", ())
+                        if getattr(new, k) != getattr(old, k)
+                    ),
+                    place,
+                )
+                beyond = " (an address beyond loopback in particular)" if place == "metrics" else ""
+                raise ConfigError(
+                    key,
+                    "cannot be changed by a push: it is not applied while the gateway runs",
+                    f"change it in the local file{beyond} and restart the gateway",
+                )
+        if not trusted:  # the local file (SIGHUP) may move the gateway: it is not heard there
+            self._check_identity(cfg)
         if cfg.remote_config.enabled != cur.remote_config.enabled:
             raise ConfigError(
                 "remote_config.enabled", "cannot be changed by a push", "change the local file"
@@ -244,3 +346,29 @@ class ConfigManager:
             )
         for i, dev in enumerate(cfg.devices):
             load_driver(dev.driver, f"devices[{i}].driver")
+
+    def _check_identity(self, cfg: GatewayConfig) -> None:
+        """The gateway hears pushes only on its own config topic, as its own client: a push that
+        moved either would be the last one it ever heard (across restarts, too)."""
+        cur, new = self.current.uplink, cfg.uplink
+        for key, before, after in (
+            ("uplink.device", cur.device, new.device),
+            ("uplink.client_id", _client_id(cur), _client_id(new)),
+            ("uplink.topics.config", _topic(cur, "config"), _topic(new, "config")),
+        ):
+            if before != after:
+                raise ConfigError(
+                    key,
+                    f"would change {before!r} to {after!r} and cut the gateway off from its "
+                    "config topic",
+                    "the device identity and the config topic change only in the local file",
+                )
+
+
+def _client_id(up: UplinkConfig) -> str:
+    return up.client_id.format(**up.template_values())
+
+
+def _topic(up: UplinkConfig, name: str) -> str:
+    template: str = getattr(up.topics, name)
+    return template.format(**up.template_values())

@@ -4,7 +4,9 @@
 - `candidate.json`: a document being tried, with how many process starts it has seen;
 - `history.json`: the highest version ever tried, the last rollback, and the last outcome
   reported (re-reported after a restart).
-Every write is atomic (write, fsync, rename, fsync the directory).
+Every write is atomic (write, fsync, rename, fsync the directory) and strict JSON. A version that
+is not an integer in 0..2**53-1 (a hand edit, or an older gatewayd that let 10**400 through) makes
+its file count as absent, so it cannot block pushes or break the metrics across restarts.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from typing import Any
 
 from gatewayd.files import write_atomic
 
+MAX_VERSION = 2**53 - 1  # config.parse.INT_LIMIT
+
+
+def _version(v: Any) -> int | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_VERSION
+    return v if ok else None
+
 
 def digest(doc: dict[str, Any]) -> str:
     """Content identity of a document, independent of key order and formatting."""
     return hashlib.sha256(
-        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     ).hexdigest()
 
 
@@ -52,15 +61,20 @@ class ConfigStore:
         return data if isinstance(data, dict) else None
 
     def _write(self, name: str, data: dict[str, Any]) -> None:
-        write_atomic(self.dir / name, json.dumps(data, sort_keys=True))
+        write_atomic(self.dir / name, json.dumps(data, sort_keys=True, allow_nan=False))
+
+    def _stored(self, name: str) -> Stored | None:
+        d = self._read(name) or {}
+        version, doc, starts = _version(d.get("version")), d.get("document"), d.get("starts", 0)
+        if version is None or not isinstance(doc, dict) or not isinstance(starts, int):
+            return None
+        return Stored(version, doc, starts)
 
     def applied(self) -> Stored | None:
-        d = self._read("applied.json")
-        return Stored(int(d["version"]), d["document"]) if d else None
+        return self._stored("applied.json")
 
     def candidate(self) -> Stored | None:
-        d = self._read("candidate.json")
-        return Stored(int(d["version"]), d["document"], int(d.get("starts", 0))) if d else None
+        return self._stored("candidate.json")
 
     def save_candidate(self, c: Stored) -> None:
         self._write(
@@ -77,11 +91,12 @@ class ConfigStore:
 
     def highest_tried(self) -> int:
         d = self._read("history.json") or {}
-        return int(d.get("highest_tried", -1))
+        v = _version(d.get("highest_tried"))
+        return -1 if v is None else v
 
     def note_tried(self, version: int) -> None:
         d = self._read("history.json") or {}
-        if version > int(d.get("highest_tried", -1)):
+        if version > self.highest_tried():
             d["highest_tried"] = version
             self._write("history.json", d)
 

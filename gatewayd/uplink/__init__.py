@@ -1,9 +1,18 @@
-"""Uplink bridge: one MQTT connection to the cloud, QoS 1 batches, ack-to-buffer on PUBACK."""
+"""Uplink: one MQTT connection to the cloud, QoS 1 batches, ack-to-buffer on PUBACK.
+
+Modules, by job: session.py (the connect/publish/reconnect loop), window.py (take -> publish ->
+PUBACK -> ack), credentials.py (password, device JWT and when each is renewed), device_jwt.py
+(keys and token minting), connect.py (the paho client from settings), tls.py (verification and
+the client certificate), paho_socket.py (paho's socket on the asyncio loop), diagnose.py
+(failures in words, with the settings to check), outage.py (how an outage shows in the log),
+errors.py, backoff.py, payload.py (encoders).
+"""
 
 from .backoff import full_jitter
-from .bridge import StateSource, Uplink, UplinkError
 from .device_jwt import load_private_key, mint_jwt
+from .errors import UplinkError
 from .payload import Encoder, encode_json, load_encoder
+from .session import StateSource, Uplink
 
 __all__ = [
     "Encoder",

@@ -3,7 +3,7 @@
 Not a general-purpose broker: clean sessions only, QoS 0 and 1, no persistence. What it adds is
 what a test of a gateway needs: every CONNECT checked against the device registry (or accepted
 when no registry is given), a connection closed when its token expires, a recorder of received
-records by id, and fault switches (stop acknowledging, drop every client).
+records by id, and fault switches (stop acknowledging, drop every client, close on a SUBSCRIBE).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class AuthEvent:
     at: float
     claims: dict[str, Any] = field(default_factory=dict)
     kid: str | None = None
+    username: str | None = None
 
 
 class Broker:
@@ -94,6 +95,9 @@ class Broker:
         self.acks_enabled = True  # fault switch: a broker that silently stops acknowledging
         self.ack_delay_s = 0.0  # fault switch: a slow broker (or a long round trip)
         self.on_message: Callable[[str, bytes], None] | None = None
+        # Fault switch: close the connection on a SUBSCRIBE to a pattern this refuses, with no
+        # SUBACK (NATS does so for '.' or ' ' in a topic, RabbitMQ for a missing scope).
+        self.close_on_subscribe: Callable[[str], bool] | None = None
         self.connections = 0
         self.expired_disconnects = 0  # connections closed because their token expired
         self._server: asyncio.Server | None = None
@@ -209,7 +213,7 @@ class Broker:
         password = c.blob() if flags & 0x40 else None
         code, reason, device, exp, claims, kid = self._authenticate(client_id, username, password)
         self.auth_log.append(
-            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid)
+            AuthEvent(client_id, code == ACCEPTED, reason, time.time(), claims, kid, username)
         )
         if code != ACCEPTED:
             log.info("connect_refused client=%s reason=%s", client_id, reason)
@@ -256,6 +260,8 @@ class Broker:
                 codes = bytearray()
                 while c.more:
                     pattern, qos = c.text(), c.u8() & 0x03
+                    if self.close_on_subscribe is not None and self.close_on_subscribe(pattern):
+                        raise ProtocolError(f"{s.client_id} may not subscribe to {pattern}")
                     if not self._allowed(s, pattern.replace("#", "x").replace("+", "x")):
                         codes.append(0x80)
                         continue

@@ -1,0 +1,161 @@
+"""Cloud profiles as data: the defaults a cloud needs and the hard limits it enforces.
+
+`[uplink] profile` picks one; each of its defaults can be overridden in [uplink], its limits
+cannot: `load` (so `gatewayd check` as well as `run`) refuses a setting that breaks one, with
+the place and the fix. Without a profile the defaults are Cloud IoT Core's and nothing extra is
+enforced (configs written before profiles existed keep working). Under `profile = "mqtt"` (any
+broker) `broker` names the broker when it has limits of its own (NATS, RabbitMQ).
+
+Invariant: topics are checked as the broker will see them, after templating with the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .errors import ConfigError
+from .model import TopicsConfig, UplinkConfig
+
+CLOUD_IOT_CLIENT_ID = UplinkConfig().client_id
+PAYLOAD_256K = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    protocols: tuple[str, ...] = ("3.1.1", "5")
+    tls_required: bool = False
+    auth_kinds: tuple[str, ...] = ("jwt", "password", "none")
+    max_payload_bytes: int | None = None
+    max_keepalive_s: int | None = None
+    retained: bool = True  # the broker keeps retained messages
+    topic_forbidden: str = ""  # characters a topic must not contain
+    why: str = ""  # who imposes these limits, for the error text
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    host: str  # a template over region; "" when the user must set it
+    port: int = 8883
+    client_id: str = CLOUD_IOT_CLIENT_ID
+    auth_kind: str | None = "jwt"  # None: the user must choose [uplink.auth] kind
+    username: str = "unused"  # a template, like the client id
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    batch_max_bytes: int = PAYLOAD_256K
+    limits: Limits = field(default_factory=Limits)
+
+
+_IOT_CORE = Limits(
+    protocols=("3.1.1",),
+    tls_required=True,
+    auth_kinds=("jwt",),
+    max_payload_bytes=PAYLOAD_256K,
+)
+
+PROFILES: dict[str, Profile] = {
+    "": Profile("", host="mqtt.googleapis.com"),  # no profile: Cloud IoT Core's defaults only
+    "cloud-iot-core": Profile(
+        "cloud-iot-core",
+        host="mqtt.googleapis.com",
+        limits=replace(_IOT_CORE, why="Cloud IoT Core"),
+    ),
+    # Cloud IoT Core's successor: the same client id, JWT and topics; regional hosts, no retained
+    # messages, and an idle limit of 20 minutes whatever the keepalive.
+    "clearblade": Profile(
+        "clearblade",
+        host="{region}-mqtt.clearblade.com",
+        limits=replace(_IOT_CORE, retained=False, max_keepalive_s=1200, why="ClearBlade IoT Core"),
+    ),
+    "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None, username="{device}"),
+}
+
+# Brokers under profile = "mqtt" that refuse or rewrite what others accept.
+BROKERS: dict[str, Limits] = {
+    "": Limits(),
+    "mosquitto": Limits(),
+    "emqx": Limits(),
+    "hivemq": Limits(),
+    # NATS closes the connection on a '.' or ' ' in a topic and speaks MQTT 3.1.1 only.
+    "nats": Limits(protocols=("3.1.1",), topic_forbidden=". ", why="NATS"),
+    # RabbitMQ maps '/' to '.' in routing keys: a '.' in a topic silently becomes a level.
+    "rabbitmq": Limits(topic_forbidden=".", why="RabbitMQ"),
+}
+
+
+def defaults(profile: Profile, region: str) -> UplinkConfig:
+    """The [uplink] defaults under `profile` (host templated with the region)."""
+    d = UplinkConfig()
+    return replace(
+        d,
+        host=profile.host.format(region=region) if profile.host else "",
+        port=profile.port,
+        client_id=profile.client_id,
+        batch_max_bytes=profile.batch_max_bytes,
+        topics=profile.topics,
+        auth=replace(d.auth, username=profile.username),
+    )
+
+
+def _fail(place: str, problem: str, limits: Limits, fix: str) -> ConfigError:
+    return ConfigError(place, f"{problem} ({limits.why} does not allow it)", fix)
+
+
+def check(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
+    """Refuse what `limits` forbid, naming the setting (`at(key)` is its place) and the fix."""
+    if cfg.protocol not in limits.protocols:
+        raise _fail(
+            at("protocol"),
+            f"{cfg.protocol!r} is not supported",
+            limits,
+            f'set protocol = "{limits.protocols[0]}"',
+        )
+    if limits.tls_required and not cfg.tls.enabled:
+        raise _fail(at("tls.enabled"), "false", limits, "set enabled = true")
+    if cfg.auth.kind not in limits.auth_kinds:
+        raise _fail(
+            at("auth.kind"),
+            f"{cfg.auth.kind!r}",
+            limits,
+            f'use kind = "{limits.auth_kinds[0]}"',
+        )
+    if limits.max_payload_bytes is not None and cfg.batch_max_bytes > limits.max_payload_bytes:
+        raise _fail(
+            at("batch_max_bytes"),
+            f"{cfg.batch_max_bytes} is above the message limit of {limits.max_payload_bytes}",
+            limits,
+            f"use at most {limits.max_payload_bytes}",
+        )
+    if limits.max_keepalive_s is not None and cfg.keepalive_s >= limits.max_keepalive_s:
+        raise _fail(
+            at("keepalive_s"),
+            f"{cfg.keepalive_s} reaches the idle limit of {limits.max_keepalive_s} s",
+            limits,
+            f"use less than {limits.max_keepalive_s}",
+        )
+    if not limits.retained:
+        if cfg.retain_state:
+            raise _fail(at("retain_state"), "true", limits, "set retain_state = false")
+        if cfg.presence.enabled:
+            raise _fail(
+                at("presence.enabled"),
+                "true: presence is a retained message",
+                limits,
+                "set enabled = false and read presence from the state document",
+            )
+    if limits.topic_forbidden:
+        values = cfg.template_values()
+        topics = {f"topics.{n}": getattr(cfg.topics, n) for n in TopicsConfig.__dataclass_fields__}
+        if cfg.presence.enabled:
+            topics["presence.topic"] = cfg.presence.topic
+        for key, template in topics.items():
+            topic = template.format(**values)
+            bad = sorted({c for c in topic if c in limits.topic_forbidden})
+            if bad:
+                shown = " and ".join(repr(c) for c in bad)
+                raise _fail(
+                    at(key),
+                    f"{topic!r} contains {shown}",
+                    limits,
+                    f"choose a device id or a topic template without {shown}",
+                )

@@ -1,0 +1,484 @@
+"""The session loop: connect, publish from the buffer, reconnect with jittered backoff.
+
+Invariants:
+- a refused PUBACK ends the session, so the refused records come again after the reconnect, in
+  order (the window acks only accepted ones; see window.py);
+- on any disconnect the in-flight set is forgotten and the buffer rewound, so everything not acked
+  is sent again, in order; PUBACKs that arrived before the socket closed are acked first;
+- a PUBACK that does not come within `puback_timeout_s` marks the session dead: a broker that
+  stops acknowledging without closing the socket (revoked token) cannot stall delivery forever;
+  keepalive pings catch a network that black-holes packets (no RST) after about 2 x keepalive;
+- a credential refresh (credentials.py) stops taking new records, waits for the in-flight ones,
+  then reconnects with a new token: nothing is lost and nothing overtakes;
+- every SUBACK return code is checked: a refused subscription is logged at WARNING with its topic
+  and the broker's code (once per topic and code; repeats at DEBUG); a session the broker closes
+  before answering SUBSCRIBE, or after refusing it and before any PUBACK, is a failure that
+  names the topics, not a recovery;
+- with [uplink.presence] on, the broker holds a retained "online" while a session lives and
+  "offline" after it: published at a clean stop, and the connection's last will otherwise;
+- outages are logged by outage.py: the first failure at WARNING with its cause and the settings
+  to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
+  subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
+
+The pieces: connect.py builds the paho client, paho_socket.py drives its socket from this loop
+(every paho callback below runs on the loop thread), window.py keeps take -> PUBACK -> ack,
+diagnose.py puts failures into words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gatewayd.buffer import Buffer
+from gatewayd.clock import clock_plausible
+from gatewayd.config import UplinkConfig
+from gatewayd.logs import quote
+from gatewayd.metrics import Metrics
+
+from . import diagnose
+from .backoff import full_jitter
+from .connect import connect_options, make_client
+from .credentials import credentials_for
+from .errors import UplinkError
+from .outage import OutageLog
+from .paho_socket import SocketAdapter
+from .payload import Encoder, load_encoder
+from .window import InflightWindow
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+log = logging.getLogger("gatewayd.uplink")
+
+MessageHandler = Callable[[str, bytes], None]
+# The gateway's state as the daemon sees it (config version, health, counters, buffer depth...).
+StateSource = Callable[[], Awaitable[Mapping[str, Any]]]
+
+STATE_MIN_INTERVAL_S = 1.0
+# A session shorter than this does not reset the backoff: a broker that accepts and then drops
+# at once must not be hammered at the base delay.
+STABLE_SESSION_S = 10.0
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        buffer: Buffer,
+        metrics: Metrics,
+        key_dir: Path = Path("."),
+        on_message: MessageHandler | None = None,
+        state: StateSource | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Loads the device key and the encoder now, so a bad key stops the daemon at start."""
+        self.cfg = cfg
+        self.buffer = buffer
+        self.metrics = metrics
+        self.on_message = on_message
+        self.state = state
+        self.wall_clock = wall_clock  # tokens and the clock sanity check; intervals are monotonic
+        self.encode: Encoder = load_encoder(cfg.encoder)
+        values = cfg.template_values()
+        self.client_id = cfg.client_id.format(**values)
+        self.topics = {
+            name: getattr(cfg.topics, name).format(**values)
+            for name in ("events", "state", "config", "commands", "command_results")
+        }
+        if cfg.presence.enabled:
+            self.topics["presence"] = cfg.presence.topic.format(**values)
+        self.credentials = credentials_for(cfg, key_dir, lambda: self.wall_clock(), metrics)
+        self.window = InflightWindow(cfg.inflight_window, self.encode, cfg.batch_max_bytes, metrics)
+        self.outage = OutageLog()
+        self.connected = False
+        self.last_error: str | None = None
+        self._client: mqtt.Client | None = None
+        self._sockets: SocketAdapter | None = None
+        self._wake = asyncio.Event()  # a PUBACK arrived, or the session ended
+        self._connack: asyncio.Future[Any] | None = None
+        self._closed: asyncio.Future[str] | None = None
+        self._broken: str | None = None  # why the current session must end (refused PUBACK)
+        self._connected_at = 0.0  # monotonic, of the current session's CONNACK
+        self._subscriptions: list[str] = []  # topics of the current session's SUBSCRIBE
+        self.subscribed = False  # the broker answered this session's SUBSCRIBE (SUBACK)
+        self._refused: list[str] = []  # topics this session's SUBACK refused, with the code
+        self._warned: set[str] = set()  # refusals already logged at WARNING
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._next_send = 0.0
+        self._last_state: bytes | None = None
+        self._next_state = 0.0
+        self._rng = random.Random()
+
+    @property
+    def first_puback_at(self) -> float | None:
+        """Monotonic time of the current session's first PUBACK."""
+        return self.window.first_puback_at
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect with jittered backoff; returns after `stop()`."""
+        self._sockets = SocketAdapter(asyncio.get_running_loop(), self.cfg.keepalive_s)
+        self.credentials.load()
+        attempt = 0
+        reminted = False
+        held_streak = 0
+        while not self._stopping:
+            if self._needs_clock() and not clock_plausible(self.wall_clock()):
+                self._set_error("clock_implausible")
+                self.metrics.set("uplink_clock_held", 1)
+                level = logging.WARNING if held_streak == 0 else logging.DEBUG
+                log.log(level, "uplink_held reason=clock_implausible now=%d", self.wall_clock())
+                held_streak += 1
+                await self._sleep(1.0)
+                continue
+            if held_streak:
+                log.info("uplink_clock_recovered held_checks=%d", held_streak)
+                held_streak = 0
+                self.metrics.set("uplink_clock_held", 0)
+            reconnect_now = False
+            started = time.monotonic()
+            try:
+                await self._connect()
+                reminted = False
+                reconnect_now = await self._session()
+                if time.monotonic() - started >= STABLE_SESSION_S or reconnect_now:
+                    attempt = 0
+            except UplinkError as exc:
+                self._set_error(exc.reason)
+                self.metrics.inc("uplink_connect_failures")
+                # A refused token may be a stale one: mint a fresh token once, at once.
+                if exc.auth_refused and self.credentials.remint_on_refusal and not reminted:
+                    reminted = True
+                    self.metrics.inc("uplink_auth_remints")
+                    reconnect_now = True
+                    log.debug("uplink_auth_remint reason=%s", quote(exc.reason))
+                else:
+                    self.outage.failed("uplink_connect_failed", exc.reason, exc.fix)
+            finally:
+                await self._end_session(refresh=reconnect_now)
+            if self._stopping or reconnect_now:
+                continue
+            delay = full_jitter(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, self._rng)
+            attempt += 1
+            self.metrics.inc("uplink_reconnects")
+            await self._sleep(delay)
+
+    async def stop(self, drain_s: float = 3.0) -> None:
+        """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect.
+
+        `run()` returns soon after; what is still unacknowledged stays in the buffer.
+        """
+        self._stop_deadline = time.monotonic() + drain_s
+        self._stopping = True
+        self._wake.set()
+        while self.connected and time.monotonic() < self._stop_deadline + 1.0:
+            await asyncio.sleep(0.02)
+
+    def _needs_clock(self) -> bool:
+        # A wrong clock makes tokens and certificate validity checks fail; plain MQTT works.
+        return self.cfg.auth.kind == "jwt" or self.cfg.tls.enabled
+
+    def _set_error(self, reason: str) -> None:
+        self.last_error = reason
+        self.metrics.set("uplink_connected", 0)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._sockets is not None
+        try:
+            self._client = client = make_client(
+                self.cfg, self.client_id, self.credentials, self.topics.get("presence")
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:  # unreadable CA or client cert
+            raise diagnose.connect_failed(exc, self.cfg) from exc
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._sockets.attach(client)
+        self._connack = loop.create_future()
+        self._closed = loop.create_future()
+        self._broken = None
+        self.window.new_session()
+        try:
+            connect = functools.partial(
+                client.connect,
+                self.cfg.host,
+                self.cfg.port,
+                self.cfg.keepalive_s,
+                **connect_options(self.cfg),
+            )
+            await loop.run_in_executor(None, connect)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise diagnose.connect_failed(exc, self.cfg) from exc
+        try:
+            reason = await asyncio.wait_for(
+                asyncio.shield(self._connack), self.cfg.connect_timeout_s
+            )
+        except TimeoutError as exc:
+            raise UplinkError(f"no CONNACK within {self.cfg.connect_timeout_s:g} s") from exc
+        if isinstance(reason, _Closed):
+            raise diagnose.closed_before_connack(reason.text, self.cfg)
+        if reason is not None:
+            raise diagnose.refused(reason, self.cfg)
+        self.connected = True
+        self._connected_at = time.monotonic()
+        self.last_error = None
+        self._last_state = None
+        self._next_state = 0.0
+        self.metrics.set("uplink_connected", 1)
+        self.metrics.inc("uplink_connects")
+        # During an outage the connect is not news yet: `uplink_recovered` follows the SUBACK.
+        log.log(
+            logging.DEBUG if self.outage.down else logging.INFO,
+            "uplink_connected host=%s port=%d client_id=%s protocol=%s",
+            self.cfg.host,
+            self.cfg.port,
+            self.client_id,
+            self.cfg.protocol,
+        )
+        if "presence" in self.topics:
+            client.publish(self.topics["presence"], self.cfg.presence.online, qos=1, retain=True)
+        self._subscriptions = [self.topics["config"], self.topics["commands"]]
+        self.subscribed = False
+        self._refused = []
+        client.subscribe([(t, 1) for t in self._subscriptions])
+
+    async def _session(self) -> bool:
+        """Publish until the connection ends; True when it ended for a credential refresh."""
+        assert self._client is not None and self._closed is not None
+        client, closed, window = self._client, self._closed, self.window
+        refresh_at = self.credentials.refresh_at()
+        appended = self.buffer.appended
+        interval = 1.0 / self.cfg.max_messages_per_s
+        while not closed.done():
+            now = time.monotonic()
+            if self._stopping:  # take nothing new; leave once in-flight messages are acked
+                await window.flush(self.buffer)
+                if not window or now >= self._stop_deadline:
+                    return False
+                self._wake.clear()
+                await _first([self._wake.wait()], timeout=0.1, stop=closed)
+                continue
+            if self._broken is not None:
+                self._set_error(self._broken)
+                return False
+            if self.outage.down and (
+                window.first_puback_at is not None or now - self._connected_at >= STABLE_SESSION_S
+            ):
+                self.outage.recovered(self._where())
+            if now >= refresh_at:
+                await self._refresh_drain(closed)
+                return True
+            oldest = window.oldest_sent_at()
+            if oldest is not None and now - oldest > self.cfg.puback_timeout_s:
+                log.warning("uplink_puback_timeout inflight=%d", len(window))
+                self.metrics.inc("uplink_puback_timeouts")
+                self._set_error("puback_timeout")
+                return False
+            if self.state is not None and now >= self._next_state:
+                await self._publish_state(client)
+            # Clear before any await, so a PUBACK or append that lands meanwhile is not missed.
+            self._wake.clear()
+            appended.clear()
+            await window.flush(self.buffer)
+            if window.full():
+                waiters = [self._wake.wait()]
+            elif now < self._next_send:  # rate limit: messages are paced, not burst
+                await _first([], timeout=self._next_send - now, stop=closed)
+                continue
+            else:
+                # The take counts body bytes only; the window splits what the ids overflow.
+                entries = await self.buffer.take(
+                    self.cfg.batch_max_records, self.cfg.batch_max_bytes
+                )
+                if entries:
+                    sent = window.publish(client, self.topics["events"], entries)
+                    self._next_send = max(self._next_send, now) + interval * sent
+                    continue
+                waiters = [appended.wait(), self._wake.wait()]
+            await _first(waiters, timeout=min(1.0, STATE_MIN_INTERVAL_S), stop=closed)
+        return False
+
+    async def _refresh_drain(self, closed: asyncio.Future[str]) -> None:
+        """Before reconnecting with a new token, give in-flight messages time to be acked."""
+        deadline = self.credentials.drain_until(self.cfg.puback_timeout_s)
+        while self.window and not closed.done() and time.monotonic() < deadline:
+            self._wake.clear()
+            await _first([self._wake.wait()], timeout=0.2, stop=closed)
+        log.info("uplink_token_refresh inflight_left=%d", len(self.window))
+        self.metrics.inc("uplink_token_refreshes")
+
+    def publish_json(self, topic_name: str, doc: dict[str, Any]) -> bool:
+        """Publish one message outside the buffer (command results); False when offline."""
+        if not (self.connected and self._client is not None):
+            return False
+        info = self._client.publish(
+            self.topics[topic_name], json.dumps(doc, allow_nan=False), qos=1
+        )
+        return info.rc == 0
+
+    def state_changed(self) -> None:
+        """Something in the state document changed: publish it soon (still at most 1/s)."""
+        self._wake.set()
+
+    async def _publish_state(self, client: mqtt.Client) -> None:
+        """The gateway state, on change and at most once per second (QoS 1, not buffered)."""
+        assert self.state is not None
+        self._next_state = time.monotonic() + STATE_MIN_INTERVAL_S
+        try:
+            doc = await self.state()
+            payload = json.dumps(
+                doc, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False
+            ).encode()
+        except Exception:  # a broken state source must not stop delivery
+            log.exception("state_source_failed")
+            return
+        retain = self.cfg.retain_state
+        if (
+            payload != self._last_state
+            and client.publish(self.topics["state"], payload, qos=1, retain=retain).rc == 0
+        ):
+            self._last_state = payload
+            self.metrics.inc("uplink_state_published")
+
+    async def _end_session(self, refresh: bool = False) -> None:
+        client, self._client = self._client, None
+        was_connected = self.connected
+        self.connected = False
+        self.metrics.set("uplink_connected", 0)
+        if client is not None and was_connected and self._stopping and "presence" in self.topics:
+            # A clean DISCONNECT discards the will, so say it ourselves (sent before it).
+            client.publish(self.topics["presence"], self.cfg.presence.offline, qos=1, retain=True)
+        if client is not None and self._sockets is not None:
+            self._sockets.close(client)
+        # No callback can run any more (socket closed, reader removed), so every PUBACK that
+        # came in is in the window's acks: acked before the rewind, they are not sent again.
+        await self.window.flush(self.buffer)
+        self.window.forget()
+        await self.buffer.rewind()
+        if not was_connected or refresh:  # a refresh is logged as uplink_token_refresh
+            return
+        if self._stopping:
+            log.info("uplink_disconnected reason=stopped")
+        elif not self.subscribed:
+            lived = time.monotonic() - self._connected_at
+            self._set_error("closed after CONNACK, before SUBACK")
+            self.outage.failed(
+                "uplink_disconnected",
+                f"the broker closed the connection {lived:.1f} s after accepting it, before "
+                f"answering SUBSCRIBE to {', '.join(self._subscriptions)}",
+                "if it repeats, the broker refused a topic or this client's permission to "
+                "subscribe: check [uplink.topics] config and commands (NATS allows no '.' or "
+                "' ' in topics) and the broker's ACL or token scopes; its log names the reason",
+            )
+        elif self._refused and self.window.first_puback_at is None:
+            lived = time.monotonic() - self._connected_at
+            self._set_error("closed after a refused SUBSCRIBE")
+            self.outage.failed(
+                "uplink_disconnected",
+                f"the broker closed the connection {lived:.1f} s after accepting it; it had "
+                f"refused SUBSCRIBE to {', '.join(self._refused)} and acknowledged no message",
+                "the broker does not accept these topics: check [uplink] device and "
+                "[uplink.topics] (NATS allows no '.' or ' ' in topics; RabbitMQ needs read and "
+                "configure scopes) and the broker's ACL; its log names the reason",
+            )
+        else:
+            reason = self.last_error or "connection lost"
+            self.outage.failed("uplink_disconnected", reason, diagnose.session_fix(reason))
+
+    # -- paho callbacks (loop thread) --------------------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.window.session_started(getattr(props, "ReceiveMaximum", None))
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(rc if rc.is_failure else None)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(_Closed(str(rc)))
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(str(rc))
+            if self.connected:
+                from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+                self._set_error(diagnose.connection_lost(rc, from_server))
+        self._wake.set()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        broken = self.window.on_puback(mid, rc)
+        if broken is not None:
+            self._broken = broken
+        self._wake.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self.subscribed = True
+        for topic, rc in zip(self._subscriptions, codes, strict=False):
+            if rc.is_failure:
+                self.metrics.inc("uplink_subscribe_refused")
+                refusal = f"{topic} (0x{rc.value:02x})"
+                self._refused.append(refusal)
+                first = refusal not in self._warned
+                self._warned.add(refusal)
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "uplink_subscribe_refused topic=%s code=0x%02x reason=%s fix=%s",
+                    quote(topic),
+                    rc.value,
+                    quote(str(rc)),
+                    quote(
+                        "nothing arrives on this topic: grant this client the right to subscribe "
+                        "to it in the broker's ACL or token scopes, or fix [uplink.topics]"
+                    ),
+                )
+        if not self._refused:  # a refused topic may yet close the session: not proven
+            self.outage.recovered(self._where())
+
+    def _where(self) -> str:
+        return f" host={self.cfg.host} port={self.cfg.port} client_id={quote(self.client_id)}"
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.metrics.inc("uplink_messages_received")
+        if self.on_message is not None:
+            try:
+                self.on_message(msg.topic, msg.payload)
+            except Exception:  # a peer's bytes must never kill the uplink
+                log.exception("message_handler_failed topic=%s", msg.topic)
+
+
+class _Closed:
+    """The connection closed before a CONNACK (e.g. a broker that drops bad clients)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+async def _first(waiters: list[Any], timeout: float, stop: asyncio.Future[str]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waiters]
+    try:
+        await asyncio.wait([*tasks, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
