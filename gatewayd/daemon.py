@@ -83,7 +83,7 @@ class Gateway:
         self.clock = WallClock()
         self._rules_seen: dict[str, int] = {}  # the rules' running counts at the last collect
         self._trial: TrialWatch | None = None  # fed by every poll while a candidate is judged
-        for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
+        for name in ("uplink_reconnects", "uplink_failovers", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
         # Remote config counts its outcomes (applied / rejected / rolled_back / superseded).
         for status in ("applied", "rejected", "rolled_back", "superseded"):
@@ -280,6 +280,7 @@ class Gateway:
             **({"config_recent": recent} if recent else {}),
             "config_version": self.cfg.version,
             "labels": dict(self.cfg.labels),  # `gatewayd fleet --select` matches on these
+            "uplink_host": self.uplink.host if self.uplink is not None else None,
             "ts": now_ms(),  # when it was made: a retained document's age (fleet's "last seen")
             "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
             "counters": {name: totals[name] for name in sorted(totals)},

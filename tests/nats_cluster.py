@@ -236,7 +236,8 @@ def gateway_doc(
         "tls": {"enabled": False},
         "auth": {"kind": "password", "username": "gw", "password": USERS["gw"]},
     }
-    if len(hosts) > 1:
+    if len(hosts) > 1:  # every node of the cluster, this gateway's own first
+        del uplink["host"], uplink["port"]
         uplink["hosts"] = hosts
     return {
         "version": version,

@@ -16,6 +16,8 @@ Invariants:
   names the topics, not a recovery;
 - with [uplink.presence] on, the broker holds a retained "online" while a session lives and
   "offline" after it: published at a clean stop, and the connection's last will otherwise;
+- with [uplink] hosts, a failed connect or a dead session moves to the next broker (round robin)
+  after the same full-jitter backoff; a credential refresh or a re-mint reconnects to the same one;
 - outages are logged by outage.py: the first failure at WARNING with its cause and the settings
   to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
   subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -97,6 +100,9 @@ class Uplink:
         }
         if cfg.presence.enabled:
             self.topics["presence"] = cfg.presence.topic.format(**values)
+        # [uplink] hosts: tried in this order, round robin; self.cfg carries the one in use.
+        self._addresses = cfg.addresses()
+        self._host_index = 0
         self.credentials = credentials_for(cfg, key_dir, lambda: self.wall_clock(), metrics)
         self.window = InflightWindow(cfg.inflight_window, self.encode, cfg.batch_max_bytes, metrics)
         self.outage = OutageLog()
@@ -150,6 +156,7 @@ class Uplink:
             reconnect_now = False
             started = time.monotonic()
             try:
+                self._use_host()
                 await self._connect()
                 reminted = False
                 reconnect_now = await self._session()
@@ -170,10 +177,33 @@ class Uplink:
                 await self._end_session(refresh=reconnect_now)
             if self._stopping or reconnect_now:
                 continue
+            self._next_host()  # a failed connect or a dead session: the next broker, same backoff
             delay = full_jitter(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, self._rng)
             attempt += 1
             self.metrics.inc("uplink_reconnects")
             await self._sleep(delay)
+
+    def _use_host(self) -> None:
+        host, port = self._addresses[self._host_index]
+        if (host, port) != (self.cfg.host, self.cfg.port):
+            self.cfg = dataclasses.replace(self.cfg, host=host, port=port)
+
+    def _next_host(self) -> None:
+        if len(self._addresses) < 2:
+            return
+        was = self.host
+        self._host_index = (self._host_index + 1) % len(self._addresses)
+        self.metrics.inc("uplink_failovers")
+        host, port = self._addresses[self._host_index]
+        log.info(
+            "uplink_failover from=%s to=%s:%d reason=%s", was, host, port, quote(self.last_error)
+        )
+
+    @property
+    def host(self) -> str:
+        """host:port of the broker in use (or being tried): the state document's uplink_host."""
+        h = self.cfg.host
+        return f"[{h}]:{self.cfg.port}" if ":" in h else f"{h}:{self.cfg.port}"
 
     async def stop(self, drain_s: float = 3.0) -> None:
         """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect.
