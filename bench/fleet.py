@@ -10,7 +10,11 @@ simulator, polling one point a second, on a 3-node NATS cluster (JetStream + MQT
 3. a good config in waves 1, 5, 20, 24 (--quick: 1, 2, 3, rest): time per wave and in total,
    beside one gateway's push-to-applied (wave 1) as the baseline;
 4. an unhealthy config (its device does not answer): halts after wave 1, the rest never get it;
-5. the rollout process SIGKILLed mid-wave and run again: resumes, nothing pushed twice.
+4. the rollout process SIGKILLed mid-wave and run again: resumes, nothing pushed twice;
+5. a cluster node SIGKILLed after the first wave: the gateways fail over, the rollout
+   completes, readings lost counted by record id at a subscriber on a surviving node.
+Also: messages/s and bytes per idle gateway on the broker (events, state), the figures the
+README's 10,000-gateway estimate scales from.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from harness import cpu_seconds, rss_mb
-from nats_cluster import USERS, NatsCluster, Observer, gateway_doc, start_gateways
+from nats_cluster import (
+    USERS,
+    EventCounter,
+    NatsCluster,
+    Observer,
+    gateway_doc,
+    last_record_id,
+    start_gateways,
+)
 
 from gatewayd_sim.procs import free_port, wait_for
 
@@ -78,9 +90,39 @@ def idle_cost(pids: list[int], window_s: float) -> tuple[float, float, float, fl
         base.wait()
 
 
+def broker_traffic(port: int, seconds: float) -> dict[str, int]:
+    """Messages and bytes on the events and state topics of every gateway, over `seconds`."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    counts = {"events": 0, "events_bytes": 0, "state": 0, "state_bytes": 0}
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        if msg.retain:
+            return
+        kind = "state" if msg.topic.endswith("/state") else "events"
+        counts[kind] += 1
+        counts[kind + "_bytes"] += len(msg.payload)
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"traffic-{time.time_ns()}")
+    c.username_pw_set("observer", USERS["observer"])
+    c.on_message = on_message
+    c.on_connect = lambda cl, *a: cl.subscribe([("/devices/+/events", 0), ("/devices/+/state", 0)])
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    time.sleep(2.0)
+    for k in counts:
+        counts[k] = 0
+    time.sleep(seconds)
+    snapshot = dict(counts)
+    c.loop_stop()
+    c.disconnect()
+    return snapshot
+
+
 def write_doc(work: Path, name: str, version: int, cluster: NatsCluster, **kw: Any) -> Path:
     path = work / f"{name}.json"
-    path.write_text(json.dumps(gateway_doc(version, cluster.mqtt_hosts[:1], **kw)))
+    path.write_text(json.dumps(gateway_doc(version, cluster.mqtt_hosts, **kw)))
     return path
 
 
@@ -100,8 +142,9 @@ def main() -> int:
     cluster.start()
     print(f"cluster: 3 NATS nodes with JetStream and MQTT up in {time.monotonic() - t0:.1f} s")
     t0 = time.monotonic()
-    gws = start_gateways(work, cluster, n)
-    observer = Observer(cluster.nodes[0].mqtt_port)
+    gws = start_gateways(work, cluster, n, hosts_per_gateway=3)
+    observer = Observer(cluster.nodes[2].mqtt_port)  # the node never killed
+    events = EventCounter(cluster.nodes[2].mqtt_port)
     try:
         wait_for(
             lambda: (
@@ -132,6 +175,15 @@ def main() -> int:
             f"broker: 3 NATS nodes together CPU {ncpu:.1f} % for {n} gateways, RSS "
             + ", ".join(f"{rss_mb(p):.0f}" for p in nats)
             + " MB"
+        )
+
+        secs = 10.0
+        t = broker_traffic(cluster.nodes[2].mqtt_port, secs)
+        ev, st = t["events"], t["state"]
+        print(
+            f"broker traffic per idle gateway: events {ev / secs / n:.2f} msg/s "
+            f"({t['events_bytes'] / max(1, ev):.0f} B each), state {st / secs / n:.2f} msg/s "
+            f"({t['state_bytes'] / max(1, st):.0f} B each, retained)"
         )
 
         version = 2
@@ -204,7 +256,50 @@ def main() -> int:
             f"{r.stdout.splitlines()[-2]}; {time.monotonic() - t0:.1f} s in all; "
             f"gateways not pushed exactly once: {twice or 'none'}"
         )
+
+        version += 1
+        doc = write_doc(work, "failover", version, cluster, device_port=gws.sim_port)
+        state = work / "failover.json.rollout.json"
+        args = [sys.executable, "-m", "gatewayd", "fleet", "rollout", str(doc), *conn]
+        args += ["--waves", waves, "--health-timeout", "120"]
+        t0 = time.monotonic()
+        p = subprocess.Popen(args, cwd=work, stdout=subprocess.PIPE, text=True)
+
+        def first_wave() -> bool:
+            try:
+                pl = json.loads(state.read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(pl["gateways"][pl["waves"][0][0]]["result"])
+
+        wait_for(first_wave, 300, "the first wave's answer", 0.05)
+        cluster.kill(cluster.nodes[0])
+        out, _ = p.communicate(timeout=900)
+        took = time.monotonic() - t0
+        dead = f"127.0.0.1:{cluster.nodes[0].mqtt_port}"
+
+        def settled() -> bool:
+            gs = status_json(work, cluster)["gateways"]
+            return len(gs) == n and all(
+                g["uplink_host"] not in (None, dead) and g["buffer_depth"] == 0 for g in gs
+            )
+
+        t1 = time.monotonic()
+        wait_for(settled, 300, "every gateway on a live node, buffer empty", 2.0)
+        time.sleep(3.0)
+        lost = sum(len(events.lost(gw, last_record_id(work / gw / "state"))) for gw in gws.ids)
+        seen = sum(len(v) for v in events.ids.values())
+        pl = json.loads(state.read_text())
+        print(
+            f"\n5. node SIGKILLed after wave 1: {out.splitlines()[-2]}; {took:.1f} s; per wave "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pl["wave_times_s"].items()))
+        )
+        print(
+            f"   all {n} on the other nodes with empty buffers {time.monotonic() - t1:.1f} s "
+            f"after the rollout; readings lost by record id: {lost} of {seen} seen"
+        )
     finally:
+        events.close()
         observer.close()
         gws.stop()
         cluster.stop()

@@ -1,7 +1,9 @@
 """A 3-node NATS cluster with JetStream and MQTT on 127.0.0.1, for the fleet tests and bench.
 
 nats-server (Debian) starts its MQTT listener only with a server_name and a jetstream block;
-MQTT there is 3.1.1, QoS 0/1, and a '.' or a space in a topic closes the connection. Each node
+MQTT there is 3.1.1, QoS 0/1, and a '.' or a space in a topic closes the connection. Its MQTT
+state (sessions, retained messages, QoS 1 deliveries) lives in JetStream streams, replicated on
+all three nodes here so that one node can die. Each node
 has its own store directory under the work directory; nodes are stopped by the PID started here.
 Users: `gw` for the gateways, `fleet` for the operator's tool (its own credentials).
 """
@@ -75,6 +77,9 @@ authorization {{
 mqtt {{
   listen: 127.0.0.1:{node.mqtt_port}
   ack_wait: "10s"
+  # Left alone, the MQTT streams get as many replicas as nodes are up when the first client
+  # connects (2 when one route is late), and a killed node then stalls them (no quorum).
+  stream_replicas: 3
 }}
 """
 
@@ -148,6 +153,52 @@ class Observer:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
+
+
+class EventCounter:
+    """Every record id each gateway's events carried (QoS 1), to count readings lost."""
+
+    def __init__(self, port: int) -> None:
+        self.ids: dict[str, set[int]] = {}
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"events-{time.time_ns()}")
+        self.c.username_pw_set("observer", USERS["observer"])
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_connect = lambda cl, *a: cl.subscribe("/devices/+/events", 1)
+        self.c.connect("127.0.0.1", port, 10)
+        self.c.loop_start()
+        assert ready.wait(15), "event counter got no SUBACK"
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        records = json.loads(msg.payload)
+        if not isinstance(records, list):
+            return
+        with self.lock:
+            self.ids.setdefault(msg.topic.split("/")[2], set()).update(r["id"] for r in records)
+
+    def lost(self, gw: str, last_id: int) -> list[int]:
+        """Ids from the first one seen to `last_id` that never arrived."""
+        with self.lock:
+            seen = set(self.ids.get(gw, ()))
+        if not seen:
+            return [last_id]
+        return [i for i in range(min(seen), last_id + 1) if i not in seen]
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def last_record_id(state_dir: Path) -> int:
+    """The highest id the gateway's buffer ever handed out."""
+    import sqlite3
+
+    db = state_dir / "buffer.sqlite"
+    with sqlite3.connect(db, timeout=5) as c:
+        (seq,) = c.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+    return int(seq)
 
 
 def _retained_round_trip(port: int) -> bool:
@@ -233,6 +284,7 @@ def gateway_doc(
         "backoff_base_s": 0.2,
         "backoff_cap_s": 2.0,
         "keepalive_s": 10,
+        "retain_state": True,  # fleet reads the retained state documents
         "tls": {"enabled": False},
         "auth": {"kind": "password", "username": "gw", "password": USERS["gw"]},
     }

@@ -96,3 +96,34 @@ def test_bad_hosts_are_refused_with_the_place() -> None:
         with pytest.raises(ConfigError) as err:
             load(BASE.format(x=x))
         assert str(err.value).startswith(message), str(err.value)
+
+
+def test_a_refused_subscription_is_asked_for_again_until_granted(tmp_path: Path) -> None:
+    """NATS refuses SUBSCRIBE (0x80) while JetStream recovers from a lost node, and keeps the
+    session: without asking again, a failed-over gateway would never hear a config push."""
+    import asyncio
+
+    from uplink_harness import Harness, until, uplink_cfg
+
+    from gatewayd_sim.cloud import Broker
+
+    async def scenario() -> None:
+        broker = await Broker().start()
+        refusing = True
+        allowed = broker._allowed
+        broker._allowed = lambda s, t: not (refusing and "/config" in t) and allowed(s, t)  # type: ignore[method-assign]
+        got: list[bytes] = []
+        h = await Harness.open(
+            tmp_path, uplink_cfg(broker.port), on_message=lambda t, p: got.append(p)
+        )
+        try:
+            await until(lambda: h.metrics.total("uplink_subscribe_refused"), 10, "a refusal")
+            refusing = False  # the cluster recovered
+            broker.push_config("gw-test", b'{"version": 9}')  # retained: sent at a subscribe
+            await until(lambda: got == [b'{"version": 9}'], 20, "the push, once granted")
+            assert h.uplink.connected and h.metrics.total("uplink_connects") == 1, "one session"
+        finally:
+            await h.close()
+            await broker.stop()
+
+    asyncio.run(scenario())

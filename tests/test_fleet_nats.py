@@ -22,7 +22,15 @@ from typing import Any
 import pytest
 from conftest import require_binary
 from helpers import free_port, wait_for
-from nats_cluster import USERS, NatsCluster, Observer, gateway_doc, start_gateways
+from nats_cluster import (
+    USERS,
+    EventCounter,
+    NatsCluster,
+    Observer,
+    gateway_doc,
+    last_record_id,
+    start_gateways,
+)
 
 GATEWAYS = 5
 
@@ -64,7 +72,7 @@ class Fleet:
     def doc(self, name: str, **kw: Any) -> Path:
         self.version += 1
         path = self.work / f"{name}.json"
-        hosts = self.cluster.mqtt_hosts[:1]  # one broker address until [uplink] hosts exists
+        hosts = self.cluster.mqtt_hosts  # every node: a gateway fails over to the next
         path.write_text(json.dumps(gateway_doc(self.version, hosts, **kw)))
         return path
 
@@ -79,7 +87,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         cluster.start()
         gws = start_gateways(work, cluster, GATEWAYS)
         stop.append(gws.stop)
-        observer = Observer(cluster.nodes[0].mqtt_port)
+        # On the node that is never killed (the failover scenario kills the first).
+        observer = Observer(cluster.nodes[2].mqtt_port)
         f = Fleet(work, cluster, gws.sim_port, observer, gws.ids)
         wait_for(
             lambda: len([g for g in f.status()["gateways"] if g["devices_good"] == 1]) == GATEWAYS,
@@ -191,3 +200,48 @@ def test_a_killed_rollout_resumes_and_pushes_nothing_twice(fleet: Fleet) -> None
     assert {gw: fleet.observer.count(gw, fleet.version) for gw in fleet.ids} == dict.fromkeys(
         fleet.ids, 1
     ), "every gateway pushed exactly once across both runs"
+
+
+def test_a_node_killed_during_a_rollout_fails_over_and_loses_no_reading(fleet: Fleet) -> None:
+    """Every gateway is on the first node (the pushes list it first); it is SIGKILLed after the
+    first wave. The gateways and fleet itself move to the other nodes; the rollout completes."""
+    killed = fleet.cluster.nodes[0]
+    events = EventCounter(fleet.cluster.nodes[2].mqtt_port)
+    try:
+        wait_for(lambda: all(events.ids.get(g) for g in fleet.ids), 30, "events from all")
+        doc = fleet.doc("failover", device_port=fleet.sim_port, interval_ms=400)
+        state = fleet.work / "failover.json.rollout.json"
+        args = [sys.executable, "-m", "gatewayd", "fleet", "rollout", str(doc), *fleet.conn()]
+        args += ["--waves", "1,2,2", "--health-timeout", "90"]
+        p = subprocess.Popen(args, cwd=fleet.work, stdout=subprocess.PIPE, text=True)
+
+        def first_wave_done() -> bool:
+            try:
+                plan = json.loads(state.read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(plan["gateways"][plan["waves"][0][0]]["result"])
+
+        wait_for(first_wave_done, 60, "the first wave's answer")
+        fleet.cluster.kill(killed)
+        out, _ = p.communicate(timeout=240)
+        print(out)
+        assert p.returncode == 0, out
+        assert "5 applied, 0 failed" in out
+        dead = f"127.0.0.1:{killed.mqtt_port}"
+
+        def settled() -> bool:
+            gws = fleet.status()["gateways"]
+            return len(gws) == GATEWAYS and all(
+                g["uplink_host"] not in (None, dead) and g["buffer_depth"] == 0
+                and not g["stale"] and g["last_seen_age_s"] < 5
+                for g in gws
+            )  # fmt: skip
+
+        wait_for(settled, 60, "every gateway on a live node with its buffer empty", 1.0)
+        time.sleep(2.0)  # the last acked messages reach the subscriber
+        lost = {gw: events.lost(gw, last_record_id(fleet.work / gw / "state")) for gw in fleet.ids}
+        print({gw: len(events.ids[gw]) for gw in fleet.ids}, "records seen per gateway")
+        assert lost == {gw: [] for gw in fleet.ids}, "readings lost, by record id"
+    finally:
+        events.close()

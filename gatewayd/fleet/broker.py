@@ -10,7 +10,9 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import ssl
 import threading
@@ -120,9 +122,6 @@ class FleetBroker:
     """One paho client on its own network thread; documents kept as they arrive."""
 
     def __init__(self, settings: BrokerSettings) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.s = settings
         self.lock = threading.Lock()
         self.states: dict[str, Seen] = {}
@@ -132,38 +131,47 @@ class FleetBroker:
         self._host_index = 0
         self._connected = threading.Event()
         self._subscribed = threading.Event()
+        self._refused: str | None = None
         self._last_message = time.monotonic()
-        self._closing = False
         self.host_in_use: tuple[str, int] | None = None
         self.connects = 0  # sessions so far: a new one brings the retained documents again
-        cid = settings.client_id or f"gatewayd-fleet-{threading.get_native_id()}-{time.time_ns()}"
-        self.client = c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=True
-        )
-        if settings.username is not None:
-            c.username_pw_set(settings.username, settings.password)
-        if settings.tls:
+        self._cid = settings.client_id or f"gatewayd-fleet-{os.getpid()}-{time.time_ns()}"
+        self.client: Any = None
+        self._state_re = _topic_regex(settings.state_topic)
+        self._config_re = _topic_regex(settings.config_topic)
+
+    def _new_client(self) -> Any:
+        """A fresh client per session: paho's own reconnect would retry the dead host."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        s = self.s
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self._cid, protocol=mqtt.MQTTv311,
+            clean_session=True, reconnect_on_failure=False,
+        )  # fmt: skip
+        if s.username is not None:
+            c.username_pw_set(s.username, s.password)
+        if s.tls:
             c.tls_set(
-                ca_certs=settings.ca_file,
-                certfile=settings.cert_file,
-                keyfile=settings.key_file,
-                cert_reqs=ssl.CERT_NONE if settings.insecure else ssl.CERT_REQUIRED,
+                ca_certs=s.ca_file,
+                certfile=s.cert_file,
+                keyfile=s.key_file,
+                cert_reqs=ssl.CERT_NONE if s.insecure else ssl.CERT_REQUIRED,
             )
-            if settings.insecure:
+            if s.insecure:
                 c.tls_insecure_set(True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
-        c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
-        self._state_re = _topic_regex(settings.state_topic)
-        self._config_re = _topic_regex(settings.config_topic)
+        return c
 
     # -- connection ---------------------------------------------------------------------------
 
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect to the first host that answers; raises FleetError naming every failure."""
-        self.client.loop_start()
+        """Connect to the first host that answers, from the current one on; raises FleetError
+        naming every failure."""
         errors = []
         for _ in range(len(self.s.hosts)):
             host, port = self.s.hosts[self._host_index]
@@ -173,22 +181,33 @@ class FleetBroker:
             except (OSError, FleetError) as exc:
                 errors.append(f"{host}:{port}: {exc}")
                 self._host_index = (self._host_index + 1) % len(self.s.hosts)
-        self.client.loop_stop()
         raise FleetError(
             "cannot reach the broker (" + "; ".join(errors) + "); check --host, the credentials "
             "and TLS options"
         )
 
+    def _drop_client(self) -> None:
+        old, self.client = self.client, None
+        if old is not None:
+            old.on_disconnect = None
+            with contextlib.suppress(Exception):
+                old.disconnect()
+            old.loop_stop()
+
     def _connect_one(self, host: str, port: int, timeout_s: float) -> None:
+        self._drop_client()
         self._connected.clear()
         self._subscribed.clear()
-        self._refused: str | None = None
+        self._refused = None
+        self.client = self._new_client()
         self.client.connect(host, port, self.s.keepalive_s)
+        self.client.loop_start()
         if not self._connected.wait(timeout_s) or self._refused:
-            self.client.disconnect()
+            self._drop_client()
             raise FleetError(self._refused or f"no CONNACK within {timeout_s:g} s")
-        if not self._subscribed.wait(timeout_s):
-            raise FleetError(f"no SUBACK within {timeout_s:g} s")
+        if not self._subscribed.wait(timeout_s) or self._refused:
+            self._drop_client()
+            raise FleetError(self._refused or f"no SUBACK within {timeout_s:g} s")
         self.host_in_use = (host, port)
         self.connects += 1
 
@@ -208,9 +227,7 @@ class FleetBroker:
         return self._connected.is_set()
 
     def close(self) -> None:
-        self._closing = True
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._drop_client()
 
     def settle(self, quiet_s: float = 0.5, max_s: float = 3.0) -> None:
         """Wait for the retained documents: until nothing new came for `quiet_s` (or `max_s`)."""
@@ -228,14 +245,21 @@ class FleetBroker:
     def push(self, gateway: str, payload: bytes, timeout_s: float = 10.0) -> bool:
         """Publish retained, QoS 1, to the gateway's config topic; True once PUBACKed."""
         topic = self.s.config_topic.format(gateway=gateway)
-        info = self.client.publish(topic, payload, qos=1, retain=True)
+        client = self.client
+        if client is None or not self.connected:
+            return False
+        info = client.publish(topic, payload, qos=1, retain=True)
         if info.rc != 0:
             return False
-        try:
-            info.wait_for_publish(timeout_s)
-        except (RuntimeError, ValueError):
-            return False
-        return info.is_published()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.connected and client is self.client:
+            try:
+                info.wait_for_publish(0.2)
+            except (RuntimeError, ValueError):
+                return False
+            if info.is_published():
+                return True
+        return bool(info.is_published())
 
     def wait_change(self, timeout_s: float) -> None:
         with self.changed:
@@ -244,6 +268,8 @@ class FleetBroker:
     # -- paho callbacks (network thread) ----------------------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if client is not self.client:
+            return
         if rc.is_failure:
             self._refused = f"refused: {rc}"
             self._connected.set()
@@ -257,15 +283,19 @@ class FleetBroker:
         self._connected.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
+        if client is not self.client:
+            return
+        if any(getattr(c, "is_failure", False) for c in codes):
+            # NATS refuses while its JetStream recovers from a lost node: try the next host.
+            self._refused = "the broker refused the subscription to the state and config topics"
         self._subscribed.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if client is not self.client:
+            return
         self._connected.clear()
         with self.changed:
             self.changed.notify_all()
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
-        pass
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._last_message = time.monotonic()

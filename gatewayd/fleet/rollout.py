@@ -23,7 +23,6 @@ from .broker import FleetBroker, FleetError
 from .plan import FAILURES, GatewayPlan, Plan, encode, for_gateway, save
 from .state import NAMES, View, read
 
-PUSH_ATTEMPTS = 3
 # remote_config.manager.Outcome; superseded: a newer push (not this rollout's) overtook it.
 FINAL_STATUSES = ("applied", "rejected", "rolled_back", "superseded")
 # After `applied`, how long --require may take to become true (state documents come at most 1/s).
@@ -118,7 +117,11 @@ class Rollout:
     def _push(self, g: GatewayPlan, doc: dict[str, Any] | None = None) -> bool:
         """Push once: skipped when the broker already holds the version (pushed before)."""
         version = self.plan.version if doc is None else doc["version"]
-        for _ in range(PUSH_ATTEMPTS):
+        # A broker node lost under us: the cluster may refuse sessions for a while (NATS while
+        # JetStream re-elects); keep trying, for as long as a gateway has to answer.
+        deadline = time.monotonic() + self.plan.health_timeout_s
+        done = False
+        while not done and time.monotonic() < deadline:
             if not self.broker.ensure_connected():
                 time.sleep(1.0)
                 continue
@@ -127,11 +130,11 @@ class Rollout:
                 self._settled = self.broker.connects
             seen = self.broker.configs.get(g.id)
             if seen is not None and seen.doc.get("version") == version:
-                break  # pushed already: by an earlier run, or before a lost PUBACK
-            body = doc if doc is not None else for_gateway(self.doc, g.id, g.labels)
-            if self.broker.push(g.id, encode(body)):
-                break
-        else:
+                done = True  # pushed already: by an earlier run, or before a lost PUBACK
+            else:
+                body = doc if doc is not None else for_gateway(self.doc, g.id, g.labels)
+                done = self.broker.push(g.id, encode(body))
+        if not done:
             if doc is None:
                 g.result, g.reason = "timeout", "the broker acknowledged no push"
                 self.save()
@@ -286,7 +289,7 @@ class Rollout:
         ]
         applied = sum(1 for g in p.gateways.values() if g.result == "applied")
         failed = sum(1 for g in p.gateways.values() if g.result in FAILURES)
-        untouched = sum(1 for g in p.gateways.values() if not g.pushed)
+        untouched = sum(1 for g in p.gateways.values() if not g.pushed and g.result is None)
         total = sum(p.wave_times_s.values())
         times = ", ".join(f"wave {k} {v:.1f} s" for k, v in sorted(p.wave_times_s.items()))
         lines.append("")

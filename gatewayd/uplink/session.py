@@ -11,7 +11,8 @@ Invariants:
 - a credential refresh (credentials.py) stops taking new records, waits for the in-flight ones,
   then reconnects with a new token: nothing is lost and nothing overtakes;
 - every SUBACK return code is checked: a refused subscription is logged at WARNING with its topic
-  and the broker's code (once per topic and code; repeats at DEBUG); a session the broker closes
+  and the broker's code (once per topic and code; repeats at DEBUG) and asked for again, from
+  5 s doubling to 60 s, for as long as the session lives; a session the broker closes
   before answering SUBSCRIBE, or after refusing it and before any PUBACK, is a failure that
   names the topics, not a recovery;
 - with [uplink.presence] on, the broker holds a retained "online" while a session lives and
@@ -71,6 +72,8 @@ STATE_MIN_INTERVAL_S = 1.0
 # A session shorter than this does not reset the backoff: a broker that accepts and then drops
 # at once must not be hammered at the base delay.
 STABLE_SESSION_S = 10.0
+RESUBSCRIBE_S = 5.0
+RESUBSCRIBE_MAX_S = 60.0
 
 
 class Uplink:
@@ -118,6 +121,11 @@ class Uplink:
         self._subscriptions: list[str] = []  # topics of the current session's SUBSCRIBE
         self.subscribed = False  # the broker answered this session's SUBSCRIBE (SUBACK)
         self._refused: list[str] = []  # topics this session's SUBACK refused, with the code
+        # Refused topics are asked for again (RESUBSCRIBE_S, doubling to RESUBSCRIBE_MAX_S): a
+        # cluster that lost a node refuses while it recovers (NATS), then grants.
+        self._refused_topics: list[str] = []
+        self._resubscribe_at = 0.0
+        self._resubscribe_delay = RESUBSCRIBE_S
         self._warned: set[str] = set()  # refusals already logged at WARNING
         self._stopping = False
         self._stop_deadline = 0.0
@@ -292,6 +300,8 @@ class Uplink:
         self._subscriptions = [self.topics["config"], self.topics["commands"]]
         self.subscribed = False
         self._refused = []
+        self._refused_topics = []
+        self._resubscribe_delay = RESUBSCRIBE_S
         client.subscribe([(t, 1) for t in self._subscriptions])
 
     async def _session(self) -> bool:
@@ -328,6 +338,8 @@ class Uplink:
                 return False
             if self.state is not None and now >= self._next_state:
                 await self._publish_state(client)
+            if self._refused_topics and self.subscribed and now >= self._resubscribe_at:
+                self._resubscribe(client, now)
             # Clear before any await, so a PUBACK or append that lands meanwhile is not missed.
             self._wake.clear()
             appended.clear()
@@ -460,13 +472,31 @@ class Uplink:
             self._broken = broken
         self._wake.set()
 
+    def _resubscribe(self, client: mqtt.Client, now: float) -> None:
+        self._subscriptions = list(self._refused_topics)
+        self.subscribed = False
+        self._resubscribe_at = now + self._resubscribe_delay
+        self._resubscribe_delay = min(RESUBSCRIBE_MAX_S, self._resubscribe_delay * 2)
+        client.subscribe([(t, 1) for t in self._subscriptions])
+
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         self.subscribed = True
+        asked = dict(zip(self._subscriptions, codes, strict=False))
+        granted = [t for t, rc in asked.items() if not rc.is_failure]
+        if granted and self._refused_topics:
+            log.info("uplink_subscribe_granted topics=%s (refused before)", ",".join(granted))
+        self._refused_topics = [t for t, rc in asked.items() if rc.is_failure] + [
+            t for t in self._refused_topics if t not in asked
+        ]
+        self._refused = [r for r in self._refused if r.rpartition(" (")[0] not in granted]
+        if self._refused_topics and self._resubscribe_at <= time.monotonic():
+            self._resubscribe_at = time.monotonic() + self._resubscribe_delay
         for topic, rc in zip(self._subscriptions, codes, strict=False):
             if rc.is_failure:
                 self.metrics.inc("uplink_subscribe_refused")
                 refusal = f"{topic} (0x{rc.value:02x})"
-                self._refused.append(refusal)
+                if refusal not in self._refused:
+                    self._refused.append(refusal)
                 first = refusal not in self._warned
                 self._warned.add(refusal)
                 log.log(
