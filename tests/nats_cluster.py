@@ -129,6 +129,7 @@ class Observer:
     def __init__(self, port: int) -> None:
         self.pushes: Counter[tuple[str, int]] = Counter()
         self.lock = threading.Lock()
+        self.start_at = float("inf")
         ready = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{time.time_ns()}")
         self.c.username_pw_set("observer", USERS["observer"])
@@ -138,13 +139,18 @@ class Observer:
         self.c.connect("127.0.0.1", port, 10)
         self.c.loop_start()
         assert ready.wait(15), "observer got no SUBACK"
+        self.start_at = time.monotonic() + 2.0  # the retained copies arrive right after SUBACK
+        time.sleep(2.0)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.retain or not msg.payload:
-            return  # retained copies replayed at subscribe are not pushes
-        gw = msg.topic.split("/")[2]
+        if not msg.payload or time.monotonic() < self.start_at:
+            return  # what the topics held before: not pushes of this run
+        key = (msg.topic.split("/")[2], json.loads(msg.payload).get("version"))
         with self.lock:
-            self.pushes[(gw, json.loads(msg.payload).get("version"))] += 1
+            # NATS may flag a live delivery retained, and replays the retained copy after a
+            # reconnect of this client: a retained copy counts only for a push not seen live.
+            if not msg.retain or not self.pushes[key]:
+                self.pushes[key] += 1
 
     def count(self, gw: str, version: int) -> int:
         with self.lock:
@@ -178,27 +184,30 @@ class EventCounter:
         with self.lock:
             self.ids.setdefault(msg.topic.split("/")[2], set()).update(r["id"] for r in records)
 
-    def lost(self, gw: str, last_id: int) -> list[int]:
-        """Ids from the first one seen to `last_id` that never arrived."""
+    def lost(self, gw: str, state_dir: Path) -> list[int]:
+        """Ids from the first one seen to the buffer's last that never arrived and are not in
+        the buffer any more (acknowledged by the broker, so they should have)."""
         with self.lock:
             seen = set(self.ids.get(gw, ()))
+        last, pending = buffer_state(state_dir)
         if not seen:
-            return [last_id]
-        return [i for i in range(min(seen), last_id + 1) if i not in seen]
+            return [last]
+        return [i for i in range(min(seen), last + 1) if i not in seen and i not in pending]
 
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
 
 
-def last_record_id(state_dir: Path) -> int:
-    """The highest id the gateway's buffer ever handed out."""
+def buffer_state(state_dir: Path) -> tuple[int, set[int]]:
+    """The highest id the gateway's buffer ever handed out, and the ids still in it."""
     import sqlite3
 
     db = state_dir / "buffer.sqlite"
     with sqlite3.connect(db, timeout=5) as c:
+        pending = {r[0] for r in c.execute("SELECT id FROM records")}
         (seq,) = c.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
-    return int(seq)
+    return int(seq), pending
 
 
 def _retained_round_trip(port: int) -> bool:
