@@ -144,6 +144,7 @@ def main() -> int:
     gws = start_gateways(work, cluster, n, hosts_per_gateway=3)
     observer = Observer(cluster.nodes[2].mqtt_port)  # the node never killed
     events = EventCounter(cluster.nodes[2].mqtt_port)
+    running: list[subprocess.Popen[str]] = []
     try:
         wait_for(
             lambda: (
@@ -263,6 +264,7 @@ def main() -> int:
         args += ["--waves", waves, "--health-timeout", "120"]
         t0 = time.monotonic()
         p = subprocess.Popen(args, cwd=work, stdout=subprocess.PIPE, text=True)
+        running.append(p)
 
         def first_wave() -> bool:
             try:
@@ -298,6 +300,10 @@ def main() -> int:
             f"the rollout; readings lost by record id: {lost} of {seen} seen"
         )
     finally:
+        for proc in running:  # a rollout left behind by an interrupted run
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         events.close()
         observer.close()
         gws.stop()
