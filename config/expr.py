@@ -125,8 +125,11 @@ class Expr:
         return fn
 
 
-def compile_expr(source: str) -> Expr:
-    """Validate and compile; raises ExprError naming the column of the first refused part."""
+def compile_expr(source: str, variables: tuple[str, ...] = VARIABLES) -> Expr:
+    """Validate and compile; raises ExprError naming the column of the first refused part.
+
+    `variables` are the names the expression may read, in the order `bind`'s function takes
+    them (the rules' four by default; `gatewayd fleet --require` passes state fields)."""
     if len(source) > MAX_SOURCE:
         raise ExprError(
             1, MAX_SOURCE + 1, f"longer than {MAX_SOURCE} characters", "split it into steps"
@@ -153,10 +156,10 @@ def compile_expr(source: str) -> Expr:
         ast.parse(f"[{source}\n]", mode="eval")
     except SyntaxError:
         raise ExprError(1, 1, "unbalanced parentheses", "check ( and )") from None
-    check = _Checker(source)
+    check = _Checker(source, variables)
     check.visit_node(tree.body, 1)
     body = _Rewriter().visit(tree.body)
-    args = [ast.arg(arg=name) for name in VARIABLES]
+    args = [ast.arg(arg=name) for name in variables]
     lam = ast.Lambda(
         args=ast.arguments(posonlyargs=[], args=args, kwonlyargs=[], kw_defaults=[], defaults=[]),
         body=body,
@@ -166,7 +169,8 @@ def compile_expr(source: str) -> Expr:
 
 
 class _Checker:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, variables: tuple[str, ...]) -> None:
+        self.variables = variables
         self.lines = source.splitlines() or [""]
         self.nodes = 0
         self.points: list[str] = []
@@ -194,7 +198,7 @@ class _Checker:
         if isinstance(node, ast.Constant):
             self.constant(node)
         elif isinstance(node, ast.Name):
-            if node.id not in VARIABLES and node.id not in CONSTANTS:
+            if node.id not in self.variables and node.id not in CONSTANTS:
                 raise self.fail(node, f"unknown name {node.id!r}")
         elif isinstance(node, ast.BinOp):
             if not isinstance(node.op, _BINOPS):

@@ -136,6 +136,9 @@ class UplinkConfig:
     broker: str = ""
     host: str = "mqtt.googleapis.com"
     port: int = 8883
+    # [uplink] hosts: brokers of one cluster, tried in order (the next after a failed connect or
+    # a dead session); () = just host:port. When set, host and port are its first entry.
+    hosts: tuple[tuple[str, int], ...] = ()
     project: str = ""
     region: str = ""
     registry: str = ""
@@ -167,6 +170,10 @@ class UplinkConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
+
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """The brokers to connect to, in failover order."""
+        return self.hosts or ((self.host, self.port),)
 
     def template_values(self) -> dict[str, str]:
         return {
@@ -222,6 +229,9 @@ class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
     state_dir: str = "/var/lib/gatewayd"
+    # [gateway] labels: published in the state document, so `gatewayd fleet --select` works
+    # without an inventory. Sorted (key, value) pairs of safe strings (see parse._labels).
+    labels: tuple[tuple[str, str], ...] = ()
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()

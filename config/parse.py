@@ -117,6 +117,7 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
         version=root.integer("version", 0, lo=0, hi=INT_LIMIT),
         gateway_id=gw.ident("id", "gateway"),
         state_dir=gw.text("state_dir", GatewayConfig().state_dir),
+        labels=_labels(gw.table("labels")),
         buffer=_buffer(root.table("buffer")),
         uplink=_uplink(root.table("uplink")),
         devices=tuple(_device(s, lookup) for s in root.tables("devices")),
@@ -143,6 +144,39 @@ def _cached(lookup: Lookup) -> Lookup:
         return seen[kind]
 
     return cached
+
+
+# Labels travel in the state document and in `fleet --select key=value`: no '=', ',', '/',
+# '+', '#' or spaces, which would need quoting on a command line or in a topic.
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+MAX_LABELS = 16
+
+
+def _labels(s: Section) -> tuple[tuple[str, str], ...]:
+    names = s.names()
+    if len(names) > MAX_LABELS:
+        raise ConfigError(
+            s.at(names[MAX_LABELS]), f"more than {MAX_LABELS} labels", "keep the ones you select by"
+        )
+    out = []
+    for key in names:
+        if not _LABEL_KEY.fullmatch(key):
+            raise ConfigError(
+                s.at(key),
+                "is not a valid label name",
+                "use lower-case letters, digits and '_', starting with a letter (at most 32)",
+            )
+        value = s.text(key)
+        if not _LABEL_VALUE.fullmatch(value):
+            raise ConfigError(
+                s.at(key),
+                f"{value[:40]!r} is not a valid label value",
+                "use letters, digits, '_', '.', ':', '-' (at most 64, no spaces)",
+            )
+        out.append((key, value))
+    s.done()
+    return tuple(sorted(out))
 
 
 def _remote_config(s: Section) -> RemoteConfigConfig:
@@ -228,19 +262,22 @@ def _uplink(s: Section) -> UplinkConfig:
     topics = s.table("topics")
     presence = s.table("presence")
     demanded = f'missing, demanded by profile = "{profile.name}"'
-    if not d.host and "host" not in s.names():
+    if not d.host and "host" not in s.names() and "hosts" not in s.names():
         raise ConfigError(s.at("host"), demanded, "set it to the broker's host name")
     if "{hub}" in profile.host and not d.hub:
         raise ConfigError(
             s.at("hub"), demanded, "set it to the hub's name (NAME.azure-devices.net)"
         )
+    port = s.integer("port", d.port, lo=1, hi=65535)
+    hosts = _hosts(s, port)
     if profile.auth_kind is None and "kind" not in auth.names():
         raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
     cfg = UplinkConfig(
         profile=profile.name,
         broker=s.text("broker", ""),
-        host=s.text("host", d.host),
-        port=s.integer("port", d.port, lo=1, hi=65535),
+        host=hosts[0][0] if hosts else s.text("host", d.host),
+        port=hosts[0][1] if hosts else port,
+        hosts=hosts,
         project=s.text("project", d.project),
         region=s.text("region", d.region),
         registry=s.text("registry", d.registry),
@@ -331,6 +368,37 @@ def _uplink(s: Section) -> UplinkConfig:
         raise ConfigError(s.at("backoff_cap_s"), "is below backoff_base_s", "raise the cap")
     profiles.check(cfg, limits, s.at)
     return cfg
+
+
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]")
+
+
+def _hosts(s: Section, port: int) -> tuple[tuple[str, int], ...]:
+    """`hosts = ["a:8883", "b"]`: host[:port] entries (`port` when none), IPv6 in brackets."""
+    if "hosts" not in s.names():
+        return ()
+    if "host" in s.names():
+        raise ConfigError(
+            s.at("hosts"), "is set together with host", "keep one: hosts lists every broker"
+        )
+    items = s.strings("hosts")
+    if not items:
+        raise ConfigError(s.at("hosts"), "is empty", 'list the brokers, e.g. ["a:8883", "b:8883"]')
+    out = []
+    for i, item in enumerate(items):
+        host, sep, num = item.rpartition(":")
+        if not sep or (host.count(":") and not host.startswith("[")):
+            host, num = item, str(port)
+        if not _HOST.fullmatch(host) or not num.isdigit() or not 0 < int(num) < 65536:
+            raise ConfigError(
+                f"{s.at('hosts')}[{i}]",
+                f"{item[:60]!r} is not host or host:port",
+                'write e.g. "broker-1.example.com:8883" or "[2001:db8::1]:8883"',
+            )
+        out.append((host.strip("[]"), int(num)))
+    if len(set(out)) != len(out):
+        raise ConfigError(s.at("hosts"), "lists a broker twice", "list each broker once")
+    return tuple(out)
 
 
 def _profile(s: Section) -> tuple[profiles.Profile, profiles.Limits]:

@@ -49,10 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         "schema", help="print the JSON Schema of the configuration, installed drivers included"
     )
     sub.add_parser("version", help="print the version")
+    # Its own parser, in gatewayd.fleet.cli: nothing of the fleet tool loads for `run`.
+    fl = sub.add_parser(
+        "fleet", help="many gateways through their broker: status, rollouts", add_help=False
+    )
+    fl.add_argument("fleet_args", nargs=argparse.REMAINDER)
     from gatewayd import buffer_cli
 
     buffer_cli.add_parser(sub)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if args.cmd == "fleet":  # `fleet --help`: argparse leaves a leading option out of REMAINDER
+        args.fleet_args = extra + args.fleet_args
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from gatewayd import logs
 
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": _version,
         "schema": _schema,
         "buffer": buffer_cli.run,
+        "fleet": _fleet,
     }
     return handler[args.cmd](args)
 
@@ -85,6 +95,12 @@ def _schema(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(config_schema(drivers), indent=2))
     return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from gatewayd.fleet.cli import main as fleet_main
+
+    return fleet_main(args.fleet_args)
 
 
 def _version(args: argparse.Namespace) -> int:

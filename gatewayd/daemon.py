@@ -102,7 +102,7 @@ class Gateway:
         # at a reconfigure) so the polls before `wait_healthy` begins count too.
         self._watches: set[TrialWatch] = set()
         self._next_watch: TrialWatch | None = None
-        for name in ("uplink_reconnects", "rules_dropped", "clock_steps"):
+        for name in ("uplink_reconnects", "uplink_failovers", "rules_dropped", "clock_steps"):
             self.metrics.inc(name, 0)
         # Remote config counts its outcomes (applied / rejected / rolled_back / superseded).
         for status in ("applied", "rejected", "rolled_back", "superseded"):
@@ -320,7 +320,9 @@ class Gateway:
             self.uplink.reply_command(result)
 
     async def _state(self) -> dict[str, object]:
-        """What the uplink publishes on the state topic (on change, at most once per second)."""
+        """What the uplink publishes on the state topic (on change, at most once per second).
+
+        `gatewayd fleet` reads it (gatewayd/fleet/state.py): keep its field names stable."""
         stats = await self.buffer.stats() if self.buffer is not None else None
         totals: dict[str, float] = {}  # Metrics.total of every name, in one pass
         for (name, _), v in self.metrics.counters.items():
@@ -331,9 +333,13 @@ class Gateway:
             **({"config": outcome} if outcome else {}),
             **({"config_recent": recent} if recent else {}),
             "config_version": self.cfg.version,
+            "labels": dict(self.cfg.labels),  # `gatewayd fleet --select` matches on these
+            "uplink_host": self.uplink.host if self.uplink is not None else None,
+            "ts": now_ms(),  # when it was made: a retained document's age (fleet's "last seen")
             "health": "ok" if self.drivers or self.cfg.devices == () else "starting",
             "counters": {name: totals[name] for name in sorted(totals)},
             "buffer_depth": stats.depth if stats else None,
+            "buffer_oldest_ts": stats.oldest_ts_ms if stats else None,
             "evictions": sum(stats.evicted.values()) if stats else 0,
             "devices": self.device_health.document(),
             # Per "<lane>/<reason>" (full, disk_full, age, corrupt, damaged, ...), and the corrupt

@@ -66,6 +66,7 @@ HELP: dict[str, str] = {
     "uplink_connects": "MQTT sessions established.",
     "uplink_connect_failures": "Connection attempts that failed.",
     "uplink_reconnects": "Reconnection attempts after a backoff.",
+    "uplink_failovers": "Moves to the next of [uplink] hosts (a failed connect, a dead session).",
     "uplink_last_error": "1 for the reason of the last connection failure, while disconnected.",
     "uplink_clock_held": "1 while the uplink waits for a plausible clock (JWT or TLS).",
     "uplink_auth_remints": "Fresh tokens minted at once after an authentication refusal.",

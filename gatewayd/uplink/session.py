@@ -11,7 +11,8 @@ Invariants:
 - a credential refresh (credentials.py) stops taking new records, waits for the in-flight ones,
   then reconnects with a new token: nothing is lost and nothing overtakes;
 - every SUBACK return code is checked: a refused subscription is logged at WARNING with its topic
-  and the broker's code (once per topic and code; repeats at DEBUG); a session the broker closes
+  and the broker's code (once per topic and code; repeats at DEBUG) and asked for again, from
+  5 s doubling to 60 s, for as long as the session lives; a session the broker closes
   before answering SUBSCRIBE, or after refusing it and before any PUBACK, is a failure that
   names the topics, not a recovery;
 - with [uplink.presence] on, the broker holds a retained "online" while a session lives and
@@ -19,6 +20,8 @@ Invariants:
 - under a profile with an idle limit (`max_idle_s`, ClearBlade: 20 minutes whatever the
   keepalive, PINGREQs not counted), a session silent for half of it publishes its state again
   (`_keep_idle`), so the broker never drops a quiet gateway;
+- with [uplink] hosts, a failed connect or a dead session moves to the next broker (round robin)
+  after the same full-jitter backoff; a credential refresh or a re-mint reconnects to the same one;
 - outages are logged by outage.py: the first failure at WARNING with its cause and the settings
   to check, a summary while it lasts, `uplink_recovered` once a session proves itself: its
   subscriptions granted, a PUBACK, or STABLE_SESSION_S connected.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -84,6 +88,9 @@ STABLE_SESSION_S = 10.0
 # PUBACK or a paced backlog before the broker's clock runs out.
 IDLE_FRACTION = 0.5
 
+RESUBSCRIBE_S = 5.0
+RESUBSCRIBE_MAX_S = 60.0
+
 
 class Uplink:
     def __init__(
@@ -122,6 +129,9 @@ class Uplink:
         }
         if cfg.presence.enabled:
             self.topics["presence"] = cfg.presence.topic.format(**values)
+        # [uplink] hosts: tried in this order, round robin; self.cfg carries the one in use.
+        self._addresses = cfg.addresses()
+        self._host_index = 0
         self.channel = channel_for(cfg, self.topics)
         self.credentials = credentials_for(
             cfg, key_dir, lambda: self.wall_clock(), metrics, keyring
@@ -140,6 +150,11 @@ class Uplink:
         self._subscriptions: list[str] = []  # topics of the current session's SUBSCRIBE
         self.subscribed = False  # the broker answered this session's SUBSCRIBE (SUBACK)
         self._refused: list[str] = []  # topics this session's SUBACK refused, with the code
+        # Refused topics are asked for again (RESUBSCRIBE_S, doubling to RESUBSCRIBE_MAX_S): a
+        # cluster that lost a node refuses while it recovers (NATS), then grants.
+        self._refused_topics: list[str] = []
+        self._resubscribe_at = 0.0
+        self._resubscribe_delay = RESUBSCRIBE_S
         self._warned: set[str] = set()  # refusals already logged at WARNING
         self._stopping = False
         self._stop_deadline = 0.0
@@ -180,6 +195,7 @@ class Uplink:
             reconnect_now = False
             started = time.monotonic()
             try:
+                self._use_host()
                 await self._connect()
                 self.credentials.connected()
                 reminted = False
@@ -203,10 +219,33 @@ class Uplink:
                 await self._end_session(refresh=reconnect_now)
             if self._stopping or reconnect_now:
                 continue
+            self._next_host()  # a failed connect or a dead session: the next broker, same backoff
             delay = full_jitter(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, self._rng)
             attempt += 1
             self.metrics.inc("uplink_reconnects")
             await self._sleep(delay)
+
+    def _use_host(self) -> None:
+        host, port = self._addresses[self._host_index]
+        if (host, port) != (self.cfg.host, self.cfg.port):
+            self.cfg = dataclasses.replace(self.cfg, host=host, port=port)
+
+    def _next_host(self) -> None:
+        if len(self._addresses) < 2:
+            return
+        was = self.host
+        self._host_index = (self._host_index + 1) % len(self._addresses)
+        self.metrics.inc("uplink_failovers")
+        host, port = self._addresses[self._host_index]
+        log.info(
+            "uplink_failover from=%s to=%s:%d reason=%s", was, host, port, quote(self.last_error)
+        )
+
+    @property
+    def host(self) -> str:
+        """host:port of the broker in use (or being tried): the state document's uplink_host."""
+        h = self.cfg.host
+        return f"[{h}]:{self.cfg.port}" if ":" in h else f"{h}:{self.cfg.port}"
 
     async def stop(self, drain_s: float = 3.0) -> None:
         """Stop taking new records, wait up to `drain_s` for PUBACKs in flight, disconnect.
@@ -295,6 +334,8 @@ class Uplink:
         self._subscriptions = self.channel.subscriptions()
         self.subscribed = False
         self._refused = []
+        self._refused_topics = []
+        self._resubscribe_delay = RESUBSCRIBE_S
         client.subscribe([(t, 1) for t in self._subscriptions])
         self.channel.connected(client)
 
@@ -333,6 +374,8 @@ class Uplink:
             if self.state is not None and now >= self._next_state:
                 await self._publish_state(client)
             self._keep_idle(client, now)
+            if self._refused_topics and self.subscribed and now >= self._resubscribe_at:
+                self._resubscribe(client, now)
             # Clear before any await, so a PUBACK or append that lands meanwhile is not missed.
             self._wake.clear()
             appended.clear()
@@ -478,13 +521,31 @@ class Uplink:
             self._broken = broken
         self._wake.set()
 
+    def _resubscribe(self, client: mqtt.Client, now: float) -> None:
+        self._subscriptions = list(self._refused_topics)
+        self.subscribed = False
+        self._resubscribe_at = now + self._resubscribe_delay
+        self._resubscribe_delay = min(RESUBSCRIBE_MAX_S, self._resubscribe_delay * 2)
+        client.subscribe([(t, 1) for t in self._subscriptions])
+
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         self.subscribed = True
+        asked = dict(zip(self._subscriptions, codes, strict=False))
+        granted = [t for t, rc in asked.items() if not rc.is_failure]
+        if granted and self._refused_topics:
+            log.info("uplink_subscribe_granted topics=%s (refused before)", ",".join(granted))
+        self._refused_topics = [t for t, rc in asked.items() if rc.is_failure] + [
+            t for t in self._refused_topics if t not in asked
+        ]
+        self._refused = [r for r in self._refused if r.rpartition(" (")[0] not in granted]
+        if self._refused_topics and self._resubscribe_at <= time.monotonic():
+            self._resubscribe_at = time.monotonic() + self._resubscribe_delay
         for topic, rc in zip(self._subscriptions, codes, strict=False):
             if rc.is_failure:
                 self.metrics.inc("uplink_subscribe_refused")
                 refusal = f"{topic} (0x{rc.value:02x})"
-                self._refused.append(refusal)
+                if refusal not in self._refused:
+                    self._refused.append(refusal)
                 first = refusal not in self._warned
                 self._warned.add(refusal)
                 log.log(
