@@ -252,6 +252,7 @@ class Store:
         self._dir = str(self.path.parent)
         self.appended = 0
         self.acked = 0
+        self.drained = False  # the last take left nothing behind (see `_take`)
         moved = None
         try:
             self._db = self._open_checked()
@@ -835,6 +836,7 @@ class Store:
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
         """The next records not in flight, highest-priority lane first, in id order. Never
         raises for the file: a corrupt one is replaced, other errors give [] (try again)."""
+        self.drained = False
         try:
             return self._take(max_records, max_bytes)
         except sqlite3.DatabaseError as exc:
@@ -880,6 +882,9 @@ class Store:
                 out.extend(map(make, rows))
             if full:
                 return out
+        # Every lane gave fewer than it was asked for: nothing is left to take (until an append,
+        # a nack or a rewind). A take that stopped at max_records or max_bytes returned above.
+        self.drained = len(out) < max_records
         if not out:  # idle: a moment to give a drained outage's space back
             self._maybe_vacuum()
         return out
