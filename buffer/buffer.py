@@ -1,8 +1,9 @@
 """asyncio face of the Store: every call runs on the one thread that owns the SQLite connection.
 
-Group commit: appends that arrive within GROUP_WINDOW_S of each other, or while a commit is
-running, are committed together in one transaction, so many drivers appending at once cost one
-commit, not one each. `append` returns only after the transaction holding its records committed;
+Group commit: appends that arrive while a commit is running are committed together in the next
+transaction; an append that comes within GROUP_WINDOW_S of the previous one also waits that long
+for others (a lone append does not wait), so many drivers appending at once cost one commit, not
+one each. `append` returns only after the transaction holding its records committed;
 it never raises for a full buffer, a full disk or a corrupt file (the Store evicts, counts, and
 replaces the file); it waits only for its own commit, never for the uplink.
 
@@ -33,7 +34,7 @@ from .store import Entry, Stats, Store
 T = TypeVar("T")
 log = logging.getLogger("gatewayd.buffer")
 
-GROUP_WINDOW_S = 0.002  # an append waits this long for others to share its transaction
+GROUP_WINDOW_S = 0.002  # appends this close together wait this long to share a transaction
 ACK_CARRY_S = 0.5  # queued acks wait at most this long for an append or take to carry them
 TAKE_RECHECK_S = 1.0  # a drained buffer is still asked this often (expiry, vacuum, the CLI)
 
@@ -47,6 +48,7 @@ class Buffer:
         self._acks: list[int] = []  # acked by the uplink, applied at the start of the next job
         self._drained_at: int | None = None  # Store.appended when a take found nothing more
         self._recheck_at = 0.0
+        self._last_append = float("-inf")  # monotonic, of the last append call
         self._ack_timer: asyncio.TimerHandle | None = None
         self._carrier: asyncio.Task[None] | None = None  # carries acks no other job took
         self.commits = 0  # transactions for appends (fewer than appends: group commit)
@@ -85,7 +87,12 @@ class Buffer:
             return []
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._pending.append((records, fut))
-        self._start_flush()
+        now = time.monotonic()
+        # Wait for company only when appends come close together: a lone poll's timer would
+        # cost loop wake-ups and latency for nothing.
+        close = now - self._last_append < GROUP_WINDOW_S
+        self._last_append = now
+        self._start_flush(wait=close)
         return await fut
 
     def ack_soon(self, ids: Sequence[int]) -> None:
@@ -100,14 +107,15 @@ class Buffer:
         if self._acks and (self._carrier is None or self._carrier.done()):
             self._carrier = asyncio.get_running_loop().create_task(self._run(_nothing))
 
-    def _start_flush(self) -> None:
+    def _start_flush(self, wait: bool) -> None:
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            asyncio.get_running_loop().create_task(self._flush(wait))
 
-    async def _flush(self) -> None:
+    async def _flush(self, wait: bool) -> None:
         try:
-            await asyncio.sleep(GROUP_WINDOW_S)
+            if wait:
+                await asyncio.sleep(GROUP_WINDOW_S)
             while self._pending:
                 batch, self._pending = self._pending, []
                 flat = [r for recs, _ in batch for r in recs]
