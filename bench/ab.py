@@ -33,7 +33,7 @@ def main() -> None:
     sync = sys.argv[5] if len(sys.argv) > 5 else None
     extra = f'[buffer]\nsync = "{sync}"\n' if sync else ""
     devices, points, interval = SHAPES[name]
-    runs: dict[str, list[dict[str, Any]]] = {"base": [], "new": [], "naive": []}
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "new": [], "naive": [], "naive_poll": []}
     for i in range(rounds):
         order = [("base", base), ("new", None)] if i % 2 == 0 else [("new", None), ("base", base)]
         for label, cwd in order:
@@ -49,10 +49,11 @@ def main() -> None:
             )
             if "baseline" in r:
                 runs["naive"].append(r["baseline"])
+                runs["naive_poll"].append(r["baseline_per_poll"])
             runs[label].append(r)
             print(label, json.dumps({k: round(r[k], 2) for k in KEYS}), flush=True)
     summary: dict[str, Any] = {"profile": name, "rounds": rounds, "seconds": seconds, "sync": sync}
-    for label in ("base", "new", "naive"):
+    for label in ("base", "new", "naive", "naive_poll"):
         for k in KEYS:
             vals = [r[k] for r in runs[label] if k in r]
             if vals:

@@ -95,6 +95,9 @@ def steady(
             return result
         base = _naive(r.device_ports, broker.port, points, interval_ms, seconds)
         result["baseline"] = base
+        # The floor the issue compares with: one QoS 1 message per device poll.
+        poll = _naive(r.device_ports, broker.port, points, interval_ms, seconds, per_poll=True)
+        result["baseline_per_poll"] = poll
         if base["cpu_us_per_reading"] > 0:  # an idle script may use no CPU tick at all
             result["cpu_ratio_vs_naive"] = result["cpu_us_per_reading"] / base["cpu_us_per_reading"]
         result["rss_ratio_vs_naive"] = result["rss_mb"] / base["rss_mb"]
@@ -102,13 +105,19 @@ def steady(
 
 
 def _naive(
-    ports: list[int], broker: int, points: int, interval_ms: int, seconds: float
+    ports: list[int],
+    broker: int,
+    points: int,
+    interval_ms: int,
+    seconds: float,
+    per_poll: bool = False,
 ) -> dict[str, Any]:
     """The same polling by the naive script; counted by its published messages."""
     p = subprocess.Popen(
         [
             sys.executable,
             str(HERE / "naive_poller.py"),
+            *(["--per-poll"] if per_poll else []),
             str(broker),
             str(interval_ms / 1000),
             str(points),
@@ -128,8 +137,9 @@ def _naive(
         p.wait()
     readings = len(ports) * points * (t1 - t0) * 1000 / interval_ms
     return {
-        "what": "naive poll-and-publish script (pymodbus + paho, one QoS 1 message per reading, "
-        "no buffer)",
+        "what": "naive poll-and-publish script (pymodbus + paho, one QoS 1 message per "
+        + ("device poll" if per_poll else "reading")
+        + ", no buffer)",
         "cpu_us_per_reading": 1e6 * (cpu1 - cpu0) / readings,
         "rss_mb": peak,
     }
