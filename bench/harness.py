@@ -7,6 +7,7 @@ baseline measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +33,24 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage (/proc/<pid>/io write_bytes)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_ns_seconds(pid: int) -> float:
+    """CPU time of a process's live threads at nanosecond resolution (/proc/<pid>/task/*/
+    schedstat); /proc/<pid>/stat counts in 10 ms ticks, too coarse for a few seconds at 3 %."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def rss_mb(pid: int) -> float:
@@ -131,8 +150,10 @@ enabled = false
         return path
 
     def start_gateway(
-        self, config: Path, env: dict[str, str] | None = None
+        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
+        """`gatewayd run`; `cwd` set to a folder holding another `gatewayd` package runs that
+        code instead (bench/ab.py: a baseline commit beside the worktree, in the same run)."""
         log = open(self.work / "gateway.log", "ab")  # noqa: SIM115
         self.gateway = subprocess.Popen(
             [
@@ -148,6 +169,7 @@ enabled = false
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
         self.procs.append(self.gateway)
         return self.gateway

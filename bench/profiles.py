@@ -14,11 +14,13 @@ from typing import Any
 from harness import (
     LatencySubscriber,
     Mosquitto,
+    cpu_ns_seconds,
     cpu_seconds,
     percentile,
     rig,
     rss_mb,
     wait_for,
+    write_bytes,
 )
 
 HERE = Path(__file__).parent
@@ -42,7 +44,15 @@ def _sample(pid: int, seconds: float, timeline: list[dict[str, float]], t0: floa
 
 
 def steady(
-    name: str, devices: int, points: int, interval_ms: int, seconds: float, warmup: float = 3.0
+    name: str,
+    devices: int,
+    points: int,
+    interval_ms: int,
+    seconds: float,
+    warmup: float = 3.0,
+    cwd: Path | None = None,
+    naive: bool = True,
+    tail: str = "",
 ) -> dict[str, Any]:
     with rig() as r:
         r.start_devices(devices, points)
@@ -50,14 +60,16 @@ def steady(
         broker.start()
         r.procs.append(broker.proc)  # type: ignore[arg-type]
         sub = LatencySubscriber(broker.port)
-        gw = r.start_gateway(r.config(broker.port, points, interval_ms))
+        gw = r.start_gateway(r.config(broker.port, points, interval_ms, tail=tail), cwd=cwd)
         wait_for(lambda: sub.unique > 0, 20, "first reading at the subscriber")
         time.sleep(warmup)
-        n0, cpu0, t0 = sub.unique, cpu_seconds(gw.pid), time.monotonic()
+        n0, cpu0, t0 = sub.unique, cpu_ns_seconds(gw.pid), time.monotonic()
+        wb0 = write_bytes(gw.pid)
         lat0 = len(sub.latencies_ms)
         timeline: list[dict[str, float]] = []
         peak = _sample(gw.pid, seconds, timeline, t0)
-        n1, cpu1, t1 = sub.unique, cpu_seconds(gw.pid), time.monotonic()
+        n1, cpu1, t1 = sub.unique, cpu_ns_seconds(gw.pid), time.monotonic()
+        wb1 = write_bytes(gw.pid)
         lats = sub.latencies_ms[lat0:]
         sub.close()
         delivered = n1 - n0
@@ -72,13 +84,20 @@ def steady(
             "cpu_us_per_reading": 1e6 * (cpu1 - cpu0) / max(delivered, 1),
             "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
             "rss_mb": peak,
+            # Storage writes (WAL, checkpoints, the file), from /proc/<pid>/io: SD card wear.
+            "write_bytes_per_reading": (wb1 - wb0) / max(delivered, 1),
             "latency_p50_ms": percentile(lats, 50),
             "latency_p99_ms": percentile(lats, 99),
             "timeline": timeline,
             "latency_timeline": [(round(t - t0, 3), lat) for t, lat in sub.timeline if t >= t0],
         }
+        if not naive:
+            return result
         base = _naive(r.device_ports, broker.port, points, interval_ms, seconds)
         result["baseline"] = base
+        # The floor the issue compares with: one QoS 1 message per device poll.
+        poll = _naive(r.device_ports, broker.port, points, interval_ms, seconds, per_poll=True)
+        result["baseline_per_poll"] = poll
         if base["cpu_us_per_reading"] > 0:  # an idle script may use no CPU tick at all
             result["cpu_ratio_vs_naive"] = result["cpu_us_per_reading"] / base["cpu_us_per_reading"]
         result["rss_ratio_vs_naive"] = result["rss_mb"] / base["rss_mb"]
@@ -86,13 +105,19 @@ def steady(
 
 
 def _naive(
-    ports: list[int], broker: int, points: int, interval_ms: int, seconds: float
+    ports: list[int],
+    broker: int,
+    points: int,
+    interval_ms: int,
+    seconds: float,
+    per_poll: bool = False,
 ) -> dict[str, Any]:
     """The same polling by the naive script; counted by its published messages."""
     p = subprocess.Popen(
         [
             sys.executable,
             str(HERE / "naive_poller.py"),
+            *(["--per-poll"] if per_poll else []),
             str(broker),
             str(interval_ms / 1000),
             str(points),
@@ -103,17 +128,18 @@ def _naive(
     )
     try:
         time.sleep(2.0)
-        cpu0, t0 = cpu_seconds(p.pid), time.monotonic()
+        cpu0, t0 = cpu_ns_seconds(p.pid), time.monotonic()
         timeline: list[dict[str, float]] = []
         peak = _sample(p.pid, min(seconds, 20.0), timeline, t0)  # 20 s: a stable enough figure
-        cpu1, t1 = cpu_seconds(p.pid), time.monotonic()
+        cpu1, t1 = cpu_ns_seconds(p.pid), time.monotonic()
     finally:
         p.kill()
         p.wait()
     readings = len(ports) * points * (t1 - t0) * 1000 / interval_ms
     return {
-        "what": "naive poll-and-publish script (pymodbus + paho, one QoS 1 message per reading, "
-        "no buffer)",
+        "what": "naive poll-and-publish script (pymodbus + paho, one QoS 1 message per "
+        + ("device poll" if per_poll else "reading")
+        + ", no buffer)",
         "cpu_us_per_reading": 1e6 * (cpu1 - cpu0) / readings,
         "rss_mb": peak,
     }

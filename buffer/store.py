@@ -57,6 +57,10 @@ DISK_FULL_HOLD_S passed.
 Permissions: the file is created 0600 (SQLite gives its -wal and -shm the file's mode), and an
 existing file or sidecar readable by others is made 0600 at open: records may be sensitive.
 
+Hours left (`Stats.hours_left`, the `buffer_hours_left` gauge): the bound above minus what is
+stored, over the append rate of the last FILL_WINDOW_S: how long an outage starting now lasts
+before the first eviction.
+
 In flight: `take` moves a per-lane cursor in memory only; after a crash everything not acked is
 taken again. `nack(ids)` moves a lane's cursor back before the first nacked id.
 """
@@ -122,6 +126,7 @@ SALVAGE_CHUNK = 5000
 # Free space kept on the file system. A WAL holding pages that grow the file cannot be
 # checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
 # growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
+FILL_WINDOW_S = 60.0  # the append rate behind Stats.hours_left is measured over this
 RESERVE_BYTES = 2 << 20
 
 TELEMETRY = int(Lane.TELEMETRY)
@@ -199,6 +204,10 @@ class Stats:
     quarantined: int = 0  # corrupt files moved aside by this process
     salvaged: int = 0  # records copied out of those files into the fresh one
     incarnation: int = 0
+    # Hours until the bound (max_bytes or the free disk) is reached at the current append rate
+    # with nothing delivered, i.e. how long an outage starting now can last without eviction;
+    # inf while nothing is being appended.
+    hours_left: float = float("inf")
 
 
 class _Txn:
@@ -252,6 +261,9 @@ class Store:
         self._dir = str(self.path.parent)
         self.appended = 0
         self.acked = 0
+        self.drained = False  # the last take left nothing behind (see `_take`)
+        self.appended_bytes = 0  # the fill rate's measure (body + ROW_OVERHEAD per record)
+        self._fill_samples: list[tuple[float, int]] = []  # (monotonic, appended_bytes)
         moved = None
         try:
             self._db = self._open_checked()
@@ -560,6 +572,7 @@ class Store:
                     break
                 continue
             self.appended += len(rows) - len(dropped)
+            self.appended_bytes += incoming
             if not dropped:
                 return list(range(first, first + len(rows)))
             ids = []
@@ -835,6 +848,7 @@ class Store:
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
         """The next records not in flight, highest-priority lane first, in id order. Never
         raises for the file: a corrupt one is replaced, other errors give [] (try again)."""
+        self.drained = False
         try:
             return self._take(max_records, max_bytes)
         except sqlite3.DatabaseError as exc:
@@ -880,6 +894,9 @@ class Store:
                 out.extend(map(make, rows))
             if full:
                 return out
+        # Every lane gave fewer than it was asked for: nothing is left to take (until an append,
+        # a nack or a rewind). A take that stopped at max_records or max_bytes returned above.
+        self.drained = len(out) < max_records
         if not out:  # idle: a moment to give a drained outage's space back
             self._maybe_vacuum()
         return out
@@ -1119,7 +1136,22 @@ class Store:
             quarantined=len(self.quarantined),
             salvaged=self.salvaged,
             incarnation=self.incarnation,
+            hours_left=self._hours_left(),
         )
+
+    def _hours_left(self) -> float:
+        """Free bound ÷ the append rate over the last FILL_WINDOW_S (samples at most 1/s)."""
+        now = time.monotonic()
+        samples = self._fill_samples
+        if not samples or now - samples[-1][0] >= 1.0:
+            samples.append((now, self.appended_bytes))
+        while len(samples) > 2 and now - samples[1][0] >= FILL_WINDOW_S:
+            samples.pop(0)
+        (t0, b0), (t1, b1) = samples[0], samples[-1]
+        rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        if rate <= 0:
+            return float("inf")
+        return max(0, self._limit()[0] - self._bytes) / rate / 3600
 
     def peek(self, n: int, lane: Lane | None = None) -> list[Entry]:
         return peek(self._db, n, lane)

@@ -349,6 +349,10 @@ class Gateway:
             "buffer_salvaged": stats.salvaged if stats else 0,
             "software": self.updater.document(),
             **({"device_key": self.keyring.document()} if self.keyring is not None else {}),
+            # How long an outage starting now can last before eviction; null: nothing appended.
+            "buffer_hours_left": (
+                round(stats.hours_left, 2) if stats and stats.hours_left != float("inf") else None
+            ),
         }
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -471,6 +475,7 @@ class Gateway:
                 0.0 if st.oldest_ts_ms is None else max(0.0, time.time() - st.oldest_ts_ms / 1e3)
             )
             m.set("buffer_oldest_age_seconds", oldest)
+            m.set("buffer_hours_left", st.hours_left)
             for lane in ("alarm", "event", "telemetry"):
                 m.set("buffer_depth_lane", st.depth_by_lane.get(lane, 0), lane=lane)
             for key, n in st.evicted.items():

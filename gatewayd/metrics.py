@@ -57,6 +57,8 @@ HELP: dict[str, str] = {
     "buffer_bytes": "Bytes the buffer's records take (the size bound's measure).",
     "buffer_file_bytes": "Size of the buffer's database file plus its WAL.",
     "buffer_oldest_age_seconds": "Age of the oldest record in the buffer, by its stamp.",
+    "buffer_hours_left": "Hours until the buffer's bound is reached at the current append rate "
+    "with nothing delivered (free bound / fill rate; +Inf when nothing is appended).",
     # uplink
     "published_records": "Records published to the broker.",
     "published_messages": "MQTT messages published with records.",

@@ -128,9 +128,11 @@ def render(s: Samples, now: float | None = None) -> str:
     )
     depth = s.get(g + "buffer_depth")
     oldest = f", oldest {_age(s.get(g + 'buffer_oldest_age_seconds'))}" if depth else ""
+    left = s.get(g + "buffer_hours_left", float("inf"))
+    room = "" if left == float("inf") else f"; room for {_age(left * 3600)} at this rate"
     lines.append(
         f"buffer   {depth:.0f} records, {_size(s.get(g + 'buffer_bytes'))}{oldest}; "
-        f"evicted {evicted or 'none'}"
+        f"evicted {evicted or 'none'}{room}"
     )
     lines.append(
         f"rules    dropped {s.total(g + 'rules_dropped_total'):.0f}; "

@@ -94,6 +94,7 @@ def test_metrics_endpoint_serves_prometheus_text_with_counters_moving(
         "gatewayd_buffer_depth",
         "gatewayd_buffer_bytes",
         "gatewayd_buffer_oldest_age_seconds",
+        "gatewayd_buffer_hours_left",
         "gatewayd_uplink_connected",
     ):
         assert name in first.values, name

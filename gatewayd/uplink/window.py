@@ -106,10 +106,11 @@ class InflightWindow:
         return None
 
     async def flush(self, buffer: Buffer) -> None:
-        """Ack to the buffer every record whose PUBACK came in."""
+        """Hand the buffer every record whose PUBACK came in; it acks them on its writer thread
+        before its next job (the next take or append), in the same hop."""
         if self._acks:
             ids, self._acks = self._acks, []
-            await buffer.ack(ids)
+            buffer.ack_soon(ids)
             self.metrics.inc("acked_records", len(ids))
 
     def forget(self) -> None:
