@@ -93,6 +93,7 @@ def _table(root: Section, name: str, fn: Callable[[Section], T]) -> T:
 def _gateway(gw: Section) -> str:
     gw.ident("id", "gateway")
     state_dir = gw.text("state_dir", GatewayConfig().state_dir)
+    parse._labels(gw.table("labels"))
     gw.done()
     return state_dir
 

@@ -110,8 +110,8 @@ def test_a_refused_subscription_is_asked_for_again_until_granted(tmp_path: Path)
     async def scenario() -> None:
         broker = await Broker().start()
         refusing = True
-        allowed = broker._allowed
-        broker._allowed = lambda s, t: not (refusing and "/config" in t) and allowed(s, t)  # type: ignore[method-assign]
+        allowed = broker.allowed
+        broker.allowed = lambda s, t: not (refusing and "/config" in t) and allowed(s, t)  # type: ignore[method-assign]
         got: list[bytes] = []
         h = await Harness.open(
             tmp_path, uplink_cfg(broker.port), on_message=lambda t, p: got.append(p)
