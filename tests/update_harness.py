@@ -354,6 +354,9 @@ releases_dir = "{releases}"
 [uplink]
 host = "127.0.0.1"
 port = {broker_port}
+project = "p"
+region = "r"
+registry = "g"
 device = "{DEVICE}"
 backoff_base_s = 0.2
 backoff_cap_s = 1.0

@@ -58,6 +58,9 @@ max_starts = 2
 [uplink]
 host = "127.0.0.1"
 port = {port}
+project = "p"
+region = "r"
+registry = "g"
 device = "gw-test"
 [uplink.tls]
 enabled = false
