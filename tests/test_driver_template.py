@@ -75,7 +75,8 @@ def test_check_validates_the_template_options_with_place_and_fix(
     python: Path, tmp_path: Path
 ) -> None:
     sample = (TEMPLATE / "sample.toml").read_text()
-    good = write_config(tmp_path / "good.toml", '[uplink.auth]\nkind = "none"\n' + sample)
+    uplink = '[uplink]\nproject = "p"\nregion = "r"\nregistry = "g"\ndevice = "d"\n'
+    good = write_config(tmp_path / "good.toml", uplink + '[uplink.auth]\nkind = "none"\n' + sample)
     res = _gatewayd(python, "check", str(good))
     assert res.returncode == 0, res.stderr
     for edit, expected in (
