@@ -5,7 +5,7 @@ decoding and re-encoding every record.
 
 Encoding runs once per reading on the field side, so the common record (telemetry, no reason, no
 subfolder, a number/bool/None value) is formatted directly, with each point's quoted name cached;
-the output is byte-for-byte what the general json path gives (tests/test_buffer_codec.py).
+the output is byte-for-byte what the general json path gives (tests/buffer/test_buffer_codec.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from gatewayd.buffer import Store
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Record
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 class Raw:

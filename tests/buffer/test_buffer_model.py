@@ -25,7 +25,7 @@ One rule cannot keep the ledger: `corrupt` overwrites every page but the header,
 included, so nothing says how many records there were; it is kept to test quarantine and ids,
 and its records are set apart in the ledger as `destroyed`. A damaged single page is always
 counted exactly (it holds either records or the tally, not both); the pages of the eviction
-history are spared, since their loss resets the counters (see tests/test_buffer_damage.py).
+history are spared, since their loss resets the counters (see tests/buffer/test_buffer_damage.py).
 
 BUFFER_MODEL_EXAMPLES (default 20) runs of BUFFER_MODEL_STEPS (default 150) rules; hypothesis
 prints the rules of a failing run, shrunk.

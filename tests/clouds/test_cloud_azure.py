@@ -263,7 +263,7 @@ def test_sas_tokens_refreshed_under_load_nothing_lost(tmp_path: Path) -> None:
 
 
 def test_the_readme_example_for_the_profile_loads(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     section = readme[readme.index("## Azure IoT Hub") :]
     text = section[
         section.index("```toml") + 7 : section.index("```", section.index("```toml") + 7)

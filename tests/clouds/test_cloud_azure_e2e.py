@@ -29,7 +29,7 @@ from helpers import (
 
 from gatewayd_sim.cloud.azure import AzureHub, server_tls
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 DEVICE = "gw-test"
 WRITABLE = """
 [[devices.points]]

@@ -25,7 +25,7 @@ from gatewayd_sim.cloud.azure import AzureHub, server_tls
 
 SDK = "azure-iot-device==2.14.0"
 SDK_VENV = Path("/tmp/gatewayd-sdk-azure-iot-device-2.14.0")
-FLOWS = Path(__file__).with_name("azure_sdk_flows.py")
+FLOWS = Path(__file__).parent.parent / "azure_sdk_flows.py"
 
 
 def _sdk_python() -> Path:

@@ -22,7 +22,7 @@ from helpers import (
 from gatewayd.uplink.device_jwt import generate_key, load_private_key, mint_jwt
 from gatewayd_sim.cloud import Broker, Registry
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIENT_ID = "projects/p1/locations/r1/registries/reg1/devices/gw-test"
 NOT_AUTHORIZED = 135  # paho's reason code for MQTT 3.1.1 CONNACK 5
 

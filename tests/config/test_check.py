@@ -17,7 +17,7 @@ import pytest
 from gatewayd.check import problems
 from gatewayd.config import example_path
 
-CASES = sorted((Path(__file__).parent / "config_cases").absolute().glob("check_*"))
+CASES = sorted((Path(__file__).parent.parent / "config_cases").absolute().glob("check_*"))
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def _gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_and_run_refuse_all_at_once_with_the_same_messages() -> None:
-    case = Path(__file__).parent / "config_cases" / "check_all_at_once"
+    case = Path(__file__).parent.parent / "config_cases" / "check_all_at_once"
     toml = str(case / "gateway.toml")
     expected = (case / "expected.err").read_text().strip().splitlines()
     check = _gatewayd("check", toml)

@@ -11,10 +11,9 @@ import pytest
 
 from gatewayd.config import ConfigError, example_path, load, load_document, load_file, parse_bytes
 
-# check_* cases are what only `gatewayd check` finds (tests/test_check.py runs them).
-CASES = sorted(
-    c for c in (Path(__file__).parent / "config_cases").iterdir() if not c.name.startswith("check_")
-)
+# check_* cases are what only `gatewayd check` finds (tests/config/test_check.py runs them).
+CASES_DIR = Path(__file__).parent.parent / "config_cases"
+CASES = sorted(c for c in CASES_DIR.iterdir() if not c.name.startswith("check_"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -34,7 +33,7 @@ def test_example_config_loads() -> None:
 
 
 def test_check_command_exit_codes(tmp_path: Path) -> None:
-    # (the example checks ok with its key and state folder: tests/test_check.py)
+    # (the example checks ok with its key and state folder: tests/config/test_check.py)
     bad = tmp_path / "bad.toml"
     bad.write_text("[uplink]\nport = 0\n")
     res = subprocess.run(
@@ -56,7 +55,7 @@ CRASHERS = ["non_utf8", "deep_nesting", "topic_placeholder_typo", "client_id_bra
 @pytest.mark.parametrize("name", CRASHERS)
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_malformed_file_is_an_error_with_its_place_not_a_traceback(name: str, command: str) -> None:
-    case = Path(__file__).parent / "config_cases" / name
+    case = Path(__file__).parent.parent / "config_cases" / name
     args = (
         [str(case / "gateway.toml")]
         if command == "check"

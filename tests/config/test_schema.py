@@ -14,7 +14,7 @@ import pytest
 
 from gatewayd.config import example_path, load_document
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = sorted((ROOT / "drivers").glob("*/sample.toml"))
 
 

@@ -13,7 +13,7 @@ from helpers import free_port, gateway_toml, start_modbus_sim, wait_for, write_c
 
 from gatewayd.status import parse, render
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def _status(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from helpers import Subscriber, free_port, gateway_toml, start_modbus_sim, wait_
 from gatewayd.clock import PLAUSIBLE_S
 from gatewayd.uplink.device_jwt import generate_key
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 TOPIC = "/devices/gw-test/events"
 INTERVAL_S = 0.1  # as in the issue: a week forward blocked the old loop for 15.7 s
 WINDOW_S = 5.0  # watched after each step

@@ -19,7 +19,7 @@ from helpers import free_port, gateway_toml, start_modbus_sim, wait_for, write_c
 from gatewayd.logs import LineFormatter, redact, under_journald
 from gatewayd.uplink.device_jwt import generate_key
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 JWT = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJwMSIsImlhdCI6MX0.c2lnbmF0dXJl"
 
 

@@ -14,7 +14,7 @@ from helpers import free_port, gateway_toml, start_modbus_sim, wait_for, write_c
 
 from gatewayd.status import parse
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 SAMPLE = re.compile(
     r'^(gatewayd|process)_[a-z_]+(\{([a-z_]+="[^"\\]*",?)+\})? (-?[0-9.e+]+|\+Inf)$'
 )
@@ -213,7 +213,7 @@ def test_every_metric_the_code_names_has_help() -> None:
     """A family that shows only in some states (an error reason, a remint) has its HELP too."""
     from gatewayd.metrics import HELP
 
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parent.parent.parent
     call = re.compile(r"""\.(?:inc|set|total_from|observe)\(\s*["']([a-z_]+)["']""")
     names: set[str] = set()
     for folder in ("gatewayd", "drivers", "buffer"):

@@ -24,7 +24,7 @@ from helpers import (
     write_config,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 TOPIC = "/devices/gw-test/events"
 
 

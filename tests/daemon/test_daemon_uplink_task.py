@@ -11,7 +11,7 @@ from helpers import free_port, gateway_toml, start_modbus_sim, wait_for, write_c
 
 from gatewayd.uplink.device_jwt import generate_key
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def test_missing_device_key_restarts_uplink_while_buffering_then_delivers(

@@ -19,7 +19,7 @@ from helpers import (
     write_config,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPECTED = {
     "plc/i16": -123.4,
     "plc/u16": 54321,

@@ -25,7 +25,7 @@ from helpers import (
     write_config,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def _stored(db: Path) -> list[dict[str, object]]:

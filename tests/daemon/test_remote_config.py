@@ -32,7 +32,7 @@ from helpers import (
 from gatewayd.uplink.device_jwt import generate_key
 from gatewayd_sim.cloud import Broker, Registry
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 CONFIG_TOPIC = "/devices/gw-test/config"
 STATE_TOPIC = "/devices/gw-test/state"
 COMMANDS_TOPIC = "/devices/gw-test/commands"

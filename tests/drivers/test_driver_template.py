@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import free_port, gateway_toml, wait_for, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 TEMPLATE = ROOT / "examples" / "driver-template"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from gatewayd.config import load
 
-ROOT = Path(__file__).resolve().parent.parent / "drivers"
+ROOT = Path(__file__).resolve().parent.parent.parent / "drivers"
 
 
 @pytest.mark.parametrize("folder", ["modbus", "serial_line"])

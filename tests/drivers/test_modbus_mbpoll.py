@@ -14,7 +14,7 @@ from helpers import free_port, start_modbus_sim
 
 from gatewayd_sim.modbus import ModbusRtuSlave, to_words
 
-MAP = Path(__file__).parent / "fixtures" / "plc_map.toml"
+MAP = Path(__file__).parent.parent / "fixtures" / "plc_map.toml"
 
 
 @pytest.fixture

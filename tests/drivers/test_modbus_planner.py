@@ -107,7 +107,7 @@ def test_exception_02_on_one_register_costs_only_its_point() -> None:
 def test_map_file_holes_and_faults_drive_split_and_busy_retry() -> None:
     async def body() -> None:
         async with tcp_slave() as slave:
-            load_map(slave, Path(__file__).parent / "fixtures" / "faulty_map.toml")
+            load_map(slave, Path(__file__).parent.parent / "fixtures" / "faulty_map.toml")
             pts = [point("a", 0), point("b", 40, type="int32")]
             drv = ModbusDriver(device(slave.port, pts, max_gap=50, busy_delay_s=0.01))
             rs = await drv.poll(group(drv.device))

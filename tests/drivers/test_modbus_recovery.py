@@ -24,7 +24,7 @@ from gatewayd.drivers.health import FailureLog
 from gatewayd.drivers.modbus import ModbusDriver
 from gatewayd.reading import Quality, Reading
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 INTERVAL_S = 0.1
 # Registers of tests/fixtures/plc_map.toml: three requests with max_gap = 0.
 POINTS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).parent.parent.parent / "bench"))
 from storm import fixed, jitter, simulate
 
 from gatewayd.config import UplinkConfig

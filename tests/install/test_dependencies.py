@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DAEMON = ("gatewayd", "drivers", "buffer", "config")
 # requirement (as declared, extras included) -> the top-level modules it installs
 IMPORT_NAMES = {

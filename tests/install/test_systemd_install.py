@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gatewayd import __version__
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 SCRIPT = REPO / "systemd" / "install.sh"
 REL = f"/opt/gatewayd/releases/{__version__}"  # this version's venv (gatewayd/lifecycle)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import require_binary
 
-UNIT = Path(__file__).parent.parent / "systemd" / "gatewayd.service"
+UNIT = Path(__file__).parent.parent.parent / "systemd" / "gatewayd.service"
 
 
 def _settings(text: str) -> dict[str, list[str]]:

@@ -30,7 +30,7 @@ from gatewayd.uplink.device_jwt import generate_key
 from gatewayd_sim.cloud import Broker, Registry
 from gatewayd_sim.cloud.registry import MAX_KEYS
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 DEVICE = "gw-test"
 
 

@@ -29,7 +29,7 @@ from update_harness import (
 
 from gatewayd.lifecycle.verify import make_manifest, sign
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 OLD = "0.1.0"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gatewayd import __version__
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 
 
 def _install(root: Path, *extra: str, source: Path = REPO) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from helpers import free_port, gateway_toml, start_gateway, start_modbus_sim, wait_for, write_config
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 POINTS = """
 [[devices.points]]

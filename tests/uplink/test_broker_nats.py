@@ -20,7 +20,7 @@ from brokers import Nats, Subscriber
 from helpers import free_port, gateway_toml, start_gateway, start_modbus_sim, wait_for, write_config
 from uplink_harness import EVENTS, Harness, until, uplink_cfg
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 CONFIG_TOPIC = "/devices/gw-test/config"
 STATE_TOPIC = "/devices/gw-test/state"
 

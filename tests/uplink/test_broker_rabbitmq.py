@@ -241,7 +241,7 @@ events = "devices/{{device}}/events"
 
 
 def test_the_example_configs_scope_hint_works_as_written(rabbit: Rabbit, tmp_path: Path) -> None:
-    example = Path(__file__).parent.parent / "config" / "examples" / "gateway.toml"
+    example = Path(__file__).parent.parent.parent / "config" / "examples" / "gateway.toml"
     hint = next(x for x in example.read_text().splitlines() if x.startswith("# scope = "))
     scope = hint.removeprefix("# scope = ").strip().strip('"')
     auth = dataclasses.replace(_cfg(rabbit).auth, claims=(("scope", scope),))
