@@ -17,12 +17,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import parse
+from .devices import cached_lookup, read_device
 from .errors import ConfigError
 from .model import GatewayConfig, RemoteConfigConfig, UplinkConfig
 from .options import entry_point_options
-from .parse import INT_LIMIT, Section, load_document
+from .parse import load_document
 from .rules import parse_rules
+from .section import INT_LIMIT, Section
+from .tables import (
+    read_buffer,
+    read_labels,
+    read_logging,
+    read_metrics,
+    read_remote_config,
+    read_update,
+)
+from .uplink import read_uplink
 
 T = TypeVar("T")
 
@@ -61,19 +71,19 @@ def parse_all(doc: Any) -> Parsed:
     gw = part(root.table, "gateway")
     if gw is not None:
         out.state_dir = part(_gateway, gw)
-    out.uplink = part(_table, root, "uplink", parse._uplink)
-    out.remote_config = part(_table, root, "remote_config", parse._remote_config)
+    out.uplink = part(_table, root, "uplink", read_uplink)
+    out.remote_config = part(_table, root, "remote_config", read_remote_config)
     for name, fn in (
-        ("buffer", parse._buffer),
-        ("metrics", parse._metrics),
-        ("update", parse._update),
-        ("logging", parse._logging),
+        ("buffer", read_buffer),
+        ("metrics", read_metrics),
+        ("update", read_update),
+        ("logging", read_logging),
     ):
         part(_table, root, name, fn)
     known: list[str] = []
-    lookup = parse._cached(entry_point_options)  # each driver's declared options
+    lookup = cached_lookup(entry_point_options)  # each driver's declared options
     for i, s in enumerate(part(root.tables, "devices") or []):
-        dev = part(parse._device, s, lookup)
+        dev = part(read_device, s, lookup)
         if dev is not None:
             known += (f"{dev.id}/{p.id}" for p in dev.points)
         else:  # its points still exist for the rules: no second error for one mistake
@@ -93,7 +103,7 @@ def _table(root: Section, name: str, fn: Callable[[Section], T]) -> T:
 def _gateway(gw: Section) -> str:
     gw.ident("id", "gateway")
     state_dir = gw.text("state_dir", GatewayConfig().state_dir)
-    parse._labels(gw.table("labels"))
+    read_labels(gw.table("labels"))
     gw.done()
     return state_dir
 

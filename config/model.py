@@ -1,11 +1,19 @@
-"""Typed, frozen configuration objects. Defaults here are the documented defaults."""
+"""Typed, frozen configuration objects: every one the parser builds, rules' steps included.
+
+Invariants:
+- defaults and `Literal` choice lists here are the documented ones; the readers (config/
+  tables.py, uplink.py, devices.py, rules.py) and `gatewayd schema` take theirs from these
+  dataclasses instead of writing them again;
+- this module imports no reader and no parser: the readers import the model, never the reverse.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .rules import RuleConfig
+from .expr import Expr
+from .units import UNITS
 
 RegisterTable = Literal["coil", "discrete", "input", "holding"]
 DataType = Literal[
@@ -224,19 +232,138 @@ class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# [[rules]]: a rule names points and the steps their readings go through (config/rules.py).
+LaneName = Literal["alarm", "event", "telemetry"]
+Severity = Literal["info", "warning", "minor", "major", "critical"]
+Aggregate = Literal["min", "max", "mean", "count", "last"]
+AGGREGATES: tuple[Aggregate, ...] = ("min", "max", "mean", "count", "last")
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "minor", "major", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStep:
+    """value * factor + offset (also what a unit conversion compiles to)."""
+
+    factor: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertStep:
+    source: str
+    target: str
+
+    @property
+    def affine(self) -> tuple[float, float]:
+        _, a1, b1 = UNITS[self.source]
+        _, a2, b2 = UNITS[self.target]
+        return a1 / a2, (b1 - b2) / a2
+
+
+@dataclass(frozen=True, slots=True)
+class ClampStep:
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStep:
+    digits: int = 0  # 0 gives an integer
+
+
+@dataclass(frozen=True, slots=True)
+class ExprStep:
+    expr: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class DeadbandStep:
+    """Report by exception: pass a value only when it moved at least the band since the last
+    one passed, or when `heartbeat_s` has gone by. absolute = 0 passes every change."""
+
+    absolute: float | None = None
+    percent: float | None = None  # of the last value passed
+    heartbeat_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitStep:
+    min_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionStep:
+    keep: bool  # True: keep when `when` holds; False: drop when it holds
+    when: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class QualityStep:
+    bad: Literal["drop", "pass"] = "drop"
+    uncertain: Literal["drop", "pass"] = "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStep:
+    seconds: int
+    emit: tuple[Aggregate, ...] = ("mean",)
+    grace_s: float = 1.0  # a window closes by the clock this long after its end
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmStep:
+    name: str
+    high: float | None = None
+    low: float | None = None
+    hysteresis: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    severity: Severity = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStep:
+    subfolder: str | None = None
+    lane: LaneName | None = None
+    drop: bool = False
+
+
+StepConfig = (
+    ScaleStep
+    | ConvertStep
+    | ClampStep
+    | RoundStep
+    | ExprStep
+    | DeadbandStep
+    | RateLimitStep
+    | ConditionStep
+    | QualityStep
+    | WindowStep
+    | AlarmStep
+    | RouteStep
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    points: tuple[str, ...]  # point ids or globs: "boiler/pressure", "pump-*/pressure"
+    steps: tuple[StepConfig, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
     state_dir: str = "/var/lib/gatewayd"
     # [gateway] labels: published in the state document, so `gatewayd fleet --select` works
-    # without an inventory. Sorted (key, value) pairs of safe strings (see parse._labels).
+    # without an inventory. Sorted (key, value) pairs of safe strings (see tables.read_labels).
     labels: tuple[tuple[str, str], ...] = ()
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
-    rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)
+    rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

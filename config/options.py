@@ -116,7 +116,7 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
 
 
 class Reader(typing.Protocol):
-    """What reading options needs of a table (config.parse.Section is one)."""
+    """What reading options needs of a table (config.section.Section is one)."""
 
     def at(self, key: str) -> str: ...
     def peek(self, key: str) -> Any: ...
@@ -150,7 +150,7 @@ class Reader(typing.Protocol):
 
 def read_options(cls: type[T], s: Reader, missing: Any) -> T:
     """An instance of `cls` from the table `s`; every error names the key, problem and fix.
-    `missing` is the reader's marker for "no default" (config.parse._MISSING)."""
+    `missing` is the reader's marker for "no default" (config.section.MISSING)."""
     values: dict[str, Any] = {}
     for o in options_of(cls):
         d = missing if o.default is dataclasses.MISSING else o.default

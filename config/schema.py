@@ -21,7 +21,7 @@ from .model import GatewayConfig
 from .options import NO_OPTIONS, Option, OptionSet, options_of
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-# Keys every device and point has, whatever its driver (config/parse.py _device and _point).
+# Keys every device and point has, whatever its driver (config/devices.py).
 _DEVICE_COMMON: dict[str, Any] = {
     "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
     "driver": {"type": "string"},
