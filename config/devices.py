@@ -18,6 +18,13 @@ from .model import DeviceConfig, PointConfig
 from .options import Lookup, OptionSet, Placed, read_options
 from .section import MISSING, Section
 
+# Ranges of the keys every device and point has (the schema publishes the same, config/schema.py).
+INTERVAL_MS = (10, 24 * 3600 * 1000)
+TIMEOUT_S = (0.01, 60.0)
+
+
+_DEVICE = DeviceConfig(id="", driver="")  # the defaults of the keys every device has
+
 
 def cached_lookup(lookup: Lookup) -> Lookup:
     seen: dict[str, OptionSet] = {}
@@ -34,11 +41,12 @@ def read_device(s: Section, lookup: Lookup) -> DeviceConfig:
     """The keys every device has; the rest are the driver's (its OptionSet, config/options.py)."""
     driver = s.text("driver")
     declared = lookup(driver, s.at("driver"))
+    lo_ms, hi_ms = INTERVAL_MS
     cfg = DeviceConfig(
         id=s.ident("id"),
         driver=driver,
-        interval_ms=s.integer("interval_ms", 1000, lo=10, hi=24 * 3600 * 1000),
-        timeout_s=s.number("timeout_s", 1.0, lo=0.01, hi=60.0),
+        interval_ms=s.integer("interval_ms", _DEVICE.interval_ms, lo=lo_ms, hi=hi_ms),
+        timeout_s=s.number("timeout_s", _DEVICE.timeout_s, lo=TIMEOUT_S[0], hi=TIMEOUT_S[1]),
         options=read_options(declared.device, s, MISSING) if declared.device else None,
         points=tuple(read_point(p, declared) for p in s.tables("points")),
     )
@@ -64,10 +72,10 @@ def read_point(s: Section, declared: OptionSet) -> PointConfig:
     """A point: id and interval_ms here, the rest from the driver's point schema."""
     base = PointConfig(
         id=s.ident("id"),
-        interval_ms=s.opt_integer("interval_ms", lo=10, hi=24 * 3600 * 1000),
+        interval_ms=s.opt_integer("interval_ms", lo=INTERVAL_MS[0], hi=INTERVAL_MS[1]),
     )
     if declared.point is None or declared.make_point is None:
-        cfg = replace(base, unit=s.text("unit", ""))
+        cfg = replace(base, unit=s.text("unit", base.unit))
         s.done()
         return cfg
     values = read_options(declared.point, s, MISSING)

@@ -9,8 +9,12 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from .expr import Expr
 from .units import UNITS
@@ -236,8 +240,9 @@ class LoggingConfig:
 LaneName = Literal["alarm", "event", "telemetry"]
 Severity = Literal["info", "warning", "minor", "major", "critical"]
 Aggregate = Literal["min", "max", "mean", "count", "last"]
-AGGREGATES: tuple[Aggregate, ...] = ("min", "max", "mean", "count", "last")
-SEVERITIES: tuple[Severity, ...] = ("info", "warning", "minor", "major", "critical")
+AGGREGATES: tuple[Aggregate, ...] = get_args(Aggregate)
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
+LANES: tuple[LaneName, ...] = get_args(LaneName)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,3 +372,25 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@functools.cache
+def choices_of(cls: type[Any], name: str) -> tuple[str, ...]:
+    """The strings field `name` of `cls` allows: its `Literal`'s, in the order written (through
+    `X | None`). The readers pass these to Section.choice, so a choice list is written once."""
+    tp = typing.get_type_hints(cls)[name]
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is not Literal:
+        raise TypeError(f"{cls.__name__}.{name} is not a Literal of strings")
+    return get_args(tp)
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default of field `name` of `cls`, for a class with required fields (no `cls()`)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return f.default
+        if f.name == name and f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+    raise TypeError(f"{cls.__name__}.{name} has no default")

@@ -101,10 +101,11 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
         )
     root = Section(doc, "")
     gw = root.table("gateway")
+    d = GatewayConfig()
     cfg = GatewayConfig(
-        version=root.integer("version", 0, lo=0, hi=INT_LIMIT),
-        gateway_id=gw.ident("id", "gateway"),
-        state_dir=gw.text("state_dir", GatewayConfig().state_dir),
+        version=root.integer("version", d.version, lo=0, hi=INT_LIMIT),
+        gateway_id=gw.ident("id", d.gateway_id),
+        state_dir=gw.text("state_dir", d.state_dir),
         labels=read_labels(gw.table("labels")),
         buffer=read_buffer(root.table("buffer")),
         uplink=read_uplink(root.table("uplink")),

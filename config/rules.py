@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .expr import Expr, ExprError, compile_expr
 from .model import (
     AGGREGATES,
+    LANES,
     SEVERITIES,
     AlarmStep,
     ClampStep,
@@ -33,11 +34,12 @@ from .model import (
     ScaleStep,
     StepConfig,
     WindowStep,
+    choices_of,
+    default_of,
 )
 from .section import Section
 from .units import UNITS
 
-_LANES = ("alarm", "event", "telemetry")
 _GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+/[A-Za-z0-9_.*?\[\]!-]+")
 _SUBFOLDER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
@@ -86,7 +88,8 @@ def _step(s: Section, rule: str, known: list[str]) -> StepConfig:
 
 
 def _scale(s: Section, rule: str, known: list[str]) -> StepConfig:
-    return ScaleStep(s.number("factor", 1.0), s.number("offset", 0.0))
+    d = ScaleStep()
+    return ScaleStep(s.number("factor", d.factor), s.number("offset", d.offset))
 
 
 def _convert(s: Section, rule: str, known: list[str]) -> StepConfig:
@@ -112,7 +115,7 @@ def _clamp(s: Section, rule: str, known: list[str]) -> StepConfig:
 
 
 def _round(s: Section, rule: str, known: list[str]) -> StepConfig:
-    return RoundStep(s.integer("digits", 0, lo=-6, hi=12))
+    return RoundStep(s.integer("digits", RoundStep().digits, lo=-6, hi=12))
 
 
 def _expr_at(s: Section, key: str, known: list[str]) -> Expr:
@@ -167,14 +170,16 @@ def _drop(s: Section, rule: str, known: list[str]) -> StepConfig:
 
 
 def _quality(s: Section, rule: str, known: list[str]) -> StepConfig:
+    d = QualityStep()
     return QualityStep(
-        s.choice("bad", ("drop", "pass"), "drop"), s.choice("uncertain", ("drop", "pass"), "pass")
+        s.choice("bad", choices_of(QualityStep, "bad"), d.bad),
+        s.choice("uncertain", choices_of(QualityStep, "uncertain"), d.uncertain),
     )
 
 
 def _window(s: Section, rule: str, known: list[str]) -> StepConfig:
     seconds = s.integer("seconds", lo=1, hi=24 * 3600)
-    emit = s.strings("emit", ("mean",))
+    emit = s.strings("emit", default_of(WindowStep, "emit"))
     if not emit:
         raise ConfigError(s.at("emit"), "is empty", f"list some of {', '.join(AGGREGATES)}")
     for i, agg in enumerate(emit):
@@ -201,21 +206,21 @@ def _alarm(s: Section, rule: str, known: list[str]) -> StepConfig:
         name=s.ident("name", rule),
         high=high,
         low=low,
-        hysteresis=s.number("hysteresis", 0.0, lo=0.0),
-        on_delay_s=s.number("on_delay_s", 0.0, lo=0.0),
-        off_delay_s=s.number("off_delay_s", 0.0, lo=0.0),
-        severity=s.choice("severity", SEVERITIES, "warning"),
+        hysteresis=s.number("hysteresis", default_of(AlarmStep, "hysteresis"), lo=0.0),
+        on_delay_s=s.number("on_delay_s", default_of(AlarmStep, "on_delay_s"), lo=0.0),
+        off_delay_s=s.number("off_delay_s", default_of(AlarmStep, "off_delay_s"), lo=0.0),
+        severity=s.choice("severity", SEVERITIES, default_of(AlarmStep, "severity")),
     )
 
 
 def _route(s: Section, rule: str, known: list[str]) -> StepConfig:
     subfolder = s.opt_text("subfolder")
     lane = s.opt_text("lane")
-    if lane is not None and lane not in _LANES:
+    if lane is not None and lane not in LANES:
         raise ConfigError(
-            s.at("lane"), f"{lane!r} is not allowed", f"use one of {', '.join(map(repr, _LANES))}"
+            s.at("lane"), f"{lane!r} is not allowed", f"use one of {', '.join(map(repr, LANES))}"
         )
-    drop = s.flag("drop", False)
+    drop = s.flag("drop", RouteStep().drop)
     if subfolder is not None and not _SUBFOLDER.fullmatch(subfolder):
         raise ConfigError(
             s.at("subfolder"),
@@ -232,7 +237,7 @@ def _route(s: Section, rule: str, known: list[str]) -> StepConfig:
         raise ConfigError(
             s.at("subfolder"), "missing, as are lane and drop", "set subfolder, lane or drop = true"
         )
-    return RouteStep(subfolder, lane, drop)  # type: ignore[arg-type]
+    return RouteStep(subfolder, lane, drop)
 
 
 _KINDS: dict[str, Callable[[Section, str, list[str]], StepConfig]] = {

@@ -19,6 +19,7 @@ from .model import (
     MetricsConfig,
     RemoteConfigConfig,
     UpdateConfig,
+    choices_of,
 )
 from .section import Section
 
@@ -94,10 +95,11 @@ def read_update(s: Section) -> UpdateConfig:
 
 
 def read_buffer(s: Section) -> BufferConfig:
+    d = BufferConfig()
     cfg = BufferConfig(
-        path=s.text("path", BufferConfig().path),
-        sync=s.choice("sync", ("full", "normal"), BufferConfig().sync),
-        max_bytes=s.integer("max_bytes", BufferConfig().max_bytes, lo=64 * 1024, hi=2**48),
+        path=s.text("path", d.path),
+        sync=s.choice("sync", choices_of(BufferConfig, "sync"), d.sync),
+        max_bytes=s.integer("max_bytes", d.max_bytes, lo=64 * 1024, hi=2**48),
         max_age_s=s.opt_integer("max_age_s", lo=60, hi=10 * 365 * 24 * 3600),
     )
     s.done()
@@ -123,8 +125,8 @@ def read_metrics(s: Section) -> MetricsConfig:
 def read_logging(s: Section) -> LoggingConfig:
     d = LoggingConfig()
     cfg = LoggingConfig(
-        format=s.choice("format", ("logfmt", "json"), d.format),
-        level=s.choice("level", ("DEBUG", "INFO", "WARNING", "ERROR"), d.level),
+        format=s.choice("format", choices_of(LoggingConfig, "format"), d.format),
+        level=s.choice("level", choices_of(LoggingConfig, "level"), d.level),
     )
     s.done()
     return cfg

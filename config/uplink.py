@@ -13,7 +13,14 @@ import re
 
 from . import profiles
 from .errors import ConfigError
-from .model import AuthConfig, PresenceConfig, TlsConfig, TopicsConfig, UplinkConfig
+from .model import (
+    AuthConfig,
+    PresenceConfig,
+    TlsConfig,
+    TopicsConfig,
+    UplinkConfig,
+    choices_of,
+)
 from .section import Section
 
 
@@ -37,7 +44,7 @@ def read_uplink(s: Section) -> UplinkConfig:
         raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
     cfg = UplinkConfig(
         profile=profile.name,
-        broker=s.text("broker", ""),
+        broker=s.text("broker", d.broker),
         host=hosts[0][0] if hosts else s.text("host", d.host),
         port=hosts[0][1] if hosts else port,
         hosts=hosts,
@@ -48,7 +55,7 @@ def read_uplink(s: Section) -> UplinkConfig:
         hub=d.hub,
         channel=d.channel,
         client_id=s.template("client_id", d.client_id),
-        protocol=s.choice("protocol", ("3.1.1", "5"), d.protocol),
+        protocol=s.choice("protocol", choices_of(UplinkConfig, "protocol"), d.protocol),
         keepalive_s=s.integer("keepalive_s", d.keepalive_s, lo=5, hi=1200),
         connect_timeout_s=s.number("connect_timeout_s", d.connect_timeout_s, lo=0.5, hi=300),
         batch_max_records=s.integer("batch_max_records", d.batch_max_records, lo=1, hi=100_000),
@@ -68,21 +75,23 @@ def read_uplink(s: Section) -> UplinkConfig:
         retain_state=s.flag("retain_state", d.retain_state),
         presence=_presence(presence),
         tls=TlsConfig(
-            enabled=tls.flag("enabled", True),
+            enabled=tls.flag("enabled", d.tls.enabled),
             ca_file=tls.opt_text("ca_file"),
-            verify=tls.flag("verify", True),
+            verify=tls.flag("verify", d.tls.verify),
             cert_file=tls.opt_text("cert_file"),
             key_file=tls.opt_text("key_file"),
             server_name=tls.opt_text("server_name"),
         ),
         auth=AuthConfig(
             kind=auth.choice(
-                "kind", ("jwt", "password", "sas", "x509", "none"), profile.auth_kind or "none"
+                "kind", choices_of(AuthConfig, "kind"), profile.auth_kind or "none"
             ),
-            algorithm=auth.choice("algorithm", ("ES256", "RS256"), "ES256"),
-            private_key=auth.text("private_key", AuthConfig().private_key),
-            audience=auth.text("audience", ""),
-            lifetime_s=auth.integer("lifetime_s", 3600, lo=60, hi=24 * 3600),
+            algorithm=auth.choice(
+                "algorithm", choices_of(AuthConfig, "algorithm"), d.auth.algorithm
+            ),
+            private_key=auth.text("private_key", d.auth.private_key),
+            audience=auth.text("audience", d.auth.audience),
+            lifetime_s=auth.integer("lifetime_s", d.auth.lifetime_s, lo=60, hi=24 * 3600),
             key_id=auth.opt_text("key_id"),
             username=auth.text("username", d.auth.username),
             password=auth.opt_text("password"),
