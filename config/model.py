@@ -24,18 +24,6 @@ DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
 ]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
-# Registers per data type (a string spans its `length`); a table, not built per call.
-_REGISTERS = {
-    "bool": 1,
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "float32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float64": 4,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +46,6 @@ class PointConfig:
     # The driver's own point keys beyond these (its OptionSet.point instance), e.g. an OPC UA
     # node id; None for the built-in drivers, whose keys are the fields above.
     options: Any = None
-
-    @property
-    def register_count(self) -> int:
-        """How many 16-bit registers (or bits, for coil/discrete) the point spans."""
-        if self.table in ("coil", "discrete"):
-            return 1
-        return self.length if self.type == "string" else _REGISTERS[self.type]
 
 
 @dataclass(frozen=True, slots=True)
