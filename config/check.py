@@ -26,7 +26,7 @@ from .rules import parse_rules
 from .section import INT_LIMIT, Section
 from .tables import (
     read_buffer,
-    read_labels,
+    read_gateway,
     read_logging,
     read_metrics,
     read_remote_config,
@@ -69,8 +69,8 @@ def parse_all(doc: Any) -> Parsed:
     root = Section(doc, "")
     part(root.integer, "version", 0, lo=0, hi=INT_LIMIT)
     gw = part(root.table, "gateway")
-    if gw is not None:
-        out.state_dir = part(_gateway, gw)
+    gateway = part(read_gateway, gw) if gw is not None else None
+    out.state_dir = gateway.state_dir if gateway is not None else None
     out.uplink = part(_table, root, "uplink", read_uplink)
     out.remote_config = part(_table, root, "remote_config", read_remote_config)
     for name, fn in (
@@ -98,14 +98,6 @@ def parse_all(doc: Any) -> Parsed:
 
 def _table(root: Section, name: str, fn: Callable[[Section], T]) -> T:
     return fn(root.table(name))
-
-
-def _gateway(gw: Section) -> str:
-    gw.ident("id", "gateway")
-    state_dir = gw.text("state_dir", GatewayConfig().state_dir)
-    read_labels(gw.table("labels"))
-    gw.done()
-    return state_dir
 
 
 def _raw_points(dev: Mapping[str, Any]) -> list[str]:
@@ -161,12 +153,10 @@ def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
 
 def _option_owners() -> dict[str, set[str]]:
     """Device option name -> the installed drivers that declare it."""
-    from importlib.metadata import entry_points
-
-    from .options import GROUP, options_of
+    from .options import driver_names, options_of
 
     owners: dict[str, set[str]] = {}
-    for name in entry_points(group=GROUP).names:
+    for name in driver_names():
         try:
             device = entry_point_options(name, "driver").device
         except ConfigError:

@@ -25,7 +25,7 @@ from .rules import parse_rules
 from .section import INT_LIMIT, Section, kind_of
 from .tables import (
     read_buffer,
-    read_labels,
+    read_gateway,
     read_logging,
     read_metrics,
     read_remote_config,
@@ -100,13 +100,10 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
             "<document>", f"expected a table, got {kind_of(doc)}", "send a JSON object"
         )
     root = Section(doc, "")
-    gw = root.table("gateway")
-    d = GatewayConfig()
-    cfg = GatewayConfig(
-        version=root.integer("version", d.version, lo=0, hi=INT_LIMIT),
-        gateway_id=gw.ident("id", d.gateway_id),
-        state_dir=gw.text("state_dir", d.state_dir),
-        labels=read_labels(gw.table("labels")),
+    version = root.integer("version", GatewayConfig().version, lo=0, hi=INT_LIMIT)
+    cfg = replace(
+        read_gateway(root.table("gateway")),
+        version=version,
         buffer=read_buffer(root.table("buffer")),
         uplink=read_uplink(root.table("uplink")),
         devices=tuple(read_device(s, lookup) for s in root.tables("devices")),
@@ -115,7 +112,6 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
         update=read_update(root.table("update")),
         logging=read_logging(root.table("logging")),
     )
-    gw.done()
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
     cfg = replace(cfg, rules=parse_rules(root.tables("rules"), known))
     root.done()

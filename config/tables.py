@@ -1,5 +1,5 @@
-"""Readers of the small top-level tables: [gateway] labels, [buffer], [metrics], [update],
-[logging] and [remote_config].
+"""Readers of the small top-level tables: [gateway] (with its labels), [buffer], [metrics],
+[update], [logging] and [remote_config].
 
 Invariants:
 - each reader takes its table's Section and returns the frozen model type, reading every key
@@ -11,10 +11,12 @@ Invariants:
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from .errors import ConfigError
 from .model import (
     BufferConfig,
+    GatewayConfig,
     LoggingConfig,
     MetricsConfig,
     RemoteConfigConfig,
@@ -22,6 +24,21 @@ from .model import (
     choices_of,
 )
 from .section import Section
+
+
+def read_gateway(s: Section) -> GatewayConfig:
+    """[gateway]: id, state_dir and labels, in a GatewayConfig whose other fields are defaults
+    (load_document fills them from their own tables; `gatewayd check` wants the state_dir)."""
+    d = GatewayConfig()
+    cfg = replace(
+        d,
+        gateway_id=s.ident("id", d.gateway_id),
+        state_dir=s.text("state_dir", d.state_dir),
+        labels=read_labels(s.table("labels")),
+    )
+    s.done()
+    return cfg
+
 
 # Labels travel in the state document and in `fleet --select key=value`: no '=', ',', '/',
 # '+', '#' or spaces, which would need quoting on a command line or in a topic.
