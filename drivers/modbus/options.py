@@ -2,7 +2,8 @@
 
 Invariants:
 - Every key a Modbus device or point table may carry is a field below, with its default and
-  range; config/parse.py knows none of them (it reads them through each driver's `options`).
+  range; core config (config/devices.py) knows none of them (it reads them through each
+  driver's `options`).
 - The checks keep the messages config/parse.py had when it owned these keys (tests/config_cases);
   sizes and the orders a type allows come from the one table of data types (types.py).
 """
