@@ -23,7 +23,7 @@ from .model import GatewayConfig, RemoteConfigConfig, UplinkConfig
 from .options import entry_point_options
 from .parse import load_document
 from .rules import parse_rules
-from .section import INT_LIMIT, Section
+from .section import Section
 from .tables import (
     read_buffer,
     read_gateway,
@@ -31,6 +31,7 @@ from .tables import (
     read_metrics,
     read_remote_config,
     read_update,
+    read_version,
 )
 from .uplink import read_uplink
 
@@ -67,7 +68,7 @@ def parse_all(doc: Any) -> Parsed:
             return None
 
     root = Section(doc, "")
-    part(root.integer, "version", 0, lo=0, hi=INT_LIMIT)
+    part(read_version, root)
     gw = part(root.table, "gateway")
     gateway = part(read_gateway, gw) if gw is not None else None
     out.state_dir = gateway.state_dir if gateway is not None else None

@@ -21,8 +21,6 @@ from .section import MISSING, Section
 # Ranges of the keys every device and point has (the schema publishes the same, config/schema.py).
 INTERVAL_MS = (10, 24 * 3600 * 1000)
 TIMEOUT_S = (0.01, 60.0)
-
-
 _DEVICE = DeviceConfig(id="", driver="")  # the defaults of the keys every device has
 
 
@@ -41,12 +39,12 @@ def read_device(s: Section, lookup: Lookup) -> DeviceConfig:
     """The keys every device has; the rest are the driver's (its OptionSet, config/options.py)."""
     driver = s.text("driver")
     declared = lookup(driver, s.at("driver"))
-    lo_ms, hi_ms = INTERVAL_MS
+    (lo_ms, hi_ms), (lo_s, hi_s) = INTERVAL_MS, TIMEOUT_S
     cfg = DeviceConfig(
         id=s.ident("id"),
         driver=driver,
         interval_ms=s.integer("interval_ms", _DEVICE.interval_ms, lo=lo_ms, hi=hi_ms),
-        timeout_s=s.number("timeout_s", _DEVICE.timeout_s, lo=TIMEOUT_S[0], hi=TIMEOUT_S[1]),
+        timeout_s=s.number("timeout_s", _DEVICE.timeout_s, lo=lo_s, hi=hi_s),
         options=read_options(declared.device, s, MISSING) if declared.device else None,
         points=tuple(read_point(p, declared) for p in s.tables("points")),
     )

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .model import GatewayConfig
 from .options import Lookup, entry_point_options
 from .rules import parse_rules
-from .section import INT_LIMIT, Section, kind_of
+from .section import Section, kind_of
 from .tables import (
     read_buffer,
     read_gateway,
@@ -30,6 +30,7 @@ from .tables import (
     read_metrics,
     read_remote_config,
     read_update,
+    read_version,
 )
 from .uplink import read_uplink
 
@@ -100,7 +101,7 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
             "<document>", f"expected a table, got {kind_of(doc)}", "send a JSON object"
         )
     root = Section(doc, "")
-    version = root.integer("version", GatewayConfig().version, lo=0, hi=INT_LIMIT)
+    version = read_version(root)
     cfg = replace(
         read_gateway(root.table("gateway")),
         version=version,
@@ -121,7 +122,6 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
 
 
 __all__ = [
-    "INT_LIMIT",
     "example_path",
     "load",
     "load_document",

@@ -23,7 +23,12 @@ from .model import (
     UpdateConfig,
     choices_of,
 )
-from .section import Section
+from .section import INT_LIMIT, Section
+
+
+def read_version(root: Section) -> int:
+    """The document's top-level `version` (a push must raise it)."""
+    return root.integer("version", GatewayConfig().version, lo=0, hi=INT_LIMIT)
 
 
 def read_gateway(s: Section) -> GatewayConfig:
