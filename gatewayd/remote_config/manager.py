@@ -97,10 +97,12 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
     if cand.stored.starts >= MAX_STARTS:
         reason = "the gateway stopped while applying it, twice; rolled back at start"
         store.note_rollback(cand.stored, reason)
+        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
+        # The outcome before the candidate goes: a kill between the two then rolls it back again
+        # at the next start, instead of leaving no candidate and no outcome to report.
+        store.note_outcome(outcome)
         store.drop_candidate()
         log.warning("config_rolled_back version=%d reason=%r", cand.version, reason)
-        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
-        store.note_outcome(outcome)
         _warn_if_not_local(local.version, local_doc, base.stored)
         return Startup(base, None, outcome, new_outcome=True)
     s = cand.stored
