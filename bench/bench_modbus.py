@@ -29,6 +29,7 @@ from gatewayd.config import PointConfig
 from gatewayd.drivers import PollGroup
 from gatewayd.drivers.modbus import ModbusDriver, ModbusRtuDriver, plan_requests
 from gatewayd.drivers.modbus.options import ModbusRtuOptions, ModbusTcpOptions
+from gatewayd.drivers.modbus.types import register_count
 from gatewayd.drivers.options import device_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -109,7 +110,7 @@ class NaivePymodbus:
         out = []
         for p in group.points:
             rr = await self.client.read_holding_registers(
-                p.address, count=p.register_count, device_id=1
+                p.address, count=register_count(p), device_id=1
             )
             out.append(Reading(f"d/{p.id}", now_ms(), decode_point(p, rr.registers)))
         return out
@@ -155,11 +156,11 @@ async def bench_tcp(seconds: float) -> None:
             )
         ours = [len(plan_requests(m, max_gap=16)) for m in maps]
         shrink = [
-            len(telegraf_requests([(p.address, p.register_count) for p in m], 125, "shrink"))
+            len(telegraf_requests([(p.address, register_count(p)) for p in m], 125, "shrink"))
             for m in maps
         ]
         rearr = [
-            len(telegraf_requests([(p.address, p.register_count) for p in m], 125, "rearrange"))
+            len(telegraf_requests([(p.address, register_count(p)) for p in m], 125, "rearrange"))
             for m in maps
         ]
         touching = [len(plan_requests(m, max_gap=0)) for m in maps]

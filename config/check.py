@@ -17,12 +17,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import parse
+from .devices import cached_lookup, read_device
 from .errors import ConfigError
 from .model import GatewayConfig, RemoteConfigConfig, UplinkConfig
 from .options import entry_point_options
-from .parse import INT_LIMIT, Section, load_document
+from .parse import load_document
 from .rules import parse_rules
+from .section import Section
+from .tables import (
+    read_buffer,
+    read_gateway,
+    read_logging,
+    read_metrics,
+    read_remote_config,
+    read_update,
+    read_version,
+)
+from .uplink import read_uplink
 
 T = TypeVar("T")
 
@@ -57,23 +68,23 @@ def parse_all(doc: Any) -> Parsed:
             return None
 
     root = Section(doc, "")
-    part(root.integer, "version", 0, lo=0, hi=INT_LIMIT)
+    part(read_version, root)
     gw = part(root.table, "gateway")
-    if gw is not None:
-        out.state_dir = part(_gateway, gw)
-    out.uplink = part(_table, root, "uplink", parse._uplink)
-    out.remote_config = part(_table, root, "remote_config", parse._remote_config)
+    gateway = part(read_gateway, gw) if gw is not None else None
+    out.state_dir = gateway.state_dir if gateway is not None else None
+    out.uplink = part(_table, root, "uplink", read_uplink)
+    out.remote_config = part(_table, root, "remote_config", read_remote_config)
     for name, fn in (
-        ("buffer", parse._buffer),
-        ("metrics", parse._metrics),
-        ("update", parse._update),
-        ("logging", parse._logging),
+        ("buffer", read_buffer),
+        ("metrics", read_metrics),
+        ("update", read_update),
+        ("logging", read_logging),
     ):
         part(_table, root, name, fn)
     known: list[str] = []
-    lookup = parse._cached(entry_point_options)  # each driver's declared options
+    lookup = cached_lookup(entry_point_options)  # each driver's declared options
     for i, s in enumerate(part(root.tables, "devices") or []):
-        dev = part(parse._device, s, lookup)
+        dev = part(read_device, s, lookup)
         if dev is not None:
             known += (f"{dev.id}/{p.id}" for p in dev.points)
         else:  # its points still exist for the rules: no second error for one mistake
@@ -88,14 +99,6 @@ def parse_all(doc: Any) -> Parsed:
 
 def _table(root: Section, name: str, fn: Callable[[Section], T]) -> T:
     return fn(root.table(name))
-
-
-def _gateway(gw: Section) -> str:
-    gw.ident("id", "gateway")
-    state_dir = gw.text("state_dir", GatewayConfig().state_dir)
-    parse._labels(gw.table("labels"))
-    gw.done()
-    return state_dir
 
 
 def _raw_points(dev: Mapping[str, Any]) -> list[str]:
@@ -151,12 +154,10 @@ def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
 
 def _option_owners() -> dict[str, set[str]]:
     """Device option name -> the installed drivers that declare it."""
-    from importlib.metadata import entry_points
-
-    from .options import GROUP, options_of
+    from .options import driver_names, options_of
 
     owners: dict[str, set[str]] = {}
-    for name in entry_points(group=GROUP).names:
+    for name in driver_names():
         try:
             device = entry_point_options(name, "driver").device
         except ConfigError:

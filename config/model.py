@@ -1,29 +1,29 @@
-"""Typed, frozen configuration objects. Defaults here are the documented defaults."""
+"""Typed, frozen configuration objects: every one the parser builds, rules' steps included.
+
+Invariants:
+- defaults and `Literal` choice lists here are the documented ones; the readers (config/
+  tables.py, uplink.py, devices.py, rules.py) and `gatewayd schema` take theirs from these
+  dataclasses instead of writing them again;
+- this module imports no reader and no parser: the readers import the model, never the reverse.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from .rules import RuleConfig
+from .expr import Expr
+from .units import UNITS
 
 RegisterTable = Literal["coil", "discrete", "input", "holding"]
 DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
 ]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
-# Registers per data type (a string spans its `length`); a table, not built per call.
-_REGISTERS = {
-    "bool": 1,
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "float32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float64": 4,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +46,6 @@ class PointConfig:
     # The driver's own point keys beyond these (its OptionSet.point instance), e.g. an OPC UA
     # node id; None for the built-in drivers, whose keys are the fields above.
     options: Any = None
-
-    @property
-    def register_count(self) -> int:
-        """How many 16-bit registers (or bits, for coil/discrete) the point spans."""
-        if self.table in ("coil", "discrete"):
-            return 1
-        return self.length if self.type == "string" else _REGISTERS[self.type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,19 +217,161 @@ class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# [[rules]]: a rule names points and the steps their readings go through (config/rules.py).
+LaneName = Literal["alarm", "event", "telemetry"]
+Severity = Literal["info", "warning", "minor", "major", "critical"]
+Aggregate = Literal["min", "max", "mean", "count", "last"]
+AGGREGATES: tuple[Aggregate, ...] = get_args(Aggregate)
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
+LANES: tuple[LaneName, ...] = get_args(LaneName)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStep:
+    """value * factor + offset (also what a unit conversion compiles to)."""
+
+    factor: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertStep:
+    source: str
+    target: str
+
+    @property
+    def affine(self) -> tuple[float, float]:
+        _, a1, b1 = UNITS[self.source]
+        _, a2, b2 = UNITS[self.target]
+        return a1 / a2, (b1 - b2) / a2
+
+
+@dataclass(frozen=True, slots=True)
+class ClampStep:
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStep:
+    digits: int = 0  # 0 gives an integer
+
+
+@dataclass(frozen=True, slots=True)
+class ExprStep:
+    expr: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class DeadbandStep:
+    """Report by exception: pass a value only when it moved at least the band since the last
+    one passed, or when `heartbeat_s` has gone by. absolute = 0 passes every change."""
+
+    absolute: float | None = None
+    percent: float | None = None  # of the last value passed
+    heartbeat_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitStep:
+    min_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionStep:
+    keep: bool  # True: keep when `when` holds; False: drop when it holds
+    when: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class QualityStep:
+    bad: Literal["drop", "pass"] = "drop"
+    uncertain: Literal["drop", "pass"] = "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStep:
+    seconds: int
+    emit: tuple[Aggregate, ...] = ("mean",)
+    grace_s: float = 1.0  # a window closes by the clock this long after its end
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmStep:
+    name: str
+    high: float | None = None
+    low: float | None = None
+    hysteresis: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    severity: Severity = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStep:
+    subfolder: str | None = None
+    lane: LaneName | None = None
+    drop: bool = False
+
+
+StepConfig = (
+    ScaleStep
+    | ConvertStep
+    | ClampStep
+    | RoundStep
+    | ExprStep
+    | DeadbandStep
+    | RateLimitStep
+    | ConditionStep
+    | QualityStep
+    | WindowStep
+    | AlarmStep
+    | RouteStep
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    points: tuple[str, ...]  # point ids or globs: "boiler/pressure", "pump-*/pressure"
+    steps: tuple[StepConfig, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     version: int = 0
     gateway_id: str = "gateway"
     state_dir: str = "/var/lib/gatewayd"
     # [gateway] labels: published in the state document, so `gatewayd fleet --select` works
-    # without an inventory. Sorted (key, value) pairs of safe strings (see parse._labels).
+    # without an inventory. Sorted (key, value) pairs of safe strings (see tables.read_labels).
     labels: tuple[tuple[str, str], ...] = ()
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()
     remote_config: RemoteConfigConfig = field(default_factory=RemoteConfigConfig)
-    rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order (config/rules.py)
+    rules: tuple[RuleConfig, ...] = ()  # [[rules]], applied in order
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@functools.cache
+def choices_of(cls: type[Any], name: str) -> tuple[str, ...]:
+    """The strings field `name` of `cls` allows: its `Literal`'s, in the order written (through
+    `X | None`). The readers pass these to Section.choice, so a choice list is written once."""
+    tp = typing.get_type_hints(cls)[name]
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is not Literal:
+        raise TypeError(f"{cls.__name__}.{name} is not a Literal of strings")
+    return get_args(tp)
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default of field `name` of `cls`, for a class with required fields (no `cls()`)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return f.default
+        if f.name == name and f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+    raise TypeError(f"{cls.__name__}.{name} has no default")

@@ -116,7 +116,7 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
 
 
 class Reader(typing.Protocol):
-    """What reading options needs of a table (config.parse.Section is one)."""
+    """What reading options needs of a table (config.section.Section is one)."""
 
     def at(self, key: str) -> str: ...
     def peek(self, key: str) -> Any: ...
@@ -150,7 +150,7 @@ class Reader(typing.Protocol):
 
 def read_options(cls: type[T], s: Reader, missing: Any) -> T:
     """An instance of `cls` from the table `s`; every error names the key, problem and fix.
-    `missing` is the reader's marker for "no default" (config.parse._MISSING)."""
+    `missing` is the reader's marker for "no default" (config.section.MISSING)."""
     values: dict[str, Any] = {}
     for o in options_of(cls):
         d = missing if o.default is dataclasses.MISSING else o.default
@@ -218,21 +218,38 @@ NO_OPTIONS = OptionSet()
 Lookup = Callable[[str, str], OptionSet]
 
 
-def entry_point_options(kind: str, place: str) -> OptionSet:
-    """The default Lookup: the `options` of the `gatewayd.drivers` entry point named `kind`."""
+def driver_names() -> list[str]:
+    """The installed drivers: the names of the `gatewayd.drivers` entry points, sorted."""
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=GROUP).names)
+
+
+def find_driver(kind: str, place: str) -> Any:
+    """What the `gatewayd.drivers` entry point named `kind` loads (a driver class).
+
+    The one place an unknown driver is reported, with a did-you-mean: config's lookup of a
+    driver's options and the daemon's driver registry (gatewayd.drivers.load_driver) both ask
+    here, so `check`, a push and `run` say the same."""
     from importlib.metadata import entry_points
 
     eps = entry_points(group=GROUP)
     if kind not in eps.names:
-        near = difflib.get_close_matches(kind, sorted(eps.names), n=1)
+        names = sorted(eps.names)
+        near = difflib.get_close_matches(kind, names, n=1)
         raise ConfigError(
             place,
             f"unknown driver {kind!r}",
             f"did you mean {near[0]!r}? (or install the package that provides {kind!r})"
             if near
-            else f"use one of {', '.join(map(repr, sorted(eps.names)))} or install its package",
+            else f"use one of {', '.join(map(repr, names))} or install its package",
         )
-    declared = getattr(eps[kind].load(), "options", NO_OPTIONS)
+    return eps[kind].load()
+
+
+def entry_point_options(kind: str, place: str) -> OptionSet:
+    """The default Lookup: the `options` of the `gatewayd.drivers` entry point named `kind`."""
+    declared = getattr(find_driver(kind, place), "options", NO_OPTIONS)
     if not isinstance(declared, OptionSet):
         raise ConfigError(
             place,

@@ -1,7 +1,11 @@
-"""Schema of `[[rules]]`: rules attach to points by id or glob and list steps run in order.
+"""Reading `[[rules]]`: rules attach to points by id or glob and list steps run in order.
 
-A rule is identified by its whole content (name, points and steps): a reload keeps the state
-of every rule whose content did not change. Expressions are validated and compiled here, once.
+Invariants:
+- the rule and step types are frozen dataclasses of config/model.py (re-exported here for the
+  rules engine); this module only reads tables into them;
+- a rule is identified by its whole content (name, points and steps): a reload keeps the state
+  of every rule whose content did not change;
+- expressions are validated and compiled here, once.
 """
 
 from __future__ import annotations
@@ -9,173 +13,33 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError
 from .expr import Expr, ExprError, compile_expr
-
-if TYPE_CHECKING:
-    from .parse import Section
-
-LaneName = Literal["alarm", "event", "telemetry"]
-Severity = Literal["info", "warning", "minor", "major", "critical"]
-Aggregate = Literal["min", "max", "mean", "count", "last"]
-AGGREGATES: tuple[Aggregate, ...] = ("min", "max", "mean", "count", "last")
-SEVERITIES: tuple[Severity, ...] = ("info", "warning", "minor", "major", "critical")
-
-# unit -> (quantity, factor, offset) with si = x * factor + offset
-UNITS: dict[str, tuple[str, float, float]] = {
-    "degC": ("temperature", 1.0, 273.15),
-    "degF": ("temperature", 5 / 9, 273.15 - 32 * 5 / 9),
-    "K": ("temperature", 1.0, 0.0),
-    "Pa": ("pressure", 1.0, 0.0),
-    "hPa": ("pressure", 100.0, 0.0),
-    "kPa": ("pressure", 1e3, 0.0),
-    "MPa": ("pressure", 1e6, 0.0),
-    "mbar": ("pressure", 100.0, 0.0),
-    "bar": ("pressure", 1e5, 0.0),
-    "psi": ("pressure", 6894.757293168361, 0.0),
-    "m3/h": ("flow", 1 / 3600, 0.0),
-    "m3/s": ("flow", 1.0, 0.0),
-    "l/s": ("flow", 1e-3, 0.0),
-    "l/min": ("flow", 1e-3 / 60, 0.0),
-    "W": ("power", 1.0, 0.0),
-    "kW": ("power", 1e3, 0.0),
-    "MW": ("power", 1e6, 0.0),
-    "hp": ("power", 745.6998715822702, 0.0),
-    "Wh": ("energy", 3600.0, 0.0),
-    "kWh": ("energy", 3.6e6, 0.0),
-    "MWh": ("energy", 3.6e9, 0.0),
-    "J": ("energy", 1.0, 0.0),
-    "kJ": ("energy", 1e3, 0.0),
-    "MJ": ("energy", 1e6, 0.0),
-    "mm": ("length", 1e-3, 0.0),
-    "cm": ("length", 1e-2, 0.0),
-    "m": ("length", 1.0, 0.0),
-    "in": ("length", 0.0254, 0.0),
-    "ft": ("length", 0.3048, 0.0),
-    "m/s": ("speed", 1.0, 0.0),
-    "km/h": ("speed", 1 / 3.6, 0.0),
-    "rpm": ("rotation", 1 / 60, 0.0),
-    "Hz": ("rotation", 1.0, 0.0),
-    "%": ("ratio", 0.01, 0.0),
-    "ratio": ("ratio", 1.0, 0.0),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleStep:
-    """value * factor + offset (also what a unit conversion compiles to)."""
-
-    factor: float = 1.0
-    offset: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ConvertStep:
-    source: str
-    target: str
-
-    @property
-    def affine(self) -> tuple[float, float]:
-        _, a1, b1 = UNITS[self.source]
-        _, a2, b2 = UNITS[self.target]
-        return a1 / a2, (b1 - b2) / a2
-
-
-@dataclass(frozen=True, slots=True)
-class ClampStep:
-    min: float | None = None
-    max: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RoundStep:
-    digits: int = 0  # 0 gives an integer
-
-
-@dataclass(frozen=True, slots=True)
-class ExprStep:
-    expr: Expr
-
-
-@dataclass(frozen=True, slots=True)
-class DeadbandStep:
-    """Report by exception: pass a value only when it moved at least the band since the last
-    one passed, or when `heartbeat_s` has gone by. absolute = 0 passes every change."""
-
-    absolute: float | None = None
-    percent: float | None = None  # of the last value passed
-    heartbeat_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitStep:
-    min_interval_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ConditionStep:
-    keep: bool  # True: keep when `when` holds; False: drop when it holds
-    when: Expr
-
-
-@dataclass(frozen=True, slots=True)
-class QualityStep:
-    bad: Literal["drop", "pass"] = "drop"
-    uncertain: Literal["drop", "pass"] = "pass"
-
-
-@dataclass(frozen=True, slots=True)
-class WindowStep:
-    seconds: int
-    emit: tuple[Aggregate, ...] = ("mean",)
-    grace_s: float = 1.0  # a window closes by the clock this long after its end
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmStep:
-    name: str
-    high: float | None = None
-    low: float | None = None
-    hysteresis: float = 0.0
-    on_delay_s: float = 0.0
-    off_delay_s: float = 0.0
-    severity: Severity = "warning"
-
-
-@dataclass(frozen=True, slots=True)
-class RouteStep:
-    subfolder: str | None = None
-    lane: LaneName | None = None
-    drop: bool = False
-
-
-StepConfig = (
-    ScaleStep
-    | ConvertStep
-    | ClampStep
-    | RoundStep
-    | ExprStep
-    | DeadbandStep
-    | RateLimitStep
-    | ConditionStep
-    | QualityStep
-    | WindowStep
-    | AlarmStep
-    | RouteStep
+from .model import (
+    AGGREGATES,
+    LANES,
+    SEVERITIES,
+    AlarmStep,
+    ClampStep,
+    ConditionStep,
+    ConvertStep,
+    DeadbandStep,
+    ExprStep,
+    QualityStep,
+    RateLimitStep,
+    RoundStep,
+    RouteStep,
+    RuleConfig,
+    ScaleStep,
+    StepConfig,
+    WindowStep,
+    choices_of,
+    default_of,
 )
+from .section import Section
+from .units import UNITS
 
-
-@dataclass(frozen=True, slots=True)
-class RuleConfig:
-    name: str
-    points: tuple[str, ...]  # point ids or globs: "boiler/pressure", "pump-*/pressure"
-    steps: tuple[StepConfig, ...]
-
-
-_LANES = ("alarm", "event", "telemetry")
 _GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+/[A-Za-z0-9_.*?\[\]!-]+")
 _SUBFOLDER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
@@ -224,7 +88,8 @@ def _step(s: Section, rule: str, known: list[str]) -> StepConfig:
 
 
 def _scale(s: Section, rule: str, known: list[str]) -> StepConfig:
-    return ScaleStep(s.number("factor", 1.0), s.number("offset", 0.0))
+    d = ScaleStep()
+    return ScaleStep(s.number("factor", d.factor), s.number("offset", d.offset))
 
 
 def _convert(s: Section, rule: str, known: list[str]) -> StepConfig:
@@ -250,7 +115,7 @@ def _clamp(s: Section, rule: str, known: list[str]) -> StepConfig:
 
 
 def _round(s: Section, rule: str, known: list[str]) -> StepConfig:
-    return RoundStep(s.integer("digits", 0, lo=-6, hi=12))
+    return RoundStep(s.integer("digits", RoundStep().digits, lo=-6, hi=12))
 
 
 def _expr_at(s: Section, key: str, known: list[str]) -> Expr:
@@ -305,14 +170,16 @@ def _drop(s: Section, rule: str, known: list[str]) -> StepConfig:
 
 
 def _quality(s: Section, rule: str, known: list[str]) -> StepConfig:
+    d = QualityStep()
     return QualityStep(
-        s.choice("bad", ("drop", "pass"), "drop"), s.choice("uncertain", ("drop", "pass"), "pass")
+        s.choice("bad", choices_of(QualityStep, "bad"), d.bad),
+        s.choice("uncertain", choices_of(QualityStep, "uncertain"), d.uncertain),
     )
 
 
 def _window(s: Section, rule: str, known: list[str]) -> StepConfig:
     seconds = s.integer("seconds", lo=1, hi=24 * 3600)
-    emit = s.strings("emit", ("mean",))
+    emit = s.strings("emit", default_of(WindowStep, "emit"))
     if not emit:
         raise ConfigError(s.at("emit"), "is empty", f"list some of {', '.join(AGGREGATES)}")
     for i, agg in enumerate(emit):
@@ -339,21 +206,21 @@ def _alarm(s: Section, rule: str, known: list[str]) -> StepConfig:
         name=s.ident("name", rule),
         high=high,
         low=low,
-        hysteresis=s.number("hysteresis", 0.0, lo=0.0),
-        on_delay_s=s.number("on_delay_s", 0.0, lo=0.0),
-        off_delay_s=s.number("off_delay_s", 0.0, lo=0.0),
-        severity=s.choice("severity", SEVERITIES, "warning"),
+        hysteresis=s.number("hysteresis", default_of(AlarmStep, "hysteresis"), lo=0.0),
+        on_delay_s=s.number("on_delay_s", default_of(AlarmStep, "on_delay_s"), lo=0.0),
+        off_delay_s=s.number("off_delay_s", default_of(AlarmStep, "off_delay_s"), lo=0.0),
+        severity=s.choice("severity", SEVERITIES, default_of(AlarmStep, "severity")),
     )
 
 
 def _route(s: Section, rule: str, known: list[str]) -> StepConfig:
     subfolder = s.opt_text("subfolder")
     lane = s.opt_text("lane")
-    if lane is not None and lane not in _LANES:
+    if lane is not None and lane not in LANES:
         raise ConfigError(
-            s.at("lane"), f"{lane!r} is not allowed", f"use one of {', '.join(map(repr, _LANES))}"
+            s.at("lane"), f"{lane!r} is not allowed", f"use one of {', '.join(map(repr, LANES))}"
         )
-    drop = s.flag("drop", False)
+    drop = s.flag("drop", RouteStep().drop)
     if subfolder is not None and not _SUBFOLDER.fullmatch(subfolder):
         raise ConfigError(
             s.at("subfolder"),
@@ -370,7 +237,7 @@ def _route(s: Section, rule: str, known: list[str]) -> StepConfig:
         raise ConfigError(
             s.at("subfolder"), "missing, as are lane and drop", "set subfolder, lane or drop = true"
         )
-    return RouteStep(subfolder, lane, drop)  # type: ignore[arg-type]
+    return RouteStep(subfolder, lane, drop)
 
 
 _KINDS: dict[str, Callable[[Section, str, list[str]], StepConfig]] = {

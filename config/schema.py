@@ -17,20 +17,34 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
-from .model import GatewayConfig
+from .devices import INTERVAL_MS, TIMEOUT_S
+from .model import DeviceConfig, GatewayConfig, PointConfig
 from .options import NO_OPTIONS, Option, OptionSet, options_of
+from .section import ID, INT_LIMIT
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-# Keys every device and point has, whatever its driver (config/parse.py _device and _point).
+_DEVICE = DeviceConfig(id="", driver="")
+_POINT = PointConfig(id="")  # a point of a driver without a point schema has only a unit
+# Keys every device and point has, whatever its driver (config/devices.py reads them).
 _DEVICE_COMMON: dict[str, Any] = {
-    "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "id": {"type": "string", "pattern": f"^{ID.pattern}$"},
     "driver": {"type": "string"},
-    "interval_ms": {"type": "integer", "minimum": 10, "maximum": 24 * 3600 * 1000, "default": 1000},
-    "timeout_s": {"type": "number", "minimum": 0.01, "maximum": 60.0, "default": 1.0},
+    "interval_ms": {
+        "type": "integer",
+        "minimum": INTERVAL_MS[0],
+        "maximum": INTERVAL_MS[1],
+        "default": _DEVICE.interval_ms,
+    },
+    "timeout_s": {
+        "type": "number",
+        "minimum": TIMEOUT_S[0],
+        "maximum": TIMEOUT_S[1],
+        "default": _DEVICE.timeout_s,
+    },
 }
 _POINT_COMMON: dict[str, Any] = {
     "id": _DEVICE_COMMON["id"],
-    "interval_ms": {"type": "integer", "minimum": 10, "maximum": 24 * 3600 * 1000},
+    "interval_ms": {"type": "integer", "minimum": INTERVAL_MS[0], "maximum": INTERVAL_MS[1]},
 }
 # GatewayConfig fields that are tables (or the version) of their own, not keys of [gateway].
 _ROOT_TABLES = ("buffer", "uplink", "remote_config", "metrics", "update", "logging")
@@ -109,7 +123,7 @@ def device_schema(name: str, declared: OptionSet) -> dict[str, Any]:
     """One driver's device table, its own keys and its points' keys included."""
     dev, dev_required = _options(declared.device)
     if declared.point is None:
-        pt: dict[str, Any] = {"unit": {"type": "string", "default": ""}}
+        pt: dict[str, Any] = {"unit": {"type": "string", "default": _POINT.unit}}
         pt_required: list[str] = []
     else:
         pt, pt_required = _options(declared.point)
@@ -143,7 +157,12 @@ def config_schema(drivers: Mapping[str, OptionSet]) -> dict[str, Any]:
     }
     hints = typing.get_type_hints(GatewayConfig)
     props: dict[str, Any] = {
-        "version": {"type": "integer", "minimum": 0, "default": 0},
+        "version": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": INT_LIMIT,
+            "default": GatewayConfig().version,
+        },
         "gateway": gateway,
         **{t: _type(hints[t]) for t in _ROOT_TABLES},
         "devices": {

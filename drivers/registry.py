@@ -1,29 +1,24 @@
-"""Driver lookup through entry points: a third-party driver installs without touching the core."""
+"""Driver lookup through entry points: a third-party driver installs without touching the core.
+
+Invariant: the installed drivers and the error for an unknown one come from one place,
+gatewayd.config.options (driver_names, find_driver), which config's option lookup uses too.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
 from gatewayd.config import ConfigError
-from gatewayd.config.options import GROUP, OptionSet
+from gatewayd.config.options import OptionSet, driver_names, find_driver
 
 from .base import Driver
 
 
 def available_drivers() -> list[str]:
-    return sorted(entry_points(group=GROUP).names)
+    return driver_names()
 
 
 def load_driver(kind: str, place: str) -> type[Driver]:
     """The driver class for `kind`; only the drivers a config names are imported."""
-    eps = entry_points(group=GROUP)
-    if kind not in eps.names:
-        raise ConfigError(
-            place,
-            f"unknown driver {kind!r}",
-            f"use one of {available_drivers()} or install its package",
-        )
-    cls = eps[kind].load()
+    cls = find_driver(kind, place)
     if not (isinstance(cls, type) and issubclass(cls, Driver)):
         raise ConfigError(
             place,

@@ -157,7 +157,6 @@ class Gateway:
         )
 
     def _init_remote_config(self) -> Any:
-        from gatewayd.config import load_document
         from gatewayd.remote_config import CommandHandler, ConfigManager, ConfigStore
         from gatewayd.remote_config.manager import startup_config
 
@@ -168,7 +167,7 @@ class Gateway:
         # Settings read only at start come from the local file, whatever a push once stored
         # (an older gatewayd let pushes set them; the buffer is already open with the local one).
         self.cfg = replace(
-            load_document((start.trial or start.lkg).document),
+            (start.trial or start.lkg).cfg,  # parsed once, by startup_config
             buffer=local.buffer,
             metrics=local.metrics,
             gateway_id=local.gateway_id,

@@ -3,7 +3,8 @@
 Orders name the bytes of a 32-bit value as they arrive on the wire, A being the most significant:
 ABCD big-endian; CDAB word-swapped; BADC byte-swapped within each word; DCBA both. For 64-bit
 values the same two swaps apply to all four words. pymodbus's converter only swaps words, so the
-byte swaps are done here.
+byte swaps are done here. Sizes and struct formats come from the one table of data types
+(types.py), which config validation reads too.
 """
 
 from __future__ import annotations
@@ -15,16 +16,8 @@ from operator import itemgetter
 from gatewayd.config import PointConfig
 from gatewayd.reading import Value
 
-_FMT = {
-    "int16": ">h",
-    "uint16": ">H",
-    "int32": ">i",
-    "uint32": ">I",
-    "int64": ">q",
-    "uint64": ">Q",
-    "float32": ">f",
-    "float64": ">d",
-}
+from .types import BIT_TABLES, TYPES
+
 _WORD_SWAP = {"ABCD": False, "CDAB": True, "BADC": False, "DCBA": True}
 _BYTE_SWAP = {"ABCD": False, "CDAB": False, "BADC": True, "DCBA": True}
 
@@ -40,7 +33,6 @@ def _to_wire_order(words: Sequence[int], order: str) -> bytes:
 Decoder = Callable[[Sequence[int]], list[Value]]
 # One point of a response: (the words, the words as big-endian bytes, as byte-swapped bytes).
 _PointDecoder = Callable[[Sequence[int], bytes, bytes], Value]
-_BIT_TABLES = ("coil", "discrete")
 
 
 def decode_point(p: PointConfig, words: Sequence[int]) -> Value:
@@ -57,7 +49,7 @@ def request_decoder(points: Sequence[PointConfig], start: int, count: int) -> De
     bytes, packed once per response (big-endian, and byte-swapped when an order needs it).
     """
     ats = [p.address - start for p in points]
-    if all(p.table in _BIT_TABLES for p in points):
+    if all(p.table in BIT_TABLES for p in points):
         bits = itemgetter(*ats)
         if len(ats) == 1:
             return lambda words: [bool(bits(words))]
@@ -68,7 +60,7 @@ def request_decoder(points: Sequence[PointConfig], start: int, count: int) -> De
             return lambda words: [regs(words)]
         return lambda words: list(regs(words))
     decoders = [_point_decoder(p, at) for p, at in zip(points, ats, strict=True)]
-    wide = [p for p in points if p.table not in _BIT_TABLES and p.type in _WIDE]
+    wide = [p for p in points if p.table not in BIT_TABLES and TYPES[p.type].kind == "wide"]
     pack_be = struct.Struct(f">{count}H").pack if wide else None
     swapped = any(_WORD_SWAP[p.order] != _BYTE_SWAP[p.order] for p in wide)
     pack_le = struct.Struct(f"<{count}H").pack if swapped else None
@@ -81,13 +73,10 @@ def request_decoder(points: Sequence[PointConfig], start: int, count: int) -> De
     return decode
 
 
-_WIDE = ("int32", "uint32", "int64", "uint64", "float32", "float64")
-
-
 def _is_plain_word(p: PointConfig) -> bool:
     """A register whose value is the word itself."""
     return (
-        p.table not in _BIT_TABLES
+        p.table not in BIT_TABLES
         and p.type == "uint16"
         and not _BYTE_SWAP[p.order]
         and p.scale == 1.0
@@ -96,18 +85,20 @@ def _is_plain_word(p: PointConfig) -> bool:
 
 
 def _point_decoder(p: PointConfig, at: int) -> _PointDecoder:
-    if p.table in _BIT_TABLES:
+    if p.table in BIT_TABLES:
         return lambda w, be, le: bool(w[at])
-    if p.type == "bool":
+    t = TYPES[p.type]
+    if t.kind == "bit":
         bit = p.bit or 0
         return lambda w, be, le: bool((w[at] >> bit) & 1)
-    if p.type == "string":
+    if t.kind == "string":
         end, swap = at + p.length, _BYTE_SWAP[p.order]
         return lambda w, be, le: _decode_string(w[at:end], swap)
     scale, offset = p.scale, p.offset
     scaled = scale != 1.0 or offset != 0.0
-    if p.type in ("int16", "uint16"):
-        swap, signed = _BYTE_SWAP[p.order], p.type == "int16"
+    if t.kind == "word":
+        # struct's convention: a lower-case format letter is signed (">h" int16, ">H" uint16)
+        swap, signed = _BYTE_SWAP[p.order], t.fmt[1].islower()
 
         def word(w: Sequence[int], be: bytes, le: bytes) -> Value:
             v = w[at]
@@ -120,7 +111,7 @@ def _point_decoder(p: PointConfig, at: int) -> _PointDecoder:
         return word
     # The four orders are two struct endians over two byte strings: DCBA is ABCD read
     # little-endian, BADC is ABCD with each word's bytes swapped, CDAB is that read little-endian.
-    unpack = struct.Struct(("<" if _WORD_SWAP[p.order] else ">") + _FMT[p.type][1]).unpack_from
+    unpack = struct.Struct(("<" if _WORD_SWAP[p.order] else ">") + t.fmt[1]).unpack_from
     off = 2 * at
     if _WORD_SWAP[p.order] != _BYTE_SWAP[p.order]:
         if scaled:
@@ -138,9 +129,10 @@ def _decode_string(words: Sequence[int], swap: bool) -> str:
 
 def encode_point(p: PointConfig, value: Value) -> list[int]:
     """Registers (or one bit) that make `decode_point` return `value`; inverse of the scaling."""
-    if p.table in ("coil", "discrete") or p.type == "bool":
+    t = TYPES[p.type]
+    if p.table in BIT_TABLES or t.kind == "bit":
         return [1 if value else 0]
-    if p.type == "string":
+    if t.kind == "string":
         raw = str(value).encode("ascii")[: p.length * 2].ljust(p.length * 2, b"\x00")
         return _from_wire_order(raw, "BADC" if _BYTE_SWAP[p.order] else "ABCD")
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -148,9 +140,9 @@ def encode_point(p: PointConfig, value: Value) -> list[int]:
     raw_value: float = value
     if p.scale != 1.0 or p.offset != 0.0:  # unscaled integers stay exact up to 64 bits
         raw_value = (float(value) - p.offset) / p.scale
-    if not p.type.startswith("float"):
+    if t.fmt[1] not in "fd":  # an integer type: struct refuses a float for it
         raw_value = round(raw_value)
-    return _from_wire_order(struct.pack(_FMT[p.type], raw_value), p.order)
+    return _from_wire_order(struct.pack(t.fmt, raw_value), p.order)
 
 
 def _from_wire_order(raw: bytes, order: str) -> list[int]:

@@ -41,6 +41,7 @@ from . import pdu as P
 from .causes import cause, exception_code, refused
 from .decode import encode_point
 from .planner import GroupPlan, ReadRequest, plan_requests
+from .types import register_count
 
 log = logging.getLogger("gatewayd.drivers.modbus")
 
@@ -189,7 +190,8 @@ class ModbusDriver(Driver):
         self.counters["probes"] += 1
         p = plan.requests[0].points[0]
         try:
-            await self._ask(P.read_request(p.table, p.address, p.register_count), P.parse_read)
+            request = P.read_request(p.table, p.address, register_count(p))
+            await self._ask(request, P.parse_read)
         except P.ModbusFault as f:
             if f.device_answered:
                 return True

@@ -2,8 +2,10 @@
 
 Invariants:
 - Every key a Modbus device or point table may carry is a field below, with its default and
-  range; config/parse.py knows none of them (it reads them through each driver's `options`).
-- The checks keep the messages config/parse.py had when it owned these keys (tests/config_cases).
+  range; core config (config/devices.py) knows none of them (it reads them through each
+  driver's `options`).
+- The checks keep the messages config/parse.py had when it owned these keys (tests/config_cases);
+  sizes and the orders a type allows come from the one table of data types (types.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Literal
 from gatewayd.config import ConfigError, DeviceConfig, PointConfig
 from gatewayd.config.model import ByteOrder, DataType, RegisterTable
 from gatewayd.drivers.options import At, OptionSet, Placed, option
+
+from .types import BIT_TABLES, order_problem, register_count
 
 Parity = Literal["N", "E", "O"]
 
@@ -96,7 +100,7 @@ class RegisterPoint:
 
 
 def make_point(v: RegisterPoint, base: PointConfig, at: At) -> PointConfig:
-    bit_table = v.table in ("coil", "discrete")
+    bit_table = v.table in BIT_TABLES
     dtype = v.type or ("bool" if bit_table else "uint16")
     if bit_table and dtype != "bool":
         raise ConfigError(
@@ -104,6 +108,9 @@ def make_point(v: RegisterPoint, base: PointConfig, at: At) -> PointConfig:
             f"{dtype!r} is not possible in a {v.table} table",
             'use type = "bool" or a register table',
         )
+    wrong_order = order_problem(dtype, v.order)
+    if wrong_order is not None:
+        raise ConfigError(at("order"), *wrong_order)
     if dtype == "string" and v.length == 0:
         raise ConfigError(
             at("length"),
@@ -131,7 +138,7 @@ def make_point(v: RegisterPoint, base: PointConfig, at: At) -> PointConfig:
         min=v.min,
         max=v.max,
     )
-    if cfg.address + cfg.register_count > 65536:
+    if cfg.address + register_count(cfg) > 65536:
         raise ConfigError(
             at("address"), "the point ends past register 65535", "lower the address or the length"
         )

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from gatewayd.config import PointConfig
 
 from .decode import Decoder, request_decoder
+from .types import BIT_TABLES, register_count
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
-BIT_TABLES = ("coil", "discrete")
 REMERGE_AFTER = 8  # clean polls before a split read is merged again
 REMERGE_MAX = 1024  # the longest wait, after repeated refusals of the merged read
 
@@ -55,12 +55,12 @@ def plan_requests(
         by_table.setdefault(p.table, []).append(p)
     out: list[ReadRequest] = []
     for table in ("coil", "discrete", "input", "holding"):
-        pts = sorted(by_table.get(table, ()), key=lambda p: (p.address, p.register_count))
+        pts = sorted(by_table.get(table, ()), key=lambda p: (p.address, register_count(p)))
         limit = max_bits if table in BIT_TABLES else max_registers
         start = end = -1
         group: list[PointConfig] = []
         for p in pts:
-            p_end = p.address + p.register_count
+            p_end = p.address + register_count(p)
             if group and p.address - end <= max_gap and max(end, p_end) - start <= limit:
                 group.append(p)
                 end = max(end, p_end)
@@ -84,7 +84,7 @@ def split_request(req: ReadRequest) -> list[ReadRequest]:
         return runs
     by_place: dict[tuple[int, int], list[PointConfig]] = {}
     for p in req.points:
-        by_place.setdefault((p.address, p.register_count), []).append(p)
+        by_place.setdefault((p.address, register_count(p)), []).append(p)
     return [ReadRequest(req.table, a, n, tuple(ps)) for (a, n), ps in sorted(by_place.items())]
 
 

@@ -10,6 +10,9 @@ Invariants:
 - a push may not change what the gateway cannot apply live (buffer, metrics, gateway id) nor
   what would cut it off from its own config topic (device, client id, config topic): refused
   (the local file, on SIGHUP, may change the latter);
+- a push is parsed once into a Checked (remote_config/checked.py) that flows on to the push
+  rules, the candidate, its verdict and a later rollback to it; a stored candidate or applied
+  document is parsed once at start, and the daemon starts with that result;
 - the manager never dies of a push: whatever fails becomes an outcome.
 """
 
@@ -26,12 +29,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gatewayd.config import ConfigError, GatewayConfig, UplinkConfig, load_document
-from gatewayd.config.parse import INT_LIMIT
 from gatewayd.config.profiles import limits_of
+from gatewayd.config.section import INT_LIMIT
 from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 from gatewayd.reading import now_ms
 
+from .checked import Checked
 from .document import PushRejected, decode_push
 from .store import ConfigStore, Stored, digest
 
@@ -64,45 +68,47 @@ Report = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class Startup:
-    lkg: Stored  # the last known good configuration
-    trial: Stored | None  # a candidate to try at start, under the health deadline
+    lkg: Checked  # the last known good configuration
+    trial: Checked | None  # a candidate to try at start, under the health deadline
     outcome: dict[str, Any] | None  # the outcome to report (restored from disk, or new)
     new_outcome: bool = False  # decided at this start (a rollback), so count it
 
 
 def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: ConfigStore) -> Startup:
-    """Which configuration to start with."""
-    base = Stored(local.version, local_doc)
+    """Which configuration to start with; each stored document is parsed here, once."""
+    base = Checked(Stored(local.version, local_doc), local)
     applied = store.applied()
     if applied is not None and applied.version >= local.version:
         try:
-            load_document(applied.document)
-            base = applied
+            base = Checked.parse(applied)
         except ConfigError as exc:  # e.g. written by an older gatewayd with another schema
             log.warning("applied_config_unusable version=%d error=%s", applied.version, exc)
-    cand = store.candidate()
-    if cand is not None and cand.version > base.version:
+    stored = store.candidate()
+    cand: Checked | None = None
+    if stored is not None and stored.version > base.version:
         try:
-            load_document(cand.document)
+            cand = Checked.parse(stored)
         except ConfigError as exc:  # stored by an older gatewayd that let it through
-            log.warning("candidate_unusable version=%d error=%s", cand.version, exc)
-            cand = None
-    if cand is None or cand.version <= base.version:
+            log.warning("candidate_unusable version=%d error=%s", stored.version, exc)
+    if cand is None:
         store.drop_candidate()
-        _warn_if_not_local(local.version, local_doc, base)
+        _warn_if_not_local(local.version, local_doc, base.stored)
         return Startup(base, None, store.last_outcome())
-    if cand.starts >= MAX_STARTS:
+    if cand.stored.starts >= MAX_STARTS:
         reason = "the gateway stopped while applying it, twice; rolled back at start"
-        store.note_rollback(cand, reason)
+        store.note_rollback(cand.stored, reason)
+        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
+        # The outcome before the candidate goes: a kill between the two then rolls it back again
+        # at the next start, instead of leaving no candidate and no outcome to report.
+        store.note_outcome(outcome)
         store.drop_candidate()
         log.warning("config_rolled_back version=%d reason=%r", cand.version, reason)
-        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
-        store.note_outcome(outcome)
-        _warn_if_not_local(local.version, local_doc, base)
+        _warn_if_not_local(local.version, local_doc, base.stored)
         return Startup(base, None, outcome, new_outcome=True)
-    cand = Stored(cand.version, cand.document, cand.starts + 1)
-    store.save_candidate(cand)
-    _warn_if_not_local(local.version, local_doc, cand)
+    s = cand.stored
+    cand = Checked(Stored(s.version, s.document, s.starts + 1), cand.cfg)
+    store.save_candidate(cand.stored)
+    _warn_if_not_local(local.version, local_doc, cand.stored)
     return Startup(base, cand, store.last_outcome())
 
 
@@ -172,7 +178,7 @@ class ConfigManager:
         target: Target,
         store: ConfigStore,
         current: GatewayConfig,
-        lkg: Stored,
+        lkg: Stored | Checked,
         report: Report,
         metrics: Metrics,
         config_dir: Path,
@@ -180,7 +186,10 @@ class ConfigManager:
         self.target = target
         self.store = store
         self.current = current
-        self.lkg = lkg
+        # The last known good document, and what it parsed to once known (a rollback applies
+        # it); a bare Stored (tests) is parsed at the first rollback.
+        self.lkg = lkg.stored if isinstance(lkg, Checked) else lkg
+        self._good: Checked | None = lkg if isinstance(lkg, Checked) else None
         self.report = report
         self.metrics = metrics
         self.config_dir = config_dir
@@ -244,7 +253,7 @@ class ConfigManager:
         rc = self.current.remote_config
         return decode_push(payload, rc.max_document_bytes, None if trusted else self._key)
 
-    async def run(self, trial: Stored | None = None) -> None:
+    async def run(self, trial: Checked | None = None) -> None:
         if trial is not None:
             await self._verdict(trial, time.monotonic())
         while True:
@@ -275,6 +284,7 @@ class ConfigManager:
         self.report(out)
 
     async def handle(self, payload: bytes | dict[str, Any], trusted: bool = False) -> Outcome:
+        """Decode and validate the push once (a Checked); everything after uses that result."""
         version: int | None = None
         raw = payload if isinstance(payload, bytes) else None
         if raw is not None and raw == self._last_rejected:
@@ -329,8 +339,8 @@ class ConfigManager:
                 "push a higher version",
             )
             return Outcome.REJECTED
-        cand = Stored(cfg.version, doc, starts=1)
-        self.store.save_candidate(cand)
+        cand = Checked(Stored(cfg.version, doc, starts=1), cfg)
+        self.store.save_candidate(cand.stored)
         log.info(
             "config_candidate version=%d source=%s",
             cfg.version,
@@ -345,19 +355,20 @@ class ConfigManager:
             return await self._rollback(cand, f"apply failed: {exc}")
         return await self._verdict(cand, t0)
 
-    async def _verdict(self, cand: Stored, t0: float) -> Outcome:
-        deadline = load_document(cand.document).remote_config.health_deadline_s
-        reason = await self.target.wait_healthy(deadline)
+    async def _verdict(self, cand: Checked, t0: float) -> Outcome:
+        reason = await self.target.wait_healthy(cand.cfg.remote_config.health_deadline_s)
         if reason is not None:
             return await self._rollback(cand, reason)
-        self.store.commit(cand)
-        self.lkg = cand
+        self.store.commit(cand.stored)
+        self.lkg, self._good = cand.stored, cand
         self._emit(cand.version, Outcome.APPLIED, f"healthy after {time.monotonic() - t0:.1f} s")
         return Outcome.APPLIED
 
-    async def _rollback(self, cand: Stored, reason: str) -> Outcome:
-        good = load_document(self.lkg.document)
-        self.store.note_rollback(cand, reason)
+    async def _rollback(self, cand: Checked, reason: str) -> Outcome:
+        if self._good is None:
+            self._good = Checked.parse(self.lkg)
+        good = self._good.cfg
+        self.store.note_rollback(cand.stored, reason)
         await self.target.reconfigure(good, trial=False)
         self.current = good
         self.store.drop_candidate()
@@ -417,6 +428,8 @@ class ConfigManager:
                 "cannot be changed by a push",
                 "signature settings change only in the local file",
             )
+        # The parse found each driver by name (config.options.find_driver); a push may still not
+        # name a plugin that is no Driver at all, which only the registry can tell.
         for i, dev in enumerate(cfg.devices):
             load_driver(dev.driver, f"devices[{i}].driver")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from gatewayd.files import write_atomic
 
-MAX_VERSION = 2**53 - 1  # config.parse.INT_LIMIT
+MAX_VERSION = 2**53 - 1  # config.section.INT_LIMIT
 
 
 def _version(v: Any) -> int | None:

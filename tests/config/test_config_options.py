@@ -52,6 +52,32 @@ def test_an_unknown_driver_is_a_config_error_naming_the_place() -> None:
     assert str(err.value).startswith("devices[0].driver: unknown driver 'profibus'; use one of")
 
 
+
+@pytest.mark.parametrize("name", ["modbus_tpc", "profibus"])
+def test_config_and_the_driver_registry_report_an_unknown_driver_alike(name: str) -> None:
+    """A push or `run` (the registry builds drivers) and `check` (config's option lookup) once
+    said different things about the same typo; one function reports it now."""
+    from gatewayd.config.check import parse_all
+    from gatewayd.drivers import load_driver
+
+    with pytest.raises(ConfigError) as by_config:
+        load(HEAD + f'[[devices]]\nid = "x"\ndriver = "{name}"\n')
+    with pytest.raises(ConfigError) as by_registry:
+        load_driver(name, "devices[0].driver")
+    assert str(by_registry.value) == str(by_config.value)
+    doc = {"uplink": {"auth": {"kind": "none"}}, "devices": [{"id": "x", "driver": name}]}
+    assert [str(e) for e in parse_all(doc).errors] == [str(by_config.value)]
+
+
+def test_check_and_load_read_the_gateway_table_alike() -> None:
+    from gatewayd.config.check import parse_all
+
+    doc = {"uplink": {"auth": {"kind": "none"}}, "gateway": {"id": "g", "labels": {"Site": "x"}}}
+    with pytest.raises(ConfigError) as err:
+        load(HEAD + '[gateway]\nid = "g"\nlabels = { Site = "x" }\n')
+    assert err.value.place == "gateway.labels.Site"
+    assert [e.place for e in parse_all(doc).errors] == ["gateway.labels.Site"]
+
 def test_defaults_and_ranges_are_read_from_the_dataclass() -> None:
     port = {o.name: o for o in options_of(ModbusTcpOptions)}["port"]
     assert (port.kind, port.default, port.lo, port.hi) == ("integer", 502, 1, 65535)

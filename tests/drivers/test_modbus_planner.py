@@ -15,6 +15,7 @@ from telegraf_planner import telegraf_requests
 from gatewayd.config import PointConfig
 from gatewayd.drivers.modbus import ModbusDriver, plan_requests
 from gatewayd.drivers.modbus.planner import REMERGE_MAX, GroupPlan
+from gatewayd.drivers.modbus.types import register_count
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus.regmap import load_map
 
@@ -49,8 +50,8 @@ def test_plan_covers_every_point_within_limit_and_beats_telegraf(
     for r in plan:
         assert 1 <= r.count <= lim
         for p in r.points:
-            assert r.address <= p.address and p.address + p.register_count <= r.address + r.count
-    fields = [(p.address, p.register_count) for p in pts]
+            assert r.address <= p.address and p.address + register_count(p) <= r.address + r.count
+    fields = [(p.address, register_count(p)) for p in pts]
     for strategy in ("shrink", "rearrange"):
         assert len(plan) <= len(telegraf_requests(fields, lim, strategy)), strategy
 

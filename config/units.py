@@ -1,0 +1,42 @@
+"""The units a `convert` step knows: each with its quantity and its affine map to SI."""
+
+from __future__ import annotations
+
+# unit -> (quantity, factor, offset) with si = x * factor + offset
+UNITS: dict[str, tuple[str, float, float]] = {
+    "degC": ("temperature", 1.0, 273.15),
+    "degF": ("temperature", 5 / 9, 273.15 - 32 * 5 / 9),
+    "K": ("temperature", 1.0, 0.0),
+    "Pa": ("pressure", 1.0, 0.0),
+    "hPa": ("pressure", 100.0, 0.0),
+    "kPa": ("pressure", 1e3, 0.0),
+    "MPa": ("pressure", 1e6, 0.0),
+    "mbar": ("pressure", 100.0, 0.0),
+    "bar": ("pressure", 1e5, 0.0),
+    "psi": ("pressure", 6894.757293168361, 0.0),
+    "m3/h": ("flow", 1 / 3600, 0.0),
+    "m3/s": ("flow", 1.0, 0.0),
+    "l/s": ("flow", 1e-3, 0.0),
+    "l/min": ("flow", 1e-3 / 60, 0.0),
+    "W": ("power", 1.0, 0.0),
+    "kW": ("power", 1e3, 0.0),
+    "MW": ("power", 1e6, 0.0),
+    "hp": ("power", 745.6998715822702, 0.0),
+    "Wh": ("energy", 3600.0, 0.0),
+    "kWh": ("energy", 3.6e6, 0.0),
+    "MWh": ("energy", 3.6e9, 0.0),
+    "J": ("energy", 1.0, 0.0),
+    "kJ": ("energy", 1e3, 0.0),
+    "MJ": ("energy", 1e6, 0.0),
+    "mm": ("length", 1e-3, 0.0),
+    "cm": ("length", 1e-2, 0.0),
+    "m": ("length", 1.0, 0.0),
+    "in": ("length", 0.0254, 0.0),
+    "ft": ("length", 0.3048, 0.0),
+    "m/s": ("speed", 1.0, 0.0),
+    "km/h": ("speed", 1 / 3.6, 0.0),
+    "rpm": ("rotation", 1 / 60, 0.0),
+    "Hz": ("rotation", 1.0, 0.0),
+    "%": ("ratio", 0.01, 0.0),
+    "ratio": ("ratio", 1.0, 0.0),
+}
