@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from gatewayd.backoff import exponential
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.config.options import device_options
 from gatewayd.reading import Quality, Reading, Value, now_ms
@@ -108,7 +110,9 @@ class ModbusDriver(Driver):
                     self.counters[f"faults.{f.reason}"] += 1
                     raise
                 self.counters["busy_retries"] += 1
-                await asyncio.sleep(o.busy_delay_s * 2**attempt)
+                # No cap of its own: busy_retries (at most 10) bounds it, and the poll deadline
+                # bounds the whole poll.
+                await asyncio.sleep(exponential(attempt, o.busy_delay_s, math.inf))
         raise AssertionError("unreachable")
 
     def _plan(self, group: PollGroup) -> GroupPlan:
