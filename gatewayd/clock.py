@@ -2,7 +2,8 @@
 
 Invariants:
 - `PLAUSIBLE_S` (this build's date) is the one plausibility date: a wall clock earlier than it
-  is not set yet. The uplink's hold, the buffer's age expiry and the mark on readings all use it.
+  is not set yet. The uplink's hold, the buffer's age expiry and restamp, and the mark on
+  readings all use it; no other module writes a date of its own (test_one_plausible_date).
 - Intervals never use the wall clock (the scheduler runs on `loop.time()`); the wall clock is for
   stamps and tokens only.
 - `WallClock.check()` compares wall - monotonic with its value at the last check: a change of

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gatewayd import __version__, logs, sdnotify
+from gatewayd.backoff import exponential
 from gatewayd.buffer import Buffer
 from gatewayd.clock import PLAUSIBLE_MS, WallClock, clock_plausible
 from gatewayd.config import GatewayConfig
@@ -366,7 +367,7 @@ class Gateway:
                 except Exception as exc:
                     failures += 1
                     self.metrics.inc("task_restarts", task=name)
-                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    delay = exponential(failures, 0.5, 30.0)  # 1 s after the first crash
                     log.log(
                         logging.ERROR if failures == 1 else logging.DEBUG,
                         "task_crashed task=%s error=%s restarts=%d retry_in_s=%.1f",

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
+from gatewayd.backoff import exponential
 from gatewayd.clock import PLAUSIBLE_MS, UNSYNCED
 from gatewayd.config import DeviceConfig
 from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
@@ -40,7 +41,7 @@ DRIVER_ERROR = "driver_error"
 
 def restart_delay_s(failures: int) -> float:
     """Backoff before rebuilding a driver after its n-th consecutive failure (0.5 s … 60 s)."""
-    return float(min(60.0, 0.5 * 2 ** min(max(failures - 1, 0), 7)))
+    return exponential(failures - 1, 0.5, 60.0)
 
 
 def poll_deadline_s(dev: DeviceConfig, group: PollGroup) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .pdu import ModbusFault
+from .pdu import ModbusFault, Reason
 from .rtu import OPEN_FAILURE
 
 # The Modbus application protocol's exception codes (V1.1b3, section 7).
@@ -24,12 +24,6 @@ EXCEPTIONS = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
-
-
-def exception_code(fault: ModbusFault) -> int | None:
-    if not fault.reason.startswith("exception_"):
-        return None
-    return int(fault.reason.removeprefix("exception_"))
 
 
 def _root(fault: BaseException) -> BaseException | None:
@@ -47,11 +41,10 @@ def refused(fault: ModbusFault) -> bool:
 
 
 def cause(fault: ModbusFault) -> str:
-    code = exception_code(fault)
-    if code is not None:
-        return f"exception {code:02d} {EXCEPTIONS.get(code, 'unknown exception')}"
-    if fault.reason != "disconnected":
-        return fault.reason.replace("_", " ")  # timeout, short reply, wrong unit, crc, ...
+    if fault.code is not None:
+        return f"exception {fault.code:02d} {EXCEPTIONS.get(fault.code, 'unknown exception')}"
+    if fault.kind is not Reason.DISCONNECTED:
+        return fault.kind.value.replace("_", " ")  # timeout, short reply, wrong unit, crc, ...
     if fault.detail.startswith(OPEN_FAILURE):
         return fault.detail  # rtu.open_failure: the port, why it will not open, and the fix
     err = _root(fault)
@@ -66,4 +59,4 @@ def cause(fault: ModbusFault) -> str:
     if isinstance(err, OSError) and err.strerror:
         text = str(err.strerror)
         return text[:1].lower() + text[1:]
-    return "disconnected"
+    return fault.reason  # "disconnected": nothing more is known

@@ -2,9 +2,9 @@
 
 Invariants:
 - every point of a poll group comes back, good with its decoded value or bad with a reason code
-  (timeout, disconnected, exception_NN, crc, short_reply, wrong_unit, wrong_function,
-  wrong_transaction, bad_frame), except while the device is down (below); nothing raises into
-  the scheduler;
+  (pdu.Reason: timeout, disconnected, exception_NN, crc, short_reply, wrong_unit,
+  wrong_function, wrong_transaction, bad_frame), except while the device is down (below);
+  nothing raises into the scheduler;
 - a reply is used only after it was checked against its request (see pdu.py and the links);
 - exception 06 (busy) is retried `busy_retries` times after a growing delay;
 - a merged read refused with exception 02 is split (contiguous runs, then single points) and
@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from gatewayd.backoff import exponential
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.config.options import device_options
 from gatewayd.reading import Quality, Reading, Value, now_ms
@@ -38,7 +40,7 @@ from ..base import Driver, PollGroup, WriteError, check_write
 from ..health import FailureLog, Health
 from . import options as O
 from . import pdu as P
-from .causes import cause, exception_code, refused
+from .causes import cause, refused
 from .decode import encode_point
 from .planner import GroupPlan, ReadRequest, plan_requests
 from .types import register_count
@@ -47,7 +49,7 @@ log = logging.getLogger("gatewayd.drivers.modbus")
 
 T = TypeVar("T")
 # After these the device is not answering at all: the rest of the poll would only time out too.
-_LINK_DOWN = ("timeout", "disconnected")
+_LINK_DOWN = (P.Reason.TIMEOUT, P.Reason.DISCONNECTED)
 # A write answered with these may still have been applied: 05 acknowledge (accepted, still
 # working), 11 the gateway's target did not answer.
 _WRITE_UNKNOWN_EXCEPTIONS = (5, 11)
@@ -105,11 +107,13 @@ class ModbusDriver(Driver):
                 reply = await self._link.transact(o.unit, request, dev.timeout_s, o.accept_unit_ids)
                 return parse(request, reply)
             except P.ModbusFault as f:
-                if f.reason != f"exception_{P.BUSY:02d}" or attempt == o.busy_retries:
+                if f.code != P.BUSY or attempt == o.busy_retries:
                     self.counters[f"faults.{f.reason}"] += 1
                     raise
                 self.counters["busy_retries"] += 1
-                await asyncio.sleep(o.busy_delay_s * 2**attempt)
+                # No cap of its own: busy_retries (at most 10) bounds it, and the poll deadline
+                # bounds the whole poll.
+                await asyncio.sleep(exponential(attempt, o.busy_delay_s, math.inf))
         raise AssertionError("unreachable")
 
     def _plan(self, group: PollGroup) -> GroupPlan:
@@ -148,7 +152,7 @@ class ModbusDriver(Driver):
                 answered |= f.device_answered
                 last = f
                 faulted.append(req)
-                parts = plan.split(req) if f.reason == "exception_02" else []
+                parts = plan.split(req) if f.code == P.ILLEGAL_DATA_ADDRESS else []
                 if parts:
                     todo[0:0] = parts
                     self.counters["splits"] += 1
@@ -160,7 +164,7 @@ class ModbusDriver(Driver):
                     )
                     continue
                 out.extend(self._bad(req.points, f.reason))
-                if f.reason in _LINK_DOWN:
+                if f.kind in _LINK_DOWN:
                     for rest in todo:
                         out.extend(self._bad(rest.points, f.reason))
                     faulted += todo
@@ -275,8 +279,7 @@ class ModbusDriver(Driver):
 
 def _write_error(place: str, fault: P.ModbusFault) -> WriteError:
     """A failed write request as a WriteError: `failed` only when it cannot have been applied."""
-    code = exception_code(fault)
-    if code is not None and code not in _WRITE_UNKNOWN_EXCEPTIONS:
+    if fault.code is not None and fault.code not in _WRITE_UNKNOWN_EXCEPTIONS:
         return WriteError(place, cause(fault), "nothing was written", "failed")
     if refused(fault):
         return WriteError(place, cause(fault), "nothing was written", "failed")

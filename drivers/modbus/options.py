@@ -6,10 +6,14 @@ Invariants:
   driver's `options`).
 - The checks keep the messages config/parse.py had when it owned these keys (tests/config_cases);
   sizes and the orders a type allows come from the one table of data types (types.py).
+- A deprecated key (`DEPRECATED`) is still accepted, with its old range, and has no effect;
+  a device that gives it logs one `option_deprecated` WARNING naming the key's place, once per
+  process and place (check and load may both read one document).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -17,10 +21,21 @@ from typing import Literal
 from gatewayd.config import ConfigError, DeviceConfig, PointConfig
 from gatewayd.config.model import ByteOrder, DataType, RegisterTable
 from gatewayd.drivers.options import At, OptionSet, Placed, option
+from gatewayd.logs import quote
 
 from .types import BIT_TABLES, order_problem, register_count
 
+log = logging.getLogger("gatewayd.drivers.modbus")
+
 Parity = Literal["N", "E", "O"]
+
+# Key -> why it has no effect. A down device is probed once per poll interval (driver.py): one
+# short read is cheap, and a probe delayed by a backoff would delay its readings' return by as
+# much, so the backoff these keys were declared for was never built.
+DEPRECATED = {
+    "backoff_base_s": "a down device is probed every poll interval",
+    "backoff_cap_s": "a down device is probed every poll interval",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +49,13 @@ class ModbusOptions:
         125, lo=1, hi=125, doc="lower it for devices that refuse long reads"
     )
     max_bits: int = option(2000, lo=1, hi=2000)
-    # Faults: exception 06 (busy) retries, and the backoff of a device failing polls in a row.
+    # Faults: exception 06 (busy) retries, and when a device failing polls in a row is down.
     busy_retries: int = option(2, lo=0, hi=10, doc="exception 06 (busy): retries")
     busy_delay_s: float = option(0.1, lo=0.0, hi=10.0, doc="first busy retry delay, doubling")
     fail_threshold: int = option(3, lo=1, hi=100, doc="failed polls in a row before down")
-    backoff_base_s: float = option(1.0, lo=0.01, hi=3600.0)
-    backoff_cap_s: float = option(60.0, lo=0.01, hi=24 * 3600.0)
+    # Deprecated, no effect (DEPRECATED): None when absent, so a given key can be told apart.
+    backoff_base_s: float | None = option(None, lo=0.01, hi=3600.0, doc="deprecated, no effect")
+    backoff_cap_s: float | None = option(None, lo=0.01, hi=24 * 3600.0, doc="deprecated, no effect")
     write_multiple: bool = option(False, doc="always write with fc 15/16")
     # For gateways that answer with unit 0 or 255. Off by default: another unit is wrong_unit.
     accept_unit_ids: tuple[int, ...] | Literal["any"] = option(
@@ -153,6 +169,21 @@ def make_point(v: RegisterPoint, base: PointConfig, at: At) -> PointConfig:
     return cfg
 
 
+_warned: set[str] = set()  # places warned about: a document is parsed more than once per load
+
+
+def warn_deprecated(device: DeviceConfig, at: At) -> None:
+    for key, why in DEPRECATED.items():
+        if getattr(device.options, key) is not None and at(key) not in _warned:
+            _warned.add(at(key))
+            log.warning(
+                "option_deprecated place=%s problem=%s fix=%s",
+                at(key),
+                quote(f"has no effect: {why}"),
+                quote("remove it"),
+            )
+
+
 def require_serial_port(device: DeviceConfig, at: At) -> None:
     if not device.options.serial_port:
         raise ConfigError(
@@ -168,6 +199,7 @@ def _check_rtu(device: DeviceConfig, at: At) -> None:
 
 
 def _check_rtu_unit(device: DeviceConfig, at: At) -> None:
+    warn_deprecated(device, at)
     unit = device.options.unit
     if not 1 <= unit <= 247:
         raise ConfigError(
@@ -196,7 +228,9 @@ def one_setting_per_bus(devices: Sequence[Placed]) -> None:
                 )
 
 
-TCP = OptionSet(device=ModbusTcpOptions, point=RegisterPoint, make_point=make_point)
+TCP = OptionSet(
+    device=ModbusTcpOptions, point=RegisterPoint, make_point=make_point, check=warn_deprecated
+)
 RTU = OptionSet(
     device=ModbusRtuOptions,
     point=RegisterPoint,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gatewayd.backoff import exponential
 from gatewayd.config import PointConfig
 
 from .decode import Decoder, request_decoder
@@ -96,20 +97,25 @@ def _key(req: ReadRequest) -> tuple[str, int, int]:
 class _Split:
     merged: ReadRequest
     ids: frozenset[int]  # id() of its points: the requests it became hold exactly these
-    wait: int  # clean polls before merging again
+    refusals: int  # of the merged read, each after a merge (0: split the first time)
     clean: int = 0
+
+    @property
+    def wait(self) -> int:
+        """Clean polls before merging again: REMERGE_AFTER, doubled per refusal, capped."""
+        return int(exponential(self.refusals, REMERGE_AFTER, REMERGE_MAX))
 
 
 class GroupPlan:
     """A poll group's current requests: the planner's fewest, with the splits the device forced."""
 
-    __slots__ = ("requests", "splits", "waits")
+    __slots__ = ("refused", "requests", "splits")
 
     def __init__(self, requests: list[ReadRequest]) -> None:
         self.requests = requests
         self.splits: list[_Split] = []
-        # The wait of a split read that was merged again, by request: doubled if it is refused.
-        self.waits: dict[tuple[str, int, int], int] = {}
+        # Refusals of a split read that was merged again, by request: each doubles the wait.
+        self.refused: dict[tuple[str, int, int], int] = {}
 
     def split(self, req: ReadRequest) -> list[ReadRequest]:
         """Replace `req` (refused with exception 02) by smaller requests; [] if it is one point."""
@@ -118,15 +124,14 @@ class GroupPlan:
         if len(parts) <= 1 or i is None:  # one point, or already replaced by another poll
             return []
         self.requests[i : i + 1] = parts
-        prev = self.waits.get(_key(req))
-        wait = REMERGE_AFTER if prev is None else min(REMERGE_MAX, 2 * prev)
-        self.splits.append(_Split(req, frozenset(id(p) for p in req.points), wait))
+        refusals = self.refused.get(_key(req), -1) + 1
+        self.splits.append(_Split(req, frozenset(id(p) for p in req.points), refusals))
         return parts
 
     def answered(self, req: ReadRequest) -> None:
         """`req` came back with data: a merged read that works again starts afresh."""
-        if self.waits:
-            self.waits.pop(_key(req), None)
+        if self.refused:
+            self.refused.pop(_key(req), None)
 
     def end_poll(self, faulted: list[ReadRequest]) -> None:
         """Count a poll for each split; merge those whose requests all answered long enough."""
@@ -145,4 +150,4 @@ class GroupPlan:
         self.requests = rest
         # Splits of its parts go with it.
         self.splits = [t for t in self.splits if t is not s and not t.ids <= s.ids]
-        self.waits[_key(s.merged)] = s.wait
+        self.refused[_key(s.merged)] = s.refusals

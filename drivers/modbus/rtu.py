@@ -52,7 +52,7 @@ from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .pdu import ModbusFault, check_shape, response_length, unit_accepted
+from .pdu import ModbusFault, Reason, check_shape, response_length, unit_accepted
 
 # Pauses allowed inside a frame: a USB adapter's latency timer (16 ms by default on FTDI), a TCP
 # gateway's packets. And the quiet period after an RTU-over-TCP reply in which a copy shows.
@@ -152,7 +152,7 @@ class RtuLink:
             extra = {} if not self.on_line else {"exclusive": True}
             self._port = serial.serial_for_url(self.url, timeout=0, **self._settings, **extra)
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
-            raise ModbusFault("disconnected", open_failure(self.url, exc)) from exc
+            raise ModbusFault(Reason.DISCONNECTED, open_failure(self.url, exc)) from exc
         # _resync is kept: a late reply may still come on the reopened port (or new connection)
         return self._port
 
@@ -169,7 +169,7 @@ class RtuLink:
             return self._exchange(port, unit, pdu, timeout_s, accept)
         except (serial.SerialException, OSError, termios.error) as exc:
             self._close_port()
-            raise ModbusFault("disconnected", str(exc)) from exc
+            raise ModbusFault(Reason.DISCONNECTED, str(exc)) from exc
         finally:
             self._quiet_until = time.monotonic() + self.request_delay_s
 
@@ -191,9 +191,9 @@ class RtuLink:
         on_wire = self._send(port, unit, self._resync[unit])
         if not _wait_readable(port, on_wire + timeout_s):
             self._settle(port, self.gap_s)
-            raise ModbusFault("timeout", "no answer since an earlier timeout")
+            raise ModbusFault(Reason.TIMEOUT, "no answer since an earlier timeout")
         if not self._settle(port, timeout_s):
-            raise ModbusFault("bad_frame", "the line does not fall silent")
+            raise ModbusFault(Reason.BAD_FRAME, "the line does not fall silent")
         del self._resync[unit]
 
     def _exchange(
@@ -205,17 +205,17 @@ class RtuLink:
             if pdu[0] in (1, 2, 3, 4):
                 self._resync[unit] = pdu  # its answer may still come: never take it for another
             self._settle(port, self.gap_s)
-            raise ModbusFault("timeout")
+            raise ModbusFault(Reason.TIMEOUT)
         try:
             self._read_frame(port, buf, pdu)
             if crc16(bytes(buf[:-2])) != buf[-2:]:
-                raise ModbusFault("crc")
+                raise ModbusFault(Reason.CRC)
             if not unit_accepted(unit, buf[0], accept):
-                raise ModbusFault("wrong_unit", f"asked {unit}, got {buf[0]}")
+                raise ModbusFault(Reason.WRONG_UNIT, f"asked {unit}, got {buf[0]}")
             reply = bytes(buf[1:-2])
             check_shape(pdu, reply)
             if _wait_readable(port, time.monotonic() + self.quiet_s):
-                raise ModbusFault("bad_frame", "more bytes after the reply (a copy, or noise)")
+                raise ModbusFault(Reason.BAD_FRAME, "more bytes after the reply (a copy, or noise)")
         except ModbusFault:
             self._last = None
             self._settle(port, self.gap_s)
@@ -235,7 +235,7 @@ class RtuLink:
         fd = port.fileno()
         while len(buf) < n:
             if not select.select([fd], [], [], self.gap_s)[0]:
-                raise ModbusFault("short_reply", f"{len(buf)} bytes, then silence")
+                raise ModbusFault(Reason.SHORT_REPLY, f"{len(buf)} bytes, then silence")
             chunk = os.read(fd, n - len(buf))
             if not chunk:
                 raise OSError("the port was closed")

@@ -29,7 +29,7 @@ import contextlib
 import struct
 from collections.abc import Collection
 
-from .pdu import ModbusFault, unit_accepted
+from .pdu import ModbusFault, Reason, unit_accepted
 
 _MBAP = struct.Struct(">HHHB")
 _HEAD = _MBAP.size  # 7: transaction, protocol, length, unit; the length counts the unit byte
@@ -64,7 +64,7 @@ class TcpLink:
                 asyncio.open_connection(self.host, self.port), self.connect_timeout_s
             )
         except (OSError, TimeoutError) as exc:
-            raise ModbusFault("disconnected", f"connect: {exc!r}") from exc
+            raise ModbusFault(Reason.DISCONNECTED, f"connect: {exc!r}") from exc
         self._reader, self._writer = reader, writer
         self._sent = 0  # ids sent on the old connection cannot arrive on this one
         return reader, writer
@@ -85,25 +85,25 @@ class TcpLink:
             except TimeoutError:
                 if self._buf:  # a header or part of a body, never completed
                     self.close()
-                    raise ModbusFault("short_reply", "frame cut off") from None
+                    raise ModbusFault(Reason.SHORT_REPLY, "frame cut off") from None
                 if self.dropped > dropped:
                     n = self.dropped - dropped
                     raise ModbusFault(
-                        "wrong_transaction", f"sent {tid}, got {n} frame(s) of other ids"
+                        Reason.WRONG_TRANSACTION, f"sent {tid}, got {n} frame(s) of other ids"
                     ) from None
-                raise ModbusFault("timeout") from None
+                raise ModbusFault(Reason.TIMEOUT) from None
             except OSError as exc:
                 self.close()
-                raise ModbusFault("disconnected", repr(exc)) from exc
+                raise ModbusFault(Reason.DISCONNECTED, repr(exc)) from exc
             except ModbusFault as exc:
-                if exc.reason in ("bad_frame", "short_reply"):
+                if exc.kind in (Reason.BAD_FRAME, Reason.SHORT_REPLY):
                     self.close()  # the byte stream can no longer be trusted
                 raise
             except asyncio.CancelledError:
                 self.close()  # the reply may still come: start the next request afresh
                 raise
             if not unit_accepted(unit, runit, accept_units):
-                raise ModbusFault("wrong_unit", f"asked {unit}, got {runit}")
+                raise ModbusFault(Reason.WRONG_UNIT, f"asked {unit}, got {runit}")
             return body
 
     async def _reply(self, reader: asyncio.StreamReader, tid: int) -> tuple[int, bytes]:
@@ -116,7 +116,7 @@ class TcpLink:
                     raise OSError("the device closed the connection")
                 if len(self._buf) >= _HEAD and self._starts_frame(chunk):
                     # we hold a header whose body is short, and a new frame begins
-                    raise ModbusFault("short_reply", "frame cut off by the next one")
+                    raise ModbusFault(Reason.SHORT_REPLY, "frame cut off by the next one")
                 self._buf += chunk
                 continue
             rtid, runit, body = frame
@@ -131,14 +131,16 @@ class TcpLink:
             return None
         rtid, pid, length, runit = _MBAP.unpack_from(buf)
         if pid != 0 or not 2 <= length <= 254:
-            raise ModbusFault("bad_frame", f"frame sync lost: protocol id {pid}, length {length}")
+            raise ModbusFault(
+                Reason.BAD_FRAME, f"frame sync lost: protocol id {pid}, length {length}"
+            )
         end = 6 + length
         if len(buf) < end:
             return None
         body = bytes(buf[_HEAD:end])
         rest = bytes(buf[end : end + _HEAD])
         if self._holds_header(body) or (rest and not self._could_start(rest)):
-            raise ModbusFault("short_reply", "a cut-off frame completed by the next one")
+            raise ModbusFault(Reason.SHORT_REPLY, "a cut-off frame completed by the next one")
         del buf[:end]
         return rtid, runit, body
 

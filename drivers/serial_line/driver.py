@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from gatewayd.backoff import exponential
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.config.options import device_options
 from gatewayd.reading import Quality, Reading, Value, now_ms
@@ -112,7 +113,7 @@ class SerialLineDriver(Driver):
                 failures += 1
                 if failures == 1:
                     log.warning("port_unavailable device=%s error=%s", self.device.id, exc)
-                self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                self._stop.wait(exponential(failures, 0.5, 30.0))
                 continue
             failures = 0
             try:

@@ -7,10 +7,11 @@ renewed), device_jwt.py
 (keys and token minting), connect.py (the paho client from settings), tls.py (verification and
 the client certificate), paho_socket.py (paho's socket on the asyncio loop), diagnose.py
 (failures in words, with the settings to check), outage.py (how an outage shows in the log),
-errors.py, backoff.py, payload.py (encoders).
+errors.py, payload.py (encoders). The reconnect backoff is gatewayd.backoff.full_jitter.
 """
 
-from .backoff import full_jitter
+from gatewayd.backoff import full_jitter
+
 from .device_jwt import load_private_key, mint_jwt
 from .errors import UplinkError
 from .payload import Encoder, encode_json, load_encoder

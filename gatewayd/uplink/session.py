@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gatewayd.backoff import exponential, full_jitter
 from gatewayd.buffer import Buffer
 from gatewayd.clock import clock_plausible
 from gatewayd.config import UplinkConfig
@@ -58,7 +59,6 @@ from gatewayd.logs import quote
 from gatewayd.metrics import Metrics
 
 from . import diagnose
-from .backoff import full_jitter
 from .channels import CommandIn, ConfigPush, channel_for
 from .connect import connect_options, make_client
 from .credentials import credentials_for
@@ -154,7 +154,7 @@ class Uplink:
         # cluster that lost a node refuses while it recovers (NATS), then grants.
         self._refused_topics: list[str] = []
         self._resubscribe_at = 0.0
-        self._resubscribe_delay = RESUBSCRIBE_S
+        self._resubscribe_tries = 0
         self._warned: set[str] = set()  # refusals already logged at WARNING
         self._stopping = False
         self._stop_deadline = 0.0
@@ -335,7 +335,7 @@ class Uplink:
         self.subscribed = False
         self._refused = []
         self._refused_topics = []
-        self._resubscribe_delay = RESUBSCRIBE_S
+        self._resubscribe_tries = 0
         client.subscribe([(t, 1) for t in self._subscriptions])
         self.channel.connected(client)
 
@@ -521,11 +521,14 @@ class Uplink:
             self._broken = broken
         self._wake.set()
 
+    def _resubscribe_delay(self) -> float:
+        return exponential(self._resubscribe_tries, RESUBSCRIBE_S, RESUBSCRIBE_MAX_S)
+
     def _resubscribe(self, client: mqtt.Client, now: float) -> None:
         self._subscriptions = list(self._refused_topics)
         self.subscribed = False
-        self._resubscribe_at = now + self._resubscribe_delay
-        self._resubscribe_delay = min(RESUBSCRIBE_MAX_S, self._resubscribe_delay * 2)
+        self._resubscribe_at = now + self._resubscribe_delay()
+        self._resubscribe_tries += 1
         client.subscribe([(t, 1) for t in self._subscriptions])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
@@ -539,7 +542,7 @@ class Uplink:
         ]
         self._refused = [r for r in self._refused if r.rpartition(" (")[0] not in granted]
         if self._refused_topics and self._resubscribe_at <= time.monotonic():
-            self._resubscribe_at = time.monotonic() + self._resubscribe_delay
+            self._resubscribe_at = time.monotonic() + self._resubscribe_delay()
         for topic, rc in zip(self._subscriptions, codes, strict=False):
             if rc.is_failure:
                 self.metrics.inc("uplink_subscribe_refused")

@@ -42,6 +42,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gatewayd.backoff import exponential
+
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
@@ -85,15 +87,16 @@ class Throttle:
 
     def __init__(self) -> None:
         self.until = 0.0  # monotonic
-        self._pause = 0.0
+        self._throttles = 0  # throttled answers since the last success
 
     def throttled(self, now: float) -> float:
-        self._pause = min(THROTTLE_CAP_S, max(THROTTLE_BASE_S, self._pause * 2))
-        self.until = now + self._pause
-        return self._pause
+        pause = exponential(self._throttles, THROTTLE_BASE_S, THROTTLE_CAP_S)
+        self._throttles += 1
+        self.until = now + pause
+        return pause
 
     def succeeded(self) -> None:
-        self._pause = 0.0
+        self._throttles = 0
 
     def blocked(self, now: float) -> bool:
         return now < self.until
@@ -101,4 +104,4 @@ class Throttle:
     @property
     def probing(self) -> bool:
         """Throttled since the last success: one request at a time until one succeeds."""
-        return self._pause > 0
+        return self._throttles > 0
