@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def _uplink_files(uplink: UplinkConfig, config_dir: Path) -> list[ConfigError]:
             err = _unreadable(f"uplink.tls.{setting}", getattr(tls, setting))
             if err is not None:
                 out.append(err)
+        key_file = tls.key_file or tls.cert_file
+        if key_file is not None and tls.cert_file is not None and os.path.exists(key_file):
+            mode = os.stat(key_file).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):  # refused at connect too (uplink/tls.py)
+                out.append(
+                    ConfigError(
+                        "uplink.tls.key_file",
+                        f"{key_file}: readable by group or others (mode {stat.S_IMODE(mode):04o})",
+                        f"run `chmod 600 {key_file}`",
+                    )
+                )
     return out
 
 
