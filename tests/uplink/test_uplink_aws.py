@@ -191,3 +191,14 @@ def test_a_backlog_with_the_state_beside_it_stays_under_aws_rate_and_inflight(
             await cloud.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_readme_example_for_the_profile_loads() -> None:
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    section = readme[readme.index("## AWS IoT Core") :]
+    start = section.index("```toml") + 7
+    cfg = load(section[start : section.index("```", start)])
+    assert cfg.uplink.profile == "aws-iot-core" and cfg.uplink.host == (
+        "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"
+    )
+    assert cfg.uplink.client_id.format(**cfg.uplink.template_values()) == "gw1"
