@@ -190,15 +190,28 @@ def test_aws_shadow_config_rollback_jobs_and_commands_nothing_lost(
     assert "uplink not connected within 3 s" in out["reason"], out
     aws.flowing(n=10)
 
-    # Over the shadow's 8 KB: the shadow refuses it, a Job carries it; the outcome ends the job.
-    big = _big(new, 4)
+    # Back to a good document through the shadow.
+    good = copy.deepcopy(new)
+    good["version"] = 4
+    aws.desire(good)
+    aws.outcome(4, "applied")
+
+    # Over the shadow's 8 KB a Job carries it; its outcome ends the job execution. It changes the
+    # uplink too: the new session reads the shadow again (version 4, older than what runs now,
+    # a redelivery: no "not newer" rejection) and asks for the job again (the same one, still
+    # being judged: answered once, when decided).
+    big = _big(good, 5)
+    big["uplink"]["keepalive_s"] = 50
     assert len(json.dumps({"state": {"desired": {"document": big}}})) > MAX_SHADOW_STATE
-    aws.job("config-4", {"operation": "config", "document": big})
-    status, details = aws.job_done("config-4")
-    assert (status, details["status"], details["version"]) == ("SUCCEEDED", "applied", "4")
+    gets = aws.gets
+    aws.job("config-5", {"operation": "config", "document": big})
+    status, details = aws.job_done("config-5")
+    assert (status, details["status"], details["version"]) == ("SUCCEEDED", "applied", "5")
     assert details["reason"].startswith("healthy after"), details
-    wait_for(lambda: aws.reported().get("config_version") == 4, 20, "version 4 reported")
+    wait_for(lambda: aws.reported().get("config_version") == 5, 20, "version 5 reported")
+    assert aws.gets > gets, "the new session read the shadow"
     aws.flowing("plc", n=20)
+    assert _outcome_lines(log, "rejected") == []
 
     # Commands: a range-checked write as a Job, a ping on the commands topic.
     write = {"point": "plc/setpoint", "value": 55.5}

@@ -202,3 +202,48 @@ def test_the_readme_example_for_the_profile_loads() -> None:
         "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"
     )
     assert cfg.uplink.client_id.format(**cfg.uplink.template_values()) == "gw1"
+
+
+def test_jobs_found_in_progress_after_a_restart_are_answered_not_run_again(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        cloud = AwsIotCore(tmp_path / "ca")
+        cert, key = cloud.issue_thing("gw-1")
+        await cloud.start()
+        # What a gateway killed mid-job leaves: a write it had started, and a configuration
+        # whose outcome it had decided (the store keeps it) but not reported on the job.
+        cmd = cloud.create_job("gw-1", "write-1", {"operation": "command", "command": {}})
+        cfg_job = cloud.create_job(
+            "gw-1", "config-3", {"operation": "config", "document": {"version": 3}}
+        )
+        for job in (cmd, cfg_job):
+            job.status = "IN_PROGRESS"
+        text = _aws(str(cert), str(key), host='"127.0.0.1"', port=str(cloud.port))
+        cfg = load(text + f'ca_file = "{cloud.ca.ca_file}"\n').uplink
+        pushed: list[bytes] = []
+        commands: list[bytes] = []
+        decided = {"version": 3, "status": "applied", "reason": "healthy after 1.0 s", "ts": 1}
+
+        async def state() -> dict[str, Any]:
+            return {"config": decided, "config_version": 3}
+
+        h = await Harness.open(
+            tmp_path, cfg, state=state, on_config=pushed.append, on_command=commands.append
+        )
+        try:
+            await until(
+                lambda: all(j.status not in ("QUEUED", "IN_PROGRESS") for j in (cmd, cfg_job)),
+                20,
+                "both executions ended",
+            )
+        finally:
+            await h.close()
+            await cloud.stop()
+        assert (cmd.status, cmd.status_details["status"]) == ("FAILED", "unknown")
+        assert "restarted while it ran" in cmd.status_details["reason"]
+        assert (cfg_job.status, cfg_job.status_details["status"]) == ("SUCCEEDED", "applied")
+        assert cfg_job.status_details["reason"].startswith("version 3 was decided before")
+        assert pushed == [] and commands == []
+
+    asyncio.run(scenario())

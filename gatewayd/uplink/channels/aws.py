@@ -4,10 +4,13 @@ Everything lives under the thing's own topics (`$aws/things/{thing}/...`, thing 
 
 - the named shadow `gatewayd` (SHADOW): its desired `document` (DESIRED_KEY) is the whole
   configuration document, an object in the form of the TOML file (with its `version`), or a
-  string holding a compact JWS when [remote_config] require_signed. At every connect the
-  channel GETs the shadow and hands the document on; an `update/delta` (the cloud changed
-  desired) makes it GET the shadow again, so what is handed on is always the whole desired
-  document, never a delta's fragment. The shadow is limited to 8 KB (desired and reported
+  string holding a compact JWS when [remote_config] require_signed. At every connect, once
+  the session has reported its state (so the running version is known), the channel GETs the
+  shadow and hands the document on; an `update/delta` (the cloud changed desired) makes it GET
+  the shadow again, so what is handed on is always the whole desired document, never a
+  delta's fragment. A document read at a connect whose version is older than the running one
+  (a Job brought a newer one) is a redelivery, not handed on; one read after a delta is (the
+  manager judges and answers it). The shadow is limited to 8 KB (desired and reported
   together, SHADOW_MAX_BYTES): a larger document goes through a Job;
 - the state document (with the config outcomes in `config` and `config_recent`) is the
   shadow's reported state. Shadow updates merge, so the channel sends what changed since the
@@ -20,9 +23,10 @@ Everything lives under the thing's own topics (`$aws/things/{thing}/...`, thing 
   statusDetails; `{"operation": "command", "command": {...}}` (the commands.py form) is a
   command whose result ends it (SUCCEEDED ok, REJECTED refused, FAILED failed or unknown).
   Any other document is REJECTED with the reason. Each execution is set IN_PROGRESS when it
-  is handed on. A configuration of a version already decided (its outcome known from
+  is handed on. A configuration of a version already applied or rolled back (known from
   report_outcome or the state document, e.g. a restart between the outcome and the job
-  update) is not handed on: that decision ends the execution. A command found IN_PROGRESS
+  update) is not handed on, since the manager would not decide it again: that outcome ends
+  the execution. A command found IN_PROGRESS
   that this process did not start (a restart while it ran) is FAILED as "unknown";
 - every message on the commands topic is a command (as the topic channel), answered on the
   command_results topic.
@@ -58,6 +62,7 @@ SHADOW = "gatewayd"
 DESIRED_KEY = "document"
 SHADOW_MAX_BYTES = 8 * 1024
 REQUEST_TIMEOUT_S = 10.0
+STATE_WAIT_S = 2.0  # at a connect: the shadow and the next job are read after the state
 JOB_STATUS = {"ok": "SUCCEEDED", "refused": "REJECTED", "failed": "FAILED", "unknown": "FAILED"}
 MAX_DECIDED = 64
 JOB_DETAIL_MAX = 1000  # AWS: a statusDetails value is at most 1024 characters
@@ -105,7 +110,11 @@ class AwsChannel:
         self._get_token: str | None = None  # the shadow GET waiting for its answer
         self._get_sent = 0.0
         self._get_wanted = False
+        self._connected_at = 0.0  # monotonic, of this session
+        self._next_wanted = False  # the `$next` job GET is due
+        self._get_delta = False  # the GET was asked by a delta: the cloud changed desired
         self._delivered: bytes | None = None  # the desired document last handed on
+        self._running: int | None = None  # config_version of the newest state document
         self._reported: Any = None  # the shadow's reported state as we know it; None: unknown
         self._updates: dict[str, tuple[float, Any]] = {}  # token -> (sent at, reported after)
         self._state: bytes | None = None  # the newest state document, to report once known
@@ -142,9 +151,19 @@ class AwsChannel:
         self._get_wanted = True
         self._job = None  # asked again: `$next` names it
         self._job_version = None
-        now = time.monotonic()
-        self._send_get(client, now)
-        self._ask_next(client, now)
+        # Both asked once the state document tells the running version and outcomes (the
+        # session reports it right after connecting), or after STATE_WAIT_S without one.
+        self._connected_at = time.monotonic()
+        self._next_wanted = True
+
+    def _ask(self, client: mqtt.Client, now: float) -> None:
+        if self._running is None and now - self._connected_at < STATE_WAIT_S:
+            return
+        if self._get_wanted and self._get_token is None:
+            self._send_get(client, now)
+        if self._next_wanted:
+            self._next_wanted = False
+            self._ask_next(client, now)
 
     def _send_get(self, client: mqtt.Client, now: float) -> None:
         if self.throttle.blocked(now):
@@ -163,8 +182,7 @@ class AwsChannel:
         if self._get_token is not None and now - self._get_sent > REQUEST_TIMEOUT_S:
             log.warning("shadow_get_unanswered timeout_s=%g; asking again", REQUEST_TIMEOUT_S)
             self._get_token, self._get_wanted = None, True
-        if self._get_wanted and self._get_token is None:
-            self._send_get(client, now)
+        self._ask(client, now)
         for token, (sent, _) in list(self._updates.items()):
             if now - sent > REQUEST_TIMEOUT_S:  # unknown whether it was applied: ask
                 del self._updates[token]
@@ -202,6 +220,7 @@ class AwsChannel:
         token = str(body.get("clientToken", ""))
         if op == "update/delta":
             self._get_wanted = True  # the whole desired document comes with the GET
+            self._get_delta = True
             return None
         if op in ("update/accepted", "update/rejected"):
             sent = self._updates.pop(token, None)
@@ -220,6 +239,7 @@ class AwsChannel:
         if token != self._get_token:
             return None  # an answer to a GET of an earlier session or of another client
         self._get_token = None
+        changed, self._get_delta = self._get_delta, False
         state = body.get("state")
         if op == "get/rejected":
             if body.get("code") == 404:  # no shadow yet: nothing desired, nothing reported
@@ -248,6 +268,13 @@ class AwsChannel:
             log.debug("shadow_config_unchanged")
             return None
         self._delivered = data
+        version = value.get("version") if isinstance(value, dict) else None
+        older = isinstance(version, int) and self._running is not None and version < self._running
+        if older and not changed:
+            # Read at a connect, older than what runs (a Job brought a newer one): a redelivery,
+            # not a push; a delta (the cloud wrote it) is handed on, to be judged and answered.
+            log.debug("shadow_config_older version=%s running=%s", version, self._running)
+            return None
         return ConfigPush(data)
 
     def _jobs_message(self, rest: str, payload: bytes) -> Incoming:
@@ -290,7 +317,7 @@ class AwsChannel:
             version = value.get("version") if isinstance(value, dict) else None
             self._job_version = version if isinstance(version, int) else None
             known = self._decided.get(version) if isinstance(version, int) else None
-            if known is not None:
+            if known is not None and known.get("status") in ("applied", "rolled_back"):
                 # The manager would not decide it again (an applied document redelivered is
                 # no new outcome; an older or equal version is not tried): its decision stands.
                 log.info("job_config_decided job=%s version=%s", job_id, version)
@@ -354,6 +381,7 @@ class AwsChannel:
     def report_state(self, client: mqtt.Client, payload: bytes) -> bool:
         self._state = payload
         self._remember_outcomes(payload)
+        self._ask(client, time.monotonic())
         if self._reported is None:
             return True  # taken in charge: sent once the GET tells what the shadow holds
         return self._send_reported(client, payload, time.monotonic())
@@ -395,6 +423,8 @@ class AwsChannel:
             state = json.loads(payload)
         except ValueError:
             return
+        if isinstance(state.get("config_version"), int):
+            self._running = state["config_version"]
         for out in [state.get("config"), *(state.get("config_recent") or [])]:
             if isinstance(out, dict) and isinstance(out.get("version"), int):
                 self._decided.setdefault(out["version"], out)
