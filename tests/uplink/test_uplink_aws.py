@@ -247,3 +247,40 @@ def test_jobs_found_in_progress_after_a_restart_are_answered_not_run_again(
         assert pushed == [] and commands == []
 
     asyncio.run(scenario())
+
+
+def test_a_state_the_full_shadow_refuses_is_warned_once_and_retried_ever_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        cloud = AwsIotCore(tmp_path / "ca")
+        cert, key = cloud.issue_thing("gw-1")
+        updates: list[float] = []
+        shadow_update = "$aws/things/gw-1/shadow/name/gatewayd/update"
+        cloud.on_message = lambda t, p: (
+            updates.append(time.monotonic()) if t == shadow_update else None
+        )
+        await cloud.start()
+        # Desired takes most of the shadow's 8 KB: the state fits in no update (413).
+        cloud.update_shadow("gw-1", "gatewayd", {"desired": {"pad": "x" * 7000}})
+        text = _aws(str(cert), str(key), host='"127.0.0.1"', port=str(cloud.port))
+        cfg = load(text + f'ca_file = "{cloud.ca.ca_file}"\n').uplink
+
+        async def state() -> dict[str, Any]:
+            return {"ts": time.time(), "pad": "y" * 1500}  # new at every call
+
+        h = await Harness.open(tmp_path, cfg, state=state)
+        try:
+            await until(lambda: len(updates) >= 1, 20, "the first shadow update")
+            await asyncio.sleep(8)
+        finally:
+            await h.close()
+            await cloud.stop()
+        # Paused 1, 2, 4 s after each refusal, not sent at every state change (1/s).
+        assert 2 <= len(updates) <= 5, len(updates)
+
+    with caplog.at_level("DEBUG", logger="gatewayd.uplink"):
+        asyncio.run(scenario())
+    refused = [r for r in caplog.records if "shadow_update_rejected" in r.getMessage()]
+    assert [r.levelname for r in refused][:2] == ["WARNING", "DEBUG"], refused
+    assert "code=413" in refused[0].getMessage()

@@ -15,7 +15,9 @@ Everything lives under the thing's own topics (`$aws/things/{thing}/...`, thing 
 - the state document (with the config outcomes in `config` and `config_recent`) is the
   shadow's reported state. Shadow updates merge, so the channel sends what changed since the
   reported state it knows (from the GET, then from its own accepted updates), with `null` for
-  keys that went away; a rejected update makes it GET the shadow before reporting again;
+  keys that went away; one update at a time (the next waits for its answer, the newest state
+  superseding older ones); a rejected update makes it GET the shadow and pause (Throttle)
+  before reporting again;
 - a Job execution (`jobs/notify-next`, and `jobs/$next/get` at every connect) carries one job
   document: `{"operation": "config", "document": {...} or "<JWS>"}` is handed on as a
   configuration, and its outcome (report_outcome) ends the execution: SUCCEEDED for applied,
@@ -37,7 +39,8 @@ Invariants:
 - one Job execution at a time, the one AWS names next; a notification for the execution
   being handled is no new push or command;
 - a request left unanswered for REQUEST_TIMEOUT_S is sent again (a shadow GET, the next job);
-  a throttled or failed shadow GET is asked again after the Throttle pause, never at once;
+  a failed shadow GET or a rejected update is tried again after the Throttle pause (1 s
+  doubling to 60 s), never at once;
 - every publish is QoS 1 and counts against AWS's 100 publishes/s with the telemetry: the
   profile paces telemetry at 90/s, and the channel sends at most a few a second.
 """
@@ -105,7 +108,8 @@ class AwsChannel:
         self.command_results = command_results
         self.shadow = f"$aws/things/{thing}/shadow/name/{SHADOW}"
         self.jobs = f"$aws/things/{thing}/jobs"
-        self.throttle = Throttle()
+        self.throttle = Throttle()  # shadow GETs
+        self.update_throttle = Throttle()  # reported updates (a GET's success does not reset it)
         self._token = 0
         self._get_token: str | None = None  # the shadow GET waiting for its answer
         self._get_sent = 0.0
@@ -119,6 +123,7 @@ class AwsChannel:
         self._updates: dict[str, tuple[float, Any]] = {}  # token -> (sent at, reported after)
         self._state: bytes | None = None  # the newest state document, to report once known
         self._too_big_warned = False
+        self._rejections: set[str] = set()  # codes of rejected updates already warned about
         self._next_asked = 0.0  # monotonic: the `$next` job GET sent at; 0: none outstanding
         self._job: str | None = None  # the execution being handled
         self._job_version: int | None = None  # its configuration's version
@@ -194,7 +199,7 @@ class AwsChannel:
             if not self._update_job(client, job_id, status, details):
                 break
             self._job_updates.pop(0)
-        if self._state is not None and self._reported is not None:
+        if self._state is not None and self._may_report(now):
             self._send_reported(client, self._state, now)
 
     # -- from AWS ----------------------------------------------------------------------------
@@ -227,13 +232,20 @@ class AwsChannel:
             if sent is None:
                 return None  # another client's update, or one of an earlier session
             if op == "update/accepted":
-                self.throttle.succeeded()
+                self.update_throttle.succeeded()
                 return None
-            log.warning(
-                "shadow_update_rejected code=%s message=%s; reading the shadow again",
-                body.get("code"),
+            # Paused like a throttle (a 413 would come back at every state change), and said
+            # at WARNING once per code.
+            pause = self.update_throttle.throttled(time.monotonic())
+            code = str(body.get("code"))
+            log.log(
+                logging.DEBUG if code in self._rejections else logging.WARNING,
+                "shadow_update_rejected code=%s message=%s pause_s=%g; reading the shadow again",
+                code,
                 body.get("message"),
+                pause,
             )
+            self._rejections.add(code)
             self._reported, self._get_wanted = None, True
             return None
         if token != self._get_token:
@@ -381,10 +393,20 @@ class AwsChannel:
     def report_state(self, client: mqtt.Client, payload: bytes) -> bool:
         self._state = payload
         self._remember_outcomes(payload)
-        self._ask(client, time.monotonic())
-        if self._reported is None:
+        now = time.monotonic()
+        self._ask(client, now)
+        if not self._may_report(now):
             return True  # taken in charge: sent once the GET tells what the shadow holds
         return self._send_reported(client, payload, time.monotonic())
+
+    def _may_report(self, now: float) -> bool:
+        """The shadow's reported state is known, no update is waiting for its answer (the next
+        is a diff against it), and no pause after a rejection runs."""
+        return (
+            self._reported is not None
+            and not self._updates
+            and not self.update_throttle.blocked(now)
+        )
 
     def _send_reported(self, client: mqtt.Client, payload: bytes, now: float) -> bool:
         try:
