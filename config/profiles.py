@@ -299,14 +299,18 @@ def _check_aws_names(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]
             "use the thing's name: 1 to 128 of letters, digits, ':', '_' and '-'",
         )
     values = cfg.template_values()
-    for name in TopicsConfig.__dataclass_fields__:
-        topic = getattr(cfg.topics, name).format(**values)
+    topics = {f"topics.{n}": getattr(cfg.topics, n) for n in TopicsConfig.__dataclass_fields__}
+    if cfg.presence.enabled:
+        topics["presence.topic"] = cfg.presence.topic
+    for key, template in topics.items():
+        name = key.rpartition(".")[2]
+        topic = template.format(**values)
         counted = topic
         if topic.startswith("$aws/rules/"):
             parts = topic.split("/", 3)
             if not limits.basic_ingest or name != "events" or len(parts) < 4 or not parts[2]:
                 raise _fail(
-                    at(f"topics.{name}"),
+                    at(key),
                     f"{topic!r} is not a Basic Ingest topic for events",
                     limits,
                     'only events may use Basic Ingest: "$aws/rules/<rule name>/<topic>"',
@@ -316,7 +320,7 @@ def _check_aws_names(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]
         if slashes > limits.max_topic_slashes:
             extra = " (one kept for a rule's subfolder)" if name == "events" else ""
             raise _fail(
-                at(f"topics.{name}"),
+                at(key),
                 f"{topic!r} has {slashes} slashes{extra}, more than {limits.max_topic_slashes}",
                 limits,
                 "use fewer topic levels",

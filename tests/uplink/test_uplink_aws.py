@@ -104,6 +104,10 @@ def test_aws_defaults_thing_name_mtls_ats_endpoint_and_paced_under_the_cap() -> 
             "uplink.topics.command_results: '$aws/rules/r1/gw-1/r' is not a Basic Ingest topic "
             "for events",
         ),
+        (
+            {"presence__enabled": "true", "presence__topic": '"/a/b/c/d/e/f/{device}/p"'},
+            "uplink.presence.topic: '/a/b/c/d/e/f/gw-1/p' has 8 slashes, more than 7",
+        ),
         ({"auth__kind": '"jwt"', "auth__audience": '"x"'}, "uplink.auth.kind: 'jwt' (AWS"),
         ({"tls__enabled": "false"}, "uplink.tls.enabled: false (AWS IoT Core"),
     ],
