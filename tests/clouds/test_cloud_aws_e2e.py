@@ -30,7 +30,7 @@ from helpers import (
     wait_for,
     write_config,
 )
-from test_cloud_azure_e2e import WRITABLE, _outcome_lines
+from test_cloud_azure_e2e import WRITABLE, Hub, _outcome_lines
 
 from gatewayd_sim.cloud.aws import MAX_SHADOW_STATE, AwsIotCore
 
@@ -69,9 +69,11 @@ interval_ms = 100
 """
 
 
-class Aws:
-    def __init__(self, tmp: Path) -> None:
-        self.cloud = AwsIotCore(tmp / "aws")
+class Aws(Hub):
+    """The Azure test's helpers (outcome, records, flowing) over the AWS stand-in's shadow."""
+
+    def __init__(self, tmp: Path) -> None:  # no super(): Hub starts an IoT Hub
+        self.cloud = self.hub = AwsIotCore(tmp / "aws")  # type: ignore[assignment]
         self.cert, self.key = self.cloud.issue_thing(DEVICE)
         self.results: list[dict[str, Any]] = []
         self.gets = 0  # the gateway's shadow GETs
@@ -97,16 +99,6 @@ class Aws:
     def desire(self, document: dict[str, Any]) -> None:
         self.on_loop(self.cloud.update_shadow, DEVICE, SHADOW, {"desired": {"document": document}})
 
-    def outcome(self, version: int, status: str, timeout: float = 30) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
-            state = self.reported()
-            for c in [state.get("config") or {}, *reversed(state.get("config_recent") or [])]:
-                if c.get("version") == version and c.get("status") == status:
-                    return dict(c)
-            return None
-
-        return wait_for(find, timeout, f"shadow outcome {status} for version {version}")  # type: ignore[no-any-return]
-
     def job(self, job_id: str, document: dict[str, Any]) -> None:
         self.on_loop(self.cloud.create_job, DEVICE, job_id, document)
 
@@ -118,15 +110,6 @@ class Aws:
             return None
 
         return wait_for(lambda: self.bt.call(state()), timeout, f"job {job_id} done")  # type: ignore[no-any-return]
-
-    def records(self, device: str) -> int:
-        return sum(
-            1 for r in list(self.cloud.recorder.records) if r["point"].startswith(device + "/")
-        )
-
-    def flowing(self, device: str = "plc", n: int = 20, timeout: float = 20) -> None:
-        start = self.records(device)
-        wait_for(lambda: self.records(device) >= start + n, timeout, f"{n} records from {device}")
 
 
 @pytest.fixture
