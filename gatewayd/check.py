@@ -6,7 +6,8 @@ Invariants:
 - `problems` gathers every error of a file at once (config.check parses part by part) and adds
   what needs more than the document: driver names through the driver registry (with a did-you-
   mean), the device key (exists, a usable PEM key, not readable by group or others), TLS and
-  signing files readable, the state directory present or creatable;
+  signing files readable (the TLS client key not by group or others either), the state
+  directory present or creatable;
 - nothing is created or changed: the state directory is only looked at;
 - each error names the place in the file, the problem and the fix (a ConfigError).
 """

@@ -288,3 +288,25 @@ def test_a_state_the_full_shadow_refuses_is_warned_once_and_retried_ever_later(
     refused = [r for r in caplog.records if "shadow_update_rejected" in r.getMessage()]
     assert [r.levelname for r in refused][:2] == ["WARNING", "DEBUG"], refused
     assert "code=413" in refused[0].getMessage()
+
+
+def test_the_uplink_refuses_a_client_key_others_can_read_naming_the_fix(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cloud = AwsIotCore(tmp_path / "ca")
+        cert, key = cloud.issue_thing("gw-1")
+        key.chmod(0o640)
+        await cloud.start()
+        text = _aws(str(cert), str(key), host='"127.0.0.1"', port=str(cloud.port))
+        cfg = load(text + f'ca_file = "{cloud.ca.ca_file}"\n').uplink
+        h = await Harness.open(tmp_path, cfg)
+        try:
+            await until(lambda: h.metrics.total("uplink_connect_failures") >= 1, 20, "refusal")
+            assert h.uplink.last_error == (
+                f"[uplink.tls] key_file {key}: readable by group or others (mode 0640)"
+            )
+            assert not cloud.sessions, "no connection with a key others can read"
+        finally:
+            await h.close()
+            await cloud.stop()
+
+    asyncio.run(scenario())
