@@ -1,15 +1,19 @@
 """Per cloud profile: drain rate of a backlog vs raw paho in the same run, and its limits kept.
 
 Targets (each started here, on loopback): cloud-iot-core and clearblade against the cloud
-stand-in (device JWT), and profile = "mqtt" against mosquitto, NATS (MQTT + JetStream) and
-RabbitMQ (MQTT + OAuth 2 JWT), where installed (a missing broker is reported, not fatal).
+stand-in (device JWT), aws-iot-core against the AWS IoT Core stand-in (mTLS with the thing's
+certificate; its 100 publishes/s lifted for the raw baseline only, which sends one reading a
+message), and profile = "mqtt" against mosquitto, NATS (MQTT + JetStream) and RabbitMQ (MQTT +
+OAuth 2 JWT), where installed (a missing broker is reported, not fatal).
 
 For each: the Uplink with the profile's defaults drains a pre-filled buffer of N readings from
 its CONNACK to the last ack (readings/s); the baseline is a raw paho QoS 1 loop publishing the
 same N readings one message each, with at most the same in-flight window, on the same broker with
 the same credentials, just before. A subscriber (or the stand-in itself) sees every message of
 the drain: the largest message, the peak messages per second (1-s buckets) and the in-flight
-window (sampled in the drain) are printed beside the profile's caps.
+window (sampled in the drain) are printed beside the profile's caps (the cloud's own where it
+has them: AWS IoT Core's 100 publishes/s counts every publish of the connection, state and
+channel included, and 100 unacknowledged; a publish it throttled is reported).
 
     .venv/bin/python bench/bench_profiles.py [--quick] [--readings N] [--only NAME]
 """
@@ -53,6 +57,10 @@ class Target:
     raw_auth: tuple[str, str] | None  # username, password for the raw paho baseline
     raw_client_id: str
     seen: list[tuple[float, int]]  # (monotonic, bytes) of each events message at the broker
+    raw_tls: tuple[str, str, str] | None = None  # CA, client certificate, key (mTLS)
+    # Around the raw baseline: lift a cloud's rate cap, then put it back for the drain.
+    lift: Callable[[bool], None] | None = None
+    throttled: Callable[[], int] = lambda: 0  # publishes the cloud dropped over its limits
 
 
 def _cfg(port: int, profile: str, **changes: Any) -> UplinkConfig:
@@ -109,6 +117,51 @@ def standin(work: Path, profile: str) -> Iterator[Target]:
         token = mint_jwt(load_private_key(key, "ES256"), "ES256", "p1", 3600)
         client_id = cfg.client_id.format(**cfg.template_values())
         yield Target(f"{profile} (stand-in)", bt.port, cfg, ("unused", token), client_id, seen)
+    finally:
+        bt.stop()
+
+
+@contextmanager
+def aws(work: Path) -> Iterator[Target]:
+    from helpers import BrokerThread
+
+    from gatewayd_sim.cloud.aws import MAX_PUBLISHES_PER_S, AwsIotCore
+
+    cloud = AwsIotCore(work / "aws")
+    cert, key = cloud.issue_thing(DEVICE)
+    seen: list[tuple[float, int]] = []
+    # Every publish of the connection counts against AWS's 100/s, not only the telemetry.
+    cloud.on_message = lambda topic, payload: seen.append((time.monotonic(), len(payload)))
+
+    def lift(on: bool) -> None:
+        cloud.max_publishes_per_s = 10**9 if on else MAX_PUBLISHES_PER_S
+
+    bt = BrokerThread(cloud)
+    try:
+        p = PROFILES["aws-iot-core"]
+        tls = TlsConfig(ca_file=str(cloud.ca.ca_file), cert_file=str(cert), key_file=str(key))
+        cfg = _cfg(
+            bt.port,
+            "aws-iot-core",
+            client_id=p.client_id,
+            channel=p.channel,
+            topics=p.topics,
+            max_messages_per_s=p.max_messages_per_s,
+            tls=tls,
+            auth=AuthConfig(kind="x509"),
+        )
+        raw_tls = (str(cloud.ca.ca_file), str(cert), str(key))
+        yield Target(
+            "aws-iot-core (stand-in)",
+            bt.port,
+            cfg,
+            None,
+            DEVICE,
+            seen,
+            raw_tls,
+            lift,
+            lambda: cloud.throttled,
+        )
     finally:
         bt.stop()
 
@@ -205,6 +258,9 @@ def raw_paho(t: Target, n: int) -> float:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=t.raw_client_id)
     if t.raw_auth is not None:
         c.username_pw_set(*t.raw_auth)
+    if t.raw_tls is not None:
+        ca, cert, key = t.raw_tls
+        c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
     c.max_queued_messages_set(0)
     c.on_publish = on_publish
     connected = threading.Event()
@@ -257,6 +313,7 @@ def _peak_rate(seen: list[tuple[float, int]]) -> int:
 TARGETS: dict[str, Callable[[Path], Any]] = {
     "cloud-iot-core": lambda w: standin(w, "cloud-iot-core"),
     "clearblade": lambda w: standin(w, "clearblade"),
+    "aws-iot-core": aws,
     "mosquitto": mosquitto,
     "nats": nats,
     "rabbitmq": rabbitmq,
@@ -290,21 +347,32 @@ async def main() -> None:
                 print(f"{name:26} not run: {type(exc).__name__}: {str(exc)[:80]}")
                 continue
             try:
+                if t.lift is not None:
+                    t.lift(True)
                 base = await asyncio.to_thread(raw_paho, t, n)
+                if t.lift is not None:
+                    t.lift(False)
+                throttled = t.throttled()
                 rate, inflight = await drain(work, t, n)
                 await asyncio.sleep(0.5)  # the subscriber's last messages
+                throttled = t.throttled() - throttled
                 limits = limits_of(t.cfg)
                 biggest = max((b for _, b in t.seen), default=0)
                 limit = limits.max_payload_bytes or t.cfg.batch_max_bytes
+                # The cloud's own caps where it has them (AWS: every publish, 100 in flight).
+                rate_cap = limits.max_publishes_per_s or t.cfg.max_messages_per_s
+                inflight_cap = limits.max_inflight or t.cfg.inflight_window
                 ok = (
                     biggest <= limit
-                    and _peak_rate(t.seen) <= t.cfg.max_messages_per_s * 1.1
-                    and inflight <= t.cfg.inflight_window
+                    and _peak_rate(t.seen) <= (limits.max_publishes_per_s or rate_cap * 1.1)
+                    and inflight <= min(inflight_cap, t.cfg.inflight_window)
+                    and throttled == 0
                 )
                 print(
                     f"{t.name:26} {base:10.0f} {rate:9.0f} {rate / base:6.2f} {biggest:10d} "
-                    f"{limit:7d} {_peak_rate(t.seen):10d} {t.cfg.max_messages_per_s:5.0f} "
-                    f"{inflight:8d} {t.cfg.inflight_window:4d}  {'ok' if ok else 'LIMIT BROKEN'}"
+                    f"{limit:7d} {_peak_rate(t.seen):10d} {rate_cap:5.0f} "
+                    f"{inflight:8d} {inflight_cap:4d}  {'ok' if ok else 'LIMIT BROKEN'}"
+                    + (f" ({throttled} throttled)" if throttled else "")
                 )
             finally:
                 cm.__exit__(None, None, None)

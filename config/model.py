@@ -137,9 +137,12 @@ class UplinkConfig:
     registry: str = ""
     device: str = ""
     hub: str = ""  # Azure IoT Hub: the hub's name ({hub}.azure-devices.net)
+    # AWS IoT Core: the account's endpoint prefix ({account_prefix}-ats.iot.{region}.amazonaws.com)
+    account_prefix: str = ""
     # How config, commands and state travel (gatewayd/uplink/channels): "topic" (retained
-    # config topic, commands topic) or "azure" (device twin, direct methods); set by the profile.
-    channel: Literal["topic", "azure"] = "topic"
+    # config topic, commands topic), "azure" (device twin, direct methods) or "aws" (named
+    # shadow, jobs); set by the profile.
+    channel: Literal["topic", "azure", "aws"] = "topic"
     client_id: str = "projects/{project}/locations/{region}/registries/{registry}/devices/{device}"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = 60

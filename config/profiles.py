@@ -11,6 +11,7 @@ Invariant: topics are checked as the broker will see them, after templating with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -20,6 +21,11 @@ from .model import TopicsConfig, UplinkConfig
 
 CLOUD_IOT_CLIENT_ID = UplinkConfig().client_id
 PAYLOAD_256K = 256 * 1024
+PAYLOAD_128K = 128 * 1024
+# AWS IoT Core counts every publish of a connection against its 100/s: telemetry is paced below
+# it so the shadow, job and command-result publishes fit beside it.
+AWS_CHANNEL_PUBLISHES_PER_S = 10
+AWS_THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,10 @@ class Limits:
     # The broker drops a connection with no PUBLISH for this long, whatever the keepalive
     # (PINGREQs do not count): the session publishes its state before (session.py).
     max_idle_s: float | None = None
+    max_topic_slashes: int | None = None  # AWS: 7, after the Basic Ingest prefix
+    basic_ingest: bool = False  # `$aws/rules/<rule>/` before a topic: not counted, allowed
+    max_publishes_per_s: float | None = None  # every publish of a connection, not only telemetry
+    max_inflight: int | None = None  # unacknowledged QoS 1 publishes per connection
     why: str = ""  # who imposes these limits, for the error text
 
 
@@ -48,7 +58,8 @@ class Profile:
     username: str = "unused"  # a template, like the client id
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     batch_max_bytes: int = PAYLOAD_256K
-    channel: Literal["topic", "azure"] = "topic"  # gatewayd/uplink/channels
+    channel: Literal["topic", "azure", "aws"] = "topic"  # gatewayd/uplink/channels
+    max_messages_per_s: float = UplinkConfig().max_messages_per_s
     limits: Limits = field(default_factory=Limits)
 
 
@@ -109,6 +120,39 @@ PROFILES: dict[str, Profile] = {
             why="Azure IoT Hub",
         ),
     ),
+    # Thing name as client id, mTLS with the device certificate ([uplink.tls] cert_file and
+    # key_file), the account's ATS endpoint. State and config outcomes in the named shadow
+    # `gatewayd` (reported), configuration from its desired `document`, larger documents and
+    # commands as Jobs, commands also on the commands topic (channels/aws.py). Topics fit the
+    # usual thing policy (`+/{thing}/#`); `state` and `config` name the shadow's own topics,
+    # for reading only. Telemetry may go through Basic Ingest: events = "$aws/rules/<rule>/...".
+    "aws-iot-core": Profile(
+        "aws-iot-core",
+        host="{account_prefix}-ats.iot.{region}.amazonaws.com",
+        client_id="{device}",
+        auth_kind="x509",
+        topics=TopicsConfig(
+            events="gatewayd/{device}/events",
+            state="$aws/things/{device}/shadow/name/gatewayd/update",
+            config="$aws/things/{device}/shadow/name/gatewayd/update/delta",
+            commands="gatewayd/{device}/commands/#",
+            command_results="gatewayd/{device}/command-results",
+        ),
+        batch_max_bytes=PAYLOAD_128K,
+        channel="aws",
+        max_messages_per_s=100.0 - AWS_CHANNEL_PUBLISHES_PER_S,
+        limits=Limits(
+            tls_required=True,
+            auth_kinds=("x509",),
+            max_payload_bytes=PAYLOAD_128K,
+            max_keepalive_s=1201,  # AWS IoT Core's keepalive is 30 to 1200 s
+            max_topic_slashes=7,
+            basic_ingest=True,
+            max_publishes_per_s=100.0,
+            max_inflight=100,
+            why="AWS IoT Core",
+        ),
+    ),
     "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None, username="{device}"),
 }
 
@@ -132,17 +176,23 @@ def limits_of(cfg: UplinkConfig) -> Limits:
     return PROFILES[cfg.profile].limits
 
 
-def defaults(profile: Profile, region: str, hub: str = "") -> UplinkConfig:
-    """The [uplink] defaults under `profile` (host templated with the region and hub)."""
+def defaults(
+    profile: Profile, region: str, hub: str = "", account_prefix: str = ""
+) -> UplinkConfig:
+    """The [uplink] defaults under `profile` (host templated with the region, hub and AWS
+    account prefix)."""
     d = UplinkConfig()
+    values = {"region": region, "hub": hub, "account_prefix": account_prefix}
     return replace(
         d,
         hub=hub,
+        account_prefix=account_prefix,
         channel=profile.channel,
-        host=profile.host.format(region=region, hub=hub) if profile.host else "",
+        host=profile.host.format(**values) if profile.host else "",
         port=profile.port,
         client_id=profile.client_id,
         batch_max_bytes=profile.batch_max_bytes,
+        max_messages_per_s=profile.max_messages_per_s,
         topics=profile.topics,
         auth=replace(d.auth, username=profile.username),
     )
@@ -184,6 +234,7 @@ def check(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
             limits,
             f"use less than {limits.max_keepalive_s}",
         )
+    _check_rates(cfg, limits, at)
     if not limits.retained:
         if cfg.retain_state:
             raise _fail(at("retain_state"), "true", limits, "set retain_state = false")
@@ -194,6 +245,8 @@ def check(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
                 limits,
                 "set enabled = false and read presence from the state document",
             )
+    if limits.max_topic_slashes is not None:
+        _check_aws_names(cfg, limits, at)
     if limits.topic_forbidden:
         values = cfg.template_values()
         topics = {f"topics.{n}": getattr(cfg.topics, n) for n in TopicsConfig.__dataclass_fields__}
@@ -210,3 +263,65 @@ def check(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
                     limits,
                     f"choose a device id or a topic template without {shown}",
                 )
+
+
+def _check_rates(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
+    """The connection's publish rate and unacknowledged publishes (AWS IoT Core: 100 each)."""
+    if limits.max_publishes_per_s is not None:
+        cap = limits.max_publishes_per_s - AWS_CHANNEL_PUBLISHES_PER_S
+        if cfg.max_messages_per_s > cap:
+            raise _fail(
+                at("max_messages_per_s"),
+                f"{cfg.max_messages_per_s:g} leaves no room under {limits.max_publishes_per_s:g} "
+                f"publishes/s for the shadow, jobs and command results",
+                limits,
+                f"use at most {cap:g}",
+            )
+    if limits.max_inflight is not None and cfg.inflight_window > limits.max_inflight:
+        raise _fail(
+            at("inflight_window"),
+            f"{cfg.inflight_window} is above {limits.max_inflight} unacknowledged publishes",
+            limits,
+            f"use at most {limits.max_inflight}",
+        )
+
+
+def _check_aws_names(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
+    """Thing name as client id; topics within the slash limit (Basic Ingest's prefix not
+    counted; the events topic keeps one level for a rule's subfolder)."""
+    assert limits.max_topic_slashes is not None
+    client_id = cfg.client_id.format(**cfg.template_values())
+    if not AWS_THING_NAME.fullmatch(client_id):
+        raise _fail(
+            at("device" if "{device}" in cfg.client_id else "client_id"),
+            f"client id {client_id!r} is not a thing name",
+            limits,
+            "use the thing's name: 1 to 128 of letters, digits, ':', '_' and '-'",
+        )
+    values = cfg.template_values()
+    topics = {f"topics.{n}": getattr(cfg.topics, n) for n in TopicsConfig.__dataclass_fields__}
+    if cfg.presence.enabled:
+        topics["presence.topic"] = cfg.presence.topic
+    for key, template in topics.items():
+        name = key.rpartition(".")[2]
+        topic = template.format(**values)
+        counted = topic
+        if topic.startswith("$aws/rules/"):
+            parts = topic.split("/", 3)
+            if not limits.basic_ingest or name != "events" or len(parts) < 4 or not parts[2]:
+                raise _fail(
+                    at(key),
+                    f"{topic!r} is not a Basic Ingest topic for events",
+                    limits,
+                    'only events may use Basic Ingest: "$aws/rules/<rule name>/<topic>"',
+                )
+            counted = parts[3]
+        slashes = counted.count("/") + (1 if name == "events" else 0)
+        if slashes > limits.max_topic_slashes:
+            extra = " (one kept for a rule's subfolder)" if name == "events" else ""
+            raise _fail(
+                at(key),
+                f"{topic!r} has {slashes} slashes{extra}, more than {limits.max_topic_slashes}",
+                limits,
+                "use fewer topic levels",
+            )

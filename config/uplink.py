@@ -26,7 +26,9 @@ from .section import Section
 
 def read_uplink(s: Section) -> UplinkConfig:
     profile, limits = _profile(s)
-    d = profiles.defaults(profile, s.text("region", ""), s.text("hub", ""))
+    d = profiles.defaults(
+        profile, s.text("region", ""), s.text("hub", ""), s.text("account_prefix", "")
+    )
     tls = s.table("tls")
     auth = s.table("auth")
     topics = s.table("topics")
@@ -37,6 +39,13 @@ def read_uplink(s: Section) -> UplinkConfig:
     if "{hub}" in profile.host and not d.hub:
         raise ConfigError(
             s.at("hub"), demanded, "set it to the hub's name (NAME.azure-devices.net)"
+        )
+    if "{account_prefix}" in profile.host and not d.account_prefix and "host" not in s.names():
+        raise ConfigError(
+            s.at("account_prefix"),
+            demanded,
+            "set it to the part before -ats of `aws iot describe-endpoint --endpoint-type "
+            "iot:Data-ATS`, and region, or set host",
         )
     port = s.integer("port", d.port, lo=1, hi=65535)
     hosts = _hosts(s, port)
@@ -53,6 +62,7 @@ def read_uplink(s: Section) -> UplinkConfig:
         registry=s.text("registry", d.registry),
         device=s.text("device", d.device),
         hub=d.hub,
+        account_prefix=d.account_prefix,
         channel=d.channel,
         client_id=s.template("client_id", d.client_id),
         protocol=s.choice("protocol", choices_of(UplinkConfig, "protocol"), d.protocol),

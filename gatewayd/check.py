@@ -6,7 +6,8 @@ Invariants:
 - `problems` gathers every error of a file at once (config.check parses part by part) and adds
   what needs more than the document: driver names through the driver registry (with a did-you-
   mean), the device key (exists, a usable PEM key, not readable by group or others), TLS and
-  signing files readable, the state directory present or creatable;
+  signing files readable (the TLS client key not by group or others either), the state
+  directory present or creatable;
 - nothing is created or changed: the state directory is only looked at;
 - each error names the place in the file, the problem and the fix (a ConfigError).
 """
@@ -14,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +99,17 @@ def _uplink_files(uplink: UplinkConfig, config_dir: Path) -> list[ConfigError]:
             err = _unreadable(f"uplink.tls.{setting}", getattr(tls, setting))
             if err is not None:
                 out.append(err)
+        key_file = tls.key_file or tls.cert_file
+        if key_file is not None and tls.cert_file is not None and os.path.exists(key_file):
+            mode = os.stat(key_file).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):  # refused at connect too (uplink/tls.py)
+                out.append(
+                    ConfigError(
+                        "uplink.tls.key_file",
+                        f"{key_file}: readable by group or others (mode {stat.S_IMODE(mode):04o})",
+                        f"run `chmod 600 {key_file}`",
+                    )
+                )
     return out
 
 

@@ -2,11 +2,12 @@
 
 Uses the example configuration with the addresses pointed at the simulators, a fresh device key
 registered with the stand-in, and a temporary state directory. `--cloud` picks the stand-in:
-`cloud-iot-core` (default: JWT, retained config topic) or `azure` (the IoT Hub stand-in over
-TLS with its own throw-away certificate: SAS token, device twin, direct methods). Every port
-it listens on is one the kernel picks (the simulators' and the metrics endpoint's), so a demo
-never takes a port of a gatewayd service running on the same machine (its metrics port,
-127.0.0.1:9108, above all).
+`cloud-iot-core` (default: JWT, retained config topic), `azure` (the IoT Hub stand-in over
+TLS with its own throw-away certificate: SAS token, device twin, direct methods) or `aws` (the
+AWS IoT Core stand-in with its own throw-away CA: the thing's certificate, named shadow,
+jobs). Every port it listens on is one the kernel picks (the simulators' and the metrics
+endpoint's), so a demo never takes a port of a gatewayd service running on the same machine
+(its metrics port, 127.0.0.1:9108, above all).
 """
 
 from __future__ import annotations
@@ -62,6 +63,31 @@ async def _azure_hub(work: Path, device: str) -> tuple[Any, str]:
     return await hub.start(), ca_file
 
 
+def aws_demo_config(doc: dict[str, Any], ca_file: str, cert: str, key: str) -> dict[str, Any]:
+    """The example's [uplink] replaced by the aws-iot-core profile's few settings."""
+    up = doc["uplink"]
+    doc["uplink"] = {
+        "profile": "aws-iot-core",
+        "region": "eu-west-1",
+        "host": up["host"],
+        "port": up["port"],
+        "device": up["device"],
+        "tls": {"ca_file": ca_file, "cert_file": cert, "key_file": key},
+    }
+    return doc
+
+
+async def _aws_iot(work: Path, device: str) -> tuple[Any, tuple[str, str, str]]:
+    from gatewayd_sim.cloud.aws import AwsIotCore
+
+    cloud = AwsIotCore(work / "aws")
+    cert, key = cloud.issue_thing(device)
+    return await cloud.start(), (str(cloud.ca.ca_file), str(cert), str(key))
+
+
+STAND_INS = {"azure": "IoT Hub stand-in", "aws": "AWS IoT Core stand-in"}
+
+
 async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-core") -> int:
     from gatewayd_sim.cloud import Broker, Registry
     from gatewayd_sim.modbus import ModbusTcpSlave
@@ -73,8 +99,11 @@ async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-cor
         up = doc["uplink"]
         broker: Any
         ca_file = ""
+        aws_files = ("", "", "")
         if cloud == "azure":
             broker, ca_file = await _azure_hub(work, up["device"])
+        elif cloud == "aws":
+            broker, aws_files = await _aws_iot(work, up["device"])
         else:
             registry = Registry(up["project"], up["region"], up["registry"])
             registry.add(up["device"], generate_key(work / "device.key", up["auth"]["algorithm"]))
@@ -84,13 +113,15 @@ async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-cor
         raw = demo_config(example_path().read_text(), broker.port, slave.port, work)
         if cloud == "azure":
             raw = azure_demo_config(raw, broker.hub, ca_file)
+        elif cloud == "aws":
+            raw = aws_demo_config(raw, *aws_files)
         cfg = load_document(raw)
         # Port 0: the kernel's choice (the configuration refuses 0, which a user never means).
         cfg = dataclasses.replace(cfg, metrics=MetricsConfig(listen="127.0.0.1:0"))
         gw = Gateway(cfg, config_dir=work)
         print(
             f"demo: Modbus boiler on 127.0.0.1:{slave.port}, "
-            f"{'IoT Hub stand-in' if cloud == 'azure' else 'cloud broker'} on "
+            f"{STAND_INS.get(cloud, 'cloud broker')} on "
             f"127.0.0.1:{broker.port}, buffer {gw.buffer_path}",
             file=out,
             flush=True,

@@ -5,14 +5,17 @@ A profile's `tls_minimum` (ClearBlade: "1.2") is set on the context, so an older
 refused whatever the system's OpenSSL configuration allows.
 
 Invariants: verification is off only when [uplink.tls] verify = false says so, and that is logged
-at every connect; a file that cannot be used is reported with its setting and its path.
+at every connect; a file that cannot be used is reported with its setting and its path; the
+client certificate's private key is refused when group or others may read it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
+import stat
 from typing import Any
 
 from gatewayd.config import TlsConfig
@@ -33,6 +36,17 @@ def _check_readable(setting: str, path: str | None) -> None:
             f"[uplink.tls] {setting} {path}: cannot read it: {exc.strerror}",
             fix=f"fix the path in [uplink.tls] {setting}, or the file's permissions",
         ) from exc
+
+
+def _check_private(path: str) -> None:
+    """A usable private key that group or others can read is refused, like the device key."""
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UplinkError(
+            f"[uplink.tls] key_file {path}: readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o})",
+            fix=f"run `chmod 600 {path}`",
+        )
 
 
 class _Context(ssl.SSLContext):
@@ -94,6 +108,7 @@ def apply_tls(client: Any, tls: TlsConfig, host: str, minimum: str | None = None
                 f"certificate and its private key ({exc.reason})",
                 fix="point cert_file at the device certificate and key_file at its key",
             ) from exc
+        _check_private(tls.key_file or tls.cert_file)
     if not tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

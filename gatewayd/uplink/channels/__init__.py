@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from gatewayd.config import UplinkConfig
 
+from .aws import AwsChannel
 from .azure import AzureChannel
 from .base import Channel, CommandIn, ConfigPush, Incoming
 from .topic import TopicChannel
@@ -16,4 +17,7 @@ __all__ = ["Channel", "CommandIn", "ConfigPush", "Incoming", "channel_for"]
 def channel_for(cfg: UplinkConfig, topics: Mapping[str, str]) -> Channel:
     if cfg.channel == "azure":
         return AzureChannel()
+    if cfg.channel == "aws":
+        thing = cfg.client_id.format(**cfg.template_values())
+        return AwsChannel(thing, topics["commands"], topics["command_results"])
     return TopicChannel(topics, cfg.retain_state)
