@@ -129,6 +129,7 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
     gw.done()
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
     cfg = replace(cfg, rules=parse_rules(root.tables("rules"), known))
+    profiles.check_routes(cfg.uplink, cfg.rules)
     root.done()
     _unique((d.id for d in cfg.devices), "devices", "id")
     _check_across(cfg.devices, lookup)
@@ -268,7 +269,8 @@ def _uplink(s: Section) -> UplinkConfig:
         raise ConfigError(
             s.at("hub"), demanded, "set it to the hub's name (NAME.azure-devices.net)"
         )
-    port = s.integer("port", d.port, lo=1, hi=65535)
+    plain = profile.plain_port is not None and tls.peek("enabled") is False
+    port = s.integer("port", profile.plain_port if plain else d.port, lo=1, hi=65535)
     hosts = _hosts(s, port)
     if profile.auth_kind is None and "kind" not in auth.names():
         raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
@@ -314,7 +316,9 @@ def _uplink(s: Section) -> UplinkConfig:
         ),
         auth=AuthConfig(
             kind=auth.choice(
-                "kind", ("jwt", "password", "sas", "x509", "none"), profile.auth_kind or "none"
+                "kind",
+                ("jwt", "password", "sas", "x509", "access_token", "none"),
+                profile.auth_kind or "none",
             ),
             algorithm=auth.choice("algorithm", ("ES256", "RS256"), "ES256"),
             private_key=auth.text("private_key", AuthConfig().private_key),
@@ -326,6 +330,8 @@ def _uplink(s: Section) -> UplinkConfig:
             claims=_claims(auth.table("claims")),
             device_key=auth.opt_text("device_key"),
             device_key_file=auth.opt_text("device_key_file"),
+            access_token=auth.opt_text("access_token"),
+            access_token_file=auth.opt_text("access_token_file"),
         ),
         topics=TopicsConfig(
             events=topics.template("events", d.topics.events),
@@ -357,6 +363,15 @@ def _uplink(s: Section) -> UplinkConfig:
             'kind = "sas" needs exactly one of device_key and device_key_file',
             "set device_key to the device's primary key (base64), or device_key_file to a "
             "file holding it",
+        )
+    if cfg.auth.kind == "access_token" and (cfg.auth.access_token is None) == (
+        cfg.auth.access_token_file is None
+    ):
+        raise ConfigError(
+            auth.at("access_token"),
+            'kind = "access_token" needs exactly one of access_token and access_token_file',
+            "set access_token_file to a file holding the device's access token (ThingsBoard: "
+            "the gateway device's Manage credentials), or access_token to the token",
         )
     if cfg.auth.kind == "x509" and not (cfg.tls.cert_file and cfg.tls.key_file):
         raise ConfigError(

@@ -17,9 +17,11 @@ from typing import Literal
 
 from .errors import ConfigError
 from .model import TopicsConfig, UplinkConfig
+from .rules import RouteStep, RuleConfig
 
 CLOUD_IOT_CLIENT_ID = UplinkConfig().client_id
 PAYLOAD_256K = 256 * 1024
+PAYLOAD_64K = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,10 @@ class Profile:
     username: str = "unused"  # a template, like the client id
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     batch_max_bytes: int = PAYLOAD_256K
-    channel: Literal["topic", "azure"] = "topic"  # gatewayd/uplink/channels
+    channel: Literal["topic", "azure", "thingsboard"] = "topic"  # gatewayd/uplink/channels
     limits: Limits = field(default_factory=Limits)
+    encoder: str = "json"  # gatewayd/uplink/payload.py
+    plain_port: int | None = None  # the default port when [uplink.tls] enabled = false
 
 
 _IOT_CORE = Limits(
@@ -109,6 +113,39 @@ PROFILES: dict[str, Profile] = {
             why="Azure IoT Hub",
         ),
     ),
+    # The gateway MQTT API (channels/thingsboard.py): the access token as MQTT username (or an
+    # X.509 certificate, or ThingsBoard's "MQTT Basic" credentials as a password), telemetry of
+    # the field devices on v1/gateway/telemetry (encoder "thingsboard": a device's records
+    # grouped by timestamp, their ids in `_id`), configuration from the gateway device's shared
+    # attribute `gatewayd`, commands as server-side RPC, state as client attributes. Port 1883
+    # without TLS, 8883 with; ThingsBoard's MQTT transport refuses a message over 64 KB
+    # (NETTY_MAX_PAYLOAD_SIZE) and ignores the retain flag. Its host is the user's own server
+    # (or thingsboard.cloud / eu.thingsboard.cloud): no default.
+    "thingsboard": Profile(
+        "thingsboard",
+        host="",
+        port=8883,
+        plain_port=1883,
+        client_id="{device}",
+        auth_kind="access_token",
+        username="",
+        topics=TopicsConfig(
+            events="v1/gateway/telemetry",
+            state="v1/devices/me/attributes",
+            config="v1/devices/me/attributes",
+            commands="v1/devices/me/rpc/request/+",
+            command_results="v1/devices/me/rpc/response/",
+        ),
+        batch_max_bytes=PAYLOAD_64K,
+        channel="thingsboard",
+        encoder="thingsboard",
+        limits=Limits(
+            auth_kinds=("access_token", "x509", "password"),
+            max_payload_bytes=PAYLOAD_64K,
+            retained=False,
+            why="ThingsBoard",
+        ),
+    ),
     "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None, username="{device}"),
 }
 
@@ -143,6 +180,7 @@ def defaults(profile: Profile, region: str, hub: str = "") -> UplinkConfig:
         port=profile.port,
         client_id=profile.client_id,
         batch_max_bytes=profile.batch_max_bytes,
+        encoder=profile.encoder,
         topics=profile.topics,
         auth=replace(d.auth, username=profile.username),
     )
@@ -209,4 +247,20 @@ def check(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]) -> None:
                     f"{topic!r} contains {shown}",
                     limits,
                     f"choose a device id or a topic template without {shown}",
+                )
+
+
+def check_routes(cfg: UplinkConfig, rules: tuple[RuleConfig, ...]) -> None:
+    """Refuse a route subfolder where the cloud has one telemetry topic: ThingsBoard acknowledges
+    a message on `v1/gateway/telemetry/<subfolder>` and drops it, so the readings would be lost."""
+    if cfg.channel != "thingsboard":
+        return
+    for i, rule in enumerate(rules):
+        for j, step in enumerate(rule.steps):
+            if isinstance(step, RouteStep) and step.subfolder is not None:
+                raise ConfigError(
+                    f"rules[{i}].steps[{j}].subfolder",
+                    f"{step.subfolder!r}: ThingsBoard has one telemetry topic and drops "
+                    "messages on any other",
+                    "remove subfolder (a lane still works); each reading goes to its device",
                 )

@@ -22,7 +22,10 @@ Invariants, as ThingsBoard documents its MQTT transport:
   `{"device", "id", "data"}`. A device the gateway names is created on first use, as
   ThingsBoard does.
 - Every telemetry entry's `values` (device or gateway API) is fed to the recorder, so records
-  are counted by their `id`; a payload that is not JSON counts as malformed, and nothing else.
+  are counted by their `id`; values with an `_id` map (gatewayd's encoder,
+  gatewayd/uplink/payload_thingsboard.py) are fed as one record per key, `{"id", "point":
+  "device/key", "ts", "value"}`; a payload that is not JSON counts as malformed, and nothing
+  else.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ class ThingsBoard(Broker):
     def _telemetry(self, dev: Device, doc: Any) -> None:
         entries = doc if isinstance(doc, list) else [doc]
         now = int(time.time() * 1000)
-        values_list = []
+        values_list: list[Json] = []
         for e in entries:
             if not isinstance(e, dict):
                 raise TypeError("a telemetry entry must be an object")
@@ -155,7 +158,14 @@ class ThingsBoard(Broker):
             if not isinstance(values, dict):
                 raise TypeError("telemetry values must be an object")
             dev.telemetry.append((ts, values))
-            values_list.append(values)
+            ids = values.get("_id")
+            if isinstance(ids, dict):  # gatewayd's encoder: one record per key, its id in _id
+                values_list.extend(
+                    {"id": rid, "point": f"{dev.name}/{key}", "ts": ts, "value": values.get(key)}
+                    for key, rid in ids.items()
+                )
+            else:
+                values_list.append(values)
         self.recorder.feed(json.dumps(values_list).encode())
 
     def _device_api(self, s: Session, dev: Device, rest: str, doc: Any) -> None:

@@ -8,6 +8,7 @@ from gatewayd.config import UplinkConfig
 
 from .azure import AzureChannel
 from .base import Channel, CommandIn, ConfigPush, Incoming
+from .thingsboard import ThingsBoardChannel
 from .topic import TopicChannel
 
 __all__ = ["Channel", "CommandIn", "ConfigPush", "Incoming", "channel_for"]
@@ -16,4 +17,6 @@ __all__ = ["Channel", "CommandIn", "ConfigPush", "Incoming", "channel_for"]
 def channel_for(cfg: UplinkConfig, topics: Mapping[str, str]) -> Channel:
     if cfg.channel == "azure":
         return AzureChannel()
+    if cfg.channel == "thingsboard":
+        return ThingsBoardChannel()
     return TopicChannel(topics, cfg.retain_state)

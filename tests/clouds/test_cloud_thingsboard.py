@@ -1,0 +1,290 @@
+"""The thingsboard profile: its config, its telemetry encoder and its channel's mapping.
+
+The encoder is checked on what the buffer really hands out (records stored in a real buffer file,
+and bodies only as strict as `take` guarantees); the channel against a client that records what
+it publishes. End to end through a gatewayd process: test_cloud_thingsboard_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewayd.buffer import Entry
+from gatewayd.buffer.codec import encode_body
+from gatewayd.config import ConfigError, load_document
+from gatewayd.config.parse import parse_bytes
+from gatewayd.reading import Lane, Quality, Record
+from gatewayd.uplink.channels.base import CommandIn, ConfigPush
+from gatewayd.uplink.channels.thingsboard import ThingsBoardChannel
+from gatewayd.uplink.payload import load_encoder
+from gatewayd.uplink.payload_thingsboard import encode_thingsboard
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def _load(
+    tmp: Path, uplink: str = "", auth: str = 'access_token_file = "tb.token"', tail: str = ""
+) -> Any:
+    text = f"""
+version = 1
+[gateway]
+state_dir = "{tmp}"
+[uplink]
+profile = "thingsboard"
+host = "tb.example.com"
+device = "gw1"
+{uplink}
+[uplink.auth]
+{auth}
+{tail}
+"""
+    return load_document(parse_bytes(text.encode(), source="gw.toml"))
+
+
+def test_profile_defaults_ports_and_limits_in_the_config_file(tmp_path: Path) -> None:
+    up = _load(tmp_path).uplink
+    assert (up.port, up.channel, up.encoder, up.auth.kind) == (
+        8883,
+        "thingsboard",
+        "thingsboard",
+        "access_token",
+    )
+    assert up.topics.events == "v1/gateway/telemetry" and up.batch_max_bytes == 65536
+    assert _load(tmp_path, "[uplink.tls]\nenabled = false").uplink.port == 1883
+    assert _load(tmp_path, "port = 11883\n[uplink.tls]\nenabled = false").uplink.port == 11883
+    x509 = _load(tmp_path, '[uplink.tls]\ncert_file = "c.pem"\nkey_file = "k.pem"', 'kind = "x509"')
+    assert x509.uplink.auth.kind == "x509"
+    with pytest.raises(ConfigError, match="exactly one of access_token and access_token_file"):
+        _load(tmp_path, auth="")
+    with pytest.raises(ConfigError, match=r"batch_max_bytes: 100000 is above .*ThingsBoard"):
+        _load(tmp_path, "batch_max_bytes = 100000")
+    with pytest.raises(ConfigError, match=r"retain_state: true \(ThingsBoard"):
+        _load(tmp_path, "retain_state = true")
+    with pytest.raises(ConfigError, match=r"auth.kind: 'jwt' \(ThingsBoard"):
+        _load(tmp_path, auth='kind = "jwt"\naudience = "x"')
+
+
+def test_a_route_subfolder_is_refused_under_thingsboard(tmp_path: Path) -> None:
+    tail = """
+[[devices]]
+id = "plc"
+driver = "modbus_tcp"
+host = "127.0.0.1"
+[[devices.points]]
+id = "t"
+table = "holding"
+address = 0
+type = "int16"
+[[rules]]
+name = "r"
+points = ["plc/t"]
+[[rules.steps]]
+kind = "route"
+subfolder = "fast"
+"""
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.steps\[0\]\.subfolder: 'fast'"):
+        _load(tmp_path, tail=tail)
+
+
+def _entries(records: list[Record], first_id: int = 1) -> list[Entry]:
+    return [Entry(first_id + i, int(r.lane), encode_body(r)) for i, r in enumerate(records)]
+
+
+def test_records_of_one_device_and_ts_share_an_entry_and_keep_their_ids() -> None:
+    recs = [
+        Record("plc/temp", 1000, 21.5),
+        Record("plc/pressure", 1000, 3.0),
+        Record("pump/speed", 1000, 1450),
+        Record("plc/temp", 1000, 21.6),  # the same point at the same ts: a new entry
+        Record("plc/temp", 2000, None, Quality.BAD, "timeout"),
+        Record("plc", 2500, "connection refused", Quality.BAD, "device_down", Lane.EVENT),
+    ]
+    doc = json.loads(encode_thingsboard(_entries(recs, 101)))
+    assert doc == {
+        "plc": [
+            {
+                "ts": 1000,
+                "values": {"temp": 21.5, "pressure": 3.0, "_id": {"temp": 101, "pressure": 102}},
+            },
+            {"ts": 1000, "values": {"temp": 21.6, "_id": {"temp": 104}}},
+            {
+                "ts": 2000,
+                "values": {
+                    "_id": {"temp": 105},
+                    "_quality": {"temp": "bad"},
+                    "_reason": {"temp": "timeout"},
+                },
+            },
+            {
+                "ts": 2500,
+                "values": {
+                    "device_down": "connection refused",
+                    "_id": {"device_down": 106},
+                    "_quality": {"device_down": "bad"},
+                },
+            },
+        ],
+        "pump": [{"ts": 1000, "values": {"speed": 1450, "_id": {"speed": 103}}}],
+    }
+    assert load_encoder("thingsboard") is encode_thingsboard
+
+
+# What `take` guarantees and no more: a JSON object, "point" first, no "id".
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3)
+    ),
+    max_leaves=6,
+)
+_bodies = st.builds(
+    lambda point, rest: json.dumps(
+        {"point": point, **{k: v for k, v in rest.items() if k not in ("point", "id")}}
+    ),
+    _json,
+    st.dictionaries(
+        st.sampled_from(["ts", "value", "quality", "reason", "lane", "x"]), _json, max_size=5
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_bodies, min_size=1, max_size=12))
+def test_anything_take_hands_out_encodes_and_every_id_survives(bodies: list[str]) -> None:
+    entries = [Entry(i + 1, 2, b) for i, b in enumerate(bodies)]
+    doc = json.loads(encode_thingsboard(entries))  # strict JSON: it parses
+    ids = [
+        rid
+        for items in doc.values()
+        for item in items
+        for rid in (item["values"] if "values" in item and "ts" in item else item)["_id"].values()
+    ]
+    assert sorted(ids) == [e.id for e in entries]
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False) -> Any:
+        self.sent.append((topic, json.loads(payload)))
+        return type("Info", (), {"rc": 0})()
+
+
+def test_shared_attribute_config_redelivered_is_the_same_bytes_and_not_handed_on_again() -> None:
+    ch, c = ThingsBoardChannel(), _Client()
+    ch.connected(c)  # type: ignore[arg-type]
+    assert c.sent == [("v1/devices/me/attributes/request/1", {"sharedKeys": "gatewayd"})]
+    doc = {"version": 2, "uplink": {"keepalive_s": 30}, "devices": []}
+    answer = json.dumps({"shared": {"gatewayd": doc}}).encode()
+    got = ch.incoming("v1/devices/me/attributes/response/1", answer)
+    assert isinstance(got, ConfigPush) and json.loads(got.payload) == doc
+    # A reconnect asks again and finds the same document: no push.
+    ch.connected(c)  # type: ignore[arg-type]
+    again = json.dumps({"shared": {"gatewayd": dict(reversed(list(doc.items())))}}).encode()
+    assert ch.incoming("v1/devices/me/attributes/response/2", again) is None
+    # An update of another attribute is no push; one of `gatewayd` is.
+    assert ch.incoming("v1/devices/me/attributes", b'{"other": 1}') is None
+    new = {**doc, "version": 3}
+    pushed = ch.incoming("v1/devices/me/attributes", json.dumps({"gatewayd": new}).encode())
+    assert isinstance(pushed, ConfigPush) and json.loads(pushed.payload)["version"] == 3
+    # An answer that comes after a newer update is older than it: ignored.
+    ch.connected(c)  # type: ignore[arg-type]
+    newer = {**doc, "version": 4}
+    assert isinstance(
+        ch.incoming("v1/devices/me/attributes", json.dumps({"gatewayd": newer}).encode()),
+        ConfigPush,
+    )
+    assert ch.incoming("v1/devices/me/attributes/response/3", answer) is None
+    assert ch.incoming("v1/devices/me/attributes", b"not json") is None
+
+
+def test_rpc_to_the_gateway_and_to_a_field_device_become_writes_and_are_answered() -> None:
+    ch, c = ThingsBoardChannel(), _Client()
+    got = ch.incoming(
+        "v1/devices/me/rpc/request/7",
+        b'{"method": "write", "params": {"point": "plc/setpoint", "value": 55.5}}',
+    )
+    assert isinstance(got, CommandIn)
+    cmd = json.loads(got.payload)
+    assert (cmd["point"], cmd["value"]) == ("plc/setpoint", 55.5)
+    assert ch.answer(c, {"id": cmd["id"], "status": "ok", "reason": "written", "ts": 1})  # type: ignore[arg-type]
+    assert c.sent[-1] == (
+        "v1/devices/me/rpc/response/7",
+        {"id": "7", "status": "ok", "reason": "written", "ts": 1},
+    )
+    rpc = {
+        "device": "plc",
+        "data": {"id": 3, "method": "write", "params": {"point": "setpoint", "value": 40}},
+    }
+    got = ch.incoming("v1/gateway/rpc", json.dumps(rpc).encode())
+    assert isinstance(got, CommandIn)
+    cmd = json.loads(got.payload)
+    assert cmd["point"] == "plc/setpoint"
+    ch.answer(c, {"id": cmd["id"], "status": "refused", "reason": "above max"})  # type: ignore[arg-type]
+    assert c.sent[-1] == (
+        "v1/gateway/rpc",
+        {"device": "plc", "id": 3, "data": {"id": 3, "status": "refused", "reason": "above max"}},
+    )
+    ping = ch.incoming("v1/devices/me/rpc/request/8", b'{"method": "ping", "params": {}}')
+    assert isinstance(ping, CommandIn) and json.loads(ping.payload)["command"] == "ping"
+    # Unreadable: refused at the next tick, never raised.
+    assert ch.incoming("v1/devices/me/rpc/request/9", b'{"method": "write", "params": NaN}') is None
+    assert ch.incoming("v1/gateway/rpc", b"{}") is None
+    ch.tick(c, 0.0)  # type: ignore[arg-type]
+    topic, body = c.sent[-1]
+    assert topic == "v1/devices/me/rpc/response/9" and body["status"] == "refused"
+
+
+def test_state_goes_as_changed_client_attributes_and_devices_connect_and_disconnect() -> None:
+    ch, c = ThingsBoardChannel(), _Client()
+    ch.connected(c)  # type: ignore[arg-type]
+    c.sent.clear()
+    state = {
+        "config_version": 1,
+        "ts": 1,
+        "devices": {"plc": {"status": "up"}, "pump": {"status": "down"}},
+    }
+    assert ch.report_state(c, json.dumps(state).encode())  # type: ignore[arg-type]
+    assert c.sent == [
+        ("v1/gateway/connect", {"device": "plc"}),
+        ("v1/devices/me/attributes", state),
+    ]
+    c.sent.clear()
+    state = {**state, "ts": 2, "devices": {"plc": {"status": "down"}, "pump": {"status": "up"}}}
+    # Within the report interval: the devices follow at once, the attributes wait (False: again).
+    assert not ch.report_state(c, json.dumps(state).encode())  # type: ignore[arg-type]
+    assert c.sent == [
+        ("v1/gateway/connect", {"device": "pump"}),
+        ("v1/gateway/disconnect", {"device": "plc"}),
+    ]
+    ch.report_outcome(c, {"version": 2, "status": "applied"})  # type: ignore[arg-type]
+    c.sent.clear()
+    assert ch.report_state(c, json.dumps(state).encode())  # type: ignore[arg-type]
+    assert c.sent == [("v1/devices/me/attributes", {"ts": 2, "devices": state["devices"]})]
+    # A new session announces the devices that are up again, and reports everything.
+    ch.connected(c)  # type: ignore[arg-type]
+    c.sent.clear()
+    assert ch.report_state(c, json.dumps(state).encode())  # type: ignore[arg-type]
+    assert c.sent == [
+        ("v1/gateway/connect", {"device": "pump"}),
+        ("v1/devices/me/attributes", state),
+    ]
+
+
+def test_the_readme_example_for_the_profile_loads() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## ThingsBoard") :]
+    start = section.index("```toml") + 7
+    text = section[start : section.index("```", start)]
+    cfg = load_document(parse_bytes(text.encode(), source="README.md"))
+    assert cfg.uplink.profile == "thingsboard" and cfg.uplink.auth.kind == "access_token"
