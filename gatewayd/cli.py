@@ -28,9 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     d.add_argument(
         "--cloud",
-        choices=["cloud-iot-core", "azure"],
+        choices=["cloud-iot-core", "azure", "thingsboard"],
         default="cloud-iot-core",
-        help="the cloud stand-in to run against (azure: IoT Hub with SAS, twin, direct methods)",
+        help="the cloud stand-in to run against (azure: IoT Hub with SAS, twin, direct methods; "
+        "thingsboard: gateway API with an access token, attributes, RPC)",
     )
     c = sub.add_parser("check", help="validate a configuration file")
     c.add_argument("file")
