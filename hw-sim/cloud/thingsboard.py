@@ -166,7 +166,7 @@ class ThingsBoard(Broker):
                 )
             else:
                 values_list.append(values)
-        self.recorder.feed(json.dumps(values_list).encode())
+        self.recorder.feed_items(values_list)
 
     def _device_api(self, s: Session, dev: Device, rest: str, doc: Any) -> None:
         if rest == "telemetry":

@@ -171,6 +171,53 @@ def test_anything_take_hands_out_encodes_and_every_id_survives(bodies: list[str]
     assert sorted(ids) == [e.id for e in entries]
 
 
+def _reference(entries: list[Entry]) -> dict[str, Any]:
+    """The encoding as the module docstring states it, built from decoded records."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    open_: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in entries:
+        r = e.record()
+        device, slash, key = r.point.partition("/")
+        if not slash:
+            key = r.reason or "value"
+        values = open_.get((device, r.ts_ms))
+        if values is None or key in values["_id"]:
+            values = open_[(device, r.ts_ms)] = {"_id": {}}
+            out.setdefault(device, []).append({"ts": r.ts_ms, "values": values})
+        if r.value is not None:
+            values[key] = r.value
+        values["_id"][key] = e.id
+        if r.quality is not Quality.GOOD:
+            values.setdefault("_quality", {})[key] = str(r.quality)
+        if r.reason is not None and slash:
+            values.setdefault("_reason", {})[key] = r.reason
+    return out
+
+
+_records = st.builds(
+    Record,
+    st.sampled_from(["plc/a", "plc/b", "pump/a", "pump/x.y", "plc", "pump"]),
+    st.integers(0, 3),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**53), 2**53),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=6),
+    ),
+    st.sampled_from(list(Quality)),
+    st.one_of(st.none(), st.sampled_from(["timeout", "device_down", 'q"uote'])),
+    st.sampled_from(list(Lane)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_records, min_size=1, max_size=15))
+def test_the_text_built_encoding_equals_the_decoded_reference(records: list[Record]) -> None:
+    entries = _entries(records, (1 << 40) + 1)
+    assert json.loads(encode_thingsboard(entries)) == _reference(entries)
+
+
 class _Client:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
