@@ -78,6 +78,7 @@ def _cfg(port: int, profile: str, **changes: Any) -> UplinkConfig:
         device=DEVICE,
         client_id=p.client_id,
         batch_max_bytes=p.batch_max_bytes,
+        batch_max_records=p.batch_max_records or UplinkConfig().batch_max_records,
         tls=TlsConfig(enabled=False),
         auth=AuthConfig(kind="none"),
     )
@@ -367,6 +368,28 @@ async def main() -> None:
                 )
             finally:
                 cm.__exit__(None, None, None)
+    if "thingsboard" in (a.only or TARGETS):
+        print(polled_bytes())
+
+
+def polled_bytes(points: int = 50, polls: int = 16) -> str:
+    """Bytes per reading of one take when a poll's points share their timestamp (as polled)."""
+    from gatewayd.buffer import Entry
+    from gatewayd.uplink.payload import encode_json
+    from gatewayd.uplink.payload_thingsboard import encode_thingsboard
+
+    recs = [
+        Record(f"plc/p{i}", 1_764_000_000_000 + 1000 * poll, 20.0 + i / 10)
+        for poll in range(polls)
+        for i in range(points)
+    ]
+    entries = [Entry((1 << 40) + i, 2, encode_body(r)) for i, r in enumerate(recs)]
+    n = len(entries)
+    return (
+        f"{points} points per poll, one take of {n}: thingsboard "
+        f"{len(encode_thingsboard(entries)) / n:.1f} B/reading vs json "
+        f"{len(encode_json(entries)) / n:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ class Profile:
     channel: Literal["topic", "azure", "thingsboard"] = "topic"  # gatewayd/uplink/channels
     limits: Limits = field(default_factory=Limits)
     encoder: str = "json"  # gatewayd/uplink/payload.py
+    # Records per take, None: UplinkConfig's. A take is counted in stored bytes; where the
+    # encoding is larger than that, fewer records keep a message under the limit without the
+    # window splitting (and encoding twice) most of them.
+    batch_max_records: int | None = None
     plain_port: int | None = None  # the default port when [uplink.tls] enabled = false
 
 
@@ -137,6 +141,7 @@ PROFILES: dict[str, Profile] = {
             command_results="v1/devices/me/rpc/response/",
         ),
         batch_max_bytes=PAYLOAD_64K,
+        batch_max_records=800,  # about 57 KB at worst (a ts per reading, 13-digit ids)
         channel="thingsboard",
         encoder="thingsboard",
         limits=Limits(
@@ -180,6 +185,7 @@ def defaults(profile: Profile, region: str, hub: str = "") -> UplinkConfig:
         port=profile.port,
         client_id=profile.client_id,
         batch_max_bytes=profile.batch_max_bytes,
+        batch_max_records=profile.batch_max_records or d.batch_max_records,
         encoder=profile.encoder,
         topics=profile.topics,
         auth=replace(d.auth, username=profile.username),

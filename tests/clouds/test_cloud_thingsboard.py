@@ -56,6 +56,7 @@ def test_profile_defaults_ports_and_limits_in_the_config_file(tmp_path: Path) ->
         "access_token",
     )
     assert up.topics.events == "v1/gateway/telemetry" and up.batch_max_bytes == 65536
+    assert up.batch_max_records == 800
     assert _load(tmp_path, "[uplink.tls]\nenabled = false").uplink.port == 1883
     assert _load(tmp_path, "port = 11883\n[uplink.tls]\nenabled = false").uplink.port == 11883
     x509 = _load(tmp_path, '[uplink.tls]\ncert_file = "c.pem"\nkey_file = "k.pem"', 'kind = "x509"')
