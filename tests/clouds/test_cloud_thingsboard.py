@@ -283,6 +283,11 @@ def test_rpc_to_the_gateway_and_to_a_field_device_become_writes_and_are_answered
         "v1/gateway/rpc",
         {"device": "plc", "id": 3, "data": {"id": 3, "status": "refused", "reason": "above max"}},
     )
+    text = json.dumps({"point": "plc/setpoint", "value": 41})
+    got = ch.incoming(
+        "v1/devices/me/rpc/request/10", json.dumps({"method": "write", "params": text}).encode()
+    )
+    assert isinstance(got, CommandIn) and json.loads(got.payload)["value"] == 41
     ping = ch.incoming("v1/devices/me/rpc/request/8", b'{"method": "ping", "params": {}}')
     assert isinstance(ping, CommandIn) and json.loads(ping.payload)["command"] == "ping"
     # Unreadable: refused at the next tick, never raised.
@@ -329,6 +334,21 @@ def test_state_goes_as_changed_client_attributes_and_devices_connect_and_disconn
     ]
 
 
+def test_a_state_over_the_message_limit_goes_in_parts_and_a_too_big_member_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ch, c = ThingsBoardChannel(), _Client()
+    state = {f"k{i}": "x" * 20_000 for i in range(5)} | {"huge": "y" * 70_000, "config_version": 1}
+    assert ch.report_state(c, json.dumps(state).encode())  # type: ignore[arg-type]
+    sizes = [len(json.dumps(body)) for topic, body in c.sent if topic == "v1/devices/me/attributes"]
+    assert len(sizes) == 2 and max(sizes) < 64 * 1024, sizes
+    got: dict[str, Any] = {}
+    for _topic, body in c.sent:
+        got.update(body)
+    assert got == {k: v for k, v in state.items() if k != "huge"}
+    assert "tb_attribute_too_big key=huge" in caplog.text
+
+
 def test_the_readme_example_for_the_profile_loads() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## ThingsBoard") :]
@@ -336,3 +356,73 @@ def test_the_readme_example_for_the_profile_loads() -> None:
     text = section[start : section.index("```", start)]
     cfg = load_document(parse_bytes(text.encode(), source="README.md"))
     assert cfg.uplink.profile == "thingsboard" and cfg.uplink.auth.kind == "access_token"
+
+
+def _tb_cfg(port: int, **auth: Any) -> Any:
+    from gatewayd.config import AuthConfig, TlsConfig, UplinkConfig
+    from gatewayd.config.profiles import PROFILES
+
+    p = PROFILES["thingsboard"]
+    return UplinkConfig(
+        profile="thingsboard",
+        channel="thingsboard",
+        encoder="thingsboard",
+        host="127.0.0.1",
+        port=port,
+        device="gw1",
+        client_id="{device}",
+        topics=p.topics,
+        batch_max_bytes=p.batch_max_bytes,
+        backoff_base_s=0.2,
+        backoff_cap_s=0.5,
+        tls=TlsConfig(enabled=False),
+        auth=AuthConfig(kind="access_token", **auth),
+    )
+
+
+def test_the_token_file_is_the_username_and_a_wrong_token_names_the_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from uplink_harness import Harness, until
+
+    from gatewayd_sim.cloud.thingsboard import ThingsBoard
+
+    async def scenario() -> None:
+        cloud = await ThingsBoard().start()
+        cloud.add_device("gw1", "RIGHT", gateway=True)
+        (tmp_path / "tb.token").write_text("WRONG\n")
+        h = await Harness.open(tmp_path, _tb_cfg(cloud.port, access_token_file="tb.token"))
+        try:
+            await until(lambda: h.metrics.total("uplink_connect_failures") >= 2, 20, "refusals")
+        finally:
+            await h.close()
+        (tmp_path / "tb.token").write_text("RIGHT\n")
+        h = await Harness.open(tmp_path, _tb_cfg(cloud.port, access_token_file="tb.token"))
+        try:
+            await h.append(30)
+            await until(lambda: cloud.recorder.unique >= 30, 20, "30 records counted by _id")
+        finally:
+            await h.close()
+            await cloud.stop()
+        assert cloud.recorder.missing(set(h.sent)) == set() and cloud.recorder.malformed == 0
+
+    with caplog.at_level("WARNING", logger="gatewayd.uplink"):
+        asyncio.run(scenario())
+    refusal = next(r.getMessage() for r in caplog.records if "refused" in r.getMessage())
+    assert "access_token_file" in refusal and "WRONG" not in refusal, refusal
+    assert "WRONG" not in caplog.text and "RIGHT" not in caplog.text
+
+
+def test_an_empty_or_missing_token_file_stops_the_uplink_with_the_place(tmp_path: Path) -> None:
+    from gatewayd.uplink.credentials import AccessToken
+
+    auth = _tb_cfg(1, access_token_file="none.token").auth
+    with pytest.raises(
+        ConfigError, match=r"uplink.auth.access_token_file: .*none.token: cannot read"
+    ):
+        AccessToken(auth, tmp_path).load()
+    (tmp_path / "none.token").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        AccessToken(auth, tmp_path).load()

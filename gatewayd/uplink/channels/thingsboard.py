@@ -12,13 +12,14 @@
   `{"device", "data": {"id", "method", "params"}}`, answered there with `{"device", "id",
   "data"}`). Method `write` with params `{"point", "value"}` is commands.py's range-checked
   write (through a field device, `point` may leave out the device: "setpoint" is
-  "plc/setpoint"); any other method is a command by that name (`ping`; the rest are refused by
+  "plc/setpoint"; params given as JSON text, as some dashboard widgets send them, are read
+  too); any other method is a command by that name (`ping`; the rest are refused by
   commands.py as unknown). The answer is commands.py's result (`status`, `reason`, `ts`) with
   the RPC's own id;
 - state: the state document's top-level members as the gateway device's client attributes
   (`v1/devices/me/attributes`), only those that changed since the last report of this session,
-  at most once per REPORT_MIN_INTERVAL_S (the newest waits); the config outcomes are its
-  `config` and `config_recent`;
+  at most once per REPORT_MIN_INTERVAL_S (the newest waits), in messages under
+  ThingsBoard's 64 KB; the config outcomes are its `config` and `config_recent`;
 - field devices: `v1/gateway/connect` for each device the state document's `devices` shows up,
   `v1/gateway/disconnect` when it goes down or leaves the configuration (device_health.py
   decides; the state document carries it, so the channel needs no hook of its own). Every new
@@ -55,6 +56,9 @@ log = logging.getLogger("gatewayd.uplink")
 CONFIG_KEY = "gatewayd"  # the shared attribute holding the configuration
 REQUEST_TIMEOUT_S = 10.0
 REPORT_MIN_INTERVAL_S = 2.0
+# ThingsBoard's MQTT transport refuses a message over 64 KB (NETTY_MAX_PAYLOAD_SIZE); some room
+# for the topic and the packet's header.
+ATTRIBUTES_MAX_BYTES = 64 * 1024 - 512
 MAX_PENDING_RPCS = 256
 
 ME = "v1/devices/me/"
@@ -80,6 +84,7 @@ class ThingsBoardChannel:
         self._reported: dict[str, Any] = {}  # attributes as last reported in this session
         self._next_report = 0.0
         self._connected: set[str] = set()  # field devices announced with v1/gateway/connect
+        self._too_big: set[str] = set()  # attributes over ATTRIBUTES_MAX_BYTES, warned of
         self._rpcs: dict[str, _Rpc] = {}  # our command id -> what it answers
         self._refuse: list[tuple[_Rpc, str]] = []  # unreadable RPCs, answered at the next tick
 
@@ -165,6 +170,8 @@ class ThingsBoardChannel:
             if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
                 raise ValueError("an RPC is a JSON object with a method")
             method, params = doc["method"], doc.get("params")
+            if isinstance(params, str) and params.lstrip().startswith("{"):
+                params = parse_command(params.encode())  # dashboard widgets send JSON as text
             if method == "write":
                 if not isinstance(params, dict):
                     raise ValueError('"write" takes params {"point": ..., "value": ...}')
@@ -200,12 +207,37 @@ class ThingsBoardChannel:
         changed = {k: v for k, v in state.items() if self._reported.get(k, _UNSET) != v}
         if not changed:
             return True
-        body = json.dumps(changed, separators=(",", ":"), allow_nan=False)
-        if client.publish(ATTRIBUTES, body, qos=1).rc != 0:
-            return False
-        self._reported.update(changed)
+        for part in self._parts(changed):
+            body = json.dumps(part, separators=(",", ":"), allow_nan=False)
+            if client.publish(ATTRIBUTES, body, qos=1).rc != 0:
+                return False
+            self._reported.update(part)
         self._next_report = now + REPORT_MIN_INTERVAL_S
         return True
+
+    def _parts(self, changed: dict[str, Any]) -> list[dict[str, Any]]:
+        """The changed attributes in messages under ATTRIBUTES_MAX_BYTES; one alone over it is
+        left out (logged once at WARNING), so the rest still arrive."""
+        parts: list[dict[str, Any]] = [{}]
+        size = 2
+        for key, value in changed.items():
+            n = len(json.dumps({key: value}, separators=(",", ":"))) + 1
+            if n > ATTRIBUTES_MAX_BYTES:
+                if key not in self._too_big:
+                    self._too_big.add(key)
+                    log.warning(
+                        "tb_attribute_too_big key=%s bytes=%d limit=%d",
+                        key,
+                        n,
+                        ATTRIBUTES_MAX_BYTES,
+                    )
+                continue
+            if size + n > ATTRIBUTES_MAX_BYTES:
+                parts.append({})
+                size = 2
+            parts[-1][key] = value
+            size += n
+        return [p for p in parts if p]
 
     def _follow_devices(self, client: mqtt.Client, devices: Any) -> None:
         """v1/gateway/connect and disconnect as the state document's `devices` changed."""
