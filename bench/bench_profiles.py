@@ -151,7 +151,8 @@ def thingsboard(work: Path) -> Iterator[Target]:
 
     def check(n: int) -> str:
         ids = [i for i in list(cloud.recorder.counts) if i > 0]
-        return f"ids {len(ids)}/{n}, lost {n - len(ids)}, malformed {cloud.recorder.malformed}"
+        lost, bad = n - len(ids), cloud.recorder.malformed
+        return f"ids {len(ids)}/{n}, lost {lost}, malformed {bad}, oversize {cloud.oversize}"
 
     try:
         p = PROFILES["thingsboard"]

@@ -21,6 +21,8 @@ Invariants, as ThingsBoard documents its MQTT transport:
   `{"device", "data": {"id", "method", "params"}}` on `v1/gateway/rpc`, answered there with
   `{"device", "id", "data"}`. A device the gateway names is created on first use, as
   ThingsBoard does.
+- A message over `maxPayloadSize` (64 KB, as ThingsBoard's default NETTY_MAX_PAYLOAD_SIZE)
+  closes the connection unanswered; counted in `oversize`.
 - Every telemetry entry's `values` (device or gateway API) is fed to the recorder, so records
   are counted by their `id`; values with an `_id` map (gatewayd's encoder,
   gatewayd/uplink/payload_thingsboard.py) are fed as one record per key, `{"id", "point":
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .broker import ACCEPTED, NOT_AUTHORIZED, Broker, Session
+from .mqtt_wire import ProtocolError
 from .recorder import Recorder
 
 log = logging.getLogger("gatewayd_sim.cloud.thingsboard")
@@ -81,6 +84,8 @@ class ThingsBoard(Broker):
         self.rpc_replies: dict[tuple[str, int], Any] = {}  # (device, request id) -> answer
         self.client_rpcs: list[tuple[str, Json]] = []  # (device, request) other than the SDK's
         self.events: list[tuple[str, str, str]] = []  # (gateway, "connect"|"disconnect", device)
+        self.oversize = 0  # messages over maxPayloadSize (connection closed)
+        self.largest = 0  # bytes of the largest message a device sent
         self._rpc_id = 0
 
     # -- devices ---------------------------------------------------------------------------------
@@ -109,6 +114,14 @@ class ThingsBoard(Broker):
         if s.device is None:
             return True
         return topic.startswith(ME) or (topic.startswith(GW) and self.devices[s.device].gateway)
+
+    def admit(self, s: Session, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        # ThingsBoard's transport closes the connection on a message over its payload limit.
+        if s.device is not None and len(payload) > int(self.session_limits["maxPayloadSize"]):
+            self.oversize += 1
+            raise ProtocolError(f"message of {len(payload)} bytes from {s.client_id}")
+        self.largest = max(self.largest, len(payload))
+        return super().admit(s, topic, payload, qos, retain)
 
     def forward(self, s: Session, topic: str) -> bool:
         return False  # every topic here is "me" or the gateway's own

@@ -24,6 +24,7 @@ from gatewayd.uplink.channels.base import CommandIn, ConfigPush
 from gatewayd.uplink.channels.thingsboard import ThingsBoardChannel
 from gatewayd.uplink.payload import load_encoder
 from gatewayd.uplink.payload_thingsboard import encode_thingsboard
+from gatewayd_sim.cloud.thingsboard import ThingsBoard
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -387,8 +388,6 @@ def test_the_token_file_is_the_username_and_a_wrong_token_names_the_setting(
 
     from uplink_harness import Harness, until
 
-    from gatewayd_sim.cloud.thingsboard import ThingsBoard
-
     async def scenario() -> None:
         cloud = await ThingsBoard().start()
         cloud.add_device("gw1", "RIGHT", gateway=True)
@@ -426,3 +425,31 @@ def test_an_empty_or_missing_token_file_stops_the_uplink_with_the_place(tmp_path
     (tmp_path / "none.token").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         AccessToken(auth, tmp_path).load()
+
+
+def test_the_stand_in_closes_a_connection_on_a_message_over_64_kb() -> None:
+    from helpers import BrokerThread, wait_for
+
+    cloud = ThingsBoard()
+    cloud.add_device("gw1", "T", gateway=True)
+    bt = BrokerThread(cloud)
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        gone: list[bool] = []
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="big")
+        c.username_pw_set("T")
+        c.on_disconnect = lambda *a: gone.append(True)
+        c.connect("127.0.0.1", bt.port)
+        c.loop_start()
+        c.publish(
+            "v1/gateway/telemetry",
+            json.dumps({"d": [{"ts": 1, "values": {"v": "x" * 70_000}}]}),
+            qos=1,
+        )
+        wait_for(lambda: gone, 10, "the connection closed")
+        c.loop_stop()
+        assert cloud.oversize == 1
+    finally:
+        bt.stop()

@@ -193,7 +193,7 @@ def test_thingsboard_attributes_config_rollback_rpc_and_device_connect_nothing_l
     assert gw.wait(10) == 0
     ids = sorted(tb.cloud.recorder.counts)
     assert ids == delivered_range(tmp_path / "buffer.sqlite"), "no reading lost"
-    assert tb.cloud.recorder.malformed == 0
+    assert tb.cloud.recorder.malformed == 0 and tb.cloud.oversize == 0
     keys = {r["point"] for r in tb.cloud.recorder.records}
     assert {"plc/device_down", "plc/device_up"} <= keys  # the outage's events, by id too
 
