@@ -44,11 +44,8 @@ def _auth_fix(cfg: UplinkConfig) -> str:
             "gateway's clock is right (the token's se)"
         )
     if a.kind == "access_token":
-        source = (
-            f"access_token_file ({a.access_token_file})"
-            if a.access_token_file
-            else ("access_token")
-        )
+        file = a.access_token_file
+        source = f"access_token_file ({file})" if file else "access_token"
         return (
             f"check [uplink.auth] {source} holds the access token of the gateway device "
             "(ThingsBoard: Devices > the device > Manage credentials) and that the device is a "

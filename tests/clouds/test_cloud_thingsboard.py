@@ -255,6 +255,9 @@ def test_shared_attribute_config_redelivered_is_the_same_bytes_and_not_handed_on
     )
     assert ch.incoming("v1/devices/me/attributes/response/3", answer) is None
     assert ch.incoming("v1/devices/me/attributes", b"not json") is None
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for topic in ("v1/devices/me/attributes", "v1/gateway/rpc", "v1/devices/me/rpc/request/5"):
+        assert ch.incoming(topic, deep) is None  # never raises for a peer's bytes
 
 
 def test_rpc_to_the_gateway_and_to_a_field_device_become_writes_and_are_answered() -> None:

@@ -130,7 +130,7 @@ class ThingsBoardChannel:
                 doc = json.loads(payload)
                 device, data = str(doc["device"]), doc["data"]
                 rpc: _Rpc = (device, data["id"])
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 log.warning("tb_gateway_rpc_unreadable error=%s", exc)
                 return None  # no device or id: nothing to answer
             return self._rpc(rpc, json.dumps(data).encode(), device)
@@ -144,7 +144,7 @@ class ThingsBoardChannel:
                 doc = doc.get("shared", {})
             if not isinstance(doc, dict):
                 raise TypeError("not an object")
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("tb_attributes_unreadable error=%s", exc)
             return None
         if not answer:
