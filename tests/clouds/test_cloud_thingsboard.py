@@ -456,3 +456,29 @@ def test_the_stand_in_closes_a_connection_on_a_message_over_64_kb() -> None:
         assert cloud.oversize == 1
     finally:
         bt.stop()
+
+
+def test_check_reports_a_missing_or_empty_token_file_and_run_waits_only_for_a_missing_one(
+    tmp_path: Path,
+) -> None:
+    from gatewayd.check import problems
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## ThingsBoard") :]
+    start = section.index("```toml") + 7
+    text = section[start : section.index("```", start)]
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        text.replace('id = "boiler-room"', f'id = "boiler-room"\nstate_dir = "{tmp_path}"')
+    )
+    missing = problems(cfg)
+    assert [str(e) for e in missing.errors] == [
+        f"uplink.auth.access_token_file: {tmp_path / 'tb.token'}: cannot read it: No such file or "
+        "directory; write the device's access token into it, readable by gatewayd"
+    ]
+    assert missing.refusals == []  # like a key not provisioned yet: run buffers and retries
+    (tmp_path / "tb.token").write_text("\n")
+    empty = problems(cfg)
+    assert len(empty.refusals) == 1 and "is empty" in str(empty.refusals[0])
+    (tmp_path / "tb.token").write_text("T0KEN\n")
+    assert problems(cfg).errors == []
