@@ -3,8 +3,9 @@
 Targets (each started here, on loopback): cloud-iot-core and clearblade against the cloud
 stand-in (device JWT), aws-iot-core against the AWS IoT Core stand-in (mTLS with the thing's
 certificate; its 100 publishes/s lifted for the raw baseline only, which sends one reading a
-message), and profile = "mqtt" against mosquitto, NATS (MQTT + JetStream) and RabbitMQ (MQTT +
-OAuth 2 JWT), where installed (a missing broker is reported, not fatal).
+message), thingsboard against the ThingsBoard stand-in (access token, gateway API, encoder
+"thingsboard"), and profile = "mqtt" against mosquitto, NATS (MQTT + JetStream) and RabbitMQ
+(MQTT + OAuth 2 JWT), where installed (a missing broker is reported, not fatal).
 
 For each: the Uplink with the profile's defaults drains a pre-filled buffer of N readings from
 its CONNACK to the last ack (readings/s); the baseline is a raw paho QoS 1 loop publishing the
@@ -13,7 +14,11 @@ the same credentials, just before. A subscriber (or the stand-in itself) sees ev
 the drain: the largest message, the peak messages per second (1-s buckets) and the in-flight
 window (sampled in the drain) are printed beside the profile's caps (the cloud's own where it
 has them: AWS IoT Core's 100 publishes/s counts every publish of the connection, state and
-channel included, and 100 unacknowledged; a publish it throttled is reported).
+channel included, and 100 unacknowledged; a publish it throttled is reported), and the bytes per
+reading on the wire (payloads only) of the baseline and of the drain. The ThingsBoard baseline
+publishes each reading as a gateway telemetry message of its own (`{"plc": [{"ts", "values":
+{"p3": v, "id": i}}]}`); its stand-in counts the drain's records by their `_id`, printed as
+ids/lost.
 
     .venv/bin/python bench/bench_profiles.py [--quick] [--readings N] [--only NAME]
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -40,9 +46,11 @@ import paho.mqtt.client as mqtt
 from bench_uplink import fill, records
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gatewayd.buffer.codec import encode_body
 from gatewayd.config import AuthConfig, TlsConfig, TopicsConfig, UplinkConfig
 from gatewayd.config.profiles import PROFILES, limits_of
 from gatewayd.metrics import Metrics
+from gatewayd.reading import Record
 from gatewayd.uplink import Uplink
 from gatewayd.uplink.device_jwt import generate_key, load_private_key, mint_jwt
 
@@ -54,13 +62,17 @@ class Target:
     name: str
     port: int
     cfg: UplinkConfig
-    raw_auth: tuple[str, str] | None  # username, password for the raw paho baseline
+    raw_auth: tuple[str, str | None] | None  # username, password for the raw paho baseline
     raw_client_id: str
     seen: list[tuple[float, int]]  # (monotonic, bytes) of each events message at the broker
     raw_tls: tuple[str, str, str] | None = None  # CA, client certificate, key (mTLS)
     # Around the raw baseline: lift a cloud's rate cap, then put it back for the drain.
     lift: Callable[[bool], None] | None = None
     throttled: Callable[[], int] = lambda: 0  # publishes the cloud dropped over its limits
+    raw_body: Callable[[int, Record], bytes] = lambda i, r: (
+        f'{{"id":{i},{encode_body(r)[1:]}'.encode()
+    )
+    check: Callable[[int], str] | None = None  # after the drain of N: what the cloud counted
 
 
 def _cfg(port: int, profile: str, **changes: Any) -> UplinkConfig:
@@ -75,6 +87,7 @@ def _cfg(port: int, profile: str, **changes: Any) -> UplinkConfig:
         device=DEVICE,
         client_id=p.client_id,
         batch_max_bytes=p.batch_max_bytes,
+        batch_max_records=p.batch_max_records or UplinkConfig().batch_max_records,
         tls=TlsConfig(enabled=False),
         auth=AuthConfig(kind="none"),
     )
@@ -117,6 +130,59 @@ def standin(work: Path, profile: str) -> Iterator[Target]:
         token = mint_jwt(load_private_key(key, "ES256"), "ES256", "p1", 3600)
         client_id = cfg.client_id.format(**cfg.template_values())
         yield Target(f"{profile} (stand-in)", bt.port, cfg, ("unused", token), client_id, seen)
+    finally:
+        bt.stop()
+
+
+TB_TOKEN = "BENCH_GATEWAY_TOKEN"
+
+
+def _tb_body(i: int, r: Record) -> bytes:
+    device, _, key = r.point.partition("/")
+    entry = {"ts": r.ts_ms, "values": {key: r.value, "id": -1 - i}}  # < 0: not a buffer id
+    return json.dumps({device: [entry]}, separators=(",", ":")).encode()
+
+
+@contextmanager
+def thingsboard(work: Path) -> Iterator[Target]:
+    from helpers import BrokerThread
+
+    from gatewayd_sim.cloud.thingsboard import ThingsBoard
+
+    cloud = ThingsBoard()
+    cloud.recorder.keep_records = False
+    cloud.add_device(DEVICE, TB_TOKEN, gateway=True)
+    seen: list[tuple[float, int]] = []
+    cloud.on_message = lambda topic, payload: (
+        seen.append((time.monotonic(), len(payload))) if topic == "v1/gateway/telemetry" else None
+    )
+    bt = BrokerThread(cloud)
+
+    def check(n: int) -> str:
+        ids = [i for i in list(cloud.recorder.counts) if i > 0]
+        lost, bad = n - len(ids), cloud.recorder.malformed
+        return f"ids {len(ids)}/{n}, lost {lost}, malformed {bad}, oversize {cloud.oversize}"
+
+    try:
+        p = PROFILES["thingsboard"]
+        cfg = _cfg(
+            bt.port,
+            "thingsboard",
+            channel=p.channel,
+            encoder=p.encoder,
+            topics=p.topics,
+            auth=AuthConfig(kind="access_token", access_token=TB_TOKEN),
+        )
+        yield Target(
+            "thingsboard (stand-in)",
+            bt.port,
+            cfg,
+            (TB_TOKEN, None),
+            "raw",
+            seen,
+            raw_body=_tb_body,
+            check=check,
+        )
     finally:
         bt.stop()
 
@@ -239,11 +305,10 @@ def rabbitmq(work: Path) -> Iterator[Target]:
         r.stop()
 
 
-def raw_paho(t: Target, n: int) -> float:
-    """readings/s of a plain paho QoS 1 loop, one reading per message, `inflight_window` open."""
-    from gatewayd.buffer.codec import encode_body
-
-    bodies = [f'{{"id":{i},{encode_body(r)[1:]}'.encode() for i, r in enumerate(records(n))]
+def raw_paho(t: Target, n: int) -> tuple[float, float]:
+    """(readings/s, payload bytes per reading) of a plain paho QoS 1 loop, one reading per
+    message, `inflight_window` open."""
+    bodies = [t.raw_body(i, r) for i, r in enumerate(records(n))]
     slots = threading.Semaphore(t.cfg.inflight_window)
     done = threading.Event()
     acked = 0
@@ -279,7 +344,7 @@ def raw_paho(t: Target, n: int) -> float:
     took = time.perf_counter() - t0
     c.loop_stop()
     c.disconnect()
-    return n / took
+    return n / took, sum(len(b) for b in bodies) / n
 
 
 async def drain(work: Path, t: Target, n: int) -> tuple[float, int]:
@@ -314,6 +379,7 @@ TARGETS: dict[str, Callable[[Path], Any]] = {
     "cloud-iot-core": lambda w: standin(w, "cloud-iot-core"),
     "clearblade": lambda w: standin(w, "clearblade"),
     "aws-iot-core": aws,
+    "thingsboard": thingsboard,
     "mosquitto": mosquitto,
     "nats": nats,
     "rabbitmq": rabbitmq,
@@ -334,6 +400,7 @@ async def main() -> None:
     head = (
         f"{'target':26} {'raw paho/s':>10} {'uplink/s':>9} {'x raw':>6} "
         f"{'max msg B':>10} {'limit':>7} {'peak msg/s':>10} {'cap':>5} {'inflight':>8} {'cap':>4}"
+        f" {'B/rdg raw':>9} {'B/rdg':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -349,7 +416,7 @@ async def main() -> None:
             try:
                 if t.lift is not None:
                     t.lift(True)
-                base = await asyncio.to_thread(raw_paho, t, n)
+                base, raw_bytes = await asyncio.to_thread(raw_paho, t, n)
                 if t.lift is not None:
                     t.lift(False)
                 throttled = t.throttled()
@@ -371,11 +438,35 @@ async def main() -> None:
                 print(
                     f"{t.name:26} {base:10.0f} {rate:9.0f} {rate / base:6.2f} {biggest:10d} "
                     f"{limit:7d} {_peak_rate(t.seen):10d} {rate_cap:5.0f} "
-                    f"{inflight:8d} {inflight_cap:4d}  {'ok' if ok else 'LIMIT BROKEN'}"
+                    f"{inflight:8d} {inflight_cap:4d} {raw_bytes:9.1f} "
+                    f"{sum(b for _, b in t.seen) / n:6.1f}  {'ok' if ok else 'LIMIT BROKEN'}"
                     + (f" ({throttled} throttled)" if throttled else "")
+                    + (f"  {t.check(n)}" if t.check is not None else "")
                 )
             finally:
                 cm.__exit__(None, None, None)
+    if "thingsboard" in (a.only or TARGETS):
+        print(polled_bytes())
+
+
+def polled_bytes(points: int = 50, polls: int = 16) -> str:
+    """Bytes per reading of one take when a poll's points share their timestamp (as polled)."""
+    from gatewayd.buffer import Entry
+    from gatewayd.uplink.payload import encode_json
+    from gatewayd.uplink.payload_thingsboard import encode_thingsboard
+
+    recs = [
+        Record(f"plc/p{i}", 1_764_000_000_000 + 1000 * poll, 20.0 + i / 10)
+        for poll in range(polls)
+        for i in range(points)
+    ]
+    entries = [Entry((1 << 40) + i, 2, encode_body(r)) for i, r in enumerate(recs)]
+    n = len(entries)
+    return (
+        f"{points} points per poll, one take of {n}: thingsboard "
+        f"{len(encode_thingsboard(entries)) / n:.1f} B/reading vs json "
+        f"{len(encode_json(entries)) / n:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     # sas: an Azure IoT Hub SAS token signed with the device key; x509: the TLS client
-    # certificate alone (the username is still sent, no password).
-    kind: Literal["jwt", "password", "sas", "x509", "none"] = "jwt"
+    # certificate alone (the username is still sent, no password); access_token: ThingsBoard's
+    # device access token as the username, no password.
+    kind: Literal["jwt", "password", "sas", "x509", "access_token", "none"] = "jwt"
     algorithm: Literal["ES256", "RS256"] = "ES256"
     private_key: str = "device.key"  # relative paths are inside the config directory
     audience: str = ""
@@ -100,6 +101,9 @@ class AuthConfig:
     # kind = "sas": the device's shared access key (base64), inline or in a file.
     device_key: str | None = None
     device_key_file: str | None = None  # relative paths are inside the config directory
+    # kind = "access_token": the token, inline or in a file (relative: in the config directory).
+    access_token: str | None = None
+    access_token_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +144,9 @@ class UplinkConfig:
     # AWS IoT Core: the account's endpoint prefix ({account_prefix}-ats.iot.{region}.amazonaws.com)
     account_prefix: str = ""
     # How config, commands and state travel (gatewayd/uplink/channels): "topic" (retained
-    # config topic, commands topic), "azure" (device twin, direct methods) or "aws" (named
-    # shadow, jobs); set by the profile.
-    channel: Literal["topic", "azure", "aws"] = "topic"
+    # config topic, commands topic), "azure" (device twin, direct methods), "aws" (named
+    # shadow, jobs) or "thingsboard" (attributes, RPC); set by the profile.
+    channel: Literal["topic", "azure", "aws", "thingsboard"] = "topic"
     client_id: str = "projects/{project}/locations/{region}/registries/{registry}/devices/{device}"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = 60

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .errors import ConfigError
-from .model import TopicsConfig, UplinkConfig
+from .model import RouteStep, RuleConfig, TopicsConfig, UplinkConfig
 
 CLOUD_IOT_CLIENT_ID = UplinkConfig().client_id
 PAYLOAD_256K = 256 * 1024
@@ -26,6 +26,7 @@ PAYLOAD_128K = 128 * 1024
 # it so the shadow, job and command-result publishes fit beside it.
 AWS_CHANNEL_PUBLISHES_PER_S = 10
 AWS_THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+PAYLOAD_64K = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +59,15 @@ class Profile:
     username: str = "unused"  # a template, like the client id
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     batch_max_bytes: int = PAYLOAD_256K
-    channel: Literal["topic", "azure", "aws"] = "topic"  # gatewayd/uplink/channels
+    channel: Literal["topic", "azure", "aws", "thingsboard"] = "topic"  # gatewayd/uplink/channels
     max_messages_per_s: float = UplinkConfig().max_messages_per_s
     limits: Limits = field(default_factory=Limits)
+    encoder: str = "json"  # gatewayd/uplink/payload.py
+    # Records per take, None: UplinkConfig's. A take is counted in stored bytes; where the
+    # encoding is larger than that, fewer records keep a message under the limit without the
+    # window splitting (and encoding twice) most of them.
+    batch_max_records: int | None = None
+    plain_port: int | None = None  # the default port when [uplink.tls] enabled = false
 
 
 _IOT_CORE = Limits(
@@ -153,6 +160,40 @@ PROFILES: dict[str, Profile] = {
             why="AWS IoT Core",
         ),
     ),
+    # The gateway MQTT API (channels/thingsboard.py): the access token as MQTT username (or an
+    # X.509 certificate, or ThingsBoard's "MQTT Basic" credentials as a password), telemetry of
+    # the field devices on v1/gateway/telemetry (encoder "thingsboard": a device's records
+    # grouped by timestamp, their ids in `_id`), configuration from the gateway device's shared
+    # attribute `gatewayd`, commands as server-side RPC, state as client attributes. Port 1883
+    # without TLS, 8883 with; ThingsBoard's MQTT transport refuses a message over 64 KB
+    # (NETTY_MAX_PAYLOAD_SIZE) and ignores the retain flag. Its host is the user's own server
+    # (or thingsboard.cloud / eu.thingsboard.cloud): no default.
+    "thingsboard": Profile(
+        "thingsboard",
+        host="",
+        port=8883,
+        plain_port=1883,
+        client_id="{device}",
+        auth_kind="access_token",
+        username="",
+        topics=TopicsConfig(
+            events="v1/gateway/telemetry",
+            state="v1/devices/me/attributes",
+            config="v1/devices/me/attributes",
+            commands="v1/devices/me/rpc/request/+",
+            command_results="v1/devices/me/rpc/response/",
+        ),
+        batch_max_bytes=PAYLOAD_64K,
+        batch_max_records=800,  # about 57 KB at worst (a ts per reading, 13-digit ids)
+        channel="thingsboard",
+        encoder="thingsboard",
+        limits=Limits(
+            auth_kinds=("access_token", "x509", "password"),
+            max_payload_bytes=PAYLOAD_64K,
+            retained=False,
+            why="ThingsBoard",
+        ),
+    ),
     "mqtt": Profile("mqtt", host="", client_id="{device}", auth_kind=None, username="{device}"),
 }
 
@@ -193,6 +234,8 @@ def defaults(
         client_id=profile.client_id,
         batch_max_bytes=profile.batch_max_bytes,
         max_messages_per_s=profile.max_messages_per_s,
+        batch_max_records=profile.batch_max_records or d.batch_max_records,
+        encoder=profile.encoder,
         topics=profile.topics,
         auth=replace(d.auth, username=profile.username),
     )
@@ -325,3 +368,19 @@ def _check_aws_names(cfg: UplinkConfig, limits: Limits, at: Callable[[str], str]
                 limits,
                 "use fewer topic levels",
             )
+
+
+def check_routes(cfg: UplinkConfig, rules: tuple[RuleConfig, ...]) -> None:
+    """Refuse a route subfolder where the cloud has one telemetry topic: ThingsBoard acknowledges
+    a message on `v1/gateway/telemetry/<subfolder>` and drops it, so the readings would be lost."""
+    if cfg.channel != "thingsboard":
+        return
+    for i, rule in enumerate(rules):
+        for j, step in enumerate(rule.steps):
+            if isinstance(step, RouteStep) and step.subfolder is not None:
+                raise ConfigError(
+                    f"rules[{i}].steps[{j}].subfolder",
+                    f"{step.subfolder!r}: ThingsBoard has one telemetry topic and drops "
+                    "messages on any other",
+                    "remove subfolder (a lane still works); each reading goes to its device",
+                )

@@ -47,7 +47,8 @@ def read_uplink(s: Section) -> UplinkConfig:
             "set it to the part before -ats of `aws iot describe-endpoint --endpoint-type "
             "iot:Data-ATS`, and region, or set host",
         )
-    port = s.integer("port", d.port, lo=1, hi=65535)
+    plain = profile.plain_port is not None and tls.peek("enabled") is False
+    port = s.integer("port", profile.plain_port if plain else d.port, lo=1, hi=65535)
     hosts = _hosts(s, port)
     if profile.auth_kind is None and "kind" not in auth.names():
         raise ConfigError(auth.at("kind"), demanded, 'set it to "jwt", "password" or "none"')
@@ -108,6 +109,8 @@ def read_uplink(s: Section) -> UplinkConfig:
             claims=_claims(auth.table("claims")),
             device_key=auth.opt_text("device_key"),
             device_key_file=auth.opt_text("device_key_file"),
+            access_token=auth.opt_text("access_token"),
+            access_token_file=auth.opt_text("access_token_file"),
         ),
         topics=TopicsConfig(
             events=topics.template("events", d.topics.events),
@@ -139,6 +142,15 @@ def read_uplink(s: Section) -> UplinkConfig:
             'kind = "sas" needs exactly one of device_key and device_key_file',
             "set device_key to the device's primary key (base64), or device_key_file to a "
             "file holding it",
+        )
+    if cfg.auth.kind == "access_token" and (cfg.auth.access_token is None) == (
+        cfg.auth.access_token_file is None
+    ):
+        raise ConfigError(
+            auth.at("access_token"),
+            'kind = "access_token" needs exactly one of access_token and access_token_file',
+            "set access_token_file to a file holding the device's access token (ThingsBoard: "
+            "the gateway device's Manage credentials), or access_token to the token",
         )
     if cfg.auth.kind == "x509" and not (cfg.tls.cert_file and cfg.tls.key_file):
         raise ConfigError(

@@ -5,7 +5,8 @@ Invariants:
   the daemon then buffers and its uplink retries, as before;
 - `problems` gathers every error of a file at once (config.check parses part by part) and adds
   what needs more than the document: driver names through the driver registry (with a did-you-
-  mean), the device key (exists, a usable PEM key, not readable by group or others), TLS and
+  mean), the device key (exists, a usable PEM key, not readable by group or others), the
+  access token file (exists, not empty: a missing one is like a key not provisioned yet), TLS and
   signing files readable (the TLS client key not by group or others either), the state
   directory present or creatable;
 - nothing is created or changed: the state directory is only looked at;
@@ -93,6 +94,15 @@ def _uplink_files(uplink: UplinkConfig, config_dir: Path) -> list[ConfigError]:
         except DeviceKeyError as exc:
             bad = ConfigError("uplink.auth.private_key", f"{key}: {exc.problem}", exc.fix)
             out.append(KeyNotYet(bad) if not key.exists() else bad)
+    if auth.kind == "access_token" and auth.access_token_file is not None:
+        from gatewayd.uplink.credentials import AccessToken
+
+        token = AccessToken(auth, config_dir)
+        try:
+            token.load()
+        except ConfigError as exc:
+            assert token.path is not None
+            out.append(KeyNotYet(exc) if not token.path.exists() else exc)
     tls = uplink.tls
     if tls.enabled:
         for setting in ("ca_file", "cert_file", "key_file"):

@@ -3,11 +3,12 @@
 Uses the example configuration with the addresses pointed at the simulators, a fresh device key
 registered with the stand-in, and a temporary state directory. `--cloud` picks the stand-in:
 `cloud-iot-core` (default: JWT, retained config topic), `azure` (the IoT Hub stand-in over
-TLS with its own throw-away certificate: SAS token, device twin, direct methods) or `aws` (the
+TLS with its own throw-away certificate: SAS token, device twin, direct methods), `aws` (the
 AWS IoT Core stand-in with its own throw-away CA: the thing's certificate, named shadow,
-jobs). Every port it listens on is one the kernel picks (the simulators' and the metrics
-endpoint's), so a demo never takes a port of a gatewayd service running on the same machine
-(its metrics port, 127.0.0.1:9108, above all).
+jobs) or `thingsboard` (the ThingsBoard stand-in: the gateway API with a fresh access token,
+shared attributes, RPC). Every port it listens on is one the kernel picks (the simulators' and
+the metrics endpoint's), so a demo never takes a port of a gatewayd service running on the same
+machine (its metrics port, 127.0.0.1:9108, above all).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 from gatewayd.config import MetricsConfig, example_path, load_document
 from gatewayd.daemon import Gateway
 from gatewayd.uplink.device_jwt import generate_key
+
+STAND_INS = {"azure": "IoT Hub stand-in", "thingsboard": "ThingsBoard stand-in"}
 
 
 def demo_config(text: str, broker_port: int, device_port: int, state_dir: Path) -> dict[str, Any]:
@@ -51,6 +54,33 @@ def azure_demo_config(doc: dict[str, Any], hub: str, ca_file: str) -> dict[str, 
         "auth": {"kind": "sas", "device_key_file": "device.key"},
     }
     return doc
+
+
+def thingsboard_demo_config(doc: dict[str, Any]) -> dict[str, Any]:
+    """The example's [uplink] replaced by the thingsboard profile's few settings."""
+    up = doc["uplink"]
+    doc["uplink"] = {
+        "profile": "thingsboard",
+        "host": up["host"],
+        "port": up["port"],
+        "device": up["device"],
+        "tls": {"enabled": False},
+        "auth": {"access_token_file": "tb.token"},
+    }
+    return doc
+
+
+async def _thingsboard(work: Path, device: str) -> Any:
+    import secrets
+
+    from gatewayd_sim.cloud.thingsboard import ThingsBoard
+
+    cloud = ThingsBoard()
+    token = secrets.token_urlsafe(15)
+    cloud.add_device(device, token, gateway=True)
+    (work / "tb.token").write_text(token + "\n")
+    (work / "tb.token").chmod(0o600)
+    return await cloud.start()
 
 
 async def _azure_hub(work: Path, device: str) -> tuple[Any, str]:
@@ -104,6 +134,8 @@ async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-cor
             broker, ca_file = await _azure_hub(work, up["device"])
         elif cloud == "aws":
             broker, aws_files = await _aws_iot(work, up["device"])
+        elif cloud == "thingsboard":
+            broker = await _thingsboard(work, up["device"])
         else:
             registry = Registry(up["project"], up["region"], up["registry"])
             registry.add(up["device"], generate_key(work / "device.key", up["auth"]["algorithm"]))
@@ -115,6 +147,8 @@ async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-cor
             raw = azure_demo_config(raw, broker.hub, ca_file)
         elif cloud == "aws":
             raw = aws_demo_config(raw, *aws_files)
+        elif cloud == "thingsboard":
+            raw = thingsboard_demo_config(raw)
         cfg = load_document(raw)
         # Port 0: the kernel's choice (the configuration refuses 0, which a user never means).
         cfg = dataclasses.replace(cfg, metrics=MetricsConfig(listen="127.0.0.1:0"))

@@ -11,6 +11,8 @@ for the monotonic time at which it must reconnect with fresh credentials:
   (HMAC-SHA256 over the URL-encoded `{hub host}/devices/{device}` and the expiry), minted at
   every connect and refreshed on the same schedule as the JWT;
 - `kind = "x509"` is a `Password` without a password: the username, and the client certificate;
+- `AccessToken`: ThingsBoard's device access token as the username, no password (read from its
+  file at every start of the uplink, so a new token takes effect at the next restart);
 - a client certificate (mTLS, [uplink.tls] cert_file/key_file) is no credential object: tls.py
   reads the files at every connect, so a renewed certificate takes effect at the next
   reconnect; nothing to schedule.
@@ -103,6 +105,36 @@ class Password(NoAuth):
 
     def password(self) -> str | None:
         return self._password
+
+
+class AccessToken(NoAuth):
+    """ThingsBoard: the device's access token is the MQTT username; nothing to renew."""
+
+    def __init__(self, auth: AuthConfig, key_dir: Path) -> None:
+        self.auth = auth
+        self.username = auth.access_token
+        self.path: Path | None = None
+        if auth.access_token_file is not None:
+            path = Path(auth.access_token_file)
+            self.path = path if path.is_absolute() else key_dir / path
+
+    def load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.username = self.path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                "uplink.auth.access_token_file",
+                f"{self.path}: cannot read it: {exc.strerror}",
+                "write the device's access token into it, readable by gatewayd",
+            ) from exc
+        if not self.username:
+            raise ConfigError(
+                "uplink.auth.access_token_file",
+                f"{self.path} is empty",
+                "write the device's access token into it (ThingsBoard: Manage credentials)",
+            )
 
 
 class DeviceJwt:
@@ -290,6 +322,8 @@ def credentials_for(
         return SasToken(a, cfg.device, key_dir, wall_clock, metrics)
     if a.kind == "password":
         return Password(a.username, a.password)
+    if a.kind == "access_token":
+        return AccessToken(a, key_dir)
     if a.kind == "x509":  # the client certificate is the credential (tls.py)
         return Password(a.username, None)
     return NoAuth()

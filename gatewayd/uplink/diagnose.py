@@ -43,6 +43,14 @@ def _auth_fix(cfg: UplinkConfig) -> str:
             f"{cfg.device!r} in hub {cfg.hub!r}, [uplink] device and hub, and that this "
             "gateway's clock is right (the token's se)"
         )
+    if a.kind == "access_token":
+        file = a.access_token_file
+        source = f"access_token_file ({file})" if file else "access_token"
+        return (
+            f"check [uplink.auth] {source} holds the access token of the gateway device "
+            "(ThingsBoard: Devices > the device > Manage credentials) and that the device is a "
+            "gateway (Is gateway)"
+        )
     if a.kind == "x509":
         return (
             f"check that [uplink.tls] cert_file is the certificate registered for device "

@@ -3,7 +3,7 @@
 The default is a JSON array of records, each with its stable id first. The buffer stores each
 record's JSON body; the id is spliced in front, so nothing is decoded on the way out. Other
 formats plug in through the entry point group "gatewayd.encoders" (name -> callable taking a
-sequence of `Entry` and returning bytes).
+sequence of `Entry` and returning bytes); "thingsboard" is built in (payload_thingsboard.py).
 
 Invariant: `encode_json` of entries from `Buffer.take` always parses. It is built so: `take`
 hands out only bodies that are valid UTF-8 and a JSON object whose first member is "point" and
@@ -32,6 +32,10 @@ def encode_json(entries: Sequence[Entry]) -> bytes:
 def load_encoder(name: str, place: str = "uplink.encoder") -> Encoder:
     if name == "json":
         return encode_json
+    if name == "thingsboard":
+        from .payload_thingsboard import encode_thingsboard
+
+        return encode_thingsboard
     eps = entry_points(group="gatewayd.encoders")
     if name not in eps.names:
         raise ConfigError(

@@ -17,10 +17,18 @@ class Recorder:
     keep_records: bool = True
 
     def feed(self, payload: bytes) -> None:
-        self.messages += 1
         try:
             doc = json.loads(payload)
-            items = doc if isinstance(doc, list) else [doc]
+        except ValueError:
+            self.messages += 1
+            self.malformed += 1
+            return
+        self.feed_items(doc if isinstance(doc, list) else [doc])
+
+    def feed_items(self, items: list[Any]) -> None:
+        """One message's records, already decoded (a stand-in that reads its own format)."""
+        self.messages += 1
+        try:
             for rec in items:
                 self.counts[int(rec["id"])] += 1
                 if self.keep_records:

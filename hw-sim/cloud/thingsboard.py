@@ -21,8 +21,13 @@ Invariants, as ThingsBoard documents its MQTT transport:
   `{"device", "data": {"id", "method", "params"}}` on `v1/gateway/rpc`, answered there with
   `{"device", "id", "data"}`. A device the gateway names is created on first use, as
   ThingsBoard does.
+- A message over `maxPayloadSize` (64 KB, as ThingsBoard's default NETTY_MAX_PAYLOAD_SIZE)
+  closes the connection unanswered; counted in `oversize`.
 - Every telemetry entry's `values` (device or gateway API) is fed to the recorder, so records
-  are counted by their `id`; a payload that is not JSON counts as malformed, and nothing else.
+  are counted by their `id`; values with an `_id` map (gatewayd's encoder,
+  gatewayd/uplink/payload_thingsboard.py) are fed as one record per key, `{"id", "point":
+  "device/key", "ts", "value"}`; a payload that is not JSON counts as malformed, and nothing
+  else.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .broker import ACCEPTED, NOT_AUTHORIZED, Broker, Session
+from .mqtt_wire import ProtocolError
 from .recorder import Recorder
 
 log = logging.getLogger("gatewayd_sim.cloud.thingsboard")
@@ -78,6 +84,8 @@ class ThingsBoard(Broker):
         self.rpc_replies: dict[tuple[str, int], Any] = {}  # (device, request id) -> answer
         self.client_rpcs: list[tuple[str, Json]] = []  # (device, request) other than the SDK's
         self.events: list[tuple[str, str, str]] = []  # (gateway, "connect"|"disconnect", device)
+        self.oversize = 0  # messages over maxPayloadSize (connection closed)
+        self.largest = 0  # bytes of the largest message a device sent
         self._rpc_id = 0
 
     # -- devices ---------------------------------------------------------------------------------
@@ -106,6 +114,14 @@ class ThingsBoard(Broker):
         if s.device is None:
             return True
         return topic.startswith(ME) or (topic.startswith(GW) and self.devices[s.device].gateway)
+
+    def admit(self, s: Session, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        # ThingsBoard's transport closes the connection on a message over its payload limit.
+        if s.device is not None and len(payload) > int(self.session_limits["maxPayloadSize"]):
+            self.oversize += 1
+            raise ProtocolError(f"message of {len(payload)} bytes from {s.client_id}")
+        self.largest = max(self.largest, len(payload))
+        return super().admit(s, topic, payload, qos, retain)
 
     def forward(self, s: Session, topic: str) -> bool:
         return False  # every topic here is "me" or the gateway's own
@@ -147,7 +163,7 @@ class ThingsBoard(Broker):
     def _telemetry(self, dev: Device, doc: Any) -> None:
         entries = doc if isinstance(doc, list) else [doc]
         now = int(time.time() * 1000)
-        values_list = []
+        values_list: list[Json] = []
         for e in entries:
             if not isinstance(e, dict):
                 raise TypeError("a telemetry entry must be an object")
@@ -155,8 +171,15 @@ class ThingsBoard(Broker):
             if not isinstance(values, dict):
                 raise TypeError("telemetry values must be an object")
             dev.telemetry.append((ts, values))
-            values_list.append(values)
-        self.recorder.feed(json.dumps(values_list).encode())
+            ids = values.get("_id")
+            if isinstance(ids, dict):  # gatewayd's encoder: one record per key, its id in _id
+                values_list.extend(
+                    {"id": rid, "point": f"{dev.name}/{key}", "ts": ts, "value": values.get(key)}
+                    for key, rid in ids.items()
+                )
+            else:
+                values_list.append(values)
+        self.recorder.feed_items(values_list)
 
     def _device_api(self, s: Session, dev: Device, rest: str, doc: Any) -> None:
         if rest == "telemetry":

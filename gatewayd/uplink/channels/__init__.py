@@ -9,6 +9,7 @@ from gatewayd.config import UplinkConfig
 from .aws import AwsChannel
 from .azure import AzureChannel
 from .base import Channel, CommandIn, ConfigPush, Incoming
+from .thingsboard import ThingsBoardChannel
 from .topic import TopicChannel
 
 __all__ = ["Channel", "CommandIn", "ConfigPush", "Incoming", "channel_for"]
@@ -20,4 +21,6 @@ def channel_for(cfg: UplinkConfig, topics: Mapping[str, str]) -> Channel:
     if cfg.channel == "aws":
         thing = cfg.client_id.format(**cfg.template_values())
         return AwsChannel(thing, topics["commands"], topics["command_results"])
+    if cfg.channel == "thingsboard":
+        return ThingsBoardChannel()
     return TopicChannel(topics, cfg.retain_state)
