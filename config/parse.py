@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import profiles
 from .devices import cached_lookup, check_across, read_device, unique
 from .errors import ConfigError
 from .model import GatewayConfig
@@ -115,6 +116,7 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
     )
     known = (f"{d.id}/{p.id}" for d in cfg.devices for p in d.points)
     cfg = replace(cfg, rules=parse_rules(root.tables("rules"), known))
+    profiles.check_routes(cfg.uplink, cfg.rules)
     root.done()
     unique((d.id for d in cfg.devices), "devices", "id")
     check_across(cfg.devices, lookup)

@@ -27,7 +27,11 @@ from gatewayd.config import MetricsConfig, example_path, load_document
 from gatewayd.daemon import Gateway
 from gatewayd.uplink.device_jwt import generate_key
 
-STAND_INS = {"azure": "IoT Hub stand-in", "thingsboard": "ThingsBoard stand-in"}
+STAND_INS = {
+    "azure": "IoT Hub stand-in",
+    "aws": "AWS IoT Core stand-in",
+    "thingsboard": "ThingsBoard stand-in",
+}
 
 
 def demo_config(text: str, broker_port: int, device_port: int, state_dir: Path) -> dict[str, Any]:
@@ -113,9 +117,6 @@ async def _aws_iot(work: Path, device: str) -> tuple[Any, tuple[str, str, str]]:
     cloud = AwsIotCore(work / "aws")
     cert, key = cloud.issue_thing(device)
     return await cloud.start(), (str(cloud.ca.ca_file), str(cert), str(key))
-
-
-STAND_INS = {"azure": "IoT Hub stand-in", "aws": "AWS IoT Core stand-in"}
 
 
 async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-core") -> int:
