@@ -16,15 +16,10 @@ Invariants:
   a commit by another connection (the `gatewayd buffer` CLI) is noticed through `data_version`
   and recounted.
 
-On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain):
-- `records(id INTEGER PRIMARY KEY AUTOINCREMENT, lane, ts_ms, body)`: `body` is the record's
-  canonical JSON (see codec) without the id. Telemetry is taken and evicted by rowid order;
-  alarms and events, which are few, have a partial index `(lane, id) WHERE lane < 2`, so a
-  telemetry insert touches no index;
-- `evictions(lane, reason, n)`: eviction totals since the file was created, written in the same
-  transaction as the deletes, so after a crash the counts still match the data;
-- `damaged(id, lane, ts_ms, body BLOB, problem, found_ms)`: the latest DAMAGED_KEEP records set
-  aside by `take`, kept as found for inspection (`gatewayd buffer stats` counts them).
+On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain): see sql.py.
+The eviction totals are written in the same transaction as the deletes, so after a crash the
+counts still match the data; `damaged` keeps the latest DAMAGED_KEEP records set aside by `take`,
+as found, for inspection (`gatewayd buffer stats` counts them).
 
 Tally: the number of live records per lane is kept in `sqlite_sequence` (rows "records.lane0..2"
 beside the id sequence, whose page every insert writes anyway), updated in the transaction that
@@ -76,7 +71,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -86,12 +80,13 @@ from gatewayd.errors import PlacedError
 from gatewayd.files import write_atomic
 from gatewayd.reading import Lane, Record, now_ms
 
+from . import sql
 from .codec import decode_body, encode_body
-from .salvage import TALLY_NAMES, Damaged
+from .salvage import Damaged
+from .sql import ID_BITS, TALLY_NAMES, TELEMETRY, ids_in
 
 log = logging.getLogger("gatewayd.buffer")
 
-ID_BITS = 40
 # Per-row bytes beyond the body (rowid, lane, ts, cell header and pointer, page slack), so that
 # `bytes` tracks the file's real size for the bound.
 ROW_OVERHEAD = 32
@@ -107,8 +102,6 @@ EXPIRE_SLICE = 20_000
 VACUUM_MIN_FREE_PAGES = 256
 VACUUM_FREE_FRACTION = 0.5
 VACUUM_MAX_LIVE_BYTES = 16 << 20
-# How long a write waits for the CLI's short transactions.
-BUSY_TIMEOUT_MS = 5000
 # A bound learned from SQLITE_FULL is dropped after this long, or once the file system gained
 # RESERVE_BYTES / 2, whichever comes first.
 DISK_FULL_HOLD_S = 600.0
@@ -116,12 +109,6 @@ DISK_FULL_HOLD_S = 600.0
 STATVFS_INTERVAL_S = 1.0
 # Damaged records kept for inspection (all are counted; only the latest are kept).
 DAMAGED_KEEP = 1000
-# A body `take` may hand out: valid UTF-8 (checked by decoding it), then this, in SQLite: a
-# JSON object that starts with "point" and has no "id" of its own (the uplink puts it first).
-_SENDABLE = (
-    "CASE WHEN typeof(body) = 'text' AND json_valid(body) "
-    "THEN substr(body, 1, 9) = '{\"point\":' AND json_type(body, '$.id') IS NULL ELSE 0 END"
-)
 SALVAGE_CHUNK = 5000
 # Free space kept on the file system. A WAL holding pages that grow the file cannot be
 # checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
@@ -129,46 +116,7 @@ SALVAGE_CHUNK = 5000
 FILL_WINDOW_S = 60.0  # the append rate behind Stats.hours_left is measured over this
 RESERVE_BYTES = 2 << 20
 
-TELEMETRY = int(Lane.TELEMETRY)
 LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    lane INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_priority ON records (lane, id) WHERE lane < 2;
-CREATE TABLE IF NOT EXISTS evictions (
-    lane INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (lane, reason)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS damaged (
-    id INTEGER PRIMARY KEY,
-    lane,
-    ts_ms,
-    body BLOB,
-    problem TEXT NOT NULL,
-    found_ms INTEGER NOT NULL
-);
-"""
-_TALLY = "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = ?"
-# Rows go in multi-row INSERTs: one statement of n rows costs about a third of n executions of
-# a one-row statement (AUTOINCREMENT writes its sequence once per statement). Power-of-two sizes
-# keep the texts few, so they stay in the connection's statement cache.
-_INSERT_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
-_INSERTS = {
-    n: "INSERT INTO records (lane, ts_ms, body) VALUES " + ", ".join(["(?, ?, ?)"] * n)
-    for n in _INSERT_SIZES
-}
-_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
-# Lane filters that let SQLite use the rowid for telemetry and the partial index for the others.
-LANE_WHERE = {
-    int(lane): "lane = ?" if lane is Lane.TELEMETRY else "lane < 2 AND lane = ?" for lane in Lane
-}
 
 
 class BufferOpenError(PlacedError):
@@ -284,16 +232,12 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise _open_error(self.path, exc) from exc
         try:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.sync == 'full' else 'NORMAL'}")
-            # A small WAL: fewer pages to checkpoint at once, and less to reclaim on a full disk.
-            db.execute("PRAGMA wal_autocheckpoint=256")
-            db.execute(f"PRAGMA journal_size_limit={2 << 20}")
-            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+            for pragma in sql.pragmas(self.cfg.sync):
+                db.execute(pragma)
+            problems = [r[0] for r in db.execute(sql.QUICK_CHECK)]
             if problems != ["ok"]:
                 raise _Corrupt("; ".join(problems))
-            db.executescript(_SCHEMA)
+            db.executescript(sql.SCHEMA)
         except sqlite3.DatabaseError as exc:
             db.close()
             if sqlite_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -347,11 +291,7 @@ class Store:
                     break
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO records (id, lane, ts_ms, body) "
-                        "VALUES (?1, ?2, ?3, CASE WHEN ?5 THEN CAST(?4 AS TEXT) ELSE ?4 END)",
-                        chunk,
-                    )
+                    db.executemany(sql.INSERT_SALVAGED, chunk)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -401,7 +341,7 @@ class Store:
             known = int(sidecar.read_text().strip())
         except (OSError, ValueError):
             known = 0
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        row = db.execute(sql.SEQ).fetchone()
         if row is not None:
             incarnation = int(row[0]) >> ID_BITS
             if known < incarnation:  # the sidecar was lost: repair it from the file
@@ -410,10 +350,7 @@ class Store:
         incarnation = known + 1
         # Sidecar first: a crash before the seed commits only skips an incarnation.
         _write_sidecar(sidecar, incarnation)
-        db.execute(
-            "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)",
-            (incarnation << ID_BITS,),
-        )
+        db.execute(sql.SEED_SEQ, (incarnation << ID_BITS,))
         return incarnation
 
     def _flush_unsaved(self) -> None:
@@ -437,28 +374,19 @@ class Store:
             self._set_aside_strays()
             self._count_rows()
         self._evicted = {
-            (lane, reason): n
-            for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
-            if lane in (0, 1, 2)
+            (lane, reason): n for lane, reason, n in db.execute(sql.EVICTIONS) if lane in (0, 1, 2)
         }
         self._keep_inflight()
-        tally = dict(
-            db.execute(
-                "SELECT name, seq FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES
-            ).fetchall()
-        )
+        tally = dict(db.execute(sql.TALLY_READ, TALLY_NAMES).fetchall())
         if [tally.get(name) for name in TALLY_NAMES] != self._depth:
             with contextlib.suppress(sqlite3.Error):  # best effort: a full disk, say
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES)
-                db.executemany(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
-                    zip(TALLY_NAMES, self._depth, strict=True),
-                )
+                db.execute(sql.TALLY_DELETE, TALLY_NAMES)
+                db.executemany(sql.TALLY_INSERT, zip(TALLY_NAMES, self._depth, strict=True))
                 db.execute("COMMIT")
             if db.in_transaction:
                 db.execute("ROLLBACK")
-        self._version = db.execute("PRAGMA data_version").fetchone()[0]
+        self._version = db.execute(sql.DATA_VERSION).fetchone()[0]
 
     def _keep_inflight(self) -> None:
         """After another writer: keep the in-flight records that are still there, with their
@@ -466,10 +394,7 @@ class Store:
         ids = list(self._inflight)
         self._inflight = {}
         for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            for rid, lane, length in self._db.execute(
-                f"SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({marks})", chunk
-            ):
+            for rid, lane, length in self._db.execute(ids_in(sql.SIZES_OF_IDS, len(chunk)), chunk):
                 if type(lane) is int and 0 <= lane <= 2:
                     self._inflight[rid] = length << 2 | lane
 
@@ -479,10 +404,7 @@ class Store:
         self._depth = [0, 0, 0]
         self._bytes = 0
         strays = False
-        for lane, n, size, bad_ts in self._db.execute(
-            "SELECT lane, COUNT(*), SUM(LENGTH(body)), SUM(typeof(ts_ms) != 'integer') "
-            "FROM records GROUP BY lane"
-        ):
+        for lane, n, size, bad_ts in self._db.execute(sql.COUNT_ROWS):
             if type(lane) is not int or not 0 <= lane <= 2:
                 strays = True
                 continue
@@ -495,21 +417,11 @@ class Store:
         """Rows with a damaged lane or timestamp go to `damaged`, counted under their lane
         (telemetry when the lane itself is unreadable)."""
         db = self._db
-        where = "typeof(lane) != 'integer' OR lane NOT IN (0, 1, 2) OR typeof(ts_ms) != 'integer'"
-        lane_of = (
-            f"CASE WHEN typeof(lane) = 'integer' AND lane IN (0, 1) THEN lane ELSE {TELEMETRY} END"
-        )
         try:
             db.execute("BEGIN IMMEDIATE")
-            counts = db.execute(
-                f"SELECT {lane_of}, COUNT(*) FROM records WHERE {where} GROUP BY 1"
-            ).fetchall()
-            self._move_damaged(where, (), "columns")
-            db.executemany(
-                "INSERT INTO evictions (lane, reason, n) VALUES (?, 'damaged', ?) "
-                "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
-                counts,
-            )
+            counts = db.execute(sql.STRAY_COUNTS).fetchall()
+            self._move_damaged(sql.STRAYS, (), "columns")
+            db.executemany(sql.COUNT_DAMAGED, counts)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -525,23 +437,15 @@ class Store:
     def _move_damaged(self, where: str, args: Sequence[object], problem: str) -> int:
         """Inside a transaction: move the records matching `where` to `damaged`; how many."""
         db = self._db
-        db.execute(
-            "INSERT OR REPLACE INTO damaged (id, lane, ts_ms, body, problem, found_ms) "
-            f"SELECT id, lane, ts_ms, CAST(body AS BLOB), ?, ? FROM records WHERE {where}",
-            (problem, self._now(), *args),
-        )
-        n = db.execute(f"DELETE FROM records WHERE {where}", args).rowcount
-        (kept,) = db.execute("SELECT COUNT(*) FROM damaged").fetchone()
+        db.execute(sql.COPY_DAMAGED.format(where), (problem, self._now(), *args))
+        n = db.execute(sql.DELETE_WHERE.format(where), args).rowcount
+        (kept,) = db.execute(sql.DAMAGED_COUNT).fetchone()
         if kept > DAMAGED_KEEP:
-            db.execute(
-                "DELETE FROM damaged WHERE id IN (SELECT id FROM damaged "
-                "ORDER BY found_ms, id LIMIT ?)",
-                (kept - DAMAGED_KEEP,),
-            )
+            db.execute(sql.DAMAGED_TRIM, (kept - DAMAGED_KEEP,))
         return int(n)
 
     def _sync_external(self) -> None:
-        v = self._db.execute("PRAGMA data_version").fetchone()[0]
+        v = self._db.execute(sql.DATA_VERSION).fetchone()[0]
         if v != self._version:
             log.info("buffer_changed_externally path=%s", self.path)
             self._recount()
@@ -597,9 +501,9 @@ class Store:
             self._expire(txn)
             dropped = self._make_room(rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
-            _insert(db, kept)
+            sql.insert(db, kept)
             # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
-            (seq,) = db.execute(_SEQ).fetchone()
+            (seq,) = db.execute(sql.SEQ).fetchone()
             if dropped:
                 for lane, _, body in kept:
                     txn.depth[lane] += 1
@@ -651,8 +555,8 @@ class Store:
             self._full_cap = None
             log.info("buffer_disk_full_cleared path=%s free=%d", self.path, fs_free)
         db = self._db
-        free_pages = db.execute("PRAGMA freelist_count").fetchone()[0]
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        free_pages = db.execute(sql.FREELIST_COUNT).fetchone()[0]
+        page_size = db.execute(sql.PAGE_SIZE).fetchone()[0]
         bound = self._bytes + free_pages * page_size + fs_free - RESERVE_BYTES
         self._space_cap = bound if bound < self.cfg.max_bytes else None
         low = fs_free < 2 * RESERVE_BYTES
@@ -700,13 +604,10 @@ class Store:
         """Delete a lane's oldest records (not in flight first) until `need` bytes are freed."""
         freed = 0
         cursor = self._cursor[lane]
-        for span in ("id > ?", "id <= ?"):
+        for span in (sql.AFTER_CURSOR, sql.UP_TO_CURSOR):
             if freed >= need or self._depth[lane] + txn.depth[lane] == 0:
                 break
-            where = f"{LANE_WHERE[lane]} AND {span}"
-            q = self._db.execute(
-                f"SELECT id, LENGTH(body) FROM records WHERE {where} ORDER BY id", (lane, cursor)
-            )
+            q = self._db.execute(sql.EVICT_SCAN[lane, span], (lane, cursor))
             n = 0
             size = 0
             last = None
@@ -715,14 +616,14 @@ class Store:
                 n += 1
                 size += length + ROW_OVERHEAD
                 last = rid
-                if span == "id <= ?":
+                if span is sql.UP_TO_CURSOR:
                     ids.append(rid)
                 if freed + size >= need:
                     break
             q.close()
             if last is None:
                 continue
-            self._db.execute(f"DELETE FROM records WHERE {where} AND id <= ?", (lane, cursor, last))
+            self._db.execute(sql.EVICT_DELETE[lane, span], (lane, cursor, last))
             txn.evict(lane, reason, n, size)
             txn.uncursored.extend(ids)
             freed += size
@@ -738,10 +639,8 @@ class Store:
         if now < PLAUSIBLE_MS or self._depth[TELEMETRY] == 0:
             return
         cutoff = now - self.cfg.max_age_s * 1000
-        q = self._db.execute(
-            "SELECT id, ts_ms, LENGTH(body) FROM records WHERE lane = ? AND id > ? ORDER BY id "
-            "LIMIT ?",  # a long-expired backlog goes in slices: appends never wait long
-            (TELEMETRY, self._cursor[TELEMETRY], EXPIRE_SLICE),
+        q = self._db.execute(  # a long-expired backlog goes in slices: appends never wait long
+            sql.EXPIRE_SCAN, (TELEMETRY, self._cursor[TELEMETRY], EXPIRE_SLICE)
         )
         n = size = 0
         last = None
@@ -756,8 +655,7 @@ class Store:
         q.close()
         if last is not None:
             self._db.execute(
-                "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ? AND ts_ms >= ?",
-                (TELEMETRY, self._cursor[TELEMETRY], last, PLAUSIBLE_MS),
+                sql.EXPIRE_DELETE, (TELEMETRY, self._cursor[TELEMETRY], last, PLAUSIBLE_MS)
             )
             txn.evict(TELEMETRY, "age", n, size)
 
@@ -765,7 +663,7 @@ class Store:
         """Inside the transaction: its eviction counts (and any unsaved ones) and the tally."""
         changed = [(n, TALLY_NAMES[lane]) for lane, n in enumerate(txn.depth) if n]
         if changed:
-            self._db.executemany(_TALLY, changed)
+            self._db.executemany(sql.TALLY_ADD, changed)
         if not txn.evicted and not self._unsaved:
             return
         counts = dict(txn.evicted)
@@ -774,9 +672,7 @@ class Store:
         txn.saved_unsaved = True
         if counts:
             self._db.executemany(
-                "INSERT INTO evictions (lane, reason, n) VALUES (?, ?, ?) "
-                "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
-                [(lane, reason, n) for (lane, reason), n in counts.items()],
+                sql.COUNT_EVICTED, [(lane, reason, n) for (lane, reason), n in counts.items()]
             )
 
     def _apply(self, txn: _Txn) -> None:
@@ -818,7 +714,7 @@ class Store:
         elif attempt > 0:
             return False
         with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._db.execute(sql.CHECKPOINT_TRUNCATE).fetchall()
         return True
 
     def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
@@ -906,10 +802,7 @@ class Store:
         the others are moved to `damaged` first (counted), so they never block the lane."""
         db = self._db
         after = self._cursor[lane]
-        select = (
-            f"SELECT id, lane, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
-            "ORDER BY id LIMIT ?"
-        )
+        select = sql.TAKE[lane]
         for _ in range(want + 1):  # each round sets at least one record aside
             try:
                 rows: list[tuple[int, int, str]] = db.execute(
@@ -926,14 +819,7 @@ class Store:
             if not rows:
                 return rows
             # The common case costs one more pass over pages just read, all inside SQLite.
-            bad = [
-                r[0]
-                for r in db.execute(
-                    f"SELECT id FROM records WHERE {LANE_WHERE[lane]} AND id > ? AND id <= ? "
-                    f"AND NOT ({_SENDABLE})",
-                    (lane, after, rows[-1][0]),
-                )
-            ]
+            bad = [r[0] for r in db.execute(sql.UNSENDABLE[lane], (lane, after, rows[-1][0]))]
             if not bad:
                 return rows
             self._set_aside(lane, bad, "json")  # then read again: a full batch if there is one
@@ -942,11 +828,7 @@ class Store:
     def _undecodable(self, lane: int, after: int, want: int) -> list[int]:
         """Ids among the lane's next `want` records whose body is not valid UTF-8."""
         bad = []
-        for rid, body in self._db.execute(
-            f"SELECT id, CAST(body AS BLOB) FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (lane, after, want),
-        ):
+        for rid, body in self._db.execute(sql.TAKE_BYTES[lane], (lane, after, want)):
             try:
                 body.decode()
             except (UnicodeDecodeError, AttributeError):
@@ -957,13 +839,10 @@ class Store:
         """Move records that cannot be sent to `damaged`, counted "<lane>/damaged"."""
         db = self._db
         txn = _Txn()
-        marks = ",".join("?" * len(ids))
         db.execute("BEGIN IMMEDIATE")
         try:
-            (size,) = db.execute(
-                f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records WHERE id IN ({marks})", ids
-            ).fetchone()
-            n = self._move_damaged(f"id IN ({marks})", ids, problem)
+            (size,) = db.execute(ids_in(sql.BODY_CHARS_OF_IDS, len(ids)), ids).fetchone()
+            n = self._move_damaged(ids_in("id IN ({})", len(ids)), ids, problem)
             txn.evict(lane, "damaged", n, size + n * ROW_OVERHEAD)
             self._save(txn)
             db.execute("COMMIT")
@@ -1000,12 +879,8 @@ class Store:
         """Move every stamp earlier than `before_ms` by `delta_ms` (stamps taken before the
         clock was set, once it is: see gatewayd.clock), in the column and in the body.
         Returns how many rows moved."""
-        cur = self._db.execute(  # one statement: atomic on its own
-            "UPDATE records SET ts_ms = ts_ms + ?1, "
-            "body = replace(body, '\"ts\":' || ts_ms || ',', '\"ts\":' || (ts_ms + ?1) || ',') "
-            "WHERE ts_ms < ?2",
-            (delta_ms, before_ms),
-        )
+        # One statement: atomic on its own.
+        cur = self._db.execute(sql.RESTAMP, (delta_ms, before_ms))
         return cur.rowcount
 
     def ack(self, ids: Iterable[int]) -> int:
@@ -1030,7 +905,7 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             before = db.total_changes
             for chunk in _chunks(known, 500):
-                db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                db.execute(ids_in(sql.DELETE_IDS, len(chunk)), chunk)
             if db.total_changes - before != len(known):  # cannot happen without another writer
                 raise _Recount()
             lanes = [v & 3 for v in popped.values()]
@@ -1042,9 +917,7 @@ class Store:
             # Ids not taken by this process (after a rewind or restart): sizes from the rows.
             for chunk in _chunks(unknown, 500):
                 for lane, length in db.execute(
-                    f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))}) "
-                    "RETURNING lane, LENGTH(body)",
-                    chunk,
+                    ids_in(sql.DELETE_IDS_RETURNING, len(chunk)), chunk
                 ).fetchall():
                     txn.depth[lane] -= 1
                     txn.bytes -= length + ROW_OVERHEAD
@@ -1087,22 +960,22 @@ class Store:
 
     def _maybe_vacuum(self) -> None:
         db = self._db
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        free = db.execute(sql.FREELIST_COUNT).fetchone()[0]
         if free < VACUUM_MIN_FREE_PAGES or self._bytes > VACUUM_MAX_LIVE_BYTES:
             return
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        pages = db.execute(sql.PAGE_COUNT).fetchone()[0]
         if free < pages * VACUUM_FREE_FRACTION:
             return
-        db.execute("PRAGMA busy_timeout=0")  # never make appends wait for a reader's snapshot
+        db.execute(sql.BUSY_NONE)  # never make appends wait for a reader's snapshot
         try:
             db.execute("VACUUM")
             # The file shrinks when the WAL is checkpointed; do it now, not after 1 MiB more.
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db.execute(sql.CHECKPOINT_PASSIVE).fetchall()
         except sqlite3.Error as exc:  # e.g. the CLI holds a read snapshot: next time
             log.info("buffer_vacuum_postponed error=%s", exc)
             return
         finally:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute(sql.BUSY_DEFAULT)
         log.info("buffer_vacuumed pages_before=%d free_before=%d", pages, free)
 
     # -- inspection ----------------------------------------------------------------------------
@@ -1112,10 +985,7 @@ class Store:
         oldest = None
         for lane in (0, 1, 2):
             if self._depth[lane]:
-                row = self._db.execute(
-                    f"SELECT ts_ms FROM records WHERE {LANE_WHERE[lane]} ORDER BY id LIMIT 1",
-                    (lane,),
-                ).fetchone()
+                row = self._db.execute(sql.OLDEST_TS[lane], (lane,)).fetchone()
                 if row is not None and (oldest is None or row[0] < oldest):
                     oldest = row[0]
         evicted: dict[str, int] = {}
@@ -1174,10 +1044,7 @@ def peek(db: sqlite3.Connection, n: int, lane: Lane | None = None) -> list[Entry
     for la in Lane if lane is None else (lane,):
         if len(out) >= n:
             break
-        q = db.execute(
-            f"SELECT id, body FROM records WHERE {LANE_WHERE[int(la)]} ORDER BY id LIMIT ?",
-            (int(la), n - len(out)),
-        )
+        q = db.execute(sql.PEEK[int(la)], (int(la), n - len(out)))
         out.extend(Entry(i, int(la), b) for i, b in q)
     return out
 
@@ -1237,17 +1104,6 @@ def _open_error(path: Path, exc: sqlite3.Error | OSError) -> BufferOpenError:
     return BufferOpenError(
         str(path), f"cannot open: {exc}", "check the file system, its permissions and free space"
     )
-
-
-def _insert(db: sqlite3.Connection, rows: Sequence[tuple[int, int, str]]) -> None:
-    """Insert rows in order (their ids follow that order), a few statements for any count."""
-    flat = list(chain.from_iterable(rows))
-    at, left = 0, len(rows)
-    for size in _INSERT_SIZES:
-        while left >= size:
-            db.execute(_INSERTS[size], flat[at : at + 3 * size])
-            at += 3 * size
-            left -= size
 
 
 def _chunks(seq: list[int], n: int) -> Iterable[list[int]]:
