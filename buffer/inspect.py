@@ -16,8 +16,9 @@ from typing import Any
 
 from gatewayd.reading import Lane
 
+from .lifecycle import BufferOpenError, file_bytes
 from .sql import ID_BITS, LANE_WHERE, TALLY_NAMES
-from .store import LANE_NAMES, ROW_OVERHEAD, BufferOpenError, Entry, file_bytes
+from .store import LANE_NAMES, ROW_OVERHEAD, Entry
 
 
 def open_file(path: Path, write: bool = False) -> sqlite3.Connection:

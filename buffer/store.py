@@ -11,12 +11,13 @@ Invariants:
 - a record leaves the file only through `ack` or a counted eviction; eviction takes the oldest
   telemetry first (records not in flight before those in flight), events only when no telemetry
   is left, alarms only when nothing else is left, incoming records included in that order;
-- ids never repeat on a gateway: see "Ids" below;
+- ids never repeat on a gateway (see lifecycle.py: "Ids");
 - the in-memory accounting (depth per lane, bytes) is exact: it changes only after a commit, and
   a commit by another connection (the `gatewayd buffer` CLI) is noticed through `data_version`
   and recounted.
 
 On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain): see sql.py.
+Opening, quarantine and salvage of a corrupt file, id seeding, permissions: see lifecycle.py.
 The eviction totals are written in the same transaction as the deletes, so after a crash the
 counts still match the data; `damaged` keeps the latest DAMAGED_KEEP records set aside by `take`,
 as found, for inspection (`gatewayd buffer stats` counts them).
@@ -24,18 +25,6 @@ as found, for inspection (`gatewayd buffer stats` counts them).
 Tally: the number of live records per lane is kept in `sqlite_sequence` (rows "records.lane0..2"
 beside the id sequence, whose page every insert writes anyway), updated in the transaction that
 changes it. When a file is found corrupt it is what tells how many records could not be salvaged.
-
-Salvage: a file found corrupt (at start or while running) is moved aside, and every row that can
-still be read from it (see salvage.py) is copied into the fresh file with its id; the rest are
-counted as "<lane>/corrupt": the tally (or, while running, the in-memory depth) minus what was
-salvaged. Only when the tally's page is unreadable too is the loss an estimate (logged so).
-
-Ids: a new file starts its AUTOINCREMENT sequence at `incarnation << 40`. The incarnation is
-counted in the sidecar `<file>.incarnation` (written atomically before the file is seeded) and the
-file's own sequence repairs a sidecar that fell behind at every open, so a file that is deleted or
-quarantined as corrupt is followed by one whose ids are all higher. Only losing the sidecar and
-the file together (or a corrupt file whose sidecar was lost since its last open) can restart the
-ids. 2^40 ids per incarnation (35 years at 1000 readings/s); JSON-safe (< 2^53) for 8191 of them.
 
 Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
 less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
@@ -48,9 +37,6 @@ inside the file (which new records reuse). So eviction brings the buffer to a st
 than ratcheting it down, and stops at the first check after space comes back. An SQLITE_FULL
 lowers the bound to 80% of what is stored, until the file system has gained RESERVE_BYTES / 2 or
 DISK_FULL_HOLD_S passed.
-
-Permissions: the file is created 0600 (SQLite gives its -wal and -shm the file's mode), and an
-existing file or sidecar readable by others is made 0600 at open: records may be sensitive.
 
 Hours left (`Stats.hours_left`, the `buffer_hours_left` gauge): the bound above minus what is
 stored, over the append rate of the last FILL_WINDOW_S: how long an outage starting now lasts
@@ -69,21 +55,18 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, cast
 
 from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
-from gatewayd.errors import PlacedError
-from gatewayd.files import write_atomic
 from gatewayd.reading import Lane, Record, now_ms
 
 from . import sql
 from .codec import decode_body, encode_body
-from .salvage import Damaged
-from .sql import ID_BITS, TALLY_NAMES, TELEMETRY, ids_in
+from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
+from .sql import TALLY_NAMES, TELEMETRY, ids_in
 
 log = logging.getLogger("gatewayd.buffer")
 
@@ -95,13 +78,6 @@ EVICT_SLACK = 1 / 200
 EXPIRE_SLICE = 20_000
 # Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md). A row
 # stamped before it has no age until `restamp` corrects it.
-# Give space back to the file system once a backlog is drained: when `take` finds nothing to
-# send, half of the file is free and little is live, VACUUM rewrites the file. It writes only the
-# live pages (then just records in flight), where incremental vacuum would rewrite about half a
-# page per freed page; until then freed pages are reused by new records.
-VACUUM_MIN_FREE_PAGES = 256
-VACUUM_FREE_FRACTION = 0.5
-VACUUM_MAX_LIVE_BYTES = 16 << 20
 # A bound learned from SQLITE_FULL is dropped after this long, or once the file system gained
 # RESERVE_BYTES / 2, whichever comes first.
 DISK_FULL_HOLD_S = 600.0
@@ -109,7 +85,6 @@ DISK_FULL_HOLD_S = 600.0
 STATVFS_INTERVAL_S = 1.0
 # Damaged records kept for inspection (all are counted; only the latest are kept).
 DAMAGED_KEEP = 1000
-SALVAGE_CHUNK = 5000
 # Free space kept on the file system. A WAL holding pages that grow the file cannot be
 # checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
 # growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
@@ -117,10 +92,6 @@ FILL_WINDOW_S = 60.0  # the append rate behind Stats.hours_left is measured over
 RESERVE_BYTES = 2 << 20
 
 LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
-
-
-class BufferOpenError(PlacedError):
-    """The buffer file cannot be opened or created (missing or read-only directory, ...)."""
 
 
 class DiskFull(Exception):
@@ -177,11 +148,6 @@ class _Txn:
         self.evicted[key] = self.evicted.get(key, 0) + n
 
 
-def sqlite_code(exc: BaseException) -> int:
-    """The primary SQLite result code of an exception (extended codes folded), 0 if none."""
-    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-
-
 class Store:
     def __init__(
         self, path: str | Path, cfg: BufferConfig, now: Callable[[], int] = now_ms
@@ -189,9 +155,7 @@ class Store:
         self.path = Path(path)
         self.cfg = cfg
         self._now = now
-        self.quarantined: list[Path] = []
-        self.salvaged = 0
-        _check_directory(self.path)
+        self._file = BufferFile(self.path, cfg.sync)
         self._cursor = [0, 0, 0]
         self._inflight: dict[int, int] = {}  # taken id -> len(body) << 2 | lane
         self._evicted: dict[tuple[int, str], int] = {}
@@ -212,146 +176,26 @@ class Store:
         self.drained = False  # the last take left nothing behind (see `_take`)
         self.appended_bytes = 0  # the fill rate's measure (body + ROW_OVERHEAD per record)
         self._fill_samples: list[tuple[float, int]] = []  # (monotonic, appended_bytes)
-        moved = None
-        try:
-            self._db = self._open_checked()
-        except _Corrupt as exc:
-            moved = self._quarantine(str(exc))
-            self._db = self._open_checked()
-        self.incarnation = self._seed_ids()
+        self._db, moved = self._file.open()
         if moved is not None:
             self._salvage(moved, None)
         self._recount()
 
+    @property
+    def quarantined(self) -> list[Path]:
+        return self._file.quarantined
+
+    @property
+    def incarnation(self) -> int:
+        return self._file.incarnation
+
     # -- opening -------------------------------------------------------------------------------
 
-    def _open_checked(self) -> sqlite3.Connection:
-        try:
-            _private(self.path)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (sqlite3.Error, OSError) as exc:
-            raise _open_error(self.path, exc) from exc
-        try:
-            for pragma in sql.pragmas(self.cfg.sync):
-                db.execute(pragma)
-            problems = [r[0] for r in db.execute(sql.QUICK_CHECK)]
-            if problems != ["ok"]:
-                raise _Corrupt("; ".join(problems))
-            db.executescript(sql.SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if sqlite_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-                raise _Corrupt(str(exc)) from exc
-            raise _open_error(self.path, exc) from exc
-        except _Corrupt:
-            db.close()
-            raise
-        return db
-
-    def _quarantine(self, problem: str) -> Path:
-        """Move a corrupt file (and its WAL) aside with a timestamp; the caller starts afresh."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        try:
-            os.replace(self.path, moved)
-            wal = Path(f"{self.path}-wal")
-            if wal.exists():
-                os.replace(wal, f"{moved}-wal")
-            Path(f"{self.path}-shm").unlink(missing_ok=True)
-        except OSError as exc:
-            raise BufferOpenError(
-                str(self.path),
-                f"corrupt ({problem}) and cannot be moved aside: {exc.strerror}",
-                "remove the file by hand",
-            ) from exc
-        self.quarantined.append(moved)
-        log.error("buffer_quarantined path=%s moved_to=%s problem=%r", self.path, moved, problem)
-        return moved
-
     def _salvage(self, moved: Path, known: list[int] | None) -> None:
-        """Copy every readable record of the quarantined file into this (fresh) one, with its
-        id; count the rest as "<lane>/corrupt". `known`: the depth per lane before the damage,
-        if this process knew it (else the file's tally says)."""
-        found = Damaged(moved)
-        db = self._db
-        kept = [0, 0, 0]
-        expected = known if known is not None else found.tally
-        chunk: list[tuple[int, int, int, bytes, int]] = []
-        history = found.evictions if known is None else {}
-        try:
-            rows = found.rows()
-            while True:
-                chunk = []
-                for row in rows:
-                    if row[1] in (0, 1, 2) and type(row[2]) is int:
-                        chunk.append(row)
-                    if len(chunk) >= SALVAGE_CHUNK:
-                        break
-                if not chunk:
-                    break
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany(sql.INSERT_SALVAGED, chunk)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                for row in chunk:
-                    kept[row[1]] += 1
-        except sqlite3.Error as exc:  # e.g. no room for the copy: what is left is lost, counted
-            log.error("buffer_salvage_stopped path=%s error=%s", self.path, exc)
-        finally:
-            found.close()
-            Path(f"{moved}-shm").unlink(missing_ok=True)  # only an index, made by the read
-        # The tally is unreadable too: without unreadable records nothing was lost; else the
-        # ids spanned by the damage are the best bound there is (0 when no id is readable).
-        estimated = expected is None and found.regions > 0
-        if expected is None:
-            gap = found.gap_ids if estimated else 0
-            expected = [k + (gap if lane == TELEMETRY else 0) for lane, k in enumerate(kept)]
-        lost = [max(0, e - k) for e, k in zip(expected, kept, strict=True)]
-        counts = dict(history)
-        for lane, n in enumerate(lost):
-            if n:
-                counts[(lane, "corrupt")] = counts.get((lane, "corrupt"), 0) + n
-        for key, n in counts.items():
+        """Copy what can be read of a quarantined file into this one; count the rest."""
+        for key, n in self._file.salvage(self._db, moved, known).items():
             self._unsaved[key] = self._unsaved.get(key, 0) + n
         self._flush_unsaved()
-        self.salvaged += sum(kept)
-        log.error(
-            "buffer_salvaged path=%s from=%s salvaged=%d lost=%d by_lane=%s unreadable_regions=%d"
-            "%s",
-            self.path,
-            moved,
-            sum(kept),
-            sum(lost),
-            ",".join(
-                f"{LANE_NAMES[la]}:{k}/{k + n}"
-                for la, (k, n) in enumerate(zip(kept, lost, strict=True))
-            ),
-            found.regions,
-            " lost_is_estimate=1" if estimated else "",
-        )
-
-    def _seed_ids(self) -> int:
-        """This file's incarnation; a new file is seeded from the sidecar counter first."""
-        db = self._db
-        sidecar = self.path.with_name(self.path.name + ".incarnation")
-        try:
-            known = int(sidecar.read_text().strip())
-        except (OSError, ValueError):
-            known = 0
-        row = db.execute(sql.SEQ).fetchone()
-        if row is not None:
-            incarnation = int(row[0]) >> ID_BITS
-            if known < incarnation:  # the sidecar was lost: repair it from the file
-                _write_sidecar(sidecar, incarnation)
-            return incarnation
-        incarnation = known + 1
-        # Sidecar first: a crash before the seed commits only skips an incarnation.
-        _write_sidecar(sidecar, incarnation)
-        db.execute(sql.SEED_SEQ, (incarnation << ID_BITS,))
-        return incarnation
 
     def _flush_unsaved(self) -> None:
         """Write counts kept only in memory (best effort: else the next transaction does)."""
@@ -720,17 +564,14 @@ class Store:
     def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
         """A file found corrupt while running is moved aside and replaced; what can be read of it
         is salvaged, the rest counted as lost ("<lane>/corrupt"). False for any other error."""
-        if sqlite_code(exc) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        if not is_corrupt(exc):
             return False
         known = list(self._depth)
         # The eviction history so far is known here exactly: it goes on in the fresh file.
         for key, n in self._evicted.items():
             self._unsaved[key] = self._unsaved.get(key, 0) + n
         self._evicted = {}
-        self._db.close()
-        moved = self._quarantine(str(exc))
-        self._db = self._open_checked()
-        self.incarnation = self._seed_ids()
+        self._db, moved = self._file.replace(self._db, str(exc))
         self._cursor = [0, 0, 0]
         self._inflight.clear()
         self._depth = [0, 0, 0]
@@ -794,7 +635,7 @@ class Store:
         # a nack or a rewind). A take that stopped at max_records or max_bytes returned above.
         self.drained = len(out) < max_records
         if not out:  # idle: a moment to give a drained outage's space back
-            self._maybe_vacuum()
+            maybe_vacuum(self._db, self._bytes)
         return out
 
     def _sendable(self, lane: int, want: int) -> list[tuple[int, int, str]]:
@@ -958,26 +799,6 @@ class Store:
         """Forget what is in flight: the next take starts again at the oldest unacked record."""
         self._cursor = [0, 0, 0]
 
-    def _maybe_vacuum(self) -> None:
-        db = self._db
-        free = db.execute(sql.FREELIST_COUNT).fetchone()[0]
-        if free < VACUUM_MIN_FREE_PAGES or self._bytes > VACUUM_MAX_LIVE_BYTES:
-            return
-        pages = db.execute(sql.PAGE_COUNT).fetchone()[0]
-        if free < pages * VACUUM_FREE_FRACTION:
-            return
-        db.execute(sql.BUSY_NONE)  # never make appends wait for a reader's snapshot
-        try:
-            db.execute("VACUUM")
-            # The file shrinks when the WAL is checkpointed; do it now, not after 1 MiB more.
-            db.execute(sql.CHECKPOINT_PASSIVE).fetchall()
-        except sqlite3.Error as exc:  # e.g. the CLI holds a read snapshot: next time
-            log.info("buffer_vacuum_postponed error=%s", exc)
-            return
-        finally:
-            db.execute(sql.BUSY_DEFAULT)
-        log.info("buffer_vacuumed pages_before=%d free_before=%d", pages, free)
-
     # -- inspection ----------------------------------------------------------------------------
 
     def snapshot(self) -> Stats:
@@ -1003,9 +824,9 @@ class Store:
             acked=self.acked,
             file_bytes=file_bytes(self.path),
             inflight=len(self._inflight),
-            quarantined=len(self.quarantined),
-            salvaged=self.salvaged,
-            incarnation=self.incarnation,
+            quarantined=len(self._file.quarantined),
+            salvaged=self._file.salvaged,
+            incarnation=self._file.incarnation,
             hours_left=self._hours_left(),
         )
 
@@ -1030,10 +851,6 @@ class Store:
         self._db.close()
 
 
-class _Corrupt(Exception):
-    pass
-
-
 class _Recount(Exception):
     pass
 
@@ -1047,63 +864,6 @@ def peek(db: sqlite3.Connection, n: int, lane: Lane | None = None) -> list[Entry
         q = db.execute(sql.PEEK[int(la)], (int(la), n - len(out)))
         out.extend(Entry(i, int(la), b) for i, b in q)
     return out
-
-
-def file_bytes(path: Path) -> int:
-    total = 0
-    for p in (path, Path(f"{path}-wal")):
-        with contextlib.suppress(OSError):
-            total += p.stat().st_size
-    return total
-
-
-def _check_directory(path: Path) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        raise BufferOpenError(
-            str(directory),
-            "directory does not exist",
-            "create it, or set [gateway] state_dir / [buffer] path",
-        )
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise BufferOpenError(
-            str(directory),
-            "directory is not writable",
-            "give the gatewayd user write access (systemd: StateDirectory=)",
-        )
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise BufferOpenError(
-            str(path), "file is not readable and writable", "give the gatewayd user access to it"
-        )
-
-
-def _private(path: Path) -> None:
-    """Create the file 0600 before SQLite does (its -wal and -shm then get the same mode), and
-    take group and other access away from an existing file and sidecars."""
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        return
-    except FileExistsError:
-        pass
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        with contextlib.suppress(FileNotFoundError):
-            if p.stat().st_mode & 0o077:
-                os.chmod(p, 0o600)
-
-
-def _write_sidecar(path: Path, incarnation: int) -> None:
-    try:
-        write_atomic(path, f"{incarnation}\n")
-    except OSError as exc:
-        raise BufferOpenError(
-            str(path), f"cannot write the id counter: {exc.strerror}", "give gatewayd access"
-        ) from exc
-
-
-def _open_error(path: Path, exc: sqlite3.Error | OSError) -> BufferOpenError:
-    return BufferOpenError(
-        str(path), f"cannot open: {exc}", "check the file system, its permissions and free space"
-    )
 
 
 def _chunks(seq: list[int], n: int) -> Iterable[list[int]]:
