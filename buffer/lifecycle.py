@@ -43,9 +43,9 @@ from pathlib import Path
 
 from gatewayd.errors import PlacedError
 from gatewayd.files import write_atomic
-from gatewayd.reading import Lane
 
 from . import sql
+from .accounting import LANE_NAMES
 from .salvage import Damaged
 from .sql import ID_BITS, TELEMETRY
 
@@ -55,7 +55,6 @@ SALVAGE_CHUNK = 5000
 VACUUM_MIN_FREE_PAGES = 256
 VACUUM_FREE_FRACTION = 0.5
 VACUUM_MAX_LIVE_BYTES = 16 << 20
-LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
 
 
 class BufferOpenError(PlacedError):

@@ -12,9 +12,10 @@ Invariants:
   telemetry first (records not in flight before those in flight), events only when no telemetry
   is left, alarms only when nothing else is left, incoming records included in that order;
 - ids never repeat on a gateway (see lifecycle.py: "Ids");
-- the in-memory accounting (depth per lane, bytes) is exact: it changes only after a commit, and
-  a commit by another connection (the `gatewayd buffer` CLI) is noticed through `data_version`
-  and recounted.
+- the in-memory accounting (depth per lane, bytes, eviction counts: see accounting.py) is exact:
+  every transaction here collects its changes in a Txn that is applied only after its COMMIT,
+  and a commit by another connection (the `gatewayd buffer` CLI) is noticed through
+  `data_version` and recounted.
 
 On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain): see sql.py.
 Opening, quarantine and salvage of a corrupt file, id seeding, permissions: see lifecycle.py.
@@ -24,7 +25,8 @@ as found, for inspection (`gatewayd buffer stats` counts them).
 
 Tally: the number of live records per lane is kept in `sqlite_sequence` (rows "records.lane0..2"
 beside the id sequence, whose page every insert writes anyway), updated in the transaction that
-changes it. When a file is found corrupt it is what tells how many records could not be salvaged.
+changes it (Accounting.save). When a file is found corrupt it is what tells how many records
+could not be salvaged.
 
 Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
 less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
@@ -64,15 +66,13 @@ from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Record, now_ms
 
 from . import sql
+from .accounting import LANE_NAMES, ROW_OVERHEAD, Accounting, Txn
 from .codec import decode_body, encode_body
 from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
-from .sql import TALLY_NAMES, TELEMETRY, ids_in
+from .sql import TELEMETRY, ids_in
 
 log = logging.getLogger("gatewayd.buffer")
 
-# Per-row bytes beyond the body (rowid, lane, ts, cell header and pointer, page slack), so that
-# `bytes` tracks the file's real size for the bound.
-ROW_OVERHEAD = 32
 # Evict a little more than needed, so a full buffer deletes in chunks, not a row per append.
 EVICT_SLACK = 1 / 200
 EXPIRE_SLICE = 20_000
@@ -90,8 +90,6 @@ DAMAGED_KEEP = 1000
 # growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
 FILL_WINDOW_S = 60.0  # the append rate behind Stats.hours_left is measured over this
 RESERVE_BYTES = 2 << 20
-
-LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
 
 
 class DiskFull(Exception):
@@ -129,25 +127,6 @@ class Stats:
     hours_left: float = float("inf")
 
 
-class _Txn:
-    """What a transaction changed, applied to the in-memory accounting only after COMMIT."""
-
-    __slots__ = ("bytes", "depth", "evicted", "saved_unsaved", "uncursored")
-
-    def __init__(self) -> None:
-        self.saved_unsaved = False
-        self.bytes = 0
-        self.depth = [0, 0, 0]
-        self.evicted: dict[tuple[int, str], int] = {}
-        self.uncursored: list[int] = []  # evicted ids that may be in the in-flight map
-
-    def evict(self, lane: int, reason: str, n: int, size: int) -> None:
-        self.depth[lane] -= n
-        self.bytes -= size
-        key = (lane, reason)
-        self.evicted[key] = self.evicted.get(key, 0) + n
-
-
 class Store:
     def __init__(
         self, path: str | Path, cfg: BufferConfig, now: Callable[[], int] = now_ms
@@ -158,10 +137,7 @@ class Store:
         self._file = BufferFile(self.path, cfg.sync)
         self._cursor = [0, 0, 0]
         self._inflight: dict[int, int] = {}  # taken id -> len(body) << 2 | lane
-        self._evicted: dict[tuple[int, str], int] = {}
-        self._unsaved: dict[tuple[int, str], int] = {}  # counted but not yet written (disk full)
-        self._depth = [0, 0, 0]
-        self._bytes = 0
+        self._acc = Accounting()
         self._full_cap: int | None = None  # the bound learned from SQLITE_FULL
         self._full_until = 0.0
         self._full_fs_free = 0
@@ -194,42 +170,33 @@ class Store:
     def _salvage(self, moved: Path, known: list[int] | None) -> None:
         """Copy what can be read of a quarantined file into this one; count the rest."""
         for key, n in self._file.salvage(self._db, moved, known).items():
-            self._unsaved[key] = self._unsaved.get(key, 0) + n
+            self._acc.lost(key, n)
         self._flush_unsaved()
 
     def _flush_unsaved(self) -> None:
         """Write counts kept only in memory (best effort: else the next transaction does)."""
-        txn = _Txn()
+        txn = Txn()
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._save(txn)
+            self._acc.save(self._db, txn)
             self._db.execute("COMMIT")
         except sqlite3.Error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             return
-        self._apply(txn)
+        self._acc.apply(txn)
 
     def _recount(self) -> None:
         """Rebuild the in-memory accounting from the file (at start, or after another writer);
         a tally that disagrees with the rows (an older file, another writer) is rewritten."""
         db = self._db
-        if self._count_rows():
+        acc = self._acc
+        if acc.count_rows(db):
             self._set_aside_strays()
-            self._count_rows()
-        self._evicted = {
-            (lane, reason): n for lane, reason, n in db.execute(sql.EVICTIONS) if lane in (0, 1, 2)
-        }
+            acc.count_rows(db)
+        acc.load_evictions(db)
         self._keep_inflight()
-        tally = dict(db.execute(sql.TALLY_READ, TALLY_NAMES).fetchall())
-        if [tally.get(name) for name in TALLY_NAMES] != self._depth:
-            with contextlib.suppress(sqlite3.Error):  # best effort: a full disk, say
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(sql.TALLY_DELETE, TALLY_NAMES)
-                db.executemany(sql.TALLY_INSERT, zip(TALLY_NAMES, self._depth, strict=True))
-                db.execute("COMMIT")
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+        acc.repair_tally(db)
         self._version = db.execute(sql.DATA_VERSION).fetchone()[0]
 
     def _keep_inflight(self) -> None:
@@ -242,20 +209,11 @@ class Store:
                 if type(lane) is int and 0 <= lane <= 2:
                     self._inflight[rid] = length << 2 | lane
 
-    def _count_rows(self) -> bool:
-        """Depth and bytes per lane from the rows, in one pass; True when some row has a lane
-        or timestamp that is not one (a damaged column: never taken, or breaking the age)."""
-        self._depth = [0, 0, 0]
-        self._bytes = 0
-        strays = False
-        for lane, n, size, bad_ts in self._db.execute(sql.COUNT_ROWS):
-            if type(lane) is not int or not 0 <= lane <= 2:
-                strays = True
-                continue
-            strays = strays or bad_ts > 0
-            self._depth[lane] = n
-            self._bytes += size + n * ROW_OVERHEAD
-        return strays
+    def _uncursor(self, ids: list[int]) -> None:
+        """Evicted records are no longer in flight (an ack of theirs finds nothing)."""
+        pop = self._inflight.pop
+        for rid in ids:
+            pop(rid, None)
 
     def _set_aside_strays(self) -> None:
         """Rows with a damaged lane or timestamp go to `damaged`, counted under their lane
@@ -331,7 +289,7 @@ class Store:
         # Nothing could be written: the records are lost, and counted.
         for lane, _, _ in rows:
             key = (int(lane), reason)
-            self._unsaved[key] = self._unsaved.get(key, 0) + 1
+            self._acc.lost(key, 1)
         return [0] * len(rows)
 
     def _append_txn(
@@ -339,7 +297,8 @@ class Store:
     ) -> tuple[int, set[int]]:
         """One transaction: expire, make room, insert. (first id, positions not kept)."""
         db = self._db
-        txn = _Txn()
+        acc = self._acc
+        txn = Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
             self._expire(txn)
@@ -359,7 +318,7 @@ class Store:
                 txn.depth[1] += events
                 txn.depth[2] += len(rows) - alarms - events
                 txn.bytes += incoming
-            self._save(txn)
+            acc.save(db, txn)
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
@@ -367,16 +326,18 @@ class Store:
             if sqlite_code(exc) == sqlite3.SQLITE_FULL:
                 raise DiskFull() from exc
             raise
-        self._apply(txn)
+        acc.apply(txn)
+        if txn.uncursored:
+            self._uncursor(txn.uncursored)
         return seq - len(kept) + 1, dropped
 
     def _limit(self) -> tuple[int, str]:
         """The bound for this transaction and the reason evictions under it are counted as."""
         now = time.monotonic()
         # A syscall per second, or per 512 KiB stored, is enough to see the disk filling.
-        if now >= self._next_statvfs or self._bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
+        if now >= self._next_statvfs or self._acc.bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
             self._next_statvfs = now + STATVFS_INTERVAL_S
-            self._statvfs_bytes = self._bytes
+            self._statvfs_bytes = self._acc.bytes
             self._check_space(now)
         limit, reason = self.cfg.max_bytes, "full"
         for cap in (self._space_cap, self._full_cap):
@@ -401,14 +362,14 @@ class Store:
         db = self._db
         free_pages = db.execute(sql.FREELIST_COUNT).fetchone()[0]
         page_size = db.execute(sql.PAGE_SIZE).fetchone()[0]
-        bound = self._bytes + free_pages * page_size + fs_free - RESERVE_BYTES
+        bound = self._acc.bytes + free_pages * page_size + fs_free - RESERVE_BYTES
         self._space_cap = bound if bound < self.cfg.max_bytes else None
         low = fs_free < 2 * RESERVE_BYTES
         if low and not self._disk_low:
             log.warning(
                 "buffer_disk_low path=%s bytes=%d free=%d free_in_file=%d bound=%d",
                 self.path,
-                self._bytes,
+                self._acc.bytes,
                 fs_free,
                 free_pages * page_size,
                 bound,
@@ -417,12 +378,10 @@ class Store:
             log.info("buffer_disk_space_back path=%s free=%d", self.path, fs_free)
         self._disk_low = low
 
-    def _make_room(
-        self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: _Txn
-    ) -> set[int]:
+    def _make_room(self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: Txn) -> set[int]:
         """Evict so that `rows` fit under the bound; returns the positions of rows not kept."""
         limit, reason = self._limit()
-        excess = self._bytes + txn.bytes + incoming - limit
+        excess = self._acc.bytes + txn.bytes + incoming - limit
         dropped: set[int] = set()
         if excess <= 0:
             return dropped
@@ -444,12 +403,12 @@ class Store:
                 return dropped
         return dropped
 
-    def _evict_oldest(self, lane: int, need: int, reason: str, txn: _Txn) -> int:
+    def _evict_oldest(self, lane: int, need: int, reason: str, txn: Txn) -> int:
         """Delete a lane's oldest records (not in flight first) until `need` bytes are freed."""
         freed = 0
         cursor = self._cursor[lane]
         for span in (sql.AFTER_CURSOR, sql.UP_TO_CURSOR):
-            if freed >= need or self._depth[lane] + txn.depth[lane] == 0:
+            if freed >= need or self._acc.depth[lane] + txn.depth[lane] == 0:
                 break
             q = self._db.execute(sql.EVICT_SCAN[lane, span], (lane, cursor))
             n = 0
@@ -473,14 +432,14 @@ class Store:
             freed += size
         return freed
 
-    def _expire(self, txn: _Txn) -> None:
+    def _expire(self, txn: Txn) -> None:
         """Drop telemetry older than max_age_s (by its own timestamp), oldest first, counted.
         Looks at the oldest rows only: one short query per transaction when nothing is due."""
         if self.cfg.max_age_s is None:
             return
         self._next_expiry = time.monotonic() + 1.0
         now = self._now()
-        if now < PLAUSIBLE_MS or self._depth[TELEMETRY] == 0:
+        if now < PLAUSIBLE_MS or self._acc.depth[TELEMETRY] == 0:
             return
         cutoff = now - self.cfg.max_age_s * 1000
         q = self._db.execute(  # a long-expired backlog goes in slices: appends never wait long
@@ -503,55 +462,27 @@ class Store:
             )
             txn.evict(TELEMETRY, "age", n, size)
 
-    def _save(self, txn: _Txn) -> None:
-        """Inside the transaction: its eviction counts (and any unsaved ones) and the tally."""
-        changed = [(n, TALLY_NAMES[lane]) for lane, n in enumerate(txn.depth) if n]
-        if changed:
-            self._db.executemany(sql.TALLY_ADD, changed)
-        if not txn.evicted and not self._unsaved:
-            return
-        counts = dict(txn.evicted)
-        for key, n in self._unsaved.items():
-            counts[key] = counts.get(key, 0) + n
-        txn.saved_unsaved = True
-        if counts:
-            self._db.executemany(
-                sql.COUNT_EVICTED, [(lane, reason, n) for (lane, reason), n in counts.items()]
-            )
-
-    def _apply(self, txn: _Txn) -> None:
-        for lane in range(3):
-            self._depth[lane] += txn.depth[lane]
-        self._bytes += txn.bytes
-        if txn.saved_unsaved:
-            for key, n in self._unsaved.items():
-                self._evicted[key] = self._evicted.get(key, 0) + n
-            self._unsaved.clear()
-        for key, n in txn.evicted.items():
-            self._evicted[key] = self._evicted.get(key, 0) + n
-        for rid in txn.uncursored:
-            self._inflight.pop(rid, None)
-
     def _shrink_for_disk_full(self, attempt: int) -> bool:
         """After SQLITE_FULL: lower the bound below what is stored now, evict down to it in a
         transaction of its own (deletes need little new space), and checkpoint so the WAL gives
         its space back. False when nothing more can be done for this append."""
         if attempt == 0:
-            log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._bytes)
-        if sum(self._depth) > 0:
-            self._full_cap = int(self._bytes * 0.8)
+            log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._acc.bytes)
+        if sum(self._acc.depth) > 0:
+            self._full_cap = int(self._acc.bytes * 0.8)
             self._full_until = time.monotonic() + DISK_FULL_HOLD_S
             with contextlib.suppress(OSError):
                 st = os.statvfs(self._dir)
                 self._full_fs_free = st.f_bavail * st.f_frsize
-            txn = _Txn()
+            txn = Txn()
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 self._make_room([], 0, txn)
-                self._save(txn)
+                self._acc.save(db, txn)
                 db.execute("COMMIT")
-                self._apply(txn)
+                self._acc.apply(txn)
+                self._uncursor(txn.uncursored)
             except sqlite3.Error:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -566,16 +497,10 @@ class Store:
         is salvaged, the rest counted as lost ("<lane>/corrupt"). False for any other error."""
         if not is_corrupt(exc):
             return False
-        known = list(self._depth)
-        # The eviction history so far is known here exactly: it goes on in the fresh file.
-        for key, n in self._evicted.items():
-            self._unsaved[key] = self._unsaved.get(key, 0) + n
-        self._evicted = {}
+        known = self._acc.carry_over()
         self._db, moved = self._file.replace(self._db, str(exc))
         self._cursor = [0, 0, 0]
         self._inflight.clear()
-        self._depth = [0, 0, 0]
-        self._bytes = 0
         self._salvage(moved, known)
         self._recount()
         return True
@@ -600,12 +525,13 @@ class Store:
         out: list[Entry] = []
         size = 0
         inflight = self._inflight
+        depth = self._acc.depth
         make = partial(tuple.__new__, Entry)  # a C-level Entry from a row tuple
         for lane in (0, 1, 2):
             want = max_records - len(out)
             if want <= 0:
                 break
-            if self._depth[lane] == 0:
+            if depth[lane] == 0:
                 continue
             rows = self._sendable(lane, want)
             if not rows:
@@ -635,7 +561,7 @@ class Store:
         # a nack or a rewind). A take that stopped at max_records or max_bytes returned above.
         self.drained = len(out) < max_records
         if not out:  # idle: a moment to give a drained outage's space back
-            maybe_vacuum(self._db, self._bytes)
+            maybe_vacuum(self._db, self._acc.bytes)
         return out
 
     def _sendable(self, lane: int, want: int) -> list[tuple[int, int, str]]:
@@ -679,19 +605,19 @@ class Store:
     def _set_aside(self, lane: int, ids: list[int], problem: str) -> None:
         """Move records that cannot be sent to `damaged`, counted "<lane>/damaged"."""
         db = self._db
-        txn = _Txn()
+        txn = Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
             (size,) = db.execute(ids_in(sql.BODY_CHARS_OF_IDS, len(ids)), ids).fetchone()
             n = self._move_damaged(ids_in("id IN ({})", len(ids)), ids, problem)
             txn.evict(lane, "damaged", n, size + n * ROW_OVERHEAD)
-            self._save(txn)
+            self._acc.save(db, txn)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        self._apply(txn)
+        self._acc.apply(txn)
         log.error(
             "buffer_damaged_records path=%s lane=%s n=%d problem=%s first_id=%d",
             self.path,
@@ -702,19 +628,19 @@ class Store:
         )
 
     def _expire_now(self) -> None:
-        txn = _Txn()
+        txn = Txn()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             self._expire(txn)
-            self._save(txn)
+            self._acc.save(db, txn)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             log.warning("buffer_expiry_failed error=%s", exc)
             return
-        self._apply(txn)
+        self._acc.apply(txn)
 
     def restamp(self, before_ms: int, delta_ms: int) -> int:
         """Move every stamp earlier than `before_ms` by `delta_ms` (stamps taken before the
@@ -741,7 +667,7 @@ class Store:
             known, unknown = ids, []
             popped = dict(zip(ids, cast("list[int]", vals), strict=True))
         db = self._db
-        txn = _Txn()
+        txn = Txn()
         try:
             db.execute("BEGIN IMMEDIATE")
             before = db.total_changes
@@ -762,7 +688,7 @@ class Store:
                 ).fetchall():
                     txn.depth[lane] -= 1
                     txn.bytes -= length + ROW_OVERHEAD
-            self._save(txn)
+            self._acc.save(db, txn)
             db.execute("COMMIT")
         except _Recount:
             db.execute("ROLLBACK")
@@ -777,7 +703,7 @@ class Store:
             # The records stay and are sent again later: a duplicate, never a loss.
             log.warning("buffer_ack_failed n=%d error=%s", len(known) + len(unknown), exc)
             return 0
-        self._apply(txn)
+        self._acc.apply(txn)
         n = -sum(txn.depth)
         self.acked += n
         return n
@@ -805,21 +731,17 @@ class Store:
         self._sync_external()
         oldest = None
         for lane in (0, 1, 2):
-            if self._depth[lane]:
+            if self._acc.depth[lane]:
                 row = self._db.execute(sql.OLDEST_TS[lane], (lane,)).fetchone()
                 if row is not None and (oldest is None or row[0] < oldest):
                     oldest = row[0]
-        evicted: dict[str, int] = {}
-        for counts in (self._evicted, self._unsaved):
-            for (lane, reason), n in counts.items():
-                key = f"{LANE_NAMES[lane]}/{reason}"
-                evicted[key] = evicted.get(key, 0) + n
+        depth = self._acc.depth
         return Stats(
-            depth=sum(self._depth),
-            bytes=self._bytes,
+            depth=sum(depth),
+            bytes=self._acc.bytes,
             oldest_ts_ms=oldest,
-            depth_by_lane={LANE_NAMES[lane]: n for lane, n in enumerate(self._depth) if n},
-            evicted=evicted,
+            depth_by_lane={LANE_NAMES[lane]: n for lane, n in enumerate(depth) if n},
+            evicted=self._acc.evicted_by_name(),
             appended=self.appended,
             acked=self.acked,
             file_bytes=file_bytes(self.path),
@@ -842,7 +764,7 @@ class Store:
         rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
         if rate <= 0:
             return float("inf")
-        return max(0, self._limit()[0] - self._bytes) / rate / 3600
+        return max(0, self._limit()[0] - self._acc.bytes) / rate / 3600
 
     def peek(self, n: int, lane: Lane | None = None) -> list[Entry]:
         return peek(self._db, n, lane)

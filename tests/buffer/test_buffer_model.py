@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from gatewayd.buffer import Store
-from gatewayd.buffer.store import ROW_OVERHEAD
+from gatewayd.buffer.accounting import ROW_OVERHEAD
 from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Quality, Record
