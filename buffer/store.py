@@ -17,11 +17,18 @@ Invariants:
   and a commit by another connection (the `gatewayd buffer` CLI) is noticed through
   `data_version` and recounted.
 
-On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain): see sql.py.
-Opening, quarantine and salvage of a corrupt file, id seeding, permissions: see lifecycle.py.
-The eviction totals are written in the same transaction as the deletes, so after a crash the
-counts still match the data; `damaged` keeps the latest DAMAGED_KEEP records set aside by `take`,
-as found, for inspection (`gatewayd buffer stats` counts them).
+The Store keeps the transactions (append, take, ack, set-aside, expiry, restamp) and composes
+collaborators that never import it:
+- sql.py: the schema, the pragmas, every statement (on-disk layout: WAL; freed pages are reused,
+  and given back by VACUUM after a drain);
+- lifecycle.py (BufferFile): opening, quick check, quarantine and salvage of a corrupt file, id
+  seeding, permissions, vacuum;
+- accounting.py (Accounting, Txn): the exact counts, the tally and the eviction totals, written
+  in the same transaction as the deletes, so after a crash the counts still match the data;
+- eviction.py (Bound, Evictor): the size bound from max_bytes and the free disk, a full disk,
+  the order of eviction, expiry by age, hours left.
+`damaged` keeps the latest DAMAGED_KEEP records set aside by `take`, as found, for inspection
+(`gatewayd buffer stats` counts them).
 
 Tally: the number of live records per lane is kept in `sqlite_sequence` (rows "records.lane0..2"
 beside the id sequence, whose page every insert writes anyway), updated in the transaction that
@@ -29,20 +36,9 @@ changes it (Accounting.save). When a file is found corrupt it is what tells how 
 could not be salvaged.
 
 Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
-less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
-corrupt file that could not be salvaged), damaged (a record that cannot be sent, see `take`),
-error (an append no write could store), purged (the CLI).
-
-Disk space: the bound is recomputed at every space check (once a second, or per 512 KiB stored)
-from the real free space: the file system's free space above RESERVE_BYTES plus the free pages
-inside the file (which new records reuse). So eviction brings the buffer to a steady size rather
-than ratcheting it down, and stops at the first check after space comes back. An SQLITE_FULL
-lowers the bound to 80% of what is stored, until the file system has gained RESERVE_BYTES / 2 or
-DISK_FULL_HOLD_S passed.
-
-Hours left (`Stats.hours_left`, the `buffer_hours_left` gauge): the bound above minus what is
-stored, over the append rate of the last FILL_WINDOW_S: how long an outage starting now lasts
-before the first eviction.
+less than eviction.RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the
+records of a corrupt file that could not be salvaged), damaged (a record that cannot be sent, see
+`take`), error (an append no write could store), purged (the CLI).
 
 In flight: `take` moves a per-lane cursor in memory only; after a crash everything not acked is
 taken again. `nack(ids)` moves a lane's cursor back before the first nacked id.
@@ -52,44 +48,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, cast
 
-from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Record, now_ms
 
 from . import sql
 from .accounting import LANE_NAMES, ROW_OVERHEAD, Accounting, Txn
 from .codec import decode_body, encode_body
+from .eviction import Bound, Evictor
 from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
-from .sql import TELEMETRY, ids_in
+from .sql import ids_in
 
 log = logging.getLogger("gatewayd.buffer")
 
-# Evict a little more than needed, so a full buffer deletes in chunks, not a row per append.
-EVICT_SLACK = 1 / 200
-EXPIRE_SLICE = 20_000
-# Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md). A row
-# stamped before it has no age until `restamp` corrects it.
-# A bound learned from SQLITE_FULL is dropped after this long, or once the file system gained
-# RESERVE_BYTES / 2, whichever comes first.
-DISK_FULL_HOLD_S = 600.0
-# How often the free space is looked at (also after every RESERVE_BYTES / 4 stored).
-STATVFS_INTERVAL_S = 1.0
 # Damaged records kept for inspection (all are counted; only the latest are kept).
 DAMAGED_KEEP = 1000
-# Free space kept on the file system. A WAL holding pages that grow the file cannot be
-# checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
-# growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
-FILL_WINDOW_S = 60.0  # the append rate behind Stats.hours_left is measured over this
-RESERVE_BYTES = 2 << 20
 
 
 class DiskFull(Exception):
@@ -138,20 +117,12 @@ class Store:
         self._cursor = [0, 0, 0]
         self._inflight: dict[int, int] = {}  # taken id -> len(body) << 2 | lane
         self._acc = Accounting()
-        self._full_cap: int | None = None  # the bound learned from SQLITE_FULL
-        self._full_until = 0.0
-        self._full_fs_free = 0
-        self._space_cap: int | None = None  # the bound the free space allows (None: no bound)
-        self._disk_low = False
-        self._next_expiry = 0.0
-        self._next_statvfs = 0.0
-        self._statvfs_bytes = 0
-        self._dir = str(self.path.parent)
+        self._bound = Bound(cfg.max_bytes, self.path, self._acc)
+        self._evictor = Evictor(self._acc, self._bound, cfg.max_age_s, now)
         self.appended = 0
         self.acked = 0
         self.drained = False  # the last take left nothing behind (see `_take`)
         self.appended_bytes = 0  # the fill rate's measure (body + ROW_OVERHEAD per record)
-        self._fill_samples: list[tuple[float, int]] = []  # (monotonic, appended_bytes)
         self._db, moved = self._file.open()
         if moved is not None:
             self._salvage(moved, None)
@@ -298,11 +269,13 @@ class Store:
         """One transaction: expire, make room, insert. (first id, positions not kept)."""
         db = self._db
         acc = self._acc
+        evictor = self._evictor
+        cursor = self._cursor
         txn = Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._expire(txn)
-            dropped = self._make_room(rows, incoming, txn)
+            evictor.expire(db, cursor, txn)
+            dropped = evictor.make_room(db, cursor, rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
             sql.insert(db, kept)
             # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
@@ -331,137 +304,6 @@ class Store:
             self._uncursor(txn.uncursored)
         return seq - len(kept) + 1, dropped
 
-    def _limit(self) -> tuple[int, str]:
-        """The bound for this transaction and the reason evictions under it are counted as."""
-        now = time.monotonic()
-        # A syscall per second, or per 512 KiB stored, is enough to see the disk filling.
-        if now >= self._next_statvfs or self._acc.bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
-            self._next_statvfs = now + STATVFS_INTERVAL_S
-            self._statvfs_bytes = self._acc.bytes
-            self._check_space(now)
-        limit, reason = self.cfg.max_bytes, "full"
-        for cap in (self._space_cap, self._full_cap):
-            if cap is not None and cap < limit:
-                limit, reason = cap, "disk_full"
-        return limit, reason
-
-    def _check_space(self, now: float) -> None:
-        """Recompute the bound the free space allows: what is stored, plus the free pages in the
-        file, plus the file system's free space above the reserve. Eviction frees pages inside
-        the file, so it does not lower this bound again; space freed on the disk raises it."""
-        try:
-            st = os.statvfs(self._dir)
-        except OSError:
-            return
-        fs_free = st.f_bavail * st.f_frsize
-        if self._full_cap is not None and (
-            now >= self._full_until or fs_free >= self._full_fs_free + RESERVE_BYTES // 2
-        ):
-            self._full_cap = None
-            log.info("buffer_disk_full_cleared path=%s free=%d", self.path, fs_free)
-        db = self._db
-        free_pages = db.execute(sql.FREELIST_COUNT).fetchone()[0]
-        page_size = db.execute(sql.PAGE_SIZE).fetchone()[0]
-        bound = self._acc.bytes + free_pages * page_size + fs_free - RESERVE_BYTES
-        self._space_cap = bound if bound < self.cfg.max_bytes else None
-        low = fs_free < 2 * RESERVE_BYTES
-        if low and not self._disk_low:
-            log.warning(
-                "buffer_disk_low path=%s bytes=%d free=%d free_in_file=%d bound=%d",
-                self.path,
-                self._acc.bytes,
-                fs_free,
-                free_pages * page_size,
-                bound,
-            )
-        elif self._disk_low and not low:
-            log.info("buffer_disk_space_back path=%s free=%d", self.path, fs_free)
-        self._disk_low = low
-
-    def _make_room(self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: Txn) -> set[int]:
-        """Evict so that `rows` fit under the bound; returns the positions of rows not kept."""
-        limit, reason = self._limit()
-        excess = self._acc.bytes + txn.bytes + incoming - limit
-        dropped: set[int] = set()
-        if excess <= 0:
-            return dropped
-        slack = int(limit * EVICT_SLACK)  # only for stored records, never for incoming ones
-        excess += slack
-        for lane in (TELEMETRY, int(Lane.EVENT), int(Lane.ALARM)):
-            need = excess if lane == TELEMETRY else excess - slack
-            excess -= self._evict_oldest(lane, need, reason, txn)
-            if excess <= slack:
-                return dropped
-            # Nothing older is left in this lane: the incoming records of the lane go next.
-            for i, r in enumerate(rows):
-                if r[0] == lane and excess > slack:
-                    excess -= len(r[2]) + ROW_OVERHEAD
-                    dropped.add(i)
-                    key = (lane, reason)
-                    txn.evicted[key] = txn.evicted.get(key, 0) + 1
-            if excess <= slack:
-                return dropped
-        return dropped
-
-    def _evict_oldest(self, lane: int, need: int, reason: str, txn: Txn) -> int:
-        """Delete a lane's oldest records (not in flight first) until `need` bytes are freed."""
-        freed = 0
-        cursor = self._cursor[lane]
-        for span in (sql.AFTER_CURSOR, sql.UP_TO_CURSOR):
-            if freed >= need or self._acc.depth[lane] + txn.depth[lane] == 0:
-                break
-            q = self._db.execute(sql.EVICT_SCAN[lane, span], (lane, cursor))
-            n = 0
-            size = 0
-            last = None
-            ids = []
-            for rid, length in q:
-                n += 1
-                size += length + ROW_OVERHEAD
-                last = rid
-                if span is sql.UP_TO_CURSOR:
-                    ids.append(rid)
-                if freed + size >= need:
-                    break
-            q.close()
-            if last is None:
-                continue
-            self._db.execute(sql.EVICT_DELETE[lane, span], (lane, cursor, last))
-            txn.evict(lane, reason, n, size)
-            txn.uncursored.extend(ids)
-            freed += size
-        return freed
-
-    def _expire(self, txn: Txn) -> None:
-        """Drop telemetry older than max_age_s (by its own timestamp), oldest first, counted.
-        Looks at the oldest rows only: one short query per transaction when nothing is due."""
-        if self.cfg.max_age_s is None:
-            return
-        self._next_expiry = time.monotonic() + 1.0
-        now = self._now()
-        if now < PLAUSIBLE_MS or self._acc.depth[TELEMETRY] == 0:
-            return
-        cutoff = now - self.cfg.max_age_s * 1000
-        q = self._db.execute(  # a long-expired backlog goes in slices: appends never wait long
-            sql.EXPIRE_SCAN, (TELEMETRY, self._cursor[TELEMETRY], EXPIRE_SLICE)
-        )
-        n = size = 0
-        last = None
-        for rid, ts, length in q:
-            if ts >= cutoff:
-                break
-            if ts < PLAUSIBLE_MS:  # stamped before the clock was set: no age
-                continue
-            n += 1
-            size += length + ROW_OVERHEAD
-            last = rid
-        q.close()
-        if last is not None:
-            self._db.execute(
-                sql.EXPIRE_DELETE, (TELEMETRY, self._cursor[TELEMETRY], last, PLAUSIBLE_MS)
-            )
-            txn.evict(TELEMETRY, "age", n, size)
-
     def _shrink_for_disk_full(self, attempt: int) -> bool:
         """After SQLITE_FULL: lower the bound below what is stored now, evict down to it in a
         transaction of its own (deletes need little new space), and checkpoint so the WAL gives
@@ -469,16 +311,12 @@ class Store:
         if attempt == 0:
             log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._acc.bytes)
         if sum(self._acc.depth) > 0:
-            self._full_cap = int(self._acc.bytes * 0.8)
-            self._full_until = time.monotonic() + DISK_FULL_HOLD_S
-            with contextlib.suppress(OSError):
-                st = os.statvfs(self._dir)
-                self._full_fs_free = st.f_bavail * st.f_frsize
+            self._bound.disk_full()
             txn = Txn()
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                self._make_room([], 0, txn)
+                self._evictor.make_room(db, self._cursor, [], 0, txn)
                 self._acc.save(db, txn)
                 db.execute("COMMIT")
                 self._acc.apply(txn)
@@ -520,7 +358,7 @@ class Store:
 
     def _take(self, max_records: int, max_bytes: int) -> list[Entry]:
         self._sync_external()
-        if self.cfg.max_age_s is not None and time.monotonic() >= self._next_expiry:
+        if self._evictor.expiry_due():
             self._expire_now()
         out: list[Entry] = []
         size = 0
@@ -632,7 +470,7 @@ class Store:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            self._expire(txn)
+            self._evictor.expire(db, self._cursor, txn)
             self._acc.save(db, txn)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -749,22 +587,8 @@ class Store:
             quarantined=len(self._file.quarantined),
             salvaged=self._file.salvaged,
             incarnation=self._file.incarnation,
-            hours_left=self._hours_left(),
+            hours_left=self._bound.hours_left(self._db, self.appended_bytes),
         )
-
-    def _hours_left(self) -> float:
-        """Free bound ÷ the append rate over the last FILL_WINDOW_S (samples at most 1/s)."""
-        now = time.monotonic()
-        samples = self._fill_samples
-        if not samples or now - samples[-1][0] >= 1.0:
-            samples.append((now, self.appended_bytes))
-        while len(samples) > 2 and now - samples[1][0] >= FILL_WINDOW_S:
-            samples.pop(0)
-        (t0, b0), (t1, b1) = samples[0], samples[-1]
-        rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-        if rate <= 0:
-            return float("inf")
-        return max(0, self._limit()[0] - self._acc.bytes) / rate / 3600
 
     def peek(self, n: int, lane: Lane | None = None) -> list[Entry]:
         return peek(self._db, n, lane)
