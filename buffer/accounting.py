@@ -26,7 +26,7 @@ import sqlite3
 from gatewayd.reading import Lane
 
 from . import sql
-from .sql import TALLY_NAMES
+from .sql import COUNT_EVICTED, TALLY_ADD, TALLY_NAMES
 
 # Per-row bytes beyond the body (rowid, lane, ts, cell header and pointer, page slack), so that
 # `bytes` tracks the file's real size for the bound.
@@ -70,7 +70,7 @@ class Accounting:
         """Inside the transaction: its eviction counts (and any unsaved ones) and the tally."""
         changed = [(n, TALLY_NAMES[lane]) for lane, n in enumerate(txn.depth) if n]
         if changed:
-            db.executemany(sql.TALLY_ADD, changed)
+            db.executemany(TALLY_ADD, changed)
         if not txn.evicted and not self.unsaved:
             return
         counts = dict(txn.evicted)
@@ -79,7 +79,7 @@ class Accounting:
         txn.saved_unsaved = True
         if counts:
             db.executemany(
-                sql.COUNT_EVICTED, [(lane, reason, n) for (lane, reason), n in counts.items()]
+                COUNT_EVICTED, [(lane, reason, n) for (lane, reason), n in counts.items()]
             )
 
     def apply(self, txn: Txn) -> None:

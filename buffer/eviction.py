@@ -159,7 +159,9 @@ class Evictor:
         self.bound = bound
         self.max_age_s = max_age_s
         self._now = now
-        self.next_expiry = 0.0  # monotonic: expiry is looked at by `take` once a second
+        # Monotonic: `take` expires (in a transaction of its own) when this has passed; every
+        # append expires in its own transaction.
+        self.next_expiry = 0.0
 
     def make_room(
         self,
@@ -251,7 +253,3 @@ class Evictor:
         if last is not None:
             db.execute(sql.EXPIRE_DELETE, (TELEMETRY, after, last, PLAUSIBLE_MS))
             txn.evict(TELEMETRY, "age", n, size)
-
-    def expiry_due(self) -> bool:
-        """Whether `take` should expire first (appends expire in their own transaction)."""
-        return self.max_age_s is not None and time.monotonic() >= self.next_expiry

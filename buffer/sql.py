@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import chain
 
 from gatewayd.reading import Lane
@@ -185,6 +186,7 @@ SIZES_OF_IDS = "SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({})"
 BODY_CHARS_OF_IDS = "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records WHERE id IN ({})"
 
 
+@lru_cache(maxsize=1024)  # n is at most a batch's size: the texts of an ack are reused
 def ids_in(template: str, n: int) -> str:
     """A by-id template above, for a list of n ids."""
     return template.format(",".join("?" * n))

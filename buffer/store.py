@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,7 +64,7 @@ from .accounting import LANE_NAMES, ROW_OVERHEAD, Accounting, Txn
 from .codec import decode_body, encode_body
 from .eviction import Bound, Evictor
 from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
-from .sql import ids_in
+from .sql import DATA_VERSION, SEQ, ids_in, insert
 
 log = logging.getLogger("gatewayd.buffer")
 
@@ -218,7 +219,7 @@ class Store:
         return int(n)
 
     def _sync_external(self) -> None:
-        v = self._db.execute(sql.DATA_VERSION).fetchone()[0]
+        v = self._db.execute(DATA_VERSION).fetchone()[0]
         if v != self._version:
             log.info("buffer_changed_externally path=%s", self.path)
             self._recount()
@@ -277,9 +278,9 @@ class Store:
             evictor.expire(db, cursor, txn)
             dropped = evictor.make_room(db, cursor, rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
-            sql.insert(db, kept)
+            insert(db, kept)
             # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
-            (seq,) = db.execute(sql.SEQ).fetchone()
+            (seq,) = db.execute(SEQ).fetchone()
             if dropped:
                 for lane, _, body in kept:
                     txn.depth[lane] += 1
@@ -358,7 +359,8 @@ class Store:
 
     def _take(self, max_records: int, max_bytes: int) -> list[Entry]:
         self._sync_external()
-        if self._evictor.expiry_due():
+        evictor = self._evictor
+        if evictor.max_age_s is not None and time.monotonic() >= evictor.next_expiry:
             self._expire_now()
         out: list[Entry] = []
         size = 0
