@@ -4,7 +4,8 @@ eviction totals per "<lane>/<reason>".
 Invariants (Accounting):
 - `depth[lane]` is the number of records of the lane in the file, and `bytes` the sum over them of
   LENGTH(body) + ROW_OVERHEAD, as of the last transaction this connection committed (or the last
-  recount): they change only by `apply` of a committed Txn, or by `count_rows`;
+  recount): they change only by `apply` of a committed Txn, by a recount (`count_rows`), or
+  when the file is replaced (`carry_over`);
 - the tally rows of sqlite_sequence (sql.TALLY_NAMES) equal `depth` after every commit: `save`
   writes a transaction's changes to them inside that transaction;
 - every eviction ever counted is in exactly one of `evicted` (what the `evictions` table holds as

@@ -6,8 +6,8 @@ Invariants:
   counted in `evicted` under "<lane>/<reason>" and gets id 0;
 - `take` returns only records whose body is valid UTF-8 and a JSON object that starts with its
   "point" member and has no "id", so the uplink's splice of `{"id":N,` before it always parses
-  to the right id; a record that
-  fails this is moved to `damaged` and counted ("<lane>/damaged"), and never blocks the others;
+  to the right id; a record that fails this is moved to `damaged` and counted
+  ("<lane>/damaged"), and never blocks the others;
 - a record leaves the file only through `ack` or a counted eviction; eviction takes the oldest
   telemetry first (records not in flight before those in flight), events only when no telemetry
   is left, alarms only when nothing else is left, incoming records included in that order;
@@ -18,7 +18,8 @@ Invariants:
   `data_version` and recounted.
 
 The Store keeps the transactions (append, take, ack, set-aside, expiry, restamp) and composes
-collaborators that never import it:
+collaborators that never import it (the Store owns the connection and the take cursor, and hands
+them to each call, so a file replaced while running leaves no stale reference behind):
 - sql.py: the schema, the pragmas, every statement (on-disk layout: WAL; freed pages are reused,
   and given back by VACUUM after a drain);
 - lifecycle.py (BufferFile): opening, quick check, quarantine and salvage of a corrupt file, id
