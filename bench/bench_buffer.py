@@ -24,7 +24,7 @@ from pathlib import Path
 
 from gatewayd.buffer import Buffer, Store
 from gatewayd.buffer.codec import encode_body
-from gatewayd.buffer.store import _SCHEMA
+from gatewayd.buffer.sql import SCHEMA
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Record
 
@@ -57,7 +57,7 @@ def raw_db(path: Path, sync: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={sync.upper()}")
     db.execute("PRAGMA wal_autocheckpoint=256")
-    db.executescript(_SCHEMA)
+    db.executescript(SCHEMA)
     return db
 
 

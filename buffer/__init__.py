@@ -7,6 +7,7 @@ Invariants:
 """
 
 from .buffer import Buffer
-from .store import BufferOpenError, Entry, Stats, Store
+from .lifecycle import BufferOpenError
+from .store import Entry, Stats, Store
 
 __all__ = ["Buffer", "BufferOpenError", "Entry", "Stats", "Store"]

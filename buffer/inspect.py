@@ -16,8 +16,10 @@ from typing import Any
 
 from gatewayd.reading import Lane
 
-from .salvage import TALLY_NAMES
-from .store import ID_BITS, LANE_NAMES, LANE_WHERE, ROW_OVERHEAD, BufferOpenError, Entry, file_bytes
+from .accounting import LANE_NAMES, ROW_OVERHEAD
+from .lifecycle import BufferOpenError, file_bytes
+from .sql import ID_BITS, LANE_WHERE, TALLY_NAMES
+from .store import Entry
 
 
 def open_file(path: Path, write: bool = False) -> sqlite3.Connection:

@@ -8,7 +8,7 @@ Invariants:
   unreadable row or page it probes ever further ids until a seek succeeds, then bisects back to
   the first id that can be read again;
 - `tally` is the per-lane count of live records the file kept in the same transactions as the
-  rows (see store: "Tally"), or None when that page is unreadable; `regions` counts the unreadable
+  rows (see sql: TALLY_NAMES), or None when that page is unreadable; `regions` counts the unreadable
   stretches met, so a caller knows whether anything at all was lost.
 """
 
@@ -19,11 +19,12 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import sql
+from .sql import ID_BITS, TALLY_NAMES
+
 # Ids are below 2^63; a probe past the last stored id finds nothing, which ends the walk.
 _ID_END = 1 << 62
 _CHUNK = 2000
-_ID_BITS = 40  # store.ID_BITS: the ids of one incarnation share id >> 40
-TALLY_NAMES = ("records.lane0", "records.lane1", "records.lane2")
 
 
 class Damaged:
@@ -46,19 +47,13 @@ class Damaged:
             self.regions = 1
             return
         with contextlib.suppress(sqlite3.Error):
-            found = dict(
-                self._db.execute(
-                    "SELECT name, seq FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES
-                ).fetchall()
-            )
-            seq = self._db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
-            ).fetchone()
+            found = dict(self._db.execute(sql.TALLY_READ, TALLY_NAMES).fetchall())
+            seq = self._db.execute(sql.SEQ).fetchone()
             self.last_seq = int(seq[0]) if seq and isinstance(seq[0], int) else 0
             if all(isinstance(found.get(n), int) for n in TALLY_NAMES):
                 self.tally = [int(found[n]) for n in TALLY_NAMES]
         with contextlib.suppress(sqlite3.Error):
-            for lane, reason, n in self._db.execute("SELECT lane, reason, n FROM evictions"):
+            for lane, reason, n in self._db.execute(sql.EVICTIONS):
                 if lane in (0, 1, 2) and isinstance(reason, str) and isinstance(n, int):
                     self.evictions[(lane, reason)] = n
 
@@ -146,5 +141,5 @@ class Damaged:
 def _spanned(last: int, end: int) -> int:
     """Ids strictly between two readable ids that could have been records: from the start of
     `end`'s incarnation when they differ (salvaged older rows, or the start of the file)."""
-    base = end >> _ID_BITS << _ID_BITS
+    base = end >> ID_BITS << ID_BITS
     return max(0, end - max(last, base) - 1)

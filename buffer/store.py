@@ -6,60 +6,40 @@ Invariants:
   counted in `evicted` under "<lane>/<reason>" and gets id 0;
 - `take` returns only records whose body is valid UTF-8 and a JSON object that starts with its
   "point" member and has no "id", so the uplink's splice of `{"id":N,` before it always parses
-  to the right id; a record that
-  fails this is moved to `damaged` and counted ("<lane>/damaged"), and never blocks the others;
+  to the right id; a record that fails this is moved to `damaged` and counted
+  ("<lane>/damaged"), and never blocks the others;
 - a record leaves the file only through `ack` or a counted eviction; eviction takes the oldest
   telemetry first (records not in flight before those in flight), events only when no telemetry
   is left, alarms only when nothing else is left, incoming records included in that order;
-- ids never repeat on a gateway: see "Ids" below;
-- the in-memory accounting (depth per lane, bytes) is exact: it changes only after a commit, and
-  a commit by another connection (the `gatewayd buffer` CLI) is noticed through `data_version`
-  and recounted.
+- ids never repeat on a gateway (see lifecycle.py: "Ids");
+- the in-memory accounting (depth per lane, bytes, eviction counts: see accounting.py) is exact:
+  every transaction here collects its changes in a Txn that is applied only after its COMMIT,
+  and a commit by another connection (the `gatewayd buffer` CLI) is noticed through
+  `data_version` and recounted.
 
-On-disk layout (WAL; freed pages are reused, and given back by VACUUM after a drain):
-- `records(id INTEGER PRIMARY KEY AUTOINCREMENT, lane, ts_ms, body)`: `body` is the record's
-  canonical JSON (see codec) without the id. Telemetry is taken and evicted by rowid order;
-  alarms and events, which are few, have a partial index `(lane, id) WHERE lane < 2`, so a
-  telemetry insert touches no index;
-- `evictions(lane, reason, n)`: eviction totals since the file was created, written in the same
-  transaction as the deletes, so after a crash the counts still match the data;
-- `damaged(id, lane, ts_ms, body BLOB, problem, found_ms)`: the latest DAMAGED_KEEP records set
-  aside by `take`, kept as found for inspection (`gatewayd buffer stats` counts them).
+The Store keeps the transactions (append, take, ack, set-aside, expiry, restamp) and composes
+collaborators that never import it (the Store owns the connection and the take cursor, and hands
+them to each call, so a file replaced while running leaves no stale reference behind):
+- sql.py: the schema, the pragmas, every statement (on-disk layout: WAL; freed pages are reused,
+  and given back by VACUUM after a drain);
+- lifecycle.py (BufferFile): opening, quick check, quarantine and salvage of a corrupt file, id
+  seeding, permissions, vacuum;
+- accounting.py (Accounting, Txn): the exact counts, the tally and the eviction totals, written
+  in the same transaction as the deletes, so after a crash the counts still match the data;
+- eviction.py (Bound, Evictor): the size bound from max_bytes and the free disk, a full disk,
+  the order of eviction, expiry by age, hours left.
+`damaged` keeps the latest DAMAGED_KEEP records set aside by `take`, as found, for inspection
+(`gatewayd buffer stats` counts them).
 
 Tally: the number of live records per lane is kept in `sqlite_sequence` (rows "records.lane0..2"
 beside the id sequence, whose page every insert writes anyway), updated in the transaction that
-changes it. When a file is found corrupt it is what tells how many records could not be salvaged.
-
-Salvage: a file found corrupt (at start or while running) is moved aside, and every row that can
-still be read from it (see salvage.py) is copied into the fresh file with its id; the rest are
-counted as "<lane>/corrupt": the tally (or, while running, the in-memory depth) minus what was
-salvaged. Only when the tally's page is unreadable too is the loss an estimate (logged so).
-
-Ids: a new file starts its AUTOINCREMENT sequence at `incarnation << 40`. The incarnation is
-counted in the sidecar `<file>.incarnation` (written atomically before the file is seeded) and the
-file's own sequence repairs a sidecar that fell behind at every open, so a file that is deleted or
-quarantined as corrupt is followed by one whose ids are all higher. Only losing the sidecar and
-the file together (or a corrupt file whose sidecar was lost since its last open) can restart the
-ids. 2^40 ids per incarnation (35 years at 1000 readings/s); JSON-safe (< 2^53) for 8191 of them.
+changes it (Accounting.save). When a file is found corrupt it is what tells how many records
+could not be salvaged.
 
 Eviction reasons ("<lane>/<reason>"): full (max_bytes), disk_full (the file system filled up, or
-less than RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the records of a
-corrupt file that could not be salvaged), damaged (a record that cannot be sent, see `take`),
-error (an append no write could store), purged (the CLI).
-
-Disk space: the bound is recomputed at every space check (once a second, or per 512 KiB stored)
-from the real free space: the file system's free space above RESERVE_BYTES plus the free pages
-inside the file (which new records reuse). So eviction brings the buffer to a steady size rather
-than ratcheting it down, and stops at the first check after space comes back. An SQLITE_FULL
-lowers the bound to 80% of what is stored, until the file system has gained RESERVE_BYTES / 2 or
-DISK_FULL_HOLD_S passed.
-
-Permissions: the file is created 0600 (SQLite gives its -wal and -shm the file's mode), and an
-existing file or sidecar readable by others is made 0600 at open: records may be sensitive.
-
-Hours left (`Stats.hours_left`, the `buffer_hours_left` gauge): the bound above minus what is
-stored, over the append rate of the last FILL_WINDOW_S: how long an outage starting now lasts
-before the first eviction.
+less than eviction.RESERVE_BYTES is free), age (telemetry older than max_age_s), corrupt (the
+records of a corrupt file that could not be salvaged), damaged (a record that cannot be sent, see
+`take`), error (an append no write could store), purged (the CLI).
 
 In flight: `take` moves a per-lane cursor in memory only; after a crash everything not acked is
 taken again. `nack(ids)` moves a lane's cursor back before the first nacked id.
@@ -69,110 +49,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, cast
 
-from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
-from gatewayd.errors import PlacedError
-from gatewayd.files import write_atomic
 from gatewayd.reading import Lane, Record, now_ms
 
+from . import sql
+from .accounting import LANE_NAMES, ROW_OVERHEAD, Accounting, Txn
 from .codec import decode_body, encode_body
-from .salvage import TALLY_NAMES, Damaged
+from .eviction import Bound, Evictor
+from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
+from .sql import DATA_VERSION, SEQ, ids_in, insert
 
 log = logging.getLogger("gatewayd.buffer")
 
-ID_BITS = 40
-# Per-row bytes beyond the body (rowid, lane, ts, cell header and pointer, page slack), so that
-# `bytes` tracks the file's real size for the bound.
-ROW_OVERHEAD = 32
-# Evict a little more than needed, so a full buffer deletes in chunks, not a row per append.
-EVICT_SLACK = 1 / 200
-EXPIRE_SLICE = 20_000
-# Age expiry waits for a plausible clock: a Pi without RTC boots in the past (see OPS.md). A row
-# stamped before it has no age until `restamp` corrects it.
-# Give space back to the file system once a backlog is drained: when `take` finds nothing to
-# send, half of the file is free and little is live, VACUUM rewrites the file. It writes only the
-# live pages (then just records in flight), where incremental vacuum would rewrite about half a
-# page per freed page; until then freed pages are reused by new records.
-VACUUM_MIN_FREE_PAGES = 256
-VACUUM_FREE_FRACTION = 0.5
-VACUUM_MAX_LIVE_BYTES = 16 << 20
-# How long a write waits for the CLI's short transactions.
-BUSY_TIMEOUT_MS = 5000
-# A bound learned from SQLITE_FULL is dropped after this long, or once the file system gained
-# RESERVE_BYTES / 2, whichever comes first.
-DISK_FULL_HOLD_S = 600.0
-# How often the free space is looked at (also after every RESERVE_BYTES / 4 stored).
-STATVFS_INTERVAL_S = 1.0
 # Damaged records kept for inspection (all are counted; only the latest are kept).
 DAMAGED_KEEP = 1000
-# A body `take` may hand out: valid UTF-8 (checked by decoding it), then this, in SQLite: a
-# JSON object that starts with "point" and has no "id" of its own (the uplink puts it first).
-_SENDABLE = (
-    "CASE WHEN typeof(body) = 'text' AND json_valid(body) "
-    "THEN substr(body, 1, 9) = '{\"point\":' AND json_type(body, '$.id') IS NULL ELSE 0 END"
-)
-SALVAGE_CHUNK = 5000
-# Free space kept on the file system. A WAL holding pages that grow the file cannot be
-# checkpointed into a full disk, and then not even a delete can commit: so the buffer stops
-# growing (and evicts, reason disk_full) before the last bytes are gone, as if it were full.
-FILL_WINDOW_S = 60.0  # the append rate behind Stats.hours_left is measured over this
-RESERVE_BYTES = 2 << 20
-
-TELEMETRY = int(Lane.TELEMETRY)
-LANE_NAMES = {int(lane): lane.name.lower() for lane in Lane}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    lane INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_priority ON records (lane, id) WHERE lane < 2;
-CREATE TABLE IF NOT EXISTS evictions (
-    lane INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (lane, reason)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS damaged (
-    id INTEGER PRIMARY KEY,
-    lane,
-    ts_ms,
-    body BLOB,
-    problem TEXT NOT NULL,
-    found_ms INTEGER NOT NULL
-);
-"""
-_TALLY = "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = ?"
-# Rows go in multi-row INSERTs: one statement of n rows costs about a third of n executions of
-# a one-row statement (AUTOINCREMENT writes its sequence once per statement). Power-of-two sizes
-# keep the texts few, so they stay in the connection's statement cache.
-_INSERT_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
-_INSERTS = {
-    n: "INSERT INTO records (lane, ts_ms, body) VALUES " + ", ".join(["(?, ?, ?)"] * n)
-    for n in _INSERT_SIZES
-}
-_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
-# Lane filters that let SQLite use the rowid for telemetry and the partial index for the others.
-LANE_WHERE = {
-    int(lane): "lane = ?" if lane is Lane.TELEMETRY else "lane < 2 AND lane = ?" for lane in Lane
-}
-
-
-class BufferOpenError(PlacedError):
-    """The buffer file cannot be opened or created (missing or read-only directory, ...)."""
 
 
 class DiskFull(Exception):
@@ -210,30 +108,6 @@ class Stats:
     hours_left: float = float("inf")
 
 
-class _Txn:
-    """What a transaction changed, applied to the in-memory accounting only after COMMIT."""
-
-    __slots__ = ("bytes", "depth", "evicted", "saved_unsaved", "uncursored")
-
-    def __init__(self) -> None:
-        self.saved_unsaved = False
-        self.bytes = 0
-        self.depth = [0, 0, 0]
-        self.evicted: dict[tuple[int, str], int] = {}
-        self.uncursored: list[int] = []  # evicted ids that may be in the in-flight map
-
-    def evict(self, lane: int, reason: str, n: int, size: int) -> None:
-        self.depth[lane] -= n
-        self.bytes -= size
-        key = (lane, reason)
-        self.evicted[key] = self.evicted.get(key, 0) + n
-
-
-def sqlite_code(exc: BaseException) -> int:
-    """The primary SQLite result code of an exception (extended codes folded), 0 if none."""
-    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-
-
 class Store:
     def __init__(
         self, path: str | Path, cfg: BufferConfig, now: Callable[[], int] = now_ms
@@ -241,224 +115,62 @@ class Store:
         self.path = Path(path)
         self.cfg = cfg
         self._now = now
-        self.quarantined: list[Path] = []
-        self.salvaged = 0
-        _check_directory(self.path)
+        self._file = BufferFile(self.path, cfg.sync)
         self._cursor = [0, 0, 0]
         self._inflight: dict[int, int] = {}  # taken id -> len(body) << 2 | lane
-        self._evicted: dict[tuple[int, str], int] = {}
-        self._unsaved: dict[tuple[int, str], int] = {}  # counted but not yet written (disk full)
-        self._depth = [0, 0, 0]
-        self._bytes = 0
-        self._full_cap: int | None = None  # the bound learned from SQLITE_FULL
-        self._full_until = 0.0
-        self._full_fs_free = 0
-        self._space_cap: int | None = None  # the bound the free space allows (None: no bound)
-        self._disk_low = False
-        self._next_expiry = 0.0
-        self._next_statvfs = 0.0
-        self._statvfs_bytes = 0
-        self._dir = str(self.path.parent)
+        self._acc = Accounting()
+        self._bound = Bound(cfg.max_bytes, self.path, self._acc)
+        self._evictor = Evictor(self._acc, self._bound, cfg.max_age_s, now)
         self.appended = 0
         self.acked = 0
         self.drained = False  # the last take left nothing behind (see `_take`)
         self.appended_bytes = 0  # the fill rate's measure (body + ROW_OVERHEAD per record)
-        self._fill_samples: list[tuple[float, int]] = []  # (monotonic, appended_bytes)
-        moved = None
-        try:
-            self._db = self._open_checked()
-        except _Corrupt as exc:
-            moved = self._quarantine(str(exc))
-            self._db = self._open_checked()
-        self.incarnation = self._seed_ids()
+        self._db, moved = self._file.open()
         if moved is not None:
             self._salvage(moved, None)
         self._recount()
 
+    @property
+    def quarantined(self) -> list[Path]:
+        return self._file.quarantined
+
+    @property
+    def incarnation(self) -> int:
+        return self._file.incarnation
+
     # -- opening -------------------------------------------------------------------------------
 
-    def _open_checked(self) -> sqlite3.Connection:
-        try:
-            _private(self.path)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (sqlite3.Error, OSError) as exc:
-            raise _open_error(self.path, exc) from exc
-        try:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.sync == 'full' else 'NORMAL'}")
-            # A small WAL: fewer pages to checkpoint at once, and less to reclaim on a full disk.
-            db.execute("PRAGMA wal_autocheckpoint=256")
-            db.execute(f"PRAGMA journal_size_limit={2 << 20}")
-            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise _Corrupt("; ".join(problems))
-            db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if sqlite_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-                raise _Corrupt(str(exc)) from exc
-            raise _open_error(self.path, exc) from exc
-        except _Corrupt:
-            db.close()
-            raise
-        return db
-
-    def _quarantine(self, problem: str) -> Path:
-        """Move a corrupt file (and its WAL) aside with a timestamp; the caller starts afresh."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        try:
-            os.replace(self.path, moved)
-            wal = Path(f"{self.path}-wal")
-            if wal.exists():
-                os.replace(wal, f"{moved}-wal")
-            Path(f"{self.path}-shm").unlink(missing_ok=True)
-        except OSError as exc:
-            raise BufferOpenError(
-                str(self.path),
-                f"corrupt ({problem}) and cannot be moved aside: {exc.strerror}",
-                "remove the file by hand",
-            ) from exc
-        self.quarantined.append(moved)
-        log.error("buffer_quarantined path=%s moved_to=%s problem=%r", self.path, moved, problem)
-        return moved
-
     def _salvage(self, moved: Path, known: list[int] | None) -> None:
-        """Copy every readable record of the quarantined file into this (fresh) one, with its
-        id; count the rest as "<lane>/corrupt". `known`: the depth per lane before the damage,
-        if this process knew it (else the file's tally says)."""
-        found = Damaged(moved)
-        db = self._db
-        kept = [0, 0, 0]
-        expected = known if known is not None else found.tally
-        chunk: list[tuple[int, int, int, bytes, int]] = []
-        history = found.evictions if known is None else {}
-        try:
-            rows = found.rows()
-            while True:
-                chunk = []
-                for row in rows:
-                    if row[1] in (0, 1, 2) and type(row[2]) is int:
-                        chunk.append(row)
-                    if len(chunk) >= SALVAGE_CHUNK:
-                        break
-                if not chunk:
-                    break
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO records (id, lane, ts_ms, body) "
-                        "VALUES (?1, ?2, ?3, CASE WHEN ?5 THEN CAST(?4 AS TEXT) ELSE ?4 END)",
-                        chunk,
-                    )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                for row in chunk:
-                    kept[row[1]] += 1
-        except sqlite3.Error as exc:  # e.g. no room for the copy: what is left is lost, counted
-            log.error("buffer_salvage_stopped path=%s error=%s", self.path, exc)
-        finally:
-            found.close()
-            Path(f"{moved}-shm").unlink(missing_ok=True)  # only an index, made by the read
-        # The tally is unreadable too: without unreadable records nothing was lost; else the
-        # ids spanned by the damage are the best bound there is (0 when no id is readable).
-        estimated = expected is None and found.regions > 0
-        if expected is None:
-            gap = found.gap_ids if estimated else 0
-            expected = [k + (gap if lane == TELEMETRY else 0) for lane, k in enumerate(kept)]
-        lost = [max(0, e - k) for e, k in zip(expected, kept, strict=True)]
-        counts = dict(history)
-        for lane, n in enumerate(lost):
-            if n:
-                counts[(lane, "corrupt")] = counts.get((lane, "corrupt"), 0) + n
-        for key, n in counts.items():
-            self._unsaved[key] = self._unsaved.get(key, 0) + n
+        """Copy what can be read of a quarantined file into this one; count the rest."""
+        for key, n in self._file.salvage(self._db, moved, known).items():
+            self._acc.lost(key, n)
         self._flush_unsaved()
-        self.salvaged += sum(kept)
-        log.error(
-            "buffer_salvaged path=%s from=%s salvaged=%d lost=%d by_lane=%s unreadable_regions=%d"
-            "%s",
-            self.path,
-            moved,
-            sum(kept),
-            sum(lost),
-            ",".join(
-                f"{LANE_NAMES[la]}:{k}/{k + n}"
-                for la, (k, n) in enumerate(zip(kept, lost, strict=True))
-            ),
-            found.regions,
-            " lost_is_estimate=1" if estimated else "",
-        )
-
-    def _seed_ids(self) -> int:
-        """This file's incarnation; a new file is seeded from the sidecar counter first."""
-        db = self._db
-        sidecar = self.path.with_name(self.path.name + ".incarnation")
-        try:
-            known = int(sidecar.read_text().strip())
-        except (OSError, ValueError):
-            known = 0
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        if row is not None:
-            incarnation = int(row[0]) >> ID_BITS
-            if known < incarnation:  # the sidecar was lost: repair it from the file
-                _write_sidecar(sidecar, incarnation)
-            return incarnation
-        incarnation = known + 1
-        # Sidecar first: a crash before the seed commits only skips an incarnation.
-        _write_sidecar(sidecar, incarnation)
-        db.execute(
-            "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)",
-            (incarnation << ID_BITS,),
-        )
-        return incarnation
 
     def _flush_unsaved(self) -> None:
         """Write counts kept only in memory (best effort: else the next transaction does)."""
-        txn = _Txn()
+        txn = Txn()
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._save(txn)
+            self._acc.save(self._db, txn)
             self._db.execute("COMMIT")
         except sqlite3.Error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             return
-        self._apply(txn)
+        self._acc.apply(txn)
 
     def _recount(self) -> None:
         """Rebuild the in-memory accounting from the file (at start, or after another writer);
         a tally that disagrees with the rows (an older file, another writer) is rewritten."""
         db = self._db
-        if self._count_rows():
+        acc = self._acc
+        if acc.count_rows(db):
             self._set_aside_strays()
-            self._count_rows()
-        self._evicted = {
-            (lane, reason): n
-            for lane, reason, n in db.execute("SELECT lane, reason, n FROM evictions")
-            if lane in (0, 1, 2)
-        }
+            acc.count_rows(db)
+        acc.load_evictions(db)
         self._keep_inflight()
-        tally = dict(
-            db.execute(
-                "SELECT name, seq FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES
-            ).fetchall()
-        )
-        if [tally.get(name) for name in TALLY_NAMES] != self._depth:
-            with contextlib.suppress(sqlite3.Error):  # best effort: a full disk, say
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, ?, ?)", TALLY_NAMES)
-                db.executemany(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
-                    zip(TALLY_NAMES, self._depth, strict=True),
-                )
-                db.execute("COMMIT")
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-        self._version = db.execute("PRAGMA data_version").fetchone()[0]
+        acc.repair_tally(db)
+        self._version = db.execute(sql.DATA_VERSION).fetchone()[0]
 
     def _keep_inflight(self) -> None:
         """After another writer: keep the in-flight records that are still there, with their
@@ -466,50 +178,25 @@ class Store:
         ids = list(self._inflight)
         self._inflight = {}
         for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            for rid, lane, length in self._db.execute(
-                f"SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({marks})", chunk
-            ):
+            for rid, lane, length in self._db.execute(ids_in(sql.SIZES_OF_IDS, len(chunk)), chunk):
                 if type(lane) is int and 0 <= lane <= 2:
                     self._inflight[rid] = length << 2 | lane
 
-    def _count_rows(self) -> bool:
-        """Depth and bytes per lane from the rows, in one pass; True when some row has a lane
-        or timestamp that is not one (a damaged column: never taken, or breaking the age)."""
-        self._depth = [0, 0, 0]
-        self._bytes = 0
-        strays = False
-        for lane, n, size, bad_ts in self._db.execute(
-            "SELECT lane, COUNT(*), SUM(LENGTH(body)), SUM(typeof(ts_ms) != 'integer') "
-            "FROM records GROUP BY lane"
-        ):
-            if type(lane) is not int or not 0 <= lane <= 2:
-                strays = True
-                continue
-            strays = strays or bad_ts > 0
-            self._depth[lane] = n
-            self._bytes += size + n * ROW_OVERHEAD
-        return strays
+    def _uncursor(self, ids: list[int]) -> None:
+        """Evicted records are no longer in flight (an ack of theirs finds nothing)."""
+        pop = self._inflight.pop
+        for rid in ids:
+            pop(rid, None)
 
     def _set_aside_strays(self) -> None:
         """Rows with a damaged lane or timestamp go to `damaged`, counted under their lane
         (telemetry when the lane itself is unreadable)."""
         db = self._db
-        where = "typeof(lane) != 'integer' OR lane NOT IN (0, 1, 2) OR typeof(ts_ms) != 'integer'"
-        lane_of = (
-            f"CASE WHEN typeof(lane) = 'integer' AND lane IN (0, 1) THEN lane ELSE {TELEMETRY} END"
-        )
         try:
             db.execute("BEGIN IMMEDIATE")
-            counts = db.execute(
-                f"SELECT {lane_of}, COUNT(*) FROM records WHERE {where} GROUP BY 1"
-            ).fetchall()
-            self._move_damaged(where, (), "columns")
-            db.executemany(
-                "INSERT INTO evictions (lane, reason, n) VALUES (?, 'damaged', ?) "
-                "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
-                counts,
-            )
+            counts = db.execute(sql.STRAY_COUNTS).fetchall()
+            self._move_damaged(sql.STRAYS, (), "columns")
+            db.executemany(sql.COUNT_DAMAGED, counts)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -525,23 +212,15 @@ class Store:
     def _move_damaged(self, where: str, args: Sequence[object], problem: str) -> int:
         """Inside a transaction: move the records matching `where` to `damaged`; how many."""
         db = self._db
-        db.execute(
-            "INSERT OR REPLACE INTO damaged (id, lane, ts_ms, body, problem, found_ms) "
-            f"SELECT id, lane, ts_ms, CAST(body AS BLOB), ?, ? FROM records WHERE {where}",
-            (problem, self._now(), *args),
-        )
-        n = db.execute(f"DELETE FROM records WHERE {where}", args).rowcount
-        (kept,) = db.execute("SELECT COUNT(*) FROM damaged").fetchone()
+        db.execute(sql.COPY_DAMAGED.format(where), (problem, self._now(), *args))
+        n = db.execute(sql.DELETE_WHERE.format(where), args).rowcount
+        (kept,) = db.execute(sql.DAMAGED_COUNT).fetchone()
         if kept > DAMAGED_KEEP:
-            db.execute(
-                "DELETE FROM damaged WHERE id IN (SELECT id FROM damaged "
-                "ORDER BY found_ms, id LIMIT ?)",
-                (kept - DAMAGED_KEEP,),
-            )
+            db.execute(sql.DAMAGED_TRIM, (kept - DAMAGED_KEEP,))
         return int(n)
 
     def _sync_external(self) -> None:
-        v = self._db.execute("PRAGMA data_version").fetchone()[0]
+        v = self._db.execute(DATA_VERSION).fetchone()[0]
         if v != self._version:
             log.info("buffer_changed_externally path=%s", self.path)
             self._recount()
@@ -583,7 +262,7 @@ class Store:
         # Nothing could be written: the records are lost, and counted.
         for lane, _, _ in rows:
             key = (int(lane), reason)
-            self._unsaved[key] = self._unsaved.get(key, 0) + 1
+            self._acc.lost(key, 1)
         return [0] * len(rows)
 
     def _append_txn(
@@ -591,15 +270,18 @@ class Store:
     ) -> tuple[int, set[int]]:
         """One transaction: expire, make room, insert. (first id, positions not kept)."""
         db = self._db
-        txn = _Txn()
+        acc = self._acc
+        evictor = self._evictor
+        cursor = self._cursor
+        txn = Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._expire(txn)
-            dropped = self._make_room(rows, incoming, txn)
+            evictor.expire(db, cursor, txn)
+            dropped = evictor.make_room(db, cursor, rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
-            _insert(db, kept)
+            insert(db, kept)
             # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
-            (seq,) = db.execute(_SEQ).fetchone()
+            (seq,) = db.execute(SEQ).fetchone()
             if dropped:
                 for lane, _, body in kept:
                     txn.depth[lane] += 1
@@ -611,7 +293,7 @@ class Store:
                 txn.depth[1] += events
                 txn.depth[2] += len(rows) - alarms - events
                 txn.bytes += incoming
-            self._save(txn)
+            acc.save(db, txn)
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
@@ -619,226 +301,46 @@ class Store:
             if sqlite_code(exc) == sqlite3.SQLITE_FULL:
                 raise DiskFull() from exc
             raise
-        self._apply(txn)
+        acc.apply(txn)
+        if txn.uncursored:
+            self._uncursor(txn.uncursored)
         return seq - len(kept) + 1, dropped
-
-    def _limit(self) -> tuple[int, str]:
-        """The bound for this transaction and the reason evictions under it are counted as."""
-        now = time.monotonic()
-        # A syscall per second, or per 512 KiB stored, is enough to see the disk filling.
-        if now >= self._next_statvfs or self._bytes - self._statvfs_bytes > RESERVE_BYTES // 4:
-            self._next_statvfs = now + STATVFS_INTERVAL_S
-            self._statvfs_bytes = self._bytes
-            self._check_space(now)
-        limit, reason = self.cfg.max_bytes, "full"
-        for cap in (self._space_cap, self._full_cap):
-            if cap is not None and cap < limit:
-                limit, reason = cap, "disk_full"
-        return limit, reason
-
-    def _check_space(self, now: float) -> None:
-        """Recompute the bound the free space allows: what is stored, plus the free pages in the
-        file, plus the file system's free space above the reserve. Eviction frees pages inside
-        the file, so it does not lower this bound again; space freed on the disk raises it."""
-        try:
-            st = os.statvfs(self._dir)
-        except OSError:
-            return
-        fs_free = st.f_bavail * st.f_frsize
-        if self._full_cap is not None and (
-            now >= self._full_until or fs_free >= self._full_fs_free + RESERVE_BYTES // 2
-        ):
-            self._full_cap = None
-            log.info("buffer_disk_full_cleared path=%s free=%d", self.path, fs_free)
-        db = self._db
-        free_pages = db.execute("PRAGMA freelist_count").fetchone()[0]
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        bound = self._bytes + free_pages * page_size + fs_free - RESERVE_BYTES
-        self._space_cap = bound if bound < self.cfg.max_bytes else None
-        low = fs_free < 2 * RESERVE_BYTES
-        if low and not self._disk_low:
-            log.warning(
-                "buffer_disk_low path=%s bytes=%d free=%d free_in_file=%d bound=%d",
-                self.path,
-                self._bytes,
-                fs_free,
-                free_pages * page_size,
-                bound,
-            )
-        elif self._disk_low and not low:
-            log.info("buffer_disk_space_back path=%s free=%d", self.path, fs_free)
-        self._disk_low = low
-
-    def _make_room(
-        self, rows: Sequence[tuple[int, int, str]], incoming: int, txn: _Txn
-    ) -> set[int]:
-        """Evict so that `rows` fit under the bound; returns the positions of rows not kept."""
-        limit, reason = self._limit()
-        excess = self._bytes + txn.bytes + incoming - limit
-        dropped: set[int] = set()
-        if excess <= 0:
-            return dropped
-        slack = int(limit * EVICT_SLACK)  # only for stored records, never for incoming ones
-        excess += slack
-        for lane in (TELEMETRY, int(Lane.EVENT), int(Lane.ALARM)):
-            need = excess if lane == TELEMETRY else excess - slack
-            excess -= self._evict_oldest(lane, need, reason, txn)
-            if excess <= slack:
-                return dropped
-            # Nothing older is left in this lane: the incoming records of the lane go next.
-            for i, r in enumerate(rows):
-                if r[0] == lane and excess > slack:
-                    excess -= len(r[2]) + ROW_OVERHEAD
-                    dropped.add(i)
-                    key = (lane, reason)
-                    txn.evicted[key] = txn.evicted.get(key, 0) + 1
-            if excess <= slack:
-                return dropped
-        return dropped
-
-    def _evict_oldest(self, lane: int, need: int, reason: str, txn: _Txn) -> int:
-        """Delete a lane's oldest records (not in flight first) until `need` bytes are freed."""
-        freed = 0
-        cursor = self._cursor[lane]
-        for span in ("id > ?", "id <= ?"):
-            if freed >= need or self._depth[lane] + txn.depth[lane] == 0:
-                break
-            where = f"{LANE_WHERE[lane]} AND {span}"
-            q = self._db.execute(
-                f"SELECT id, LENGTH(body) FROM records WHERE {where} ORDER BY id", (lane, cursor)
-            )
-            n = 0
-            size = 0
-            last = None
-            ids = []
-            for rid, length in q:
-                n += 1
-                size += length + ROW_OVERHEAD
-                last = rid
-                if span == "id <= ?":
-                    ids.append(rid)
-                if freed + size >= need:
-                    break
-            q.close()
-            if last is None:
-                continue
-            self._db.execute(f"DELETE FROM records WHERE {where} AND id <= ?", (lane, cursor, last))
-            txn.evict(lane, reason, n, size)
-            txn.uncursored.extend(ids)
-            freed += size
-        return freed
-
-    def _expire(self, txn: _Txn) -> None:
-        """Drop telemetry older than max_age_s (by its own timestamp), oldest first, counted.
-        Looks at the oldest rows only: one short query per transaction when nothing is due."""
-        if self.cfg.max_age_s is None:
-            return
-        self._next_expiry = time.monotonic() + 1.0
-        now = self._now()
-        if now < PLAUSIBLE_MS or self._depth[TELEMETRY] == 0:
-            return
-        cutoff = now - self.cfg.max_age_s * 1000
-        q = self._db.execute(
-            "SELECT id, ts_ms, LENGTH(body) FROM records WHERE lane = ? AND id > ? ORDER BY id "
-            "LIMIT ?",  # a long-expired backlog goes in slices: appends never wait long
-            (TELEMETRY, self._cursor[TELEMETRY], EXPIRE_SLICE),
-        )
-        n = size = 0
-        last = None
-        for rid, ts, length in q:
-            if ts >= cutoff:
-                break
-            if ts < PLAUSIBLE_MS:  # stamped before the clock was set: no age
-                continue
-            n += 1
-            size += length + ROW_OVERHEAD
-            last = rid
-        q.close()
-        if last is not None:
-            self._db.execute(
-                "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ? AND ts_ms >= ?",
-                (TELEMETRY, self._cursor[TELEMETRY], last, PLAUSIBLE_MS),
-            )
-            txn.evict(TELEMETRY, "age", n, size)
-
-    def _save(self, txn: _Txn) -> None:
-        """Inside the transaction: its eviction counts (and any unsaved ones) and the tally."""
-        changed = [(n, TALLY_NAMES[lane]) for lane, n in enumerate(txn.depth) if n]
-        if changed:
-            self._db.executemany(_TALLY, changed)
-        if not txn.evicted and not self._unsaved:
-            return
-        counts = dict(txn.evicted)
-        for key, n in self._unsaved.items():
-            counts[key] = counts.get(key, 0) + n
-        txn.saved_unsaved = True
-        if counts:
-            self._db.executemany(
-                "INSERT INTO evictions (lane, reason, n) VALUES (?, ?, ?) "
-                "ON CONFLICT (lane, reason) DO UPDATE SET n = n + excluded.n",
-                [(lane, reason, n) for (lane, reason), n in counts.items()],
-            )
-
-    def _apply(self, txn: _Txn) -> None:
-        for lane in range(3):
-            self._depth[lane] += txn.depth[lane]
-        self._bytes += txn.bytes
-        if txn.saved_unsaved:
-            for key, n in self._unsaved.items():
-                self._evicted[key] = self._evicted.get(key, 0) + n
-            self._unsaved.clear()
-        for key, n in txn.evicted.items():
-            self._evicted[key] = self._evicted.get(key, 0) + n
-        for rid in txn.uncursored:
-            self._inflight.pop(rid, None)
 
     def _shrink_for_disk_full(self, attempt: int) -> bool:
         """After SQLITE_FULL: lower the bound below what is stored now, evict down to it in a
         transaction of its own (deletes need little new space), and checkpoint so the WAL gives
         its space back. False when nothing more can be done for this append."""
         if attempt == 0:
-            log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._bytes)
-        if sum(self._depth) > 0:
-            self._full_cap = int(self._bytes * 0.8)
-            self._full_until = time.monotonic() + DISK_FULL_HOLD_S
-            with contextlib.suppress(OSError):
-                st = os.statvfs(self._dir)
-                self._full_fs_free = st.f_bavail * st.f_frsize
-            txn = _Txn()
+            log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._acc.bytes)
+        if sum(self._acc.depth) > 0:
+            self._bound.disk_full()
+            txn = Txn()
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                self._make_room([], 0, txn)
-                self._save(txn)
+                self._evictor.make_room(db, self._cursor, [], 0, txn)
+                self._acc.save(db, txn)
                 db.execute("COMMIT")
-                self._apply(txn)
+                self._acc.apply(txn)
+                self._uncursor(txn.uncursored)
             except sqlite3.Error:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
         elif attempt > 0:
             return False
         with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._db.execute(sql.CHECKPOINT_TRUNCATE).fetchall()
         return True
 
     def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
         """A file found corrupt while running is moved aside and replaced; what can be read of it
         is salvaged, the rest counted as lost ("<lane>/corrupt"). False for any other error."""
-        if sqlite_code(exc) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        if not is_corrupt(exc):
             return False
-        known = list(self._depth)
-        # The eviction history so far is known here exactly: it goes on in the fresh file.
-        for key, n in self._evicted.items():
-            self._unsaved[key] = self._unsaved.get(key, 0) + n
-        self._evicted = {}
-        self._db.close()
-        moved = self._quarantine(str(exc))
-        self._db = self._open_checked()
-        self.incarnation = self._seed_ids()
+        known = self._acc.carry_over()
+        self._db, moved = self._file.replace(self._db, str(exc))
         self._cursor = [0, 0, 0]
         self._inflight.clear()
-        self._depth = [0, 0, 0]
-        self._bytes = 0
         self._salvage(moved, known)
         self._recount()
         return True
@@ -858,17 +360,19 @@ class Store:
 
     def _take(self, max_records: int, max_bytes: int) -> list[Entry]:
         self._sync_external()
-        if self.cfg.max_age_s is not None and time.monotonic() >= self._next_expiry:
+        evictor = self._evictor
+        if evictor.max_age_s is not None and time.monotonic() >= evictor.next_expiry:
             self._expire_now()
         out: list[Entry] = []
         size = 0
         inflight = self._inflight
+        depth = self._acc.depth
         make = partial(tuple.__new__, Entry)  # a C-level Entry from a row tuple
         for lane in (0, 1, 2):
             want = max_records - len(out)
             if want <= 0:
                 break
-            if self._depth[lane] == 0:
+            if depth[lane] == 0:
                 continue
             rows = self._sendable(lane, want)
             if not rows:
@@ -898,7 +402,7 @@ class Store:
         # a nack or a rewind). A take that stopped at max_records or max_bytes returned above.
         self.drained = len(out) < max_records
         if not out:  # idle: a moment to give a drained outage's space back
-            self._maybe_vacuum()
+            maybe_vacuum(self._db, self._acc.bytes)
         return out
 
     def _sendable(self, lane: int, want: int) -> list[tuple[int, int, str]]:
@@ -906,10 +410,7 @@ class Store:
         the others are moved to `damaged` first (counted), so they never block the lane."""
         db = self._db
         after = self._cursor[lane]
-        select = (
-            f"SELECT id, lane, body FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
-            "ORDER BY id LIMIT ?"
-        )
+        select = sql.TAKE[lane]
         for _ in range(want + 1):  # each round sets at least one record aside
             try:
                 rows: list[tuple[int, int, str]] = db.execute(
@@ -926,14 +427,7 @@ class Store:
             if not rows:
                 return rows
             # The common case costs one more pass over pages just read, all inside SQLite.
-            bad = [
-                r[0]
-                for r in db.execute(
-                    f"SELECT id FROM records WHERE {LANE_WHERE[lane]} AND id > ? AND id <= ? "
-                    f"AND NOT ({_SENDABLE})",
-                    (lane, after, rows[-1][0]),
-                )
-            ]
+            bad = [r[0] for r in db.execute(sql.UNSENDABLE[lane], (lane, after, rows[-1][0]))]
             if not bad:
                 return rows
             self._set_aside(lane, bad, "json")  # then read again: a full batch if there is one
@@ -942,11 +436,7 @@ class Store:
     def _undecodable(self, lane: int, after: int, want: int) -> list[int]:
         """Ids among the lane's next `want` records whose body is not valid UTF-8."""
         bad = []
-        for rid, body in self._db.execute(
-            f"SELECT id, CAST(body AS BLOB) FROM records WHERE {LANE_WHERE[lane]} AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (lane, after, want),
-        ):
+        for rid, body in self._db.execute(sql.TAKE_BYTES[lane], (lane, after, want)):
             try:
                 body.decode()
             except (UnicodeDecodeError, AttributeError):
@@ -956,22 +446,19 @@ class Store:
     def _set_aside(self, lane: int, ids: list[int], problem: str) -> None:
         """Move records that cannot be sent to `damaged`, counted "<lane>/damaged"."""
         db = self._db
-        txn = _Txn()
-        marks = ",".join("?" * len(ids))
+        txn = Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            (size,) = db.execute(
-                f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records WHERE id IN ({marks})", ids
-            ).fetchone()
-            n = self._move_damaged(f"id IN ({marks})", ids, problem)
+            (size,) = db.execute(ids_in(sql.BODY_CHARS_OF_IDS, len(ids)), ids).fetchone()
+            n = self._move_damaged(ids_in("id IN ({})", len(ids)), ids, problem)
             txn.evict(lane, "damaged", n, size + n * ROW_OVERHEAD)
-            self._save(txn)
+            self._acc.save(db, txn)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        self._apply(txn)
+        self._acc.apply(txn)
         log.error(
             "buffer_damaged_records path=%s lane=%s n=%d problem=%s first_id=%d",
             self.path,
@@ -982,30 +469,26 @@ class Store:
         )
 
     def _expire_now(self) -> None:
-        txn = _Txn()
+        txn = Txn()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            self._expire(txn)
-            self._save(txn)
+            self._evictor.expire(db, self._cursor, txn)
+            self._acc.save(db, txn)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             log.warning("buffer_expiry_failed error=%s", exc)
             return
-        self._apply(txn)
+        self._acc.apply(txn)
 
     def restamp(self, before_ms: int, delta_ms: int) -> int:
         """Move every stamp earlier than `before_ms` by `delta_ms` (stamps taken before the
         clock was set, once it is: see gatewayd.clock), in the column and in the body.
         Returns how many rows moved."""
-        cur = self._db.execute(  # one statement: atomic on its own
-            "UPDATE records SET ts_ms = ts_ms + ?1, "
-            "body = replace(body, '\"ts\":' || ts_ms || ',', '\"ts\":' || (ts_ms + ?1) || ',') "
-            "WHERE ts_ms < ?2",
-            (delta_ms, before_ms),
-        )
+        # One statement: atomic on its own.
+        cur = self._db.execute(sql.RESTAMP, (delta_ms, before_ms))
         return cur.rowcount
 
     def ack(self, ids: Iterable[int]) -> int:
@@ -1025,12 +508,12 @@ class Store:
             known, unknown = ids, []
             popped = dict(zip(ids, cast("list[int]", vals), strict=True))
         db = self._db
-        txn = _Txn()
+        txn = Txn()
         try:
             db.execute("BEGIN IMMEDIATE")
             before = db.total_changes
             for chunk in _chunks(known, 500):
-                db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                db.execute(ids_in(sql.DELETE_IDS, len(chunk)), chunk)
             if db.total_changes - before != len(known):  # cannot happen without another writer
                 raise _Recount()
             lanes = [v & 3 for v in popped.values()]
@@ -1042,13 +525,11 @@ class Store:
             # Ids not taken by this process (after a rewind or restart): sizes from the rows.
             for chunk in _chunks(unknown, 500):
                 for lane, length in db.execute(
-                    f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))}) "
-                    "RETURNING lane, LENGTH(body)",
-                    chunk,
+                    ids_in(sql.DELETE_IDS_RETURNING, len(chunk)), chunk
                 ).fetchall():
                     txn.depth[lane] -= 1
                     txn.bytes -= length + ROW_OVERHEAD
-            self._save(txn)
+            self._acc.save(db, txn)
             db.execute("COMMIT")
         except _Recount:
             db.execute("ROLLBACK")
@@ -1063,7 +544,7 @@ class Store:
             # The records stay and are sent again later: a duplicate, never a loss.
             log.warning("buffer_ack_failed n=%d error=%s", len(known) + len(unknown), exc)
             return 0
-        self._apply(txn)
+        self._acc.apply(txn)
         n = -sum(txn.depth)
         self.acked += n
         return n
@@ -1085,83 +566,38 @@ class Store:
         """Forget what is in flight: the next take starts again at the oldest unacked record."""
         self._cursor = [0, 0, 0]
 
-    def _maybe_vacuum(self) -> None:
-        db = self._db
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if free < VACUUM_MIN_FREE_PAGES or self._bytes > VACUUM_MAX_LIVE_BYTES:
-            return
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        if free < pages * VACUUM_FREE_FRACTION:
-            return
-        db.execute("PRAGMA busy_timeout=0")  # never make appends wait for a reader's snapshot
-        try:
-            db.execute("VACUUM")
-            # The file shrinks when the WAL is checkpointed; do it now, not after 1 MiB more.
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # e.g. the CLI holds a read snapshot: next time
-            log.info("buffer_vacuum_postponed error=%s", exc)
-            return
-        finally:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        log.info("buffer_vacuumed pages_before=%d free_before=%d", pages, free)
-
     # -- inspection ----------------------------------------------------------------------------
 
     def snapshot(self) -> Stats:
         self._sync_external()
         oldest = None
         for lane in (0, 1, 2):
-            if self._depth[lane]:
-                row = self._db.execute(
-                    f"SELECT ts_ms FROM records WHERE {LANE_WHERE[lane]} ORDER BY id LIMIT 1",
-                    (lane,),
-                ).fetchone()
+            if self._acc.depth[lane]:
+                row = self._db.execute(sql.OLDEST_TS[lane], (lane,)).fetchone()
                 if row is not None and (oldest is None or row[0] < oldest):
                     oldest = row[0]
-        evicted: dict[str, int] = {}
-        for counts in (self._evicted, self._unsaved):
-            for (lane, reason), n in counts.items():
-                key = f"{LANE_NAMES[lane]}/{reason}"
-                evicted[key] = evicted.get(key, 0) + n
+        depth = self._acc.depth
         return Stats(
-            depth=sum(self._depth),
-            bytes=self._bytes,
+            depth=sum(depth),
+            bytes=self._acc.bytes,
             oldest_ts_ms=oldest,
-            depth_by_lane={LANE_NAMES[lane]: n for lane, n in enumerate(self._depth) if n},
-            evicted=evicted,
+            depth_by_lane={LANE_NAMES[lane]: n for lane, n in enumerate(depth) if n},
+            evicted=self._acc.evicted_by_name(),
             appended=self.appended,
             acked=self.acked,
             file_bytes=file_bytes(self.path),
             inflight=len(self._inflight),
-            quarantined=len(self.quarantined),
-            salvaged=self.salvaged,
-            incarnation=self.incarnation,
-            hours_left=self._hours_left(),
+            quarantined=len(self._file.quarantined),
+            salvaged=self._file.salvaged,
+            incarnation=self._file.incarnation,
+            hours_left=self._bound.hours_left(self._db, self.appended_bytes),
         )
-
-    def _hours_left(self) -> float:
-        """Free bound ÷ the append rate over the last FILL_WINDOW_S (samples at most 1/s)."""
-        now = time.monotonic()
-        samples = self._fill_samples
-        if not samples or now - samples[-1][0] >= 1.0:
-            samples.append((now, self.appended_bytes))
-        while len(samples) > 2 and now - samples[1][0] >= FILL_WINDOW_S:
-            samples.pop(0)
-        (t0, b0), (t1, b1) = samples[0], samples[-1]
-        rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-        if rate <= 0:
-            return float("inf")
-        return max(0, self._limit()[0] - self._bytes) / rate / 3600
 
     def peek(self, n: int, lane: Lane | None = None) -> list[Entry]:
         return peek(self._db, n, lane)
 
     def close(self) -> None:
         self._db.close()
-
-
-class _Corrupt(Exception):
-    pass
 
 
 class _Recount(Exception):
@@ -1174,80 +610,9 @@ def peek(db: sqlite3.Connection, n: int, lane: Lane | None = None) -> list[Entry
     for la in Lane if lane is None else (lane,):
         if len(out) >= n:
             break
-        q = db.execute(
-            f"SELECT id, body FROM records WHERE {LANE_WHERE[int(la)]} ORDER BY id LIMIT ?",
-            (int(la), n - len(out)),
-        )
+        q = db.execute(sql.PEEK[int(la)], (int(la), n - len(out)))
         out.extend(Entry(i, int(la), b) for i, b in q)
     return out
-
-
-def file_bytes(path: Path) -> int:
-    total = 0
-    for p in (path, Path(f"{path}-wal")):
-        with contextlib.suppress(OSError):
-            total += p.stat().st_size
-    return total
-
-
-def _check_directory(path: Path) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        raise BufferOpenError(
-            str(directory),
-            "directory does not exist",
-            "create it, or set [gateway] state_dir / [buffer] path",
-        )
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise BufferOpenError(
-            str(directory),
-            "directory is not writable",
-            "give the gatewayd user write access (systemd: StateDirectory=)",
-        )
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise BufferOpenError(
-            str(path), "file is not readable and writable", "give the gatewayd user access to it"
-        )
-
-
-def _private(path: Path) -> None:
-    """Create the file 0600 before SQLite does (its -wal and -shm then get the same mode), and
-    take group and other access away from an existing file and sidecars."""
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        return
-    except FileExistsError:
-        pass
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        with contextlib.suppress(FileNotFoundError):
-            if p.stat().st_mode & 0o077:
-                os.chmod(p, 0o600)
-
-
-def _write_sidecar(path: Path, incarnation: int) -> None:
-    try:
-        write_atomic(path, f"{incarnation}\n")
-    except OSError as exc:
-        raise BufferOpenError(
-            str(path), f"cannot write the id counter: {exc.strerror}", "give gatewayd access"
-        ) from exc
-
-
-def _open_error(path: Path, exc: sqlite3.Error | OSError) -> BufferOpenError:
-    return BufferOpenError(
-        str(path), f"cannot open: {exc}", "check the file system, its permissions and free space"
-    )
-
-
-def _insert(db: sqlite3.Connection, rows: Sequence[tuple[int, int, str]]) -> None:
-    """Insert rows in order (their ids follow that order), a few statements for any count."""
-    flat = list(chain.from_iterable(rows))
-    at, left = 0, len(rows)
-    for size in _INSERT_SIZES:
-        while left >= size:
-            db.execute(_INSERTS[size], flat[at : at + 3 * size])
-            at += 3 * size
-            left -= size
 
 
 def _chunks(seq: list[int], n: int) -> Iterable[list[int]]:

@@ -194,7 +194,7 @@ def test_disk_full_bound_follows_the_real_free_space_in_both_directions(tmp_path
             f.write(b"\0" * (st.f_bavail * st.f_frsize - (8 << 20)))
 
         def append_checked(i: int) -> int:
-            store._next_statvfs = 0.0  # the once-a-second space check, at every append here
+            store._bound.next_statvfs = 0.0  # the once-a-second space check, at every append here
             assert all(store.append(recs(200, start=i * 200)))
             return store.snapshot().depth
 

@@ -2,9 +2,11 @@
 
 Rules: append, take, ack, nack, rewind, restart, crash (a forked child appends to the file in a
 loop and is SIGKILLed, usually inside a transaction), fill-to-eviction (telemetry, or alarms and
-events), lose the id sidecar, delete the file, corrupt the whole file, damage one record through a
-second connection (invalid UTF-8, invalid JSON, not an object, a BLOB), damage one page of the
-closed file on disk (random bytes over 4 KiB).
+events), fill a file that may not grow (SQLITE_FULL: the disk-full bound), lose the id sidecar,
+delete the file, corrupt the whole file, damage one record through a second connection (invalid
+UTF-8, invalid JSON, not an object, a BLOB), damage one page of the file on disk (random bytes
+over 4 KiB), closed or while the store has it open (found by the next take or append, or at the
+next open, which then opens the file that replaced a quarantined one).
 
 After every rule, against the file itself:
 - nothing acked (or unknown) is in the file; only right after a crash may ids appear that no
@@ -50,7 +52,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from gatewayd.buffer import Store
-from gatewayd.buffer.store import ROW_OVERHEAD
+from gatewayd.buffer.accounting import ROW_OVERHEAD
 from gatewayd.clock import PLAUSIBLE_MS
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Quality, Record
@@ -377,6 +379,53 @@ class BufferMachine(RuleBasedStateMachine):
         """Random bytes over one page of the closed file: salvaged or counted, record by record."""
         self._step(seed)
         self.store.close()
+        self._smash_a_page()
+        self.store = self._open()
+        self.inflight.clear()
+        self.check(one_append=False)
+
+    @rule(seed=SEEDS)
+    def damage_page_live(self, seed: int) -> None:
+        """Random bytes over one page while the store has the file open: found by the next take
+        or append (the file is replaced in place, salvaged, the loss counted from memory), or
+        else at the next open; then the store is opened again on whatever file is there."""
+        self._step(seed)
+        db = self.store._db
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # every page in the file
+        db.execute("PRAGMA cache_size=1")  # so the next reads come from the damaged file
+        self._smash_a_page()
+        self.store.take(1000, 1 << 30)
+        recs = self.records(self.rng.randint(1, 10))
+        self.returned(self.store.append(recs), [int(r.lane) for r in recs])
+        self.store.rewind()
+        self.inflight.clear()
+        self.store.close()
+        self.store = self._open()
+        self.check(one_append=False)
+
+    @rule(seed=SEEDS)
+    def fill_disk(self, seed: int) -> None:
+        """The file may not grow (SQLite's max_page_count stands in for a full disk): appends
+        go on until something is evicted (disk_full, or full first), every loss counted."""
+        self._step(seed)
+        db = self.store._db
+        (default,) = db.execute("PRAGMA max_page_count").fetchone()
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        try:
+            start = sum(self.store.snapshot().evicted.values())
+            for _ in range(400):
+                recs = self.records(self.rng.randint(5, 40))
+                self.returned(self.store.append(recs), [int(r.lane) for r in recs])
+                self.check()
+                if sum(self.store.snapshot().evicted.values()) > start:
+                    return
+            raise AssertionError("400 appends into a file that may not grow evicted nothing")
+        finally:
+            self.store._db.execute(f"PRAGMA max_page_count = {default}")
+
+    def _smash_a_page(self) -> None:
+        """Random bytes over one page (not the header, nor the eviction history, see above)."""
         with closing(sqlite3.connect(self.path)) as db:
             spared = {1} | {
                 r
@@ -391,9 +440,6 @@ class BufferMachine(RuleBasedStateMachine):
             with open(self.path, "r+b") as f:
                 f.seek((page - 1) * 4096)
                 f.write(self.rng.randbytes(4096))
-        self.store = self._open()
-        self.inflight.clear()
-        self.check(one_append=False)
 
 
 def _run_and_kill(

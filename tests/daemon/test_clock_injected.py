@@ -46,10 +46,10 @@ class Clocks:
 
 
 def test_one_plausibility_date_for_clock_buffer_and_uplink() -> None:
-    from gatewayd.buffer import store as store_module
+    from gatewayd.buffer import eviction  # the buffer's expiry by age
 
     assert PLAUSIBLE_MS == PLAUSIBLE_S * 1000
-    assert store_module.PLAUSIBLE_MS == PLAUSIBLE_MS
+    assert eviction.PLAUSIBLE_MS == PLAUSIBLE_MS
     assert clock_plausible(PLAUSIBLE_S) and not clock_plausible(PLAUSIBLE_S - 1)
 
 
