@@ -301,9 +301,9 @@ def wrong_key_not_logged(text: str) -> bool:
 
 
 def test_x509_device_certificate_authenticates_and_a_wrong_one_is_refused(tmp_path: Path) -> None:
-    from tls_certs import TestCA
+    from gatewayd_sim.cloud.certs import CertificateAuthority
 
-    ca = TestCA(tmp_path / "device-ca")
+    ca = CertificateAuthority(tmp_path / "device-ca")
     good_cert, good_key = ca.issue(DEVICE, server=False)
     other_cert, other_key = ca.issue("someone-else", server=False)
 
