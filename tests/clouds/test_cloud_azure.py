@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import os
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from uplink_harness import Harness, until
 
 from gatewayd.config import AuthConfig, ConfigError, TlsConfig, UplinkConfig, load_document
 from gatewayd.config.parse import parse_bytes
+from gatewayd.reading import Record
 from gatewayd.uplink.channels.azure import AzureChannel, merge_patch
 from gatewayd.uplink.channels.base import CommandIn, ConfigPush
 from gatewayd.uplink.credentials import sas_token
@@ -180,6 +182,45 @@ def test_telemetry_delivered_and_state_reported_in_the_twin(tmp_path: Path) -> N
             assert hub.recorder.missing(set(ids)) == set() and hub.recorder.duplicates == 0
             assert set(hub.content_types) == {"application/json"}
             assert [r.op for r in hub.twin_requests][:1] == ["get"]  # the GET at connect
+        finally:
+            await h.close()
+            await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_routed_subfolder_travels_as_a_message_property_after_the_bag(tmp_path: Path) -> None:
+    # IoT Hub reads everything after messages/events/ as the property bag: a subfolder appended
+    # as a topic level would corrupt the last property ($.ce = "utf-8/energy").
+    async def scenario() -> None:
+        hub, ca, key = await _hub(tmp_path)
+        got: list[tuple[dict[str, list[str]], list[int]]] = []
+        prefix = f"devices/{DEVICE}/messages/events/"
+
+        def seen(topic: str, payload: bytes) -> None:
+            assert topic.startswith(prefix), topic
+            bag = urllib.parse.parse_qs(topic[len(prefix) :])
+            got.append((bag, [r["id"] for r in json.loads(payload)]))
+
+        hub.on_message = seen
+        h = await Harness.open(tmp_path, events_cfg(azure_cfg(hub.port, ca, key)))
+        try:
+            await h.halt()
+            now = int(time.time() * 1000)
+            ids = await h.buffer.append(
+                [
+                    Record("plc/a", now, 1.0),
+                    Record("plc/b", now, 2.0, subfolder="energy/fast"),
+                    Record("plc/c", now, 3.0),
+                ]
+            )
+            await h.drained(10)
+            base = {"$.ct": ["application/json"], "$.ce": ["utf-8"]}
+            assert got == [
+                (base, [ids[0]]),
+                ({**base, "subfolder": ["energy/fast"]}, [ids[1]]),
+                (base, [ids[2]]),
+            ]
         finally:
             await h.close()
             await hub.stop()
