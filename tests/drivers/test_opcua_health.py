@@ -33,6 +33,8 @@ def config(tmp_path: Path, ua_port: int) -> str:
     return f"""
 [gateway]
 state_dir = "{tmp_path}"
+[metrics]
+listen = ""
 [uplink]
 host = "127.0.0.1"
 port = {free_port()}
