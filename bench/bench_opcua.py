@@ -4,12 +4,19 @@
    changing every 100 ms), publishing and sampling at 100 ms, collected by a poll a second.
 2. Modbus TCP baseline: 1,000 holding registers on one simulated device (a child process),
    polled every 100 ms, so both deliver about 10,000 readings a second.
-3. Bounded memory: the same 1,000 items with nobody polling (an uplink that never drains) and
-   queue_max = 10,000: the process's RSS at the start and end, and the drops counted.
+3. The driver's queue bound: the same 1,000 items with nobody polling (nothing takes the
+   driver's queue) and queue_max = 10,000, for `--idle-minutes` (1 by default): this process's
+   RSS, the notifications queued and dropped. Nobody polling also means nobody reconnects: a
+   session lost meanwhile stays lost, so this phase says nothing about hours.
+4. An unreachable uplink, as it happens: a real `gatewayd run` process with the same 1,000
+   items (collected every second), its uplink at a port nobody listens on and a 64 MiB buffer
+   bound, for `--daemon-minutes` (10 by default): the gateway's RSS at the start and after 1, 5,
+   10 ... minutes, its CPU per reading, the readings produced and the buffer's depth, bytes
+   and evictions (from its /metrics).
 The CPU figures are this process's (the drivers, asyncua's decoding, the event loop); the
 servers run elsewhere.
 
-    .venv/bin/python bench/bench_opcua.py [--quick]
+    nice .venv/bin/python bench/bench_opcua.py [--quick] [--idle-minutes M] [--daemon-minutes M]
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+from harness import cpu_seconds, rss_mb
 
 from gatewayd.config import PointConfig, load
 from gatewayd.drivers import Driver, PollGroup, poll_groups
@@ -80,7 +91,103 @@ async def measure(
     return n, time.process_time() - cpu0
 
 
-async def run(seconds: float, idle_s: float) -> None:
+def marks_of(total_s: float) -> list[float]:
+    """Sample times: 1, 5, 10, 20, 30, 60 minutes within `total_s`, and its end."""
+    return [m * 60.0 for m in (1, 5, 10, 20, 30, 60) if m * 60.0 < total_s] + [total_s]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Each metric's total over its label sets, by name."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            key = name.partition("{")[0]
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def daemon_config(work: Path, ua_port: int, metrics_port: int) -> Path:
+    points = "".join(
+        f'[[devices.points]]\nid = "b{i}"\nnode = "ns=2;s=Bulk.{i}"\nsampling_interval_ms = 100\n'
+        for i in range(ITEMS)
+    )
+    text = f"""version = 1
+[gateway]
+id = "bench"
+state_dir = "{work}"
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[uplink]
+host = "127.0.0.1"
+port = {free_port()}
+project = "p1"
+region = "r1"
+registry = "reg1"
+device = "bench"
+[uplink.tls]
+enabled = false
+[uplink.auth]
+kind = "none"
+[buffer]
+max_bytes = {64 * 1024 * 1024}
+[[devices]]
+id = "ua"
+driver = "opcua"
+endpoint = "opc.tcp://127.0.0.1:{ua_port}/sim"
+security_policy = "None"
+publishing_interval_ms = 100
+interval_ms = 1000
+{points}"""
+    path = work / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def unreachable_uplink(ua_port: int, total_s: float) -> None:
+    """Phase 4 (see the module's docstring)."""
+    with tempfile.TemporaryDirectory(prefix="gatewayd-bench-opcua-") as tmp:
+        work, metrics_port = Path(tmp), free_port()
+        cfg = daemon_config(work, ua_port, metrics_port)
+        with open(work / "gateway.log", "ab") as log:
+            gw = subprocess.Popen(
+                [sys.executable, "-m", "gatewayd", "--log-level", "WARNING", "run", "-c", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_port(metrics_port, 60)
+            deadline = time.monotonic() + 60
+            while scrape(metrics_port).get("gatewayd_readings_total", 0) < ITEMS:
+                assert time.monotonic() < deadline, (work / "gateway.log").read_text()[-2000:]
+                time.sleep(0.5)
+            t0, cpu0 = time.monotonic(), cpu_seconds(gw.pid)
+            m0 = scrape(metrics_port)
+            print(
+                f"gatewayd run, uplink unreachable, {total_s / 60:.1f} min (buffer bound 64 MiB):"
+            )
+            print(f"  start    RSS {rss_mb(gw.pid):6.1f} MB")
+            for mark in marks_of(total_s):
+                time.sleep(max(0.0, t0 + mark - time.monotonic()))
+                m = scrape(metrics_port)
+                n = m.get("gatewayd_readings_total", 0) - m0.get("gatewayd_readings_total", 0)
+                cpu = cpu_seconds(gw.pid) - cpu0
+                print(
+                    f"  {mark / 60:4.1f} min RSS {rss_mb(gw.pid):6.1f} MB, readings {n:9.0f} "
+                    f"({n / mark:5.0f}/s, bad {m.get('gatewayd_readings_bad_total', 0):.0f}), "
+                    f"{cpu / max(n, 1) * 1e6:5.1f} µs CPU/reading, buffer depth "
+                    f"{m.get('gatewayd_buffer_depth', 0):.0f} "
+                    f"({m.get('gatewayd_buffer_bytes', 0) / 2**20:.1f} MiB), evicted "
+                    f"{m.get('gatewayd_buffer_evicted_records_total', 0):.0f}"
+                )
+            assert gw.poll() is None, (work / "gateway.log").read_text()[-2000:]
+        finally:
+            gw.kill()
+            gw.wait()
+
+
+async def run(seconds: float, idle_s: float, daemon_s: float) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ua_port, mb_port = free_port(), free_port()
@@ -137,15 +244,19 @@ async def run(seconds: float, idle_s: float) -> None:
         idle, idle_group = opcua_device(ua_port, 1000, queue_max=10_000)
         await idle.poll(idle_group)
         await asyncio.sleep(2.0)
-        rss0 = rss_kb()
-        await asyncio.sleep(idle_s)  # nobody polls: the queue fills to its bound, then drops
-        rss1 = rss_kb()
-        print(
-            f"Unpolled for {idle_s:.0f} s (queue_max 10000): RSS {rss0 / 1024:.1f} -> "
-            f"{rss1 / 1024:.1f} MiB, queued {idle._queued}, "
-            f"dropped {idle.counters['notifications_dropped']}"
-        )
+        print(f"Unpolled for {idle_s / 60:.1f} min (queue_max 10000):")
+        t0, cpu0, rss0 = time.monotonic(), time.process_time(), rss_kb()
+        print(f"  start   RSS {rss0 / 1024:6.1f} MiB")
+        for mark in marks_of(idle_s):  # nobody polls: the queue fills to its bound, then drops
+            await asyncio.sleep(max(0.0, t0 + mark - time.monotonic()))
+            cpu = (time.process_time() - cpu0) / (time.monotonic() - t0) * 100
+            print(
+                f"  {mark / 60:4.1f} min RSS {rss_kb() / 1024:6.1f} MiB, queued {idle._queued}, "
+                f"dropped {idle.counters['notifications_dropped']}, CPU {cpu:.0f}% of a core"
+            )
         await idle.close()
+
+        await asyncio.to_thread(unreachable_uplink, ua_port, daemon_s)
     finally:
         for p in procs:
             p.kill()
@@ -155,9 +266,14 @@ async def run(seconds: float, idle_s: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs (under a minute in all)")
+    ap.add_argument("--idle-minutes", type=float, default=1.0, help="the unpolled run's length")
+    ap.add_argument("--daemon-minutes", type=float, default=10.0, help="the gateway's run")
     args = ap.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    asyncio.run(run(10.0 if args.quick else 60.0, 15.0 if args.quick else 120.0))
+    if args.quick:
+        asyncio.run(run(10.0, 15.0, 30.0))
+    else:
+        asyncio.run(run(60.0, args.idle_minutes * 60, args.daemon_minutes * 60))
 
 
 if __name__ == "__main__":

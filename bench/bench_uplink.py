@@ -19,24 +19,21 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from tls_certs import TestCA
 
 from gatewayd.buffer import Buffer
 from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Record
 from gatewayd.uplink import Uplink
+from gatewayd_sim.cloud.certs import CertificateAuthority
 from gatewayd_sim.procs import Mosquitto
 
 
-def mosquitto(work: Path, tls: TestCA | None = None) -> Mosquitto:
+def mosquitto(work: Path, tls: CertificateAuthority | None = None) -> Mosquitto:
     """A started mosquitto on a free port, with a TLS listener when `tls` is given."""
     extra: list[str] = []
     if tls is not None:
@@ -176,7 +173,7 @@ async def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-uplink-") as tmp:
         work = Path(tmp)
-        ca = TestCA(work / "ca")
+        ca = CertificateAuthority(work / "ca")
         plain, tls = mosquitto(work), mosquitto(work, tls=ca)
         try:
             base = raw_paho(n, plain.port)

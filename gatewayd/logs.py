@@ -180,6 +180,3 @@ def setup(level: str = "INFO", fmt: str = "logfmt", stream: IO[str] | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pymodbus logs each failure that the driver already turns into a bad-quality reading and
-    # logs once.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -19,13 +19,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from conftest import require_binary
 from paho.mqtt.enums import CallbackAPIVersion
-from tls_certs import TestCA
 
 from gatewayd.buffer import Buffer
 from gatewayd.config import AuthConfig, BufferConfig, TlsConfig, UplinkConfig
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Lane, Record
 from gatewayd.uplink import Uplink
+from gatewayd_sim.cloud.certs import CertificateAuthority
 from gatewayd_sim.procs import Mosquitto
 
 CLIENT_ID = "projects/p1/locations/r1/registries/reg1/devices/gw-test"
@@ -190,7 +190,7 @@ class SecureMosquitto(Mosquitto):
         acl: str | None = None,
         dns_names: tuple[str, ...] | None = None,
     ) -> None:
-        self.ca = TestCA(folder / "ca")
+        self.ca = CertificateAuthority(folder / "ca")
         cert, key = self.ca.issue("broker", server=True, dns_names=dns_names)
         passwd = folder / "passwd"
         subprocess.run(

@@ -13,6 +13,11 @@ Invariants:
   session and re-creates the subscription and every monitored item. Until then a poll returns
   BAD readings with the reason (`disconnected`, `security_refused: <code>`, ...), and one
   WARNING per outage is logged.
+- A poll fails when there is no session or its read fails. After `fail_threshold` failed polls
+  in a row the server is down as a Modbus device is (`Driver.down`: one DeviceDown per outage,
+  reason = the reason's code, cause = its words, since = the first failed poll); while down a
+  failed poll returns no readings (the outage is one event), and the first poll with a session
+  and a good read ends it.
 - poll() and write() never raise anything but WriteError (write) into the scheduler.
 """
 
@@ -28,7 +33,14 @@ from datetime import datetime
 from typing import Any
 
 from gatewayd.config import DeviceConfig, PointConfig
-from gatewayd.drivers import Driver, PollGroup, WriteError, check_write, poll_groups
+from gatewayd.drivers import (
+    DeviceDown,
+    Driver,
+    PollGroup,
+    WriteError,
+    check_write,
+    poll_groups,
+)
 from gatewayd.drivers.options import device_options
 from gatewayd.reading import Quality, Reading, Value, now_ms
 
@@ -87,6 +99,8 @@ class OpcUaDriver(Driver):
         self._failures = 0
         self._retry_at = 0.0  # monotonic: no connect attempt before this
         self._reason = "disconnected"
+        self._streak = 0  # failed polls in a row
+        self._first_fail_ms = 0
 
     # -- connection -------------------------------------------------------------------------
 
@@ -266,10 +280,7 @@ class OpcUaDriver(Driver):
     async def poll(self, group: PollGroup) -> list[Reading]:
         connected = await self._ensure()
         if not connected:
-            return [
-                Reading(f"{self.device.id}/{p.id}", now_ms(), None, Quality.BAD, self._reason)
-                for p in group.points
-            ]
+            return self._poll_failed(group.points)
         out = list(self._queues[group.name])
         self._queued -= len(out)
         self._queues[group.name].clear()
@@ -279,13 +290,28 @@ class OpcUaDriver(Driver):
                 values = await self._client.read_attributes([self._nodes[p.id] for p in polled])
             except Exception as exc:
                 await self._drop(_reason(exc))
-                return out + [
-                    Reading(f"{self.device.id}/{p.id}", now_ms(), None, Quality.BAD, self._reason)
-                    for p in polled
-                ]
+                return out + self._poll_failed(tuple(polled))
             self.counters["reads"] += 1
             out += [self._reading(p, dv, None) for p, dv in zip(polled, values, strict=True)]
+        self._streak, self.down = 0, None
         return out
+
+    def _poll_failed(self, points: tuple[PointConfig, ...] | list[PointConfig]) -> list[Reading]:
+        """Count a failed poll: BAD readings with the reason, none once the server is down."""
+        was_down = self.down is not None
+        self._streak += 1
+        if self._streak == 1:
+            self._first_fail_ms = now_ms()
+        if not was_down and self._streak >= self.opts.fail_threshold:
+            code, _, words = self._reason.partition(": ")
+            self.down = DeviceDown(words or code, code, self._first_fail_ms)
+            self.counters["outages"] += 1
+        if was_down:
+            return []
+        ts = now_ms()
+        return [
+            Reading(f"{self.device.id}/{p.id}", ts, None, Quality.BAD, self._reason) for p in points
+        ]
 
     async def write(self, point: PointConfig, value: Value) -> None:
         place = f"{self.device.id}/{point.id}"
@@ -359,7 +385,9 @@ def _reason(exc: BaseException) -> str:
                 f"security_refused: {code} (is the client certificate in the server's trust list?)"
             )
         return code
-    if isinstance(exc, ConnectionRefusedError | OSError):
+    if isinstance(exc, ConnectionRefusedError):
+        return "disconnected: connection refused"
+    if isinstance(exc, OSError):
         return f"disconnected: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timeout"

@@ -51,6 +51,7 @@ class OpcUaOptions:
     )
     backoff_base_s: float = option(1.0, lo=0.01, hi=3600.0, doc="reconnect delay, doubling")
     backoff_cap_s: float = option(30.0, lo=0.01, hi=3600.0)
+    fail_threshold: int = option(3, lo=1, hi=100, doc="failed polls in a row before down")
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,13 @@ class Uplink:
         self.credentials = credentials_for(
             cfg, key_dir, lambda: self.wall_clock(), metrics, keyring
         )
-        self.window = InflightWindow(cfg.inflight_window, self.encode, cfg.batch_max_bytes, metrics)
+        self.window = InflightWindow(
+            cfg.inflight_window,
+            self.encode,
+            cfg.batch_max_bytes,
+            metrics,
+            self.channel.events_topic,
+        )
         self.outage = OutageLog()
         self.connected = False
         self.last_error: str | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.buffer import Buffer, Entry
@@ -29,12 +30,20 @@ log = logging.getLogger("gatewayd.uplink")
 
 
 class InflightWindow:
-    def __init__(self, limit: int, encode: Encoder, batch_max_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        limit: int,
+        encode: Encoder,
+        batch_max_bytes: int,
+        metrics: Metrics,
+        subfolder_topic: Callable[[str, str], str],
+    ) -> None:
         self.configured = limit
         self.limit = limit  # lowered by an MQTT 5 server's Receive Maximum
         self.encode = encode
         self.batch_max_bytes = batch_max_bytes
         self.metrics = metrics
+        self.subfolder_topic = subfolder_topic  # the channel's: (events topic, subfolder) -> topic
         self.first_puback_at: float | None = None  # monotonic, of the current session
         self._inflight: dict[int, tuple[list[int], float]] = {}  # mid -> (record ids, sent at)
         self._acks: list[int] = []
@@ -66,7 +75,7 @@ class InflightWindow:
         for i in range(1, len(entries) + 1):
             nxt = subfolder_of(entries[i]) if i < len(entries) else None
             if i == len(entries) or nxt != sub:
-                to = topic + (f"/{sub}" if sub else "")
+                to = self.subfolder_topic(topic, sub) if sub else topic
                 sent += self._publish_fit(client, to, entries[start:i])
                 start, sub = i, nxt
         return sent

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .broker import ACCEPTED, NOT_AUTHORIZED, Broker, Session
+from . import auth
+from .broker import Broker, Session
 from .certs import CertificateAuthority, der_of
 from .mqtt_wire import ProtocolError
 from .recorder import Recorder
@@ -255,22 +256,21 @@ class AwsIotCore(Broker):
         username: str | None,
         password: bytes | None,
         writer: asyncio.StreamWriter,
-    ) -> tuple[int, str, str | None, float, Json, str | None]:
-        observer = self.observer_check(username, password)
-        if observer is not None:
-            return observer, "observer", None, 0.0, {}, None
-        # The username is not a credential on AWS; the device SDKs put metrics in it.
-        tls = writer.get_extra_info("ssl_object")
-        der = tls.getpeercert(binary_form=True) if tls is not None else None
-        if not der:
-            return NOT_AUTHORIZED, "no client certificate", None, 0.0, {}, None
-        thing = next((t for t, certs in self.things.items() if der in certs), None)
-        if thing is None:
-            return NOT_AUTHORIZED, "certificate is not registered to a thing", None, 0.0, {}, None
-        if client_id != thing:
-            reason = f"client id {client_id!r} is not the thing name {thing!r}"
-            return NOT_AUTHORIZED, reason, None, 0.0, {}, None
-        return ACCEPTED, "ok", thing, 0.0, {}, None
+    ) -> auth.Outcome:
+        def thing_of_certificate() -> tuple[str | None, str]:
+            # The username is not a credential on AWS; the device SDKs put metrics in it.
+            tls = writer.get_extra_info("ssl_object")
+            der = tls.getpeercert(binary_form=True) if tls is not None else None
+            if not der:
+                return None, "no client certificate"
+            thing = next((t for t, certs in self.things.items() if der in certs), None)
+            if thing is None:
+                return None, "certificate is not registered to a thing"
+            if client_id != thing:
+                return None, f"client id {client_id!r} is not the thing name {thing!r}"
+            return thing, "ok"
+
+        return auth.authenticate(self, username, password, thing_of_certificate)
 
     # -- policy and limits ---------------------------------------------------------------------
 

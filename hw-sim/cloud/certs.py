@@ -1,7 +1,11 @@
-"""A throw-away certificate authority for the mTLS stand-ins: CA, server and device certificates.
+"""A throw-away certificate authority: CA, server and client (device) certificates.
+
+The one test CA of the project: the mTLS stand-ins (AWS IoT Core, the CLI's `aws issue`) and the
+tests' TLS brokers (tests/uplink_harness.py, bench/bench_uplink.py) all use it.
 
 Invariant: every file is written under the folder given; keys are written mode 0600. A folder that
-already holds `ca.pem` and `ca.key` is reused, so the CLI's `serve` and `issue` agree on one CA.
+already holds `ca.pem` and `ca.key` is reused, so the CLI's `serve` and `issue` agree on one CA;
+a new folder gets a new CA (a test wanting a second, untrusted CA gives it another folder).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ def _name(cn: str) -> x509.Name:
 
 
 class CertificateAuthority:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cn: str = "gatewayd stand-in CA") -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.ca_file = folder / "ca.pem"
@@ -38,8 +42,8 @@ class CertificateAuthority:
         now = dt.datetime.now(dt.UTC)
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(_name("gatewayd stand-in CA"))
-            .issuer_name(_name("gatewayd stand-in CA"))
+            .subject_name(_name(cn))
+            .issuer_name(_name(cn))
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
@@ -50,9 +54,11 @@ class CertificateAuthority:
         _write_key(self.key, key_file)
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, server: bool = False) -> tuple[Path, Path]:
-        """(certificate file, key file) named `name`; a server certificate is for localhost and
-        127.0.0.1, a device certificate carries `name` as its common name."""
+    def issue(
+        self, name: str, server: bool = False, dns_names: tuple[str, ...] | None = None
+    ) -> tuple[Path, Path]:
+        """(certificate file, key file) named `name`, `name` its common name; a server
+        certificate is for localhost and 127.0.0.1, or only for `dns_names` when given."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         b = (
@@ -66,12 +72,12 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
         if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
+            alt: list[x509.GeneralName] = (
+                [x509.DNSName(n) for n in dns_names]
+                if dns_names is not None
+                else [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             )
+            b = b.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         cert = b.sign(self.key, hashes.SHA256())
         cert_file, key_file = self.folder / f"{name}.pem", self.folder / f"{name}.key"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

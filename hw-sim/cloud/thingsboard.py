@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .broker import ACCEPTED, NOT_AUTHORIZED, Broker, Session
+from . import auth
+from .broker import Broker, Session
 from .mqtt_wire import ProtocolError
 from .recorder import Recorder
 
@@ -101,14 +102,12 @@ class ThingsBoard(Broker):
         username: str | None,
         password: bytes | None,
         writer: asyncio.StreamWriter,
-    ) -> tuple[int, str, str | None, float, Json, str | None]:
-        observer = self.observer_check(username, password)
-        if observer is not None:
-            return observer, "observer", None, 0.0, {}, None
-        dev = next((d for d in self.devices.values() if username and d.token == username), None)
-        if dev is None:
-            return NOT_AUTHORIZED, "unknown access token", None, 0.0, {}, None
-        return ACCEPTED, "ok", dev.name, 0.0, {}, None
+    ) -> auth.Outcome:
+        def device_of_token() -> tuple[str | None, str]:
+            dev = next((d for d in self.devices.values() if username and d.token == username), None)
+            return (None, "unknown access token") if dev is None else (dev.name, "ok")
+
+        return auth.authenticate(self, username, password, device_of_token)
 
     def allowed(self, s: Session, topic: str) -> bool:
         if s.device is None:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..serial.pty import Pty, wire_time_s
-from .rtu import crc16, request_length
+from .rtu import crc16, rtu_frames
 
 MIX: dict[str, float] = {
     "valid": 60,
@@ -317,32 +317,11 @@ class HostileSlave:
         return 3.5 * self._char_s if self.baud <= 19200 else 0.00175
 
     def _serve_rtu_fd(self, fd: int, is_socket: bool) -> None:
-        buf = bytearray()
-        last = 0.0
-        while not self._stop.is_set():
-            r, _, _ = select.select([fd], [], [], 0.05)
-            now = time.monotonic()
-            if r:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    if is_socket:
-                        return
-                    time.sleep(0.01)  # the other end of the pty is closed for now
-                    continue
-                buf += data
-                last = now
-            elif buf and now - last > 0.1:
-                buf.clear()  # a fragment that never completed: line noise
-            while (n := request_length(bytes(buf))) and len(buf) >= n:
-                frame = bytes(buf[:n])
-                del buf[:n]
-                if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:] or frame[0] != self.unit:
-                    continue
-                if not self._rtu_answer(fd, frame, is_socket):
-                    return
+        for frame, _ in rtu_frames(fd, self._stop, is_socket):
+            if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:] or frame[0] != self.unit:
+                continue
+            if not self._rtu_answer(fd, frame, is_socket):
+                return
 
     def _rtu_answer(
         self, fd: int, request: bytes, is_socket: bool, kind: str | None = None

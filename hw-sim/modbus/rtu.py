@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from ..serial.pty import Pty, wire_time_s
 from .slave import Slave
@@ -41,6 +42,42 @@ def request_length(buf: bytes) -> int:
     if buf[1] in (15, 16):
         return 9 + buf[6] if len(buf) >= 7 else 0
     return len(buf)  # unknown function: take it all, its CRC will not match
+
+
+def rtu_frames(fd: int, stop: threading.Event, is_socket: bool) -> Iterator[tuple[bytes, float]]:
+    """The request frames arriving on `fd`, each with the monotonic time its first byte came.
+
+    Frames are cut by `request_length`; a fragment followed by 0.1 s of silence is line noise and
+    dropped. Ends when `stop` is set or a socket's peer hangs up; the other end of a tty closing
+    is waited out (it may be reopened). A frame that was already waiting when the caller finished
+    the previous one counts as heard then.
+    """
+    buf = bytearray()
+    first = last = 0.0
+    while not stop.is_set():
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        now = time.monotonic()
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                if is_socket:
+                    return  # the TCP client went away
+                time.sleep(0.01)  # the other end of the tty is closed for now
+                continue
+            if not buf:
+                first = now
+            buf += data
+            last = now
+        elif buf and now - last > 0.1:
+            buf.clear()  # a fragment that never completed: line noise
+        while (n := request_length(bytes(buf))) and len(buf) >= n:
+            frame = bytes(buf[:n])
+            del buf[:n]
+            yield frame, first
+            first = time.monotonic()
 
 
 class ModbusRtuSlave(Slave):
@@ -101,30 +138,10 @@ class ModbusRtuSlave(Slave):
                 self._serve(conn.fileno())
 
     def _serve(self, fd: int) -> None:
-        buf = bytearray()
-        first = last = 0.0
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            now = time.monotonic()
-            if ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    return  # the TCP client went away
-                if not buf:
-                    first = now
-                buf += data
-                last = now
-            elif buf and now - last > 0.1:
-                buf.clear()  # a fragment that never completed: line noise
-            while (n := request_length(bytes(buf))) and len(buf) >= n:
-                frame = bytes(buf[:n])
-                del buf[:n]
-                if not self._answer(fd, frame, first) and self._listener is not None:
-                    return  # disconnect fault: drop the TCP client
-                first = time.monotonic()
+        tcp = self._listener is not None
+        for frame, heard_at in rtu_frames(fd, self._stop, tcp):
+            if not self._answer(fd, frame, heard_at) and tcp:
+                return  # disconnect fault: drop the TCP client
 
     def _answer(self, fd: int, frame: bytes, heard_at: float) -> bool:
         """Answer one request frame; False when a disconnect fault says to hang up."""

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import os
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from uplink_harness import Harness, until
 
 from gatewayd.config import AuthConfig, ConfigError, TlsConfig, UplinkConfig, load_document
 from gatewayd.config.parse import parse_bytes
+from gatewayd.reading import Record
 from gatewayd.uplink.channels.azure import AzureChannel, merge_patch
 from gatewayd.uplink.channels.base import CommandIn, ConfigPush
 from gatewayd.uplink.credentials import sas_token
@@ -187,6 +189,45 @@ def test_telemetry_delivered_and_state_reported_in_the_twin(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
+def test_a_routed_subfolder_travels_as_a_message_property_after_the_bag(tmp_path: Path) -> None:
+    # IoT Hub reads everything after messages/events/ as the property bag: a subfolder appended
+    # as a topic level would corrupt the last property ($.ce = "utf-8/energy").
+    async def scenario() -> None:
+        hub, ca, key = await _hub(tmp_path)
+        got: list[tuple[dict[str, list[str]], list[int]]] = []
+        prefix = f"devices/{DEVICE}/messages/events/"
+
+        def seen(topic: str, payload: bytes) -> None:
+            assert topic.startswith(prefix), topic
+            bag = urllib.parse.parse_qs(topic[len(prefix) :])
+            got.append((bag, [r["id"] for r in json.loads(payload)]))
+
+        hub.on_message = seen
+        h = await Harness.open(tmp_path, events_cfg(azure_cfg(hub.port, ca, key)))
+        try:
+            await h.halt()
+            now = int(time.time() * 1000)
+            ids = await h.buffer.append(
+                [
+                    Record("plc/a", now, 1.0),
+                    Record("plc/b", now, 2.0, subfolder="energy/fast"),
+                    Record("plc/c", now, 3.0),
+                ]
+            )
+            await h.drained(10)
+            base = {"$.ct": ["application/json"], "$.ce": ["utf-8"]}
+            assert got == [
+                (base, [ids[0]]),
+                ({**base, "subfolder": ["energy/fast"]}, [ids[1]]),
+                (base, [ids[2]]),
+            ]
+        finally:
+            await h.close()
+            await hub.stop()
+
+    asyncio.run(scenario())
+
+
 def test_throttled_twin_requests_back_off_instead_of_hammering(tmp_path: Path) -> None:
     async def scenario() -> None:
         hub, ca, key = await _hub(tmp_path)
@@ -301,9 +342,9 @@ def wrong_key_not_logged(text: str) -> bool:
 
 
 def test_x509_device_certificate_authenticates_and_a_wrong_one_is_refused(tmp_path: Path) -> None:
-    from tls_certs import TestCA
+    from gatewayd_sim.cloud.certs import CertificateAuthority
 
-    ca = TestCA(tmp_path / "device-ca")
+    ca = CertificateAuthority(tmp_path / "device-ca")
     good_cert, good_key = ca.issue(DEVICE, server=False)
     other_cert, other_key = ca.issue("someone-else", server=False)
 

@@ -48,24 +48,39 @@ def _on_loop(bt: BrokerThread, fn: Any, *args: Any) -> None:
     bt.loop.call_soon_threadsafe(fn, *args)
 
 
+def _sdk_flow(
+    tb_sdk: Path,
+    tb: tuple[BrokerThread, ThingsBoard],
+    args: list[str],
+    device: str,
+    shared: dict[str, Any],
+    rpc_params: dict[str, Any],
+) -> dict[str, Any]:
+    """Run tb_device.py (`args`: role, token[, device]) through its steps: the cloud sets the
+    shared attributes `shared` on `device`, then calls its RPC setValve(`rpc_params`) and waits
+    for the answer; the script's results."""
+    bt, cloud = tb
+    flow = Flow(tb_sdk, "tb_device.py", args[0], str(bt.port), *args[1:])
+    try:
+        flow.expect_ready("shared")
+        _on_loop(bt, cloud.set_shared, device, shared)
+        flow.go()
+        flow.expect_ready("rpc")
+        _on_loop(bt, cloud.send_rpc, device, "setValve", rpc_params)
+        flow.go()
+        flow.expect_ready("rpc-answered")
+        wait_for(lambda: (device, 1) in cloud.rpc_replies, 20, f"{device}'s RPC answer")
+        flow.go()
+        return flow.results()
+    finally:
+        flow.close()
+
+
 def test_sdk_device_telemetry_attributes_and_rpc(
     tb_sdk: Path, tb: tuple[BrokerThread, ThingsBoard]
 ) -> None:
-    bt, cloud = tb
-    flow = Flow(tb_sdk, "tb_device.py", "device", str(bt.port), DEVICE_TOKEN)
-    try:
-        flow.expect_ready("shared")
-        _on_loop(bt, cloud.set_shared, "dev1", {"interval_s": 5})
-        flow.go()
-        flow.expect_ready("rpc")
-        _on_loop(bt, cloud.send_rpc, "dev1", "setValve", {"open": True})
-        flow.go()
-        flow.expect_ready("rpc-answered")
-        wait_for(lambda: ("dev1", 1) in cloud.rpc_replies, 20, "the device's RPC answer")
-        flow.go()
-        r = flow.results()
-    finally:
-        flow.close()
+    cloud = tb[1]
+    r = _sdk_flow(tb_sdk, tb, ["device", DEVICE_TOKEN], "dev1", {"interval_s": 5}, {"open": True})
     assert r["connected"] and r["service_configuration"]  # getSessionLimits was answered
     assert r["publish_rcs"] == [0, 0, 0]
     assert r["shared_update"] == {"interval_s": 5}
@@ -87,21 +102,9 @@ def test_sdk_device_telemetry_attributes_and_rpc(
 def test_sdk_gateway_connects_a_device_and_carries_its_telemetry_attributes_and_rpc(
     tb_sdk: Path, tb: tuple[BrokerThread, ThingsBoard]
 ) -> None:
-    bt, cloud = tb
-    flow = Flow(tb_sdk, "tb_device.py", "gateway", str(bt.port), GATEWAY_TOKEN, "Boiler A")
-    try:
-        flow.expect_ready("shared")
-        _on_loop(bt, cloud.set_shared, "Boiler A", {"setpoint": 60})
-        flow.go()
-        flow.expect_ready("rpc")
-        _on_loop(bt, cloud.send_rpc, "Boiler A", "setValve", {"open": False})
-        flow.go()
-        flow.expect_ready("rpc-answered")
-        wait_for(lambda: ("Boiler A", 1) in cloud.rpc_replies, 20, "the gateway's RPC answer")
-        flow.go()
-        r = flow.results()
-    finally:
-        flow.close()
+    cloud = tb[1]
+    args = ["gateway", GATEWAY_TOKEN, "Boiler A"]
+    r = _sdk_flow(tb_sdk, tb, args, "Boiler A", {"setpoint": 60}, {"open": False})
     assert r["connected"] and r["service_configuration"]
     assert r["publish_rcs"] == [0, 0, 0]
     assert r["shared_update"] == {"device": "Boiler A", "data": {"setpoint": 60}}

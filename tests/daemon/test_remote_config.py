@@ -124,6 +124,23 @@ def _setup(
     return tomllib.loads(text), cfg, port
 
 
+def _running(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp: Path, deadline: float = 3.0
+) -> tuple[dict[str, Any], Path, subprocess.Popen[bytes]]:
+    """_setup, the gateway started (log gw.log) and its first readings at the cloud."""
+    doc, cfg, _ = _setup(cloud, procs, tmp, deadline)
+    gw = start_gateway(cfg, procs, tmp / "gw.log")
+    _wait_flowing(cloud, "plc", n=5)
+    return doc, cfg, gw
+
+
+def _version(doc: dict[str, Any], version: Any) -> dict[str, Any]:
+    """A deep copy of the document with another version, to change and push."""
+    new: dict[str, Any] = json.loads(json.dumps(doc))
+    new["version"] = version
+    return new
+
+
 def _wait_flowing(cloud: Cloud, device: str, n: int = 20, timeout: float = 20) -> None:
     def count() -> int:
         return sum(1 for r in list(cloud.recorder.records) if r["point"].startswith(device + "/"))
@@ -140,8 +157,7 @@ def test_valid_push_is_applied_live_new_device_flows_old_stops_nothing_lost(
     _wait_flowing(cloud, "plc")
     port2 = free_port()
     start_modbus_sim(FIXTURES / "plc_map.toml", port2, procs)
-    new = json.loads(json.dumps(doc))
-    new["version"] = 2
+    new = _version(doc, 2)
     new["devices"][0]["id"] = "plc2"
     new["devices"][0]["port"] = port2
     cloud.push(new)
@@ -163,17 +179,13 @@ def test_valid_push_is_applied_live_new_device_flows_old_stops_nothing_lost(
 def test_invalid_push_is_rejected_with_the_path_and_stale_version_refused(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    doc, cfg, _ = _setup(cloud, procs, tmp_path)
-    start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
-    bad = json.loads(json.dumps(doc))
-    bad["version"] = 5
+    doc, _, _ = _running(cloud, procs, tmp_path)
+    bad = _version(doc, 5)
     bad["devices"][0]["points"][1]["address"] = 70000
     cloud.push(bad)
     out = cloud.outcome(5, "rejected")
     assert out["reason"].startswith("devices[0].points[1].address: 70000 is above 65535")
-    stale = json.loads(json.dumps(doc))
-    stale["version"] = 1
+    stale = _version(doc, 1)
     stale["devices"][0]["interval_ms"] = 200
     cloud.push(stale)
     out = cloud.outcome(1, "rejected")
@@ -186,11 +198,8 @@ def test_invalid_push_is_rejected_with_the_path_and_stale_version_refused(
 def test_push_to_missing_broker_rolls_back_and_gateway_comes_back(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    doc, cfg, _ = _setup(cloud, procs, tmp_path, deadline=3.0)
-    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
-    bad = json.loads(json.dumps(doc))
-    bad["version"] = 3
+    doc, cfg, gw = _running(cloud, procs, tmp_path, deadline=3.0)
+    bad = _version(doc, 3)
     bad["uplink"]["port"] = free_port()  # nothing listens there
     t0 = time.monotonic()
     cloud.push(bad)
@@ -214,11 +223,8 @@ def test_push_to_missing_broker_rolls_back_and_gateway_comes_back(
 def test_sigkill_during_apply_restarts_on_a_consistent_config(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    doc, cfg, _ = _setup(cloud, procs, tmp_path, deadline=30.0)
-    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
-    bad = json.loads(json.dumps(doc))
-    bad["version"] = 4
+    doc, cfg, gw = _running(cloud, procs, tmp_path, deadline=30.0)
+    bad = _version(doc, 4)
     bad["uplink"]["port"] = free_port()
     cloud.push(bad)
     cand = tmp_path / "config" / "candidate.json"
@@ -246,9 +252,7 @@ def test_sigkill_during_apply_restarts_on_a_consistent_config(
 def test_fuzzed_pushes_never_stop_the_daemon(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    doc, cfg, _ = _setup(cloud, procs, tmp_path)
-    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
+    doc, _, gw = _running(cloud, procs, tmp_path)
     rng = random.Random(1234)
     print("fuzz seed 1234")
     for i in range(1000):
@@ -263,8 +267,7 @@ def test_fuzzed_pushes_never_stop_the_daemon(
         elif kind == 3:
             payload = b'{"version": 9, "x": "' + b"A" * rng.randint(300_000, 2_000_000) + b'"}'
         else:
-            mutated = json.loads(json.dumps(doc))
-            mutated["version"] = rng.choice([0, 2, -1, "7", None, 10**30, True])
+            mutated = _version(doc, rng.choice([0, 2, -1, "7", None, 10**30, True]))
             _mutate(mutated, rng)
             payload = json.dumps(mutated).encode()
         cloud.push(payload)
@@ -308,9 +311,7 @@ def _mutate(doc: dict[str, Any], rng: random.Random) -> None:
 def test_commands_write_only_writable_points_in_range(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    _, cfg, _ = _setup(cloud, procs, tmp_path)
-    start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
+    _running(cloud, procs, tmp_path)
 
     def result(cid: str) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
@@ -340,9 +341,7 @@ def test_commands_write_only_writable_points_in_range(
 def test_sighup_reloads_the_local_file_through_the_same_path(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    _, cfg, _ = _setup(cloud, procs, tmp_path)
-    gw = start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
+    _, cfg, gw = _running(cloud, procs, tmp_path)
     text = cfg.read_text()
     cfg.write_text(
         text.replace("version = 1", "version = 7").replace("interval_ms = 100", "interval_ms = 50")
@@ -370,9 +369,7 @@ def _outcome_lines(log: Path, status: str) -> list[str]:
 def test_push_to_an_unreachable_device_is_rolled_back_and_later_pushes_are_applied(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    doc, cfg, _ = _setup(cloud, procs, tmp_path)
-    start_gateway(cfg, procs, tmp_path / "gw.log")
-    _wait_flowing(cloud, "plc", n=5)
+    doc, _, _ = _running(cloud, procs, tmp_path)
     # Each poll of these completes, with every reading BAD: the driver answered, the device not.
     moves: list[tuple[str, Any]] = [
         ("port", free_port()),  # closed port
@@ -380,15 +377,13 @@ def test_push_to_an_unreachable_device_is_rolled_back_and_later_pushes_are_appli
         ("host", "192.0.2.1"),  # TEST-NET-1: unroutable
     ]
     for version, (key, value) in enumerate(moves, start=2):
-        bad = json.loads(json.dumps(doc))
-        bad["version"] = version
+        bad = _version(doc, version)
         bad["devices"][0][key] = value
         bad["devices"][0]["timeout_s"] = 0.3
         cloud.push(bad)
         out = cloud.outcome(version, "rolled_back", timeout=30)
         assert "plc" in out["reason"] and "completed no good poll" in out["reason"], out
-    shadow = json.loads(json.dumps(doc))  # a file that is no serial port
-    shadow["version"] = 5
+    shadow = _version(doc, 5)  # a file that is no serial port
     shadow["devices"][0] = {
         "id": "plc",
         "driver": "serial_line",
@@ -398,8 +393,7 @@ def test_push_to_an_unreachable_device_is_rolled_back_and_later_pushes_are_appli
     cloud.push(shadow)
     out = cloud.outcome(5, "rolled_back", timeout=30)
     assert "plc" in out["reason"] and "completed no good poll" in out["reason"], out
-    good = json.loads(json.dumps(doc))
-    good["version"] = 9
+    good = _version(doc, 9)
     good["devices"][0]["timeout_s"] = 0.5
     cloud.push(good)
     assert cloud.outcome(9, "applied")["reason"].startswith("healthy after")
@@ -412,8 +406,7 @@ def test_push_that_starves_the_existing_device_is_rolled_back(
     doc, cfg, _ = _setup(cloud, procs, tmp_path)
     start_daemon(cfg, procs, tmp_path / "gw.log", plugins=True)
     _wait_flowing(cloud, "plc", n=10)
-    heavy = json.loads(json.dumps(doc))
-    heavy["version"] = 2
+    heavy = _version(doc, 2)
     heavy["remote_config"]["health_deadline_s"] = 8.0
     heavy["devices"] += [
         {
@@ -444,14 +437,12 @@ def test_push_changing_the_identity_or_config_topic_is_refused_and_the_topic_sti
         ("client_id", "projects/p1/x/{device}", "uplink.client_id: would change"),
     ]
     for version, (key, value, reason) in enumerate(changes, start=2):
-        new = json.loads(json.dumps(doc))
-        new["version"] = version
+        new = _version(doc, version)
         new["uplink"][key] = value
         cloud.push(new)
         out = cloud.outcome(version, "rejected")
         assert out["reason"].startswith(reason) and "only in the local file" in out["reason"], out
-    topic = json.loads(json.dumps(doc))
-    topic["version"] = 4
+    topic = _version(doc, 4)
     topic["uplink"]["topics"] = {"config": "/devices/{device}/config2"}
     cloud.push(topic)
     assert cloud.outcome(4, "rejected")["reason"].startswith("uplink.topics.config: would change")
@@ -459,8 +450,7 @@ def test_push_changing_the_identity_or_config_topic_is_refused_and_the_topic_sti
     gw.wait(5)
     start_gateway(cfg, procs, tmp_path / "gw2.log")
     _wait_flowing(cloud, "plc", n=5)
-    ok = json.loads(json.dumps(doc))
-    ok["version"] = 5000
+    ok = _version(doc, 5000)
     ok["devices"][0]["interval_ms"] = 150
     cloud.push(ok)
     assert cloud.outcome(5000, "applied")["reason"].startswith("healthy after")
@@ -473,14 +463,12 @@ def test_pushes_arriving_during_a_candidate_each_get_an_outcome_and_the_newest_i
     log = tmp_path / "gw.log"
     start_gateway(cfg, procs, log)
     _wait_flowing(cloud, "plc", n=5)
-    slow = json.loads(json.dumps(doc))
-    slow["version"] = 2
+    slow = _version(doc, 2)
     slow["devices"][0]["port"] = free_port()  # judged for the whole deadline, then rolled back
     cloud.push(slow)
     wait_for(lambda: _outcome_lines(log, "candidate") or None, 10, "the candidate")
     for version in (3, 4, 5):
-        new = json.loads(json.dumps(doc))
-        new["version"] = version
+        new = _version(doc, version)
         new["devices"][0]["interval_ms"] = 100 + version
         cloud.push(new)
         time.sleep(0.1)
@@ -501,8 +489,7 @@ def test_settings_not_applied_live_and_hostile_numbers_are_refused_with_the_plac
     _wait_flowing(cloud, "plc", n=5)
 
     def push(version: int, edit: Any) -> None:
-        new = json.loads(json.dumps(doc))
-        new["version"] = version
+        new = _version(doc, version)
         edit(new)
         cloud.push(json.dumps(new).encode())  # NaN goes out as the NaN literal
 
@@ -542,8 +529,7 @@ def test_settings_not_applied_live_and_hostile_numbers_are_refused_with_the_plac
         "the duplicate key refused",
     )
     # Version 10**400 once broke /metrics and `gatewayd status` for good.
-    huge = json.loads(json.dumps(doc))
-    huge["version"] = 10**400
+    huge = _version(doc, 10**400)
     cloud.push(huge)
     wait_for(
         lambda: (
@@ -579,8 +565,7 @@ def test_a_reconnect_does_not_count_or_rewrite_the_same_config_again(
     doc = tomllib.loads(cfg.read_text())
     start_gateway(cfg, procs, tmp_path / "gw.log")
     _wait_flowing(cloud, "plc", n=5)
-    new = json.loads(json.dumps(doc))
-    new["version"] = 2
+    new = _version(doc, 2)
     new["devices"][0]["interval_ms"] = 150
     cloud.push(new)
     cloud.outcome(2, "applied")
@@ -604,8 +589,7 @@ def test_start_only_settings_come_from_the_local_file_not_from_a_stored_push(
     local_port, pushed_port = free_port(), free_port()
     cfg.write_text(with_metrics(cfg.read_text(), local_port))
     doc = tomllib.loads(cfg.read_text())
-    stored = json.loads(json.dumps(doc))
-    stored["version"] = 2
+    stored = _version(doc, 2)
     stored["metrics"]["listen"] = f"0.0.0.0:{pushed_port}"
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "applied.json").write_text(
@@ -626,8 +610,7 @@ def test_a_stored_version_beyond_2_53_neither_breaks_metrics_nor_blocks_pushes(
     mport = free_port()
     cfg.write_text(with_metrics(cfg.read_text(), mport))
     doc = tomllib.loads(cfg.read_text())
-    huge = json.loads(json.dumps(doc))
-    huge["version"] = 10**400
+    huge = _version(doc, 10**400)
     state = tmp_path / "config"
     state.mkdir()
     (state / "applied.json").write_text(json.dumps({"version": 10**400, "document": huge}))
@@ -643,8 +626,7 @@ def test_a_stored_version_beyond_2_53_neither_breaks_metrics_nor_blocks_pushes(
     )
     assert res.returncode == 0, res.stderr
     _wait_flowing(cloud, "plc", n=5)
-    new = json.loads(json.dumps(doc))
-    new["version"] = 2
+    new = _version(doc, 2)
     new["devices"][0]["interval_ms"] = 150
     cloud.push(new)
     assert cloud.outcome(2, "applied")["reason"].startswith("healthy after")

@@ -4,8 +4,9 @@ sockets, real sessions, real subscriptions and Basic256Sha256 with real certific
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +64,27 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(body(), 60))
 
 
+@contextlib.asynccontextmanager
+async def running(
+    sim: SimServer, dev: DeviceConfig
+) -> AsyncIterator[tuple[OpcUaDriver, PollGroup]]:
+    """The server started and a driver for `dev` with its one poll group; both closed after."""
+    await sim.start()
+    drv = OpcUaDriver(dev)
+    (group,) = poll_groups(dev)
+    try:
+        yield drv, group
+    finally:
+        await drv.close()
+        await sim.stop()
+
+
 def test_subscribed_and_polled_values_carry_the_servers_timestamps_and_status() -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(
-            port, period_s=0.05, ts_offset_s=-3600, bad={"Counter": "BadSensorFailure"}
-        ).start()
-        dev = device(port, TEMP + COUNTER + NAME)
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
-        try:
+        sim = SimServer(port, period_s=0.05, ts_offset_s=-3600, bad={"Counter": "BadSensorFailure"})
+        async with running(sim, device(port, TEMP + COUNTER + NAME)) as (drv, group):
             got = await collect(drv, group, lambda g: sum(r.point == "u/t" for r in g) >= 5)
-        finally:
-            await drv.close()
-            await sim.stop()
         temps = [r for r in got if r.point == "u/t"]
         assert all(r.quality is Quality.GOOD and 54.9 < r.value < 65.1 for r in temps), temps
         # The server stamps an hour back: the readings carry its SourceTimestamp, not ours.
@@ -97,21 +105,15 @@ def test_subscribed_and_polled_values_carry_the_servers_timestamps_and_status() 
 def test_writes_go_through_check_write_and_reach_the_server() -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(port).start()
         dev = device(port, SETPOINT)
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
         sp = dev.points[0]
-        try:
+        async with running(SimServer(port), dev) as (drv, group):
             with pytest.raises(WriteError, match=r"above max = 100\.0") as err:
                 await drv.write(sp, 150.0)
             assert err.value.outcome == "refused"
             await drv.write(sp, 42.5)
             (r,) = await drv.poll(group)
             assert (r.value, r.quality) == (42.5, Quality.GOOD)
-        finally:
-            await drv.close()
-            await sim.stop()
 
     run(body)
 
@@ -119,23 +121,17 @@ def test_writes_go_through_check_write_and_reach_the_server() -> None:
 def test_a_flood_of_notifications_is_bounded_and_the_drops_counted() -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(port, period_s=0.02, items=50).start()
+        sim = SimServer(port, period_s=0.02, items=50)
         bulk = "".join(
             f'[[devices.points]]\nid = "b{i}"\nnode = "ns=2;s=Bulk.{i}"\n'
             "sampling_interval_ms = 10\n"
             for i in range(50)
         )
-        dev = device(port, bulk, queue_max=100)
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
-        try:
+        async with running(sim, device(port, bulk, queue_max=100)) as (drv, group):
             assert await drv.poll(group) == []  # connects; nothing queued yet
             await asyncio.sleep(1.5)  # ~75 ticks x 50 items arrive, nobody polls
             assert drv._queued <= 100
             got = await drv.poll(group)
-        finally:
-            await drv.close()
-            await sim.stop()
         assert 0 < len(got) <= 100
         assert drv.counters["notifications_dropped"] > 500
         # The newest survive: the last reading of each item is recent.
@@ -184,67 +180,62 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def secure_sim(port: int, pki: dict[str, Path], security: str = "encrypt") -> SimServer:
+    """A Basic256Sha256 server with the server certificate, trusting only the client's."""
+    return SimServer(
+        port,
+        security=security,
+        cert=pki["server_cert"],
+        key=pki["server_key"],
+        trust=[pki["client_cert"]],
+    )
+
+
+def secure_device(
+    port: int,
+    pki: dict[str, Path],
+    client: str = "client",
+    trusted: str = "server_cert",
+    **opts: Any,
+) -> DeviceConfig:
+    """A Basic256Sha256 device presenting `client`'s certificate and trusting `trusted`."""
+    return device(
+        port,
+        TEMP,
+        security_policy="Basic256Sha256",
+        certificate=str(pki[f"{client}_cert"]),
+        private_key=str(pki[f"{client}_key"]),
+        trust=[str(pki[trusted])],
+        **opts,
+    )
+
+
+async def first_poll(sim: SimServer, dev: DeviceConfig) -> Reading:
+    async with running(sim, dev) as (drv, group):
+        (r,) = await drv.poll(group)
+    return r
+
+
 @pytest.mark.parametrize("mode", ["SignAndEncrypt", "Sign"])
 def test_basic256sha256_with_a_trusted_client_certificate_connects(
     pki: dict[str, Path], mode: str
 ) -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(
-            port,
-            security="encrypt" if mode == "SignAndEncrypt" else "sign",
-            cert=pki["server_cert"],
-            key=pki["server_key"],
-            trust=[pki["client_cert"]],
-        ).start()
-        dev = device(
-            port,
-            TEMP,
-            security_policy="Basic256Sha256",
-            security_mode=mode,
-            certificate=str(pki["client_cert"]),
-            private_key=str(pki["client_key"]),
-            trust=[str(pki["server_cert"])],
-        )
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
-        try:
+        sim = secure_sim(port, pki, "encrypt" if mode == "SignAndEncrypt" else "sign")
+        async with running(sim, secure_device(port, pki, security_mode=mode)) as (drv, group):
             got = await collect(drv, group, lambda g: any(r.quality is Quality.GOOD for r in g))
-        finally:
-            await drv.close()
-            await sim.stop()
         assert got[-1].point == "u/t"
 
     run(body)
 
 
 def test_an_untrusted_client_certificate_is_refused_with_a_clear_reason(
-    pki: dict[str, Path], caplog: pytest.LogCaptureFixture
+    pki: dict[str, Path],
 ) -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(
-            port,
-            security="encrypt",
-            cert=pki["server_cert"],
-            key=pki["server_key"],
-            trust=[pki["client_cert"]],
-        ).start()
-        dev = device(
-            port,
-            TEMP,
-            security_policy="Basic256Sha256",
-            certificate=str(pki["other_cert"]),
-            private_key=str(pki["other_key"]),
-            trust=[str(pki["server_cert"])],
-        )
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
-        try:
-            (r,) = await drv.poll(group)
-        finally:
-            await drv.close()
-            await sim.stop()
+        r = await first_poll(secure_sim(port, pki), secure_device(port, pki, client="other"))
         assert r.quality is Quality.BAD
         assert r.reason and r.reason.startswith("security_refused: Bad"), r.reason
         assert "trust list" in r.reason
@@ -255,28 +246,8 @@ def test_an_untrusted_client_certificate_is_refused_with_a_clear_reason(
 def test_a_server_certificate_outside_the_trust_list_is_refused(pki: dict[str, Path]) -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(
-            port,
-            security="encrypt",
-            cert=pki["server_cert"],
-            key=pki["server_key"],
-            trust=[pki["client_cert"]],
-        ).start()
-        dev = device(
-            port,
-            TEMP,
-            security_policy="Basic256Sha256",
-            certificate=str(pki["client_cert"]),
-            private_key=str(pki["client_key"]),
-            trust=[str(pki["other_cert"])],  # not the server's
-        )
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
-        try:
-            (r,) = await drv.poll(group)
-        finally:
-            await drv.close()
-            await sim.stop()
+        # The client trusts only another certificate, not the server's.
+        r = await first_poll(secure_sim(port, pki), secure_device(port, pki, trusted="other_cert"))
         assert r.reason and r.reason.startswith(
             "security_refused: the server's certificate is not in the trust list"
         ), r.reason
@@ -307,11 +278,9 @@ def test_an_expired_session_is_noticed_and_re_created_with_its_subscription(
 ) -> None:
     async def body() -> None:
         port = free_port()
-        sim = await SimServer(port, period_s=0.05).start()
-        dev = device(port, TEMP)  # subscribed only: no read fails, the publish loop tells
-        drv = OpcUaDriver(dev)
-        (group,) = poll_groups(dev)
-        try:
+        sim = SimServer(port, period_s=0.05)
+        # Subscribed only: no read fails, the publish loop tells.
+        async with running(sim, device(port, TEMP)) as (drv, group):
             await collect(drv, group, lambda g: len(g) >= 3)
             assert await sim.expire_sessions() == 1
             expired_ms = time.time() * 1000
@@ -323,9 +292,6 @@ def test_an_expired_session_is_noticed_and_re_created_with_its_subscription(
                 ),
             )
             assert len(sim._server.iserver._external_sessions) == 1, "one new session"
-        finally:
-            await drv.close()
-            await sim.stop()
 
     run(body)
     lost = [r.getMessage() for r in caplog.records if "opcua_unavailable" in r.getMessage()]

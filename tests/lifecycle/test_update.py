@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import free_port, start_modbus_sim, wait_for
@@ -105,6 +106,22 @@ def _up_on(site: Site, version: str, since: float = 0, timeout: float = 60) -> d
     )
 
 
+def _rolled_back(site: Site, uid: str, version: str, variant: str, waiting: str) -> dict[str, Any]:
+    """Update `uid` to `version` (its wheels built as `variant`) over HTTP, accepted; the
+    software state once the gateway is back on OLD reporting the update rolled back."""
+    files = site.lab.wheels.files(version, variant)
+    url = site.publish(files)
+    site.operator.send(update_command(uid, version, files, site.lab.key, url=url))
+    assert site.operator.result(uid)["status"] == "ok"
+    return site.operator.software(
+        lambda sw: (
+            sw.get("version") == OLD and (sw.get("update") or {}).get("status") == "rolled_back"
+        ),
+        120,
+        waiting,
+    )
+
+
 def test_update_by_mqtt_chunks_runs_the_new_version_and_reports_applied(site: Site) -> None:
     sup = site.supervise()
     try:
@@ -137,17 +154,7 @@ def test_update_to_a_version_that_cannot_connect_is_rolled_back_and_reported(sit
     sup = site.supervise()
     try:
         _up_on(site, OLD)
-        files = site.lab.wheels.files("0.3.0", "no_uplink")
-        url = site.publish(files)
-        site.operator.send(update_command("u2", "0.3.0", files, site.lab.key, url=url))
-        assert site.operator.result("u2")["status"] == "ok"
-        sw = site.operator.software(
-            lambda sw: (
-                sw.get("version") == OLD and (sw.get("update") or {}).get("status") == "rolled_back"
-            ),
-            120,
-            "back on 0.1.0, reporting the rollback",
-        )
+        sw = _rolled_back(site, "u2", "0.3.0", "no_uplink", "back on 0.1.0, reporting the rollback")
         reason = sw["update"]["reason"]
         assert "0.3.0 not healthy: uplink not connected within 8 s" in reason, reason
         assert sw["update"]["id"] == "u2"
@@ -161,17 +168,7 @@ def test_update_whose_process_dies_at_start_is_rolled_back(site: Site) -> None:
     sup = site.supervise()
     try:
         _up_on(site, OLD)
-        files = site.lab.wheels.files("0.4.0", "dies")
-        url = site.publish(files)
-        site.operator.send(update_command("u3", "0.4.0", files, site.lab.key, url=url))
-        assert site.operator.result("u3")["status"] == "ok"
-        sw = site.operator.software(
-            lambda sw: (
-                sw.get("version") == OLD and (sw.get("update") or {}).get("status") == "rolled_back"
-            ),
-            120,
-            "back on 0.1.0 after the crash loop",
-        )
+        sw = _rolled_back(site, "u3", "0.4.0", "dies", "back on 0.1.0 after the crash loop")
         assert "0.4.0 did not report healthy in 2 starts" in sw["update"]["reason"], sw
         assert site.link("current") == OLD
         assert sup.exits[:3] == [75, 1, 1], sup.exits  # update, two crashed starts of 0.4.0

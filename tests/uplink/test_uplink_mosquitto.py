@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tls_certs import TestCA
 from uplink_harness import Harness, SecureMosquitto, until, uplink_cfg
 
 from gatewayd.config import AuthConfig, TlsConfig
+from gatewayd_sim.cloud.certs import CertificateAuthority
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_mqtt5_with_tls_and_password_delivers(secure: SecureMosquitto, tmp_path:
 def test_server_from_another_ca_is_refused_and_reported(
     secure: SecureMosquitto, tmp_path: Path
 ) -> None:
-    other = TestCA(tmp_path / "other", cn="another CA")
+    other = CertificateAuthority(tmp_path / "other", cn="another CA")
 
     async def scenario() -> None:
         cfg = uplink_cfg(secure.port, tls=TlsConfig(ca_file=str(other.ca_file)), auth=PASSWORD)

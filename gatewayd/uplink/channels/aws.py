@@ -137,6 +137,10 @@ class AwsChannel:
         self._token += 1
         return f"{kind}-{self._token}"
 
+    def events_topic(self, events: str, subfolder: str) -> str:
+        # A topic level, as a rule's topic filter sees it (check keeps one slash for it).
+        return f"{events}/{subfolder}"
+
     def subscriptions(self) -> list[str]:
         return [
             f"{self.shadow}/get/+",

@@ -16,6 +16,9 @@ IoT Hub keeps no retained messages; what the gateway must hear lives in the devi
   points needs another way in, such as a smaller document per gateway);
 - the state document (with the config outcomes in `config` and `config_recent`) goes to the
   reported property `gatewayd` (`$iothub/twin/PATCH/properties/reported/?$rid=N`);
+- telemetry goes to `devices/{id}/messages/events/{property bag}`, and IoT Hub reads all that
+  follows `events/` as the bag: a routed subfolder is the message property `subfolder`
+  (URL-encoded, added to the configured bag), never a topic level after it;
 - a direct method (`$iothub/methods/POST/{name}/?$rid=N`) is a command: `write` with
   `{"point": "dev/p", "value": v}`, `ping`, any other name is refused by commands.py as
   unknown. The result answers on `$iothub/methods/res/{status}/?$rid=N` with the result as
@@ -41,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.remote_config.commands import parse_command
@@ -109,6 +113,10 @@ class AzureChannel:
     def _next_rid(self) -> str:
         self._rid += 1
         return str(self._rid)
+
+    def events_topic(self, events: str, subfolder: str) -> str:
+        prop = "subfolder=" + urllib.parse.quote(subfolder, safe="")
+        return events + prop if events.endswith("/") else f"{events}&{prop}"
 
     def subscriptions(self) -> list[str]:
         return [TWIN_RES + "#", TWIN_DESIRED + "#", METHODS + "#"]

@@ -4,6 +4,11 @@ Telemetry always goes through the buffer and the in-flight window (window.py); e
 the gateway and the cloud say to each other goes through a channel, which the profile selects
 (`channel_for` in __init__.py). The session calls it at fixed points, all on the loop thread:
 
+- `events_topic(events, subfolder)`: the topic of telemetry a routing rule sent to `subfolder`
+  (`events` is the configured events topic; the window asks once per run of records with the
+  same subfolder): a topic level on most clouds, a message property where the topic must end
+  with something else (Azure's property bag);
+
 - `subscriptions()`: the topic filters to SUBSCRIBE after every CONNACK (QoS 1); the session
   checks each SUBACK code against this list;
 - `connected(client)`: once per session, right after that SUBSCRIBE (e.g. Azure's twin GET);
@@ -66,6 +71,8 @@ Incoming = ConfigPush | CommandIn | None
 
 class Channel(Protocol):
     name: str
+
+    def events_topic(self, events: str, subfolder: str) -> str: ...
 
     def subscriptions(self) -> list[str]: ...
 

@@ -4,7 +4,8 @@ Cloud IoT Core's dialect, kept by ClearBlade and usable on any broker (profile "
 configuration is the payload of the config topic (retained, so it comes again at every
 SUBSCRIBE: ConfigManager ignores the redelivery), every message on the commands filter is a
 command, the state document goes to the state topic (retained when `retain_state`), and
-command results to the command_results topic.
+command results to the command_results topic. A routed subfolder is a level under the events
+topic (`{events}/{subfolder}`), as Cloud IoT Core's telemetry subfolders were.
 
 Invariant: payloads pass unchanged both ways; the channel adds nothing and keeps no state.
 """
@@ -27,6 +28,9 @@ class TopicChannel:
     def __init__(self, topics: Mapping[str, str], retain_state: bool) -> None:
         self.topics = topics
         self.retain_state = retain_state
+
+    def events_topic(self, events: str, subfolder: str) -> str:
+        return f"{events}/{subfolder}"
 
     def subscriptions(self) -> list[str]:
         return [self.topics["config"], self.topics["commands"]]
