@@ -20,8 +20,8 @@ from gatewayd.fleet.broker import FleetError, Seen
 from gatewayd.fleet.plan import GatewayPlan, Plan, for_gateway, parse_waves
 from gatewayd.fleet.plan import load as load_plan
 from gatewayd.fleet.plan import save as save_plan
-from gatewayd.fleet.rollout import compile_require
 from gatewayd.fleet.state import read
+from gatewayd.fleet.waves import compile_require
 
 BASE = 'version = 1\n[gateway]\nid = "g"\n{labels}\n[uplink.auth]\nkind = "none"\n'
 
