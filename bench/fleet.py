@@ -119,6 +119,30 @@ def broker_traffic(port: int, seconds: float) -> dict[str, int]:
     return snapshot
 
 
+def complaints(log: Path, offset: int, top: int = 6) -> list[str]:
+    """The most frequent warnings and errors a log got after `offset`, digits masked."""
+    import re
+    from collections import Counter
+
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    c: Counter[str] = Counter()
+    for line in text.splitlines():
+        low = line.lower()
+        if "[err]" in low or "[wrn]" in low or "level=warn" in low or "level=error" in low:
+            body = line.split("]", 2)[-1] if line.startswith("[") else line
+            c[re.sub(r"\d+", "N", body.strip())[:150]] += 1
+    return [f"{n:5d} x {m}" for m, n in c.most_common(top)]
+
+
+def send_line(plan: dict[str, Any]) -> str:
+    return ", ".join(
+        f"wave {k} ({len(plan['waves'][int(k) - 1])}) {v:.2f} s"
+        for k, v in sorted(plan.get("wave_send_s", {}).items())
+    )
+
+
 def write_doc(work: Path, name: str, version: int, cluster: NatsCluster, **kw: Any) -> Path:
     path = work / f"{name}.json"
     path.write_text(json.dumps(gateway_doc(version, cluster.mqtt_hosts, **kw)))
@@ -208,6 +232,21 @@ def main() -> int:
         )
         pushed_once = all(observer.count(gw, version) == 1 for gw in gws.ids)
         print(f"   every gateway pushed exactly once: {pushed_once}")
+        print(f"   sending (publish to last PUBACK, state saved), pipelined: {send_line(plan)}")
+
+        version += 1  # the same, one push at a time: what fleet did before --parallel
+        doc = write_doc(work, "sequential", version, cluster, device_port=gws.sim_port)
+        r = fleet_cmd(
+            work, cluster, "rollout", str(doc), "--waves", waves, "--health-timeout", "120",
+            "--parallel", "1",
+        )  # fmt: skip
+        seq = json.loads((work / "sequential.json.rollout.json").read_text())
+        print(f"   baseline, --parallel 1 (one push at a time): {r.stdout.splitlines()[-2]}")
+        print(
+            "   per wave: "
+            + ", ".join(f"wave {k} {v:.1f} s" for k, v in sorted(seq["wave_times_s"].items()))
+            + f"; sending: {send_line(seq)}"
+        )
 
         version += 1
         doc = write_doc(work, "unhealthy", version, cluster, device_port=free_port())
@@ -232,7 +271,8 @@ def main() -> int:
         conn = ["--host", ",".join(cluster.mqtt_hosts), "--username", "fleet"]
         conn += ["--password", USERS["fleet"]]
         args = [sys.executable, "-m", "gatewayd", "fleet", "rollout", str(doc), *conn]
-        args += ["--waves", waves, "--health-timeout", "120"]
+        # --parallel 4: a wave is sent 4 at a time, so the kill can fall between two windows.
+        args += ["--waves", waves, "--health-timeout", "120", "--parallel", "4"]
         t0 = time.monotonic()
         p = subprocess.Popen(args, cwd=work, stdout=subprocess.DEVNULL)
 
@@ -249,7 +289,7 @@ def main() -> int:
         p.wait()
         pl = json.loads(state.read_text())
         done = sum(1 for g in pl["gateways"].values() if g["pushed"])
-        r = fleet_cmd(work, cluster, "rollout", str(doc), "--waves", waves)
+        r = fleet_cmd(work, cluster, "rollout", str(doc), "--waves", waves, "--parallel", "4")
         twice = [gw for gw in gws.ids if observer.count(gw, version) != 1]
         print(
             f"\n4. rollout SIGKILLed with {done}/{n} pushed, run again: "
@@ -274,9 +314,27 @@ def main() -> int:
             return bool(pl["gateways"][pl["waves"][0][0]]["result"])
 
         wait_for(first_wave, 300, "the first wave's answer", 0.05)
+        logs = [cluster.workdir / f"{nd.name}.log" for nd in cluster.nodes[1:]]
+        offsets = [lg.stat().st_size for lg in logs]
+        gw_offsets = {gw: (work / gw / "gateway.log").stat().st_size for gw in gws.ids}
+        killed_at = time.monotonic()
         cluster.kill(cluster.nodes[0])
         out, _ = p.communicate(timeout=900)
         took = time.monotonic() - t0
+        print(f"\n5. fleet's output after the kill ({time.monotonic() - killed_at:.1f} s):")
+        print("   " + "\n   ".join(out.splitlines()[-8:]))
+        for lg, off in zip(logs, offsets, strict=True):
+            print(f"   {lg.name} after the kill, most frequent warnings/errors:")
+            print("     " + "\n     ".join(complaints(lg, off) or ["none"]))
+        from collections import Counter
+
+        gw_c: Counter[str] = Counter()
+        for gw, off in gw_offsets.items():
+            for line in complaints(work / gw / "gateway.log", off, top=20):
+                n, _, m = line.partition(" x ")
+                gw_c[m] += int(n)
+        print("   the gateways' logs after the kill, most frequent warnings/errors (all 50):")
+        print("     " + "\n     ".join(f"{n:5d} x {m}" for m, n in gw_c.most_common(6)))
         dead = f"127.0.0.1:{cluster.nodes[0].mqtt_port}"
 
         def settled() -> bool:
@@ -286,13 +344,16 @@ def main() -> int:
             )
 
         t1 = time.monotonic()
-        wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 2.0)
+        try:
+            wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 2.0)
+        except AssertionError as exc:
+            print(f"   NOT SETTLED: {exc}")
         time.sleep(3.0)
         lost = sum(len(events.lost(gw, work / gw / "state")) for gw in gws.ids)
         seen = sum(len(v) for v in events.ids.values())
         pl = json.loads(state.read_text())
         print(
-            f"\n5. node SIGKILLed after wave 1: {out.splitlines()[-2]}; {took:.1f} s; per wave "
+            f"   node SIGKILLed after wave 1: {out.splitlines()[-2]}; {took:.1f} s; per wave "
             + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pl["wave_times_s"].items()))
         )
         print(

@@ -83,7 +83,11 @@ def main(argv: list[str]) -> int:
         "update-VERSION.rollout.json",
     )
     args = f.parse_args(argv)
-    from .broker import FleetError
+    from .broker import WINDOW_MAX, FleetError
+
+    if getattr(args, "parallel", None) is not None and not 1 <= args.parallel <= WINDOW_MAX:
+        print(f"error: --parallel {args.parallel}: give 1 to {WINDOW_MAX}", file=sys.stderr)
+        return 2
 
     try:
         if args.fleet_cmd == "status":
@@ -106,6 +110,12 @@ def _wave_args(p: argparse.ArgumentParser, timeout: float, why: str, state: str)
     )
     p.add_argument("--require", help='also demand this of the state, e.g. "devices_bad == 0"')
     p.add_argument("--state-file", help=f"the plan and results (default {state}); resumes")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="sends awaiting their acknowledgement at once, 1-256 (default: 64; 2 with chunks)",
+    )
 
 
 def _select(items: list[str]) -> dict[str, str]:
@@ -208,7 +218,7 @@ def _rollout(args: argparse.Namespace) -> int:
                 lambda v: (v.config_version, _held(broker, v.id)),
             )
             plans.save(plan, state_path)
-        return _run(broker, plan, ConfigJob(broker, plan, doc), state_path)
+        return _run(args, broker, plan, ConfigJob(broker, plan, doc), state_path)
     finally:
         broker.close()
 
@@ -242,7 +252,7 @@ def _update(args: argparse.Namespace) -> int:
             )
             plan.kind, plan.run_id = "update", f"fleet-{args.version}-{int(time.time())}"
             plans.save(plan, state_path)
-        return _run(broker, plan, UpdateJob(broker, plan, command, files), state_path)
+        return _run(args, broker, plan, UpdateJob(broker, plan, command, files), state_path)
     finally:
         broker.close()
 
@@ -289,9 +299,11 @@ def _resume(state_path: Path, kind: str, digest: str) -> Any:
     return plan
 
 
-def _run(broker: Any, plan: Any, job: Any, state_path: Path) -> int:
+def _run(args: argparse.Namespace, broker: Any, plan: Any, job: Any, state_path: Path) -> int:
     from .waves import Waves
 
+    if args.parallel is not None:
+        job.window = args.parallel
     tty = sys.stderr if sys.stderr.isatty() else None
     return Waves(broker, plan, job, state_path, sys.stdout, tty).run()
 

@@ -130,6 +130,7 @@ class Plan:
     status: str = "running"  # running | halted | done
     halt_reason: str = ""
     wave_times_s: dict[str, float] = field(default_factory=dict)
+    wave_send_s: dict[str, float] = field(default_factory=dict)  # of which sending (to PUBACK)
     kind: str = "config"  # config (fleet rollout) | update (fleet update)
     run_id: str = ""  # update: the command id every gateway of this run gets
 
@@ -148,6 +149,7 @@ class Plan:
             "status": self.status,
             "halt_reason": self.halt_reason,
             "wave_times_s": self.wave_times_s,
+            "wave_send_s": self.wave_send_s,
             "kind": self.kind,
             "run_id": self.run_id,
             "gateways": {k: vars(g) for k, g in self.gateways.items()},

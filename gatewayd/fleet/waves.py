@@ -115,6 +115,8 @@ class Waves:
             todo = [g for g in wave if g.result is None and not g.pushed]
             for g in self.send_all(todo, self.job):
                 g.result, g.reason = "timeout", "the broker acknowledged no push"
+            if todo:
+                p.wave_send_s[str(i + 1)] = round(time.monotonic() - t0, 3)
             self.save()
             self._await(wave, i)
             p.wave_times_s[str(i + 1)] = round(
