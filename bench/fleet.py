@@ -1,6 +1,7 @@
 """A fleet of real gateways on a 3-node NATS cluster: `fleet status`, rollouts, idle cost.
 
     nice .venv/bin/python bench/fleet.py [--quick] [--gateways N]
+    nice .venv/bin/python bench/fleet.py --sends 1000    # sending one wave of 1,000, timed
 
 50 `gatewayd run` processes (--quick: 10), each its own state dir and Modbus unit of one
 simulator, polling one point a second, on a 3-node NATS cluster (JetStream + MQTT):
@@ -149,11 +150,52 @@ def write_doc(work: Path, name: str, version: int, cluster: NatsCluster, **kw: A
     return path
 
 
+def sends(cluster: NatsCluster, work: Path, n: int) -> None:
+    """One wave of `n` gateways, sent as `fleet rollout` sends it (retained QoS 1 pushes, the
+    state file saved per window) with --parallel 1, the way before, and the default 64. No
+    gateway listens: only sending is measured; the retained documents are cleared after."""
+    from gatewayd.fleet.broker import FleetBroker, load_settings
+    from gatewayd.fleet.plan import GatewayPlan, Plan
+    from gatewayd.fleet.rollout import ConfigJob
+    from gatewayd.fleet.waves import Waves
+
+    settings = load_settings(
+        None, host=",".join(cluster.mqtt_hosts), username="fleet", password=USERS["fleet"]
+    )
+    broker = FleetBroker(settings)
+    broker.connect()
+    broker.settle()
+    ids = [f"synthetic-{i:05d}" for i in range(n)]
+    doc = gateway_doc(2, cluster.mqtt_hosts, device_port=1502, unit=1)
+    try:
+        for window in (1, 64):
+            gws = {g: GatewayPlan(g, 1, {}, 1, None) for g in ids}
+            plan = Plan("bench", 2 + window, {}, [ids], 0, 300.0, None, gws)
+            job = ConfigJob(broker, plan, dict(doc, version=2 + window))
+            job.window = window
+            run = Waves(broker, plan, job, work / f"sends-{window}.rollout.json")
+            t0 = time.monotonic()
+            missed = run.send_all(list(gws.values()), job)
+            dt = time.monotonic() - t0
+            print(
+                f"sending one wave of {n}, --parallel {window}: {dt:.1f} s "
+                f"({dt / n * 1000:.1f} ms per gateway), {n - len(missed)} acknowledged"
+            )
+    finally:
+        for g in ids:  # clear the retained documents
+            broker.publish(settings.config_topic.format(gateway=g), b"", retain=True)
+        time.sleep(2.0)
+        broker.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gateways", type=int)
     ap.add_argument("--keep", action="store_true", help="leave the work directory")
+    ap.add_argument(
+        "--sends", type=int, metavar="N", help="only time sending a wave of N (no gateways)"
+    )
     a = ap.parse_args()
     n = a.gateways or (10 if a.quick else 50)
     waves = "1,2,3,100%" if a.quick else "1,5,20,24"
@@ -164,6 +206,13 @@ def main() -> int:
     t0 = time.monotonic()
     cluster.start()
     print(f"cluster: 3 NATS nodes with JetStream and MQTT up in {time.monotonic() - t0:.1f} s")
+    if a.sends:
+        try:
+            sends(cluster, work, a.sends)
+        finally:
+            cluster.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     t0 = time.monotonic()
     gws = start_gateways(work, cluster, n, hosts_per_gateway=3)
     observer = Observer(cluster.nodes[2].mqtt_port)  # the node never killed
@@ -331,10 +380,10 @@ def main() -> int:
         gw_c: Counter[str] = Counter()
         for gw, off in gw_offsets.items():
             for line in complaints(work / gw / "gateway.log", off, top=20):
-                n, _, m = line.partition(" x ")
-                gw_c[m] += int(n)
+                count, _, m = line.partition(" x ")
+                gw_c[m] += int(count)
         print("   the gateways' logs after the kill, most frequent warnings/errors (all 50):")
-        print("     " + "\n     ".join(f"{n:5d} x {m}" for m, n in gw_c.most_common(6)))
+        print("     " + "\n     ".join(f"{k:5d} x {m}" for m, k in gw_c.most_common(6)))
         dead = f"127.0.0.1:{cluster.nodes[0].mqtt_port}"
 
         def settled() -> bool:
@@ -344,10 +393,11 @@ def main() -> int:
             )
 
         t1 = time.monotonic()
+        state_of_fleet = f"all {n} on live nodes, nothing old buffered"
         try:
             wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 2.0)
         except AssertionError as exc:
-            print(f"   NOT SETTLED: {exc}")
+            state_of_fleet = f"NOT SETTLED ({exc})"
         time.sleep(3.0)
         lost = sum(len(events.lost(gw, work / gw / "state")) for gw in gws.ids)
         seen = sum(len(v) for v in events.ids.values())
@@ -357,7 +407,7 @@ def main() -> int:
             + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pl["wave_times_s"].items()))
         )
         print(
-            f"   all {n} on live nodes, nothing old buffered, {time.monotonic() - t1:.1f} s after "
+            f"   {state_of_fleet}, {time.monotonic() - t1:.1f} s after "
             f"the rollout; readings lost by record id: {lost} of {seen} seen"
         )
     finally:

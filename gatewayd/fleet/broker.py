@@ -1,7 +1,8 @@
 """Fleet's own MQTT connection: settings (flags or a TOML file), the gateways' documents, pushes.
 
 Invariants:
-- MQTT 3.1.1, QoS 1, clean session: what every profile's broker takes (NATS speaks no MQTT 5);
+- MQTT 3.1.1, clean session: what every profile's broker takes (NATS speaks no MQTT 5); pushes
+  and commands are published at QoS 1, the documents read are subscribed at QoS 0 (below);
 - the latest state and config document of every gateway is kept in memory, keyed by the id
   taken from the topic; after a reconnect the broker sends the retained ones again;
 - a connection that dies moves to the next of `hosts` (round robin); publishes are QoS 1 and
@@ -132,7 +133,6 @@ class FleetBroker:
         self.lock = threading.Lock()
         self.states: dict[str, Seen] = {}
         self.configs: dict[str, Seen] = {}
-        self.config_publishes: dict[str, int] = {}  # config messages seen live, per gateway
         self.changed = threading.Condition(self.lock)
         self._host_index = 0
         self._connected = threading.Event()
@@ -289,10 +289,14 @@ class FleetBroker:
             self._refused = f"refused: {rc}"
             self._connected.set()
             return
+        # QoS 0: NATS backs each QoS 1 subscription with a replicated JetStream consumer, made at
+        # every connect, which a cluster recovering from a lost node refuses for minutes. What
+        # fleet reads is retained and republished (state on change, at most 1/s): a message lost
+        # with a dying connection comes again with the next one or with the reconnect.
         client.subscribe(
             [
-                (self.s.state_topic.format(gateway="+"), 1),
-                (self.s.config_topic.format(gateway="+"), 1),
+                (self.s.state_topic.format(gateway="+"), 0),
+                (self.s.config_topic.format(gateway="+"), 0),
             ]
         )
         self._connected.set()
@@ -331,8 +335,6 @@ class FleetBroker:
                 doc = {"unreadable": str(doc)[:80]}
             with self.changed:
                 into[gw] = Seen(doc, time.time(), bool(msg.retain))
-                if into is self.configs and not msg.retain:
-                    self.config_publishes[gw] = self.config_publishes.get(gw, 0) + 1
                 self.changed.notify_all()
             return
 
