@@ -214,7 +214,9 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         return 0
     t0 = time.monotonic()
-    gws = start_gateways(work, cluster, n, hosts_per_gateway=3)
+    # All on node 1 first, as the pushed documents list the nodes: a rollout then does not move
+    # 50 sessions at once (NATS 2.9 takes that badly: see the README), and node 1 is the one killed.
+    gws = start_gateways(work, cluster, n, hosts_per_gateway=3, spread=False)
     observer = Observer(cluster.nodes[2].mqtt_port)  # the node never killed
     events = EventCounter(cluster.nodes[2].mqtt_port)
     running: list[subprocess.Popen[str]] = []
@@ -290,6 +292,8 @@ def main() -> int:
             "--parallel", "1",
         )  # fmt: skip
         seq = json.loads((work / "sequential.json.rollout.json").read_text())
+        if seq["status"] == "halted":
+            version += 1  # its put-back took version + 1
         print(f"   baseline, --parallel 1 (one push at a time): {r.stdout.splitlines()[-2]}")
         print(
             "   per wave: "
@@ -395,7 +399,7 @@ def main() -> int:
         t1 = time.monotonic()
         state_of_fleet = f"all {n} on live nodes, nothing old buffered"
         try:
-            wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 2.0)
+            wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 5.0)
         except AssertionError as exc:
             state_of_fleet = f"NOT SETTLED ({exc})"
         time.sleep(3.0)
