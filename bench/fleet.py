@@ -137,6 +137,16 @@ def complaints(log: Path, offset: int, top: int = 6) -> list[str]:
     return [f"{n:5d} x {m}" for m, n in c.most_common(top)]
 
 
+def timeouts(plan: dict[str, Any], observer: Observer) -> str:
+    """The gateways that timed out, and whether the push reached a subscriber on another node."""
+    out = [
+        f"{gw} (the observer saw {observer.count(gw, plan['version'])} push): {g['reason']}"
+        for gw, g in sorted(plan["gateways"].items())
+        if g["result"] == "timeout"
+    ]
+    return "; ".join(out) or "none"
+
+
 def send_line(plan: dict[str, Any]) -> str:
     return ", ".join(
         f"wave {k} ({len(plan['waves'][int(k) - 1])}) {v:.2f} s"
@@ -294,6 +304,7 @@ def main() -> int:
         seq = json.loads((work / "sequential.json.rollout.json").read_text())
         if seq["status"] == "halted":
             version += 1  # its put-back took version + 1
+            print(f"   timed out: {timeouts(seq, observer)}")
         print(f"   baseline, --parallel 1 (one push at a time): {r.stdout.splitlines()[-2]}")
         print(
             "   per wave: "
@@ -406,6 +417,7 @@ def main() -> int:
         lost = sum(len(events.lost(gw, work / gw / "state")) for gw in gws.ids)
         seen = sum(len(v) for v in events.ids.values())
         pl = json.loads(state.read_text())
+        print(f"   timed out: {timeouts(pl, observer)}")
         print(
             f"   node SIGKILLed after wave 1: {out.splitlines()[-2]}; {took:.1f} s; per wave "
             + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pl["wave_times_s"].items()))

@@ -61,7 +61,7 @@ class ConfigJob:
         o = view.outcome or {}
         return (
             f"no outcome for version {self.version} within {t:g} s "
-            f"(last: v{o.get('version')} {o.get('status')})"
+            f"(last: v{o.get('version')} {o.get('status')})" + view.refused_note()
         )
 
     def after_halt(self, run: Waves) -> None:

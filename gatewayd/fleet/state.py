@@ -72,6 +72,18 @@ class View:
             out[name] = float(self.counters.get(name, 0))
         return out
 
+    def refused_note(self) -> str:
+        """For a gateway that did not answer: its broker refusing its subscriptions is a likely
+        why (a refused config or commands subscription hears nothing; NATS does so for minutes
+        after losing a node)."""
+        n = int(self.counters.get("uplink_subscribe_refused", 0))
+        if not n:
+            return ""
+        return (
+            f"; its broker refused {n} of its subscriptions since it started "
+            "(uplink_subscribe_refused in its log: a refused subscription hears no push)"
+        )
+
     def buffer_oldest_age_s(self, now: float | None = None) -> float:
         if not self.buffer_depth or self.buffer_oldest_ts is None:
             return 0.0

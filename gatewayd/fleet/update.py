@@ -127,7 +127,7 @@ class UpdateJob:
         step = view.update_step or {}
         return (
             f"no outcome for the update to {self.version} within {t:g} s (running "
-            f"{view.software_version}, step {step.get('step', '-')})"
+            f"{view.software_version}, step {step.get('step', '-')})" + view.refused_note()
         )
 
     def after_halt(self, run: Waves) -> None:
