@@ -36,15 +36,7 @@ class Node:
     client_port: int
     cluster_port: int
     mqtt_port: int
-    monitor_port: int  # HTTP monitoring (/jsz: JetStream's streams and consumers)
     proc: subprocess.Popen[bytes] | None = None
-
-    def jsz(self) -> dict[str, Any]:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/jsz", timeout=5) as r:
-            doc: dict[str, Any] = json.loads(r.read())
-        return doc
 
 
 @dataclass
@@ -54,9 +46,7 @@ class NatsCluster:
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.nodes = [
-            Node(f"n{i}", free_port(), free_port(), free_port(), free_port()) for i in (1, 2, 3)
-        ]
+        self.nodes = [Node(f"n{i}", free_port(), free_port(), free_port()) for i in (1, 2, 3)]
 
     @property
     def mqtt_hosts(self) -> list[str]:
@@ -71,7 +61,6 @@ class NatsCluster:
         return f"""
 server_name: {node.name}
 listen: 127.0.0.1:{node.client_port}
-http: 127.0.0.1:{node.monitor_port}
 jetstream {{
   store_dir: "{store}"
   max_memory_store: 64MB

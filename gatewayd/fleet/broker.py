@@ -1,8 +1,7 @@
 """Fleet's own MQTT connection: settings (flags or a TOML file), the gateways' documents, pushes.
 
 Invariants:
-- MQTT 3.1.1, clean session: what every profile's broker takes (NATS speaks no MQTT 5); pushes
-  and commands are published at QoS 1, the documents read are subscribed at QoS 0 (below);
+- MQTT 3.1.1, QoS 1, clean session: what every profile's broker takes (NATS speaks no MQTT 5);
 - the latest state and config document of every gateway is kept in memory, keyed by the id
   taken from the topic; after a reconnect the broker sends the retained ones again;
 - a connection that dies moves to the next of `hosts` (round robin); publishes are QoS 1 and
@@ -289,14 +288,13 @@ class FleetBroker:
             self._refused = f"refused: {rc}"
             self._connected.set()
             return
-        # QoS 0: NATS backs each QoS 1 subscription with a replicated JetStream consumer, made at
-        # every connect, which a cluster recovering from a lost node refuses for minutes. What
-        # fleet reads is retained and republished (state on change, at most 1/s): a message lost
-        # with a dying connection comes again with the next one or with the reconnect.
+        # QoS 1, though NATS backs each such subscription with a replicated JetStream consumer,
+        # which a cluster recovering from a lost node refuses for minutes: at QoS 0, NATS 2.9.10
+        # let state documents and pushes go missing in normal operation (README, "Figures").
         client.subscribe(
             [
-                (self.s.state_topic.format(gateway="+"), 0),
-                (self.s.config_topic.format(gateway="+"), 0),
+                (self.s.state_topic.format(gateway="+"), 1),
+                (self.s.config_topic.format(gateway="+"), 1),
             ]
         )
         self._connected.set()
