@@ -1,6 +1,7 @@
 """A fleet of real gateways on a 3-node NATS cluster: `fleet status`, rollouts, idle cost.
 
     nice .venv/bin/python bench/fleet.py [--quick] [--gateways N]
+    nice .venv/bin/python bench/fleet.py --sends 1000    # sending one wave of 1,000, timed
 
 50 `gatewayd run` processes (--quick: 10), each its own state dir and Modbus unit of one
 simulator, polling one point a second, on a 3-node NATS cluster (JetStream + MQTT):
@@ -119,10 +120,82 @@ def broker_traffic(port: int, seconds: float) -> dict[str, int]:
     return snapshot
 
 
+def complaints(log: Path, offset: int, top: int = 6) -> list[str]:
+    """The most frequent warnings and errors a log got after `offset`, digits masked."""
+    import re
+    from collections import Counter
+
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    c: Counter[str] = Counter()
+    for line in text.splitlines():
+        low = line.lower()
+        if "[err]" in low or "[wrn]" in low or "level=warn" in low or "level=error" in low:
+            body = line.split("]", 2)[-1] if line.startswith("[") else line
+            c[re.sub(r"\d+", "N", body.strip())[:150]] += 1
+    return [f"{n:5d} x {m}" for m, n in c.most_common(top)]
+
+
+def timeouts(plan: dict[str, Any], observer: Observer) -> str:
+    """The gateways that timed out, and whether the push reached a subscriber on another node."""
+    out = [
+        f"{gw} (the observer saw {observer.count(gw, plan['version'])} push): {g['reason']}"
+        for gw, g in sorted(plan["gateways"].items())
+        if g["result"] == "timeout"
+    ]
+    return "; ".join(out) or "none"
+
+
+def send_line(plan: dict[str, Any]) -> str:
+    return ", ".join(
+        f"wave {k} ({len(plan['waves'][int(k) - 1])}) {v:.2f} s"
+        for k, v in sorted(plan.get("wave_send_s", {}).items())
+    )
+
+
 def write_doc(work: Path, name: str, version: int, cluster: NatsCluster, **kw: Any) -> Path:
     path = work / f"{name}.json"
     path.write_text(json.dumps(gateway_doc(version, cluster.mqtt_hosts, **kw)))
     return path
+
+
+def sends(cluster: NatsCluster, work: Path, n: int) -> None:
+    """One wave of `n` gateways, sent as `fleet rollout` sends it (retained QoS 1 pushes, the
+    state file saved per window) with --parallel 1, the way before, and the default 64. No
+    gateway listens: only sending is measured; the retained documents are cleared after."""
+    from gatewayd.fleet.broker import FleetBroker, load_settings
+    from gatewayd.fleet.plan import GatewayPlan, Plan
+    from gatewayd.fleet.rollout import ConfigJob
+    from gatewayd.fleet.waves import Waves
+
+    settings = load_settings(
+        None, host=",".join(cluster.mqtt_hosts), username="fleet", password=USERS["fleet"]
+    )
+    broker = FleetBroker(settings)
+    broker.connect()
+    broker.settle()
+    ids = [f"synthetic-{i:05d}" for i in range(n)]
+    doc = gateway_doc(2, cluster.mqtt_hosts, device_port=1502, unit=1)
+    try:
+        for window in (1, 64):
+            gws = {g: GatewayPlan(g, 1, {}, 1, None) for g in ids}
+            plan = Plan("bench", 2 + window, {}, [ids], 0, 300.0, None, gws)
+            job = ConfigJob(broker, plan, dict(doc, version=2 + window))
+            job.window = window
+            run = Waves(broker, plan, job, work / f"sends-{window}.rollout.json")
+            t0 = time.monotonic()
+            missed = run.send_all(list(gws.values()), job)
+            dt = time.monotonic() - t0
+            print(
+                f"sending one wave of {n}, --parallel {window}: {dt:.1f} s "
+                f"({dt / n * 1000:.1f} ms per gateway), {n - len(missed)} acknowledged"
+            )
+    finally:
+        for g in ids:  # clear the retained documents
+            broker.publish(settings.config_topic.format(gateway=g), b"", retain=True)
+        time.sleep(2.0)
+        broker.close()
 
 
 def main() -> int:
@@ -130,6 +203,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gateways", type=int)
     ap.add_argument("--keep", action="store_true", help="leave the work directory")
+    ap.add_argument(
+        "--sends", type=int, metavar="N", help="only time sending a wave of N (no gateways)"
+    )
     a = ap.parse_args()
     n = a.gateways or (10 if a.quick else 50)
     waves = "1,2,3,100%" if a.quick else "1,5,20,24"
@@ -140,8 +216,17 @@ def main() -> int:
     t0 = time.monotonic()
     cluster.start()
     print(f"cluster: 3 NATS nodes with JetStream and MQTT up in {time.monotonic() - t0:.1f} s")
+    if a.sends:
+        try:
+            sends(cluster, work, a.sends)
+        finally:
+            cluster.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     t0 = time.monotonic()
-    gws = start_gateways(work, cluster, n, hosts_per_gateway=3)
+    # All on node 1 first, as the pushed documents list the nodes: a rollout then does not move
+    # 50 sessions at once (NATS 2.9 takes that badly: see the README), and node 1 is the one killed.
+    gws = start_gateways(work, cluster, n, hosts_per_gateway=3, spread=False)
     observer = Observer(cluster.nodes[2].mqtt_port)  # the node never killed
     events = EventCounter(cluster.nodes[2].mqtt_port)
     running: list[subprocess.Popen[str]] = []
@@ -208,6 +293,24 @@ def main() -> int:
         )
         pushed_once = all(observer.count(gw, version) == 1 for gw in gws.ids)
         print(f"   every gateway pushed exactly once: {pushed_once}")
+        print(f"   sending (publish to last PUBACK, state saved), pipelined: {send_line(plan)}")
+
+        version += 1  # the same, one push at a time: what fleet did before --parallel
+        doc = write_doc(work, "sequential", version, cluster, device_port=gws.sim_port)
+        r = fleet_cmd(
+            work, cluster, "rollout", str(doc), "--waves", waves, "--health-timeout", "120",
+            "--parallel", "1",
+        )  # fmt: skip
+        seq = json.loads((work / "sequential.json.rollout.json").read_text())
+        if seq["status"] == "halted":
+            version += 1  # its put-back took version + 1
+            print(f"   timed out: {timeouts(seq, observer)}")
+        print(f"   baseline, --parallel 1 (one push at a time): {r.stdout.splitlines()[-2]}")
+        print(
+            "   per wave: "
+            + ", ".join(f"wave {k} {v:.1f} s" for k, v in sorted(seq["wave_times_s"].items()))
+            + f"; sending: {send_line(seq)}"
+        )
 
         version += 1
         doc = write_doc(work, "unhealthy", version, cluster, device_port=free_port())
@@ -232,7 +335,8 @@ def main() -> int:
         conn = ["--host", ",".join(cluster.mqtt_hosts), "--username", "fleet"]
         conn += ["--password", USERS["fleet"]]
         args = [sys.executable, "-m", "gatewayd", "fleet", "rollout", str(doc), *conn]
-        args += ["--waves", waves, "--health-timeout", "120"]
+        # --parallel 4: a wave is sent 4 at a time, so the kill can fall between two windows.
+        args += ["--waves", waves, "--health-timeout", "120", "--parallel", "4"]
         t0 = time.monotonic()
         p = subprocess.Popen(args, cwd=work, stdout=subprocess.DEVNULL)
 
@@ -249,7 +353,7 @@ def main() -> int:
         p.wait()
         pl = json.loads(state.read_text())
         done = sum(1 for g in pl["gateways"].values() if g["pushed"])
-        r = fleet_cmd(work, cluster, "rollout", str(doc), "--waves", waves)
+        r = fleet_cmd(work, cluster, "rollout", str(doc), "--waves", waves, "--parallel", "4")
         twice = [gw for gw in gws.ids if observer.count(gw, version) != 1]
         print(
             f"\n4. rollout SIGKILLed with {done}/{n} pushed, run again: "
@@ -274,9 +378,27 @@ def main() -> int:
             return bool(pl["gateways"][pl["waves"][0][0]]["result"])
 
         wait_for(first_wave, 300, "the first wave's answer", 0.05)
+        logs = [cluster.workdir / f"{nd.name}.log" for nd in cluster.nodes[1:]]
+        offsets = [lg.stat().st_size for lg in logs]
+        gw_offsets = {gw: (work / gw / "gateway.log").stat().st_size for gw in gws.ids}
+        killed_at = time.monotonic()
         cluster.kill(cluster.nodes[0])
         out, _ = p.communicate(timeout=900)
         took = time.monotonic() - t0
+        print(f"\n5. fleet's output after the kill ({time.monotonic() - killed_at:.1f} s):")
+        print("   " + "\n   ".join(out.splitlines()[-8:]))
+        for lg, off in zip(logs, offsets, strict=True):
+            print(f"   {lg.name} after the kill, most frequent warnings/errors:")
+            print("     " + "\n     ".join(complaints(lg, off) or ["none"]))
+        from collections import Counter
+
+        gw_c: Counter[str] = Counter()
+        for gw, off in gw_offsets.items():
+            for line in complaints(work / gw / "gateway.log", off, top=20):
+                count, _, m = line.partition(" x ")
+                gw_c[m] += int(count)
+        print("   the gateways' logs after the kill, most frequent warnings/errors (all 50):")
+        print("     " + "\n     ".join(f"{k:5d} x {m}" for m, k in gw_c.most_common(6)))
         dead = f"127.0.0.1:{cluster.nodes[0].mqtt_port}"
 
         def settled() -> bool:
@@ -286,17 +408,22 @@ def main() -> int:
             )
 
         t1 = time.monotonic()
-        wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 2.0)
+        state_of_fleet = f"all {n} on live nodes, nothing old buffered"
+        try:
+            wait_for(settled, 300, "every gateway on a live node, nothing old in its buffer", 5.0)
+        except AssertionError as exc:
+            state_of_fleet = f"NOT SETTLED ({exc})"
         time.sleep(3.0)
         lost = sum(len(events.lost(gw, work / gw / "state")) for gw in gws.ids)
         seen = sum(len(v) for v in events.ids.values())
         pl = json.loads(state.read_text())
+        print(f"   timed out: {timeouts(pl, observer)}")
         print(
-            f"\n5. node SIGKILLed after wave 1: {out.splitlines()[-2]}; {took:.1f} s; per wave "
+            f"   node SIGKILLed after wave 1: {out.splitlines()[-2]}; {took:.1f} s; per wave "
             + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(pl["wave_times_s"].items()))
         )
         print(
-            f"   all {n} on live nodes, nothing old buffered, {time.monotonic() - t1:.1f} s after "
+            f"   {state_of_fleet}, {time.monotonic() - t1:.1f} s after "
             f"the rollout; readings lost by record id: {lost} of {seen} seen"
         )
     finally:

@@ -391,10 +391,16 @@ class GatewayFleet:
 
 
 def start_gateways(
-    work: Path, cluster: NatsCluster, n: int, hosts_per_gateway: int = 1, interval_ms: int = 1000
+    work: Path,
+    cluster: NatsCluster,
+    n: int,
+    hosts_per_gateway: int = 1,
+    interval_ms: int = 1000,
+    spread: bool = True,
 ) -> GatewayFleet:
-    """Gateway i's first host is node i % 3 (the fleet is spread over the nodes); labels:
-    site, line (l1/l2 alternating), unit (its Modbus unit on the one simulator)."""
+    """Gateway i's first host is node i % 3 (the fleet is spread over the nodes), or, with
+    spread=False, node 1 for all (the order gateway_doc's pushed documents give, so a push does
+    not move the fleet); labels: site, line (l1/l2 alternating), unit (its Modbus unit)."""
     sim_port = free_port()
     args = ["-m", "gatewayd_sim", "modbus", "--port", str(sim_port)]
     args += ["--map", str(fleet_map(work / "map.toml", n))]
@@ -405,7 +411,8 @@ def start_gateways(
     for i, gw in enumerate(ids, 1):
         d = work / gw
         (d / "state").mkdir(parents=True)
-        hosts = cluster.mqtt_hosts[i % 3 :] + cluster.mqtt_hosts[: i % 3]
+        first = i % 3 if spread else 0
+        hosts = cluster.mqtt_hosts[first:] + cluster.mqtt_hosts[:first]
         local = gateway_doc(
             1,
             hosts[:hosts_per_gateway],

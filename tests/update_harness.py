@@ -335,15 +335,23 @@ def publish_folder(folder: Path, files: list[Path]) -> Path:
 
 
 def site_config(
-    state: Path, broker_port: int, device_port: int, key: Path, releases: Path, **update: Any
+    state: Path,
+    broker_port: int,
+    device_port: int,
+    key: Path,
+    releases: Path,
+    device: str = DEVICE,
+    uplink_extra: str = "",
+    **update: Any,
 ) -> str:
+    """One gateway's file; `device` and `uplink_extra` (e.g. retain_state) for a fleet of them."""
     points = (REPO / "tests" / "fixtures" / "plc_points.toml").read_text()
     settings = {"health_deadline_s": 20, "max_starts": 2, **update}
     extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     return f"""
 version = 1
 [gateway]
-id = "{DEVICE}"
+id = "{device}"
 state_dir = "{state}"
 [metrics]
 listen = ""
@@ -357,10 +365,10 @@ port = {broker_port}
 project = "p"
 region = "r"
 registry = "g"
-device = "{DEVICE}"
+device = "{device}"
 backoff_base_s = 0.2
 backoff_cap_s = 1.0
-[uplink.tls]
+{uplink_extra}[uplink.tls]
 enabled = false
 [uplink.auth]
 kind = "none"

@@ -4,8 +4,9 @@ Invariants:
 - MQTT 3.1.1, QoS 1, clean session: what every profile's broker takes (NATS speaks no MQTT 5);
 - the latest state and config document of every gateway is kept in memory, keyed by the id
   taken from the topic; after a reconnect the broker sends the retained ones again;
-- a connection that dies moves to the next of `hosts` (round robin); pushes wait for their
-  PUBACK, and the caller re-checks the retained config before pushing again after a failure.
+- a connection that dies moves to the next of `hosts` (round robin); publishes are QoS 1 and
+  their PUBACKs awaited together (`wait_published`); the caller re-checks the broker before
+  sending again after a failure (gatewayd/fleet/waves.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from gatewayd.errors import GatewaydError
+
+# paho's bound on messages awaiting their PUBACK: above any job's window (waves.py).
+WINDOW_MAX = 256
 
 
 class FleetError(GatewaydError):
@@ -44,6 +48,7 @@ class BrokerSettings:
     # Topic templates; {gateway} is the gateway's device id (the uplink's {device}).
     state_topic: str = "/devices/{gateway}/state"
     config_topic: str = "/devices/{gateway}/config"
+    commands_topic: str = "/devices/{gateway}/commands"  # `fleet update` sends its command here
 
 
 def parse_hosts(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
@@ -74,6 +79,7 @@ _FILE_KEYS = {
     "insecure",
     "state_topic",
     "config_topic",
+    "commands_topic",
 }
 
 
@@ -103,7 +109,7 @@ def load_settings(path: str | None, **flags: Any) -> BrokerSettings:
         s = replace(s, hosts=parse_hosts(text, port))
     elif port != 1883:
         s = replace(s, hosts=(("127.0.0.1", port),))
-    for key in ("state_topic", "config_topic"):
+    for key in ("state_topic", "config_topic", "commands_topic"):
         if key in values and "{gateway}" not in str(values[key]):
             raise FleetError(
                 f"{key} {values[key]!r} lacks {{gateway}}; e.g. /devices/{{gateway}}/state"
@@ -126,7 +132,6 @@ class FleetBroker:
         self.lock = threading.Lock()
         self.states: dict[str, Seen] = {}
         self.configs: dict[str, Seen] = {}
-        self.config_publishes: dict[str, int] = {}  # config messages seen live, per gateway
         self.changed = threading.Condition(self.lock)
         self._host_index = 0
         self._connected = threading.Event()
@@ -150,6 +155,7 @@ class FleetBroker:
             CallbackAPIVersion.VERSION2, client_id=self._cid, protocol=mqtt.MQTTv311,
             clean_session=True, reconnect_on_failure=False,
         )  # fmt: skip
+        c.max_inflight_messages_set(WINDOW_MAX)  # a wave's sends are pipelined (waves.py)
         if s.username is not None:
             c.username_pw_set(s.username, s.password)
         if s.tls:
@@ -242,24 +248,32 @@ class FleetBroker:
 
     # -- documents ---------------------------------------------------------------------------
 
-    def push(self, gateway: str, payload: bytes, timeout_s: float = 10.0) -> bool:
-        """Publish retained, QoS 1, to the gateway's config topic; True once PUBACKed."""
-        topic = self.s.config_topic.format(gateway=gateway)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> Any | None:
+        """QoS 1, not waited for: paho's MessageInfo (see `wait_published`), None when the
+        session is down."""
         client = self.client
         if client is None or not self.connected:
-            return False
-        info = client.publish(topic, payload, qos=1, retain=True)
-        if info.rc != 0:
-            return False
+            return None
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        return None if info.rc != 0 else info
+
+    def wait_published(self, infos: list[Any], timeout_s: float = 10.0) -> dict[int, bool]:
+        """Wait for the PUBACKs of messages published together; id(info) -> acknowledged.
+        Stops early when the session dies (the rest count as not acknowledged)."""
+        client = self.client
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.connected and client is self.client:
-            try:
-                info.wait_for_publish(0.2)
-            except (RuntimeError, ValueError):
-                return False
-            if info.is_published():
-                return True
-        return bool(info.is_published())
+        for info in infos:
+            while (
+                not info.is_published()
+                and time.monotonic() < deadline
+                and self.connected
+                and client is self.client
+            ):
+                try:
+                    info.wait_for_publish(0.2)
+                except (RuntimeError, ValueError):
+                    break
+        return {id(i): bool(i.is_published()) for i in infos}
 
     def wait_change(self, timeout_s: float) -> None:
         with self.changed:
@@ -274,6 +288,9 @@ class FleetBroker:
             self._refused = f"refused: {rc}"
             self._connected.set()
             return
+        # QoS 1, though NATS backs each such subscription with a replicated JetStream consumer,
+        # which a cluster recovering from a lost node refuses for minutes: at QoS 0, NATS 2.9.10
+        # let state documents and pushes go missing in normal operation (README, "Figures").
         client.subscribe(
             [
                 (self.s.state_topic.format(gateway="+"), 1),
@@ -316,8 +333,6 @@ class FleetBroker:
                 doc = {"unreadable": str(doc)[:80]}
             with self.changed:
                 into[gw] = Seen(doc, time.time(), bool(msg.retain))
-                if into is self.configs and not msg.retain:
-                    self.config_publishes[gw] = self.config_publishes.get(gw, 0) + 1
                 self.changed.notify_all()
             return
 

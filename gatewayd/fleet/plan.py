@@ -1,10 +1,12 @@
-"""A rollout's plan and results: waves, per-gateway documents, the state file that resumes it.
+"""A rollout's or an update's plan and results: waves, per-gateway parts, the state file that
+resumes it.
 
 Invariants:
 - the state file is written whole, atomically (write-temp, fsync, rename, fsync directory): a
   process killed at any point leaves the previous or the new file, never a torn one;
-- the plan is fixed when the rollout starts (gateways, waves, each one's previous document) and
-  a resumed run uses it as written; the document's digest ties the file to its DOC;
+- the plan is fixed when the run starts (gateways, waves, each one's previous document or
+  version) and a resumed run uses it as written; the digest ties the file to its DOC (a config
+  document, or the update command) and `kind` to its command;
 - a gateway's result, once final (one of FINAL), never changes;
   `pushed` records that its push was acknowledged by the broker.
 """
@@ -23,8 +25,11 @@ from typing import Any
 
 from .broker import FleetError
 
-FINAL = ("applied", "rejected", "rolled_back", "superseded", "timeout", "require_failed")
-FAILURES = ("rejected", "rolled_back", "superseded", "timeout", "require_failed")
+# Config outcomes (remote_config), update outcomes (lifecycle/update.py), and fleet's own.
+FAILURES = (
+    "rejected", "rolled_back", "superseded", "refused", "failed", "timeout", "require_failed",
+)  # fmt: skip
+FINAL = ("applied", *FAILURES)
 
 
 def parse_waves(text: str, total: int) -> list[int]:
@@ -102,7 +107,7 @@ class GatewayPlan:
     id: str
     wave: int
     labels: dict[str, str]
-    previous_version: int | None
+    previous_version: int | str | None  # config version, or the software version (update)
     previous_doc: dict[str, Any] | None  # the retained config before the rollout, if any
     pushed: bool = False
     pushed_at: float | None = None
@@ -115,7 +120,7 @@ class GatewayPlan:
 @dataclass
 class Plan:
     doc_digest: str
-    version: int
+    version: int | str  # the config version, or the release (`fleet update`)
     select: dict[str, str]
     waves: list[list[str]]
     max_failures: int
@@ -125,6 +130,9 @@ class Plan:
     status: str = "running"  # running | halted | done
     halt_reason: str = ""
     wave_times_s: dict[str, float] = field(default_factory=dict)
+    wave_send_s: dict[str, float] = field(default_factory=dict)  # of which sending (to PUBACK)
+    kind: str = "config"  # config (fleet rollout) | update (fleet update)
+    run_id: str = ""  # update: the command id every gateway of this run gets
 
     def failures(self) -> list[GatewayPlan]:
         return [g for g in self.gateways.values() if g.result in FAILURES]
@@ -141,6 +149,9 @@ class Plan:
             "status": self.status,
             "halt_reason": self.halt_reason,
             "wave_times_s": self.wave_times_s,
+            "wave_send_s": self.wave_send_s,
+            "kind": self.kind,
+            "run_id": self.run_id,
             "gateways": {k: vars(g) for k, g in self.gateways.items()},
         }
 

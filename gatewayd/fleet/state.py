@@ -32,6 +32,9 @@ class View:
     recent: list[dict[str, Any]]  # the recent outcomes, oldest first, ending with `outcome`
     seen_ts: float  # wall seconds: the document's own stamp, else when it reached fleet
     counters: dict[str, float]
+    software_version: str | None = None  # the gatewayd release running (`software.version`)
+    update: dict[str, Any] | None = None  # the last update's outcome: id, version, status, reason
+    update_step: dict[str, Any] | None = None  # the update under way: version, step
 
     def age_s(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.seen_ts)
@@ -68,6 +71,18 @@ class View:
         for name in REQUIRE_COUNTERS:
             out[name] = float(self.counters.get(name, 0))
         return out
+
+    def refused_note(self) -> str:
+        """For a gateway that did not answer: its broker refusing its subscriptions is a likely
+        why (a refused config or commands subscription hears nothing; NATS does so for minutes
+        after losing a node)."""
+        n = int(self.counters.get("uplink_subscribe_refused", 0))
+        if not n:
+            return ""
+        return (
+            f"; its broker refused {n} of its subscriptions since it started "
+            "(uplink_subscribe_refused in its log: a refused subscription hears no push)"
+        )
 
     def buffer_oldest_age_s(self, now: float | None = None) -> float:
         if not self.buffer_depth or self.buffer_oldest_ts is None:
@@ -134,6 +149,9 @@ def read(gateway: str, seen: Seen) -> View:
         else {}
     )
     host = d.get("uplink_host")
+    sw_raw = d.get("software")
+    sw: dict[str, Any] = sw_raw if isinstance(sw_raw, dict) else {}
+    running, update, step = sw.get("version"), sw.get("update"), sw.get("update_step")
     return View(
         id=gateway,
         labels=labels,
@@ -151,4 +169,7 @@ def read(gateway: str, seen: Seen) -> View:
         # A live message is as fresh as its arrival; a retained one is as old as its stamp.
         seen_ts=ts / 1000 if ts is not None and seen.retained else seen.at,
         counters=counters,
+        software_version=running if isinstance(running, str) else None,
+        update=update if isinstance(update, dict) else None,
+        update_step=step if isinstance(step, dict) else None,
     )

@@ -29,6 +29,17 @@ def _outcome(o: dict[str, Any] | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _software(x: dict[str, Any]) -> str:
+    """The running release; an update under way, or the last one that did not apply, after it."""
+    text = x["software_version"] or "-"
+    step, last = x["update_step"] or {}, x["last_update"] or {}
+    if step:
+        text += f" (->{step.get('version')} {step.get('step')})"
+    elif last and last.get("status") != "applied":
+        text += f" ({last.get('version')} {last.get('status')})"
+    return text
+
+
 def rows(views: list[View], stale_after_s: float, now: float) -> list[dict[str, Any]]:
     out = []
     for v in views:
@@ -38,6 +49,9 @@ def rows(views: list[View], stale_after_s: float, now: float) -> list[dict[str, 
                 "id": v.id,
                 "labels": v.labels,
                 "config_version": v.config_version,
+                "software_version": v.software_version,
+                "last_update": v.update,
+                "update_step": v.update_step,
                 "health": v.health,
                 "uplink": "stale" if stale else "connected",
                 "uplink_host": v.uplink_host,
@@ -62,11 +76,13 @@ def render_json(views: list[View], stale_after_s: float, now: float | None = Non
 
 def summary(r: list[dict[str, Any]]) -> dict[str, Any]:
     versions = Counter(str(x["config_version"]) for x in r)
+    software = Counter(str(x["software_version"]) for x in r)
     return {
         "gateways": len(r),
         "stale": sum(1 for x in r if x["stale"]),
         "healthy": sum(1 for x in r if x["health"] == "ok" and not x["stale"]),
         "config_versions": dict(sorted(versions.items())),
+        "software_versions": dict(sorted(software.items())),
         "devices_good": sum(x["devices_good"] for x in r),
         "devices_bad": sum(x["devices_bad"] for x in r),
         "buffered": sum(x["buffer_depth"] or 0 for x in r),
@@ -77,7 +93,7 @@ def summary(r: list[dict[str, Any]]) -> dict[str, Any]:
 def render_text(views: list[View], stale_after_s: float, now: float | None = None) -> str:
     now = time.time() if now is None else now
     r = rows(views, stale_after_s, now)
-    head = ["GATEWAY", "LABELS", "CFG", "HEALTH", "UPLINK", "DEVICES ok/bad", "BUFFER"]
+    head = ["GATEWAY", "LABELS", "SOFTWARE", "CFG", "HEALTH", "UPLINK", "DEVICES ok/bad", "BUFFER"]
     head += ["LAST CONFIG", "SEEN"]
     lines = [head]
     for x in r:
@@ -89,6 +105,7 @@ def render_text(views: list[View], stale_after_s: float, now: float | None = Non
             [
                 str(x["id"]),
                 ",".join(f"{k}={v}" for k, v in sorted(x["labels"].items())) or "-",
+                _software(x),
                 "-" if x["config_version"] is None else str(x["config_version"]),
                 str(x["health"]),
                 up,
@@ -105,10 +122,12 @@ def render_text(views: list[View], stale_after_s: float, now: float | None = Non
     ]
     s = summary(r)
     versions = ", ".join(f"v{k}: {n}" for k, n in s["config_versions"].items()) or "none"
+    releases = ", ".join(f"{k}: {n}" for k, n in s["software_versions"].items()) or "none"
     text.append("")
     text.append(
         f"{s['gateways']} gateways: {s['healthy']} healthy, {s['stale']} stale "
-        f"(no state for {stale_after_s:g} s); config {versions}; devices {s['devices_good']} good, "
+        f"(no state for {stale_after_s:g} s); gatewayd {releases}; config {versions}; "
+        f"devices {s['devices_good']} good, "
         f"{s['devices_bad']} bad; buffered {s['buffered']} records; "
         f"last config rolled back on {s['rolled_back']}"
     )

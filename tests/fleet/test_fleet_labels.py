@@ -20,8 +20,8 @@ from gatewayd.fleet.broker import FleetError, Seen
 from gatewayd.fleet.plan import GatewayPlan, Plan, for_gateway, parse_waves
 from gatewayd.fleet.plan import load as load_plan
 from gatewayd.fleet.plan import save as save_plan
-from gatewayd.fleet.rollout import compile_require
 from gatewayd.fleet.state import read
+from gatewayd.fleet.waves import compile_require
 
 BASE = 'version = 1\n[gateway]\nid = "g"\n{labels}\n[uplink.auth]\nkind = "none"\n'
 
@@ -143,3 +143,18 @@ def test_require_uses_the_rules_language_on_state_fields() -> None:
     for bad in ("__import__('os')", "devices_bad.real", "nosuch == 1"):
         with pytest.raises(FleetError, match="--require"):
             compile_require(bad)
+
+
+def test_a_timeout_names_the_subscriptions_its_broker_refused() -> None:
+    """bench/fleet.py: NATS refused a gateway's config subscription for 3.5 minutes after a node
+    was killed; the push never reached it, and the timeout said only "no outcome"."""
+    from gatewayd.fleet.rollout import ConfigJob
+
+    plan = Plan("d", 8, {}, [["g"]], 0, 120.0, None, {"g": GatewayPlan("g", 1, {}, 7, None)})
+    job = ConfigJob(None, plan, {"version": 8})  # type: ignore[arg-type]  # no broker needed
+    doc: dict[str, Any] = {"config": {"version": 7, "status": "applied"}, "counters": {}}
+    assert "refused" not in job.timeout_reason(plan.gateways["g"], read("g", Seen(doc, 0, False)))
+    doc["counters"]["uplink_subscribe_refused"] = 2
+    reason = job.timeout_reason(plan.gateways["g"], read("g", Seen(doc, 0, False)))
+    assert reason.startswith("no outcome for version 8 within 120 s (last: v7 applied)"), reason
+    assert "its broker refused 2 of its subscriptions" in reason
