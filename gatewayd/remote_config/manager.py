@@ -415,6 +415,7 @@ class ConfigManager:
                 )
         if not trusted:  # the local file (SIGHUP) may move the gateway: it is not heard there
             self._check_identity(cfg)
+            self._check_secret_files(cfg)
         if cfg.remote_config.enabled != cur.remote_config.enabled:
             raise ConfigError(
                 "remote_config.enabled", "cannot be changed by a push", "change the local file"
@@ -448,6 +449,32 @@ class ConfigManager:
                     f"would change {before!r} to {after!r} and cut the gateway off from its "
                     "config topic",
                     "the device identity and the config topic change only in the local file",
+                )
+
+
+    def _check_secret_files(self, cfg: GatewayConfig) -> None:
+        """Where the keys and tokens are read from is provisioning, like the identity: a push
+        naming another file (with another host beside it) could send any file the daemon can read
+        as a token, or sign with a key the operator never gave it. Key rotation has its own
+        command, which keeps these paths."""
+        cur, new = self.current.uplink, cfg.uplink
+        for key, before, after in (
+            ("uplink.auth.private_key", cur.auth.private_key, new.auth.private_key),
+            ("uplink.auth.device_key_file", cur.auth.device_key_file, new.auth.device_key_file),
+            (
+                "uplink.auth.access_token_file",
+                cur.auth.access_token_file,
+                new.auth.access_token_file,
+            ),
+            ("uplink.tls.key_file", cur.tls.key_file, new.tls.key_file),
+        ):
+            if before != after:
+                raise ConfigError(
+                    key,
+                    "cannot be changed by a push: the files keys and tokens come from are set "
+                    "where the gateway is provisioned",
+                    "change it in the local file and restart the gateway (or rotate the key "
+                    "with the rotate_key command)",
                 )
 
 

@@ -456,6 +456,29 @@ def test_push_changing_the_identity_or_config_topic_is_refused_and_the_topic_sti
     assert cloud.outcome(5000, "applied")["reason"].startswith("healthy after")
 
 
+def test_push_pointing_a_credential_at_another_file_is_refused(
+    cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    # A push that may name any file as the token (sent as the MQTT username) or key, together
+    # with another host, would read out any file the daemon can read: the paths of secrets are
+    # provisioning, like the identity.
+    doc, _, _ = _running(cloud, procs, tmp_path)
+    changes = [
+        ("auth", "private_key", "/etc/hostname"),
+        ("auth", "device_key_file", "/etc/hostname"),
+        ("auth", "access_token_file", "/etc/hostname"),
+        ("tls", "key_file", "/etc/hostname"),
+    ]
+    for version, (table, key, value) in enumerate(changes, start=2):
+        new = _version(doc, version)
+        new["uplink"].setdefault(table, {})[key] = value
+        cloud.push(new)
+        out = cloud.outcome(version, "rejected")
+        assert out["reason"].startswith(f"uplink.{table}.{key}: cannot be changed by a push"), out
+        assert "local file" in out["reason"], out
+    _wait_flowing(cloud, "plc", n=5)
+
+
 def test_pushes_arriving_during_a_candidate_each_get_an_outcome_and_the_newest_is_tried(
     cloud: Cloud, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
