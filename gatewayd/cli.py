@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     d.add_argument(
         "--cloud",
-        choices=["cloud-iot-core", "azure", "aws", "thingsboard"],
+        choices=["cloud-iot-core", "clearblade", "azure", "aws", "thingsboard"],
         default="cloud-iot-core",
         help="the cloud stand-in to run against (azure: IoT Hub with SAS, twin, direct methods; "
         "aws: AWS IoT Core with mTLS, shadow, jobs; "
-        "thingsboard: gateway API with an access token, attributes, RPC)",
+        "thingsboard: gateway API with an access token, attributes, RPC; "
+        "clearblade: the cloud stand-in behind TLS 1.2+ under the clearblade profile)",
     )
     c = sub.add_parser("check", help="validate a configuration file")
     c.add_argument("file")

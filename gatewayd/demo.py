@@ -6,7 +6,8 @@ registered with the stand-in, and a temporary state directory. `--cloud` picks t
 TLS with its own throw-away certificate: SAS token, device twin, direct methods), `aws` (the
 AWS IoT Core stand-in with its own throw-away CA: the thing's certificate, named shadow,
 jobs) or `thingsboard` (the ThingsBoard stand-in: the gateway API with a fresh access token,
-shared attributes, RPC). Every port it listens on is one the kernel picks (the simulators' and
+shared attributes, RPC); `clearblade` runs the cloud stand-in behind TLS 1.2+ under the
+clearblade profile. Every port it listens on is one the kernel picks (the simulators' and
 the metrics endpoint's), so a demo never takes a port of a gatewayd service running on the same
 machine (its metrics port, 127.0.0.1:9108, above all).
 """
@@ -31,6 +32,7 @@ STAND_INS = {
     "azure": "IoT Hub stand-in",
     "aws": "AWS IoT Core stand-in",
     "thingsboard": "ThingsBoard stand-in",
+    "clearblade": "ClearBlade-like stand-in (TLS 1.2+)",
 }
 
 
@@ -111,6 +113,31 @@ def aws_demo_config(doc: dict[str, Any], ca_file: str, cert: str, key: str) -> d
     return doc
 
 
+def clearblade_demo_config(doc: dict[str, Any], ca_file: str) -> dict[str, Any]:
+    """The example under profile = "clearblade": Cloud IoT Core's identity and JWT, over TLS."""
+    doc["uplink"]["profile"] = "clearblade"
+    doc["uplink"]["tls"] = {"ca_file": ca_file}
+    return doc
+
+
+async def _clearblade(work: Path, up: dict[str, Any]) -> tuple[Any, str]:
+    """The cloud stand-in behind TLS 1.2+ with a throw-away CA (the profile refuses plain MQTT);
+    the profile itself keeps the rest of ClearBlade's rules (no retained state, idle limit)."""
+    import ssl
+
+    from gatewayd_sim.cloud import Broker, Registry
+    from gatewayd_sim.cloud.certs import CertificateAuthority
+
+    ca = CertificateAuthority(work / "ca")
+    cert, key = ca.issue("broker", server=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    registry = Registry(up["project"], up["region"], up["registry"])
+    registry.add(up["device"], generate_key(work / "device.key", up["auth"]["algorithm"]))
+    return await Broker(registry, tls=ctx).start(), str(ca.ca_file)
+
+
 async def _aws_iot(work: Path, device: str) -> tuple[Any, tuple[str, str, str]]:
     from gatewayd_sim.cloud.aws import AwsIotCore
 
@@ -137,6 +164,8 @@ async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-cor
             broker, aws_files = await _aws_iot(work, up["device"])
         elif cloud == "thingsboard":
             broker = await _thingsboard(work, up["device"])
+        elif cloud == "clearblade":
+            broker, ca_file = await _clearblade(work, up)
         else:
             registry = Registry(up["project"], up["region"], up["registry"])
             registry.add(up["device"], generate_key(work / "device.key", up["auth"]["algorithm"]))
@@ -150,6 +179,8 @@ async def run_demo(duration: float | None, out: Any, cloud: str = "cloud-iot-cor
             raw = aws_demo_config(raw, *aws_files)
         elif cloud == "thingsboard":
             raw = thingsboard_demo_config(raw)
+        elif cloud == "clearblade":
+            raw = clearblade_demo_config(raw, ca_file)
         cfg = load_document(raw)
         # Port 0: the kernel's choice (the configuration refuses 0, which a user never means).
         cfg = dataclasses.replace(cfg, metrics=MetricsConfig(listen="127.0.0.1:0"))
