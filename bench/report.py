@@ -110,6 +110,9 @@ def markdown(run: dict[str, Any], folder: Path, stamp: str) -> str:
                     goal = "≤ 5 s median" if k == "first_puback_after_return_s" else ""
                     lines.append(f"| {part} | {k.replace('_', ' ')} | {_fmt(v)} s | {goal} | | |")
             continue
+        # Parts that lay out their own rows: (figure, value, goal, baseline, ratio).
+        for row in data.get("rows", []):
+            lines.append(f"| {part} | " + " | ".join(row) + " |")
         for key, label, unit, goal, check in GOALS.get(part, []):
             if key not in data:
                 continue
