@@ -9,7 +9,8 @@ under --quick), all of these hold:
 - the backlog does not grow (buffer depth at the end ≤ at the middle + one second of load),
 - latency does not grow (p99 of the second half ≤ 2 x that of the first half + 0.5 s).
 
-The ladder stops at the first step that fails; the figure is the highest step sustained, with its
+A step that fails is run once more (the machine is shared); the ladder stops at the first step
+that fails twice; the figure is the highest step sustained, with its
 p99 latency and CPU per reading, the gateway's share of a core and of its threads (one process
 cannot use both cores: the GIL serialises Python, only SQLite and socket calls release it).
 With `tls`, the gateway talks to mosquitto over TLS (a test CA); the subscriber stays on plain.
@@ -63,8 +64,12 @@ def ladder(quick: bool, tls: bool = False) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     for devices, interval_ms in QUICK_LADDER if quick else FULL_LADDER:
         r = step(devices, interval_ms, step_s, tls=tls)
-        steps.append(r)
         print(f"  mst{' tls' if tls else ''} {_line(r)}", flush=True)
+        if not r["sustained"]:  # the machine is shared: a failed step gets a second chance
+            r = step(devices, interval_ms, step_s, tls=tls)
+            r["second_try"] = True
+            print(f"  mst{' tls' if tls else ''} again: {_line(r)}", flush=True)
+        steps.append(r)
         if not r["sustained"]:
             break
         best = r
@@ -118,7 +123,8 @@ def _line(r: dict[str, Any]) -> str:
         f"polled {r['polled_per_s']:,.0f}, delivered {r['delivered_per_s']:,.0f}, "
         f"depth {r['depth_mid']}→{r['depth_end']}, p99 {r['latency_p99_ms']:.0f} ms, "
         f"{r['cpu_us_per_reading']:.1f} µs/reading, {r['cpu_pct']:.0f} % of a core, "
-        f"main thread {r['main_thread_pct']:.0f} %, RSS {r['rss_mb']:.0f} MB -> "
+        f"main thread {r['main_thread_pct']:.0f} %, RSS {r['rss_mb']:.0f} MB, "
+        f"simulators {r['simulators_cpu_pct']:.0f} %, load {r['loadavg_1m']:.1f} -> "
         + ("sustained" if r["sustained"] else f"NOT sustained ({', '.join(r['why'])})")
     )
 
@@ -234,6 +240,8 @@ def step(devices: int, interval_ms: int, seconds: float, tls: bool = False) -> d
             _thread_cpu(gw.pid),
             time.monotonic(),
         )
+        sims = [p for p in r.procs if p is not gw and p is not broker.proc]
+        sim0 = sum(cpu_ns_seconds(p.pid) for p in sims)
         lat0 = len(sub.latencies_ms)
         peak = 0.0
         mid: dict[str, float] = {}
@@ -250,6 +258,8 @@ def step(devices: int, interval_ms: int, seconds: float, tls: bool = False) -> d
             _thread_cpu(gw.pid),
             time.monotonic(),
         )
+        sim1 = sum(cpu_ns_seconds(p.pid) for p in sims)
+        load = float(Path("/proc/loadavg").read_text().split()[0])
         lats = sub.latencies_ms
         first_half, second_half = lats[lat0:lat_mid], lats[lat_mid:]
         sub.close()
@@ -292,6 +302,9 @@ def step(devices: int, interval_ms: int, seconds: float, tls: bool = False) -> d
         "main_thread_pct": 100 * main / dt,
         "threads_pct": {k: round(100 * (v - th0.get(k, 0.0)) / dt, 1) for k, v in th1.items()},
         "rss_mb": peak,
+        # What else wanted the 2 cores: the simulators, and the machine's 1-minute load.
+        "simulators_cpu_pct": 100 * (sim1 - sim0) / dt,
+        "loadavg_1m": load,
         "sustained": not why,
         "why": why,
     }

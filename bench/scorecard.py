@@ -47,6 +47,7 @@ def parts(quick: bool) -> dict[str, Callable[[], Any]]:
         "storm": storm_part,
         "mst": lambda: mst.mst(q),
         "wire": lambda: wire.wire(q),
+        "wear": lambda: profiles.wear(8 if q else 60),
     }
 
 
