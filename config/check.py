@@ -94,6 +94,7 @@ def _gateway(gw: Section) -> str:
     gw.ident("id", "gateway")
     state_dir = gw.text("state_dir", GatewayConfig().state_dir)
     parse._labels(gw.table("labels"))
+    gw.integer("memory_limit_mb", GatewayConfig().memory_limit_mb, lo=32)
     gw.done()
     return state_dir
 

@@ -118,6 +118,7 @@ def load_document(doc: Any, drivers: Lookup | None = None) -> GatewayConfig:
         gateway_id=gw.ident("id", "gateway"),
         state_dir=gw.text("state_dir", GatewayConfig().state_dir),
         labels=_labels(gw.table("labels")),
+        memory_limit_mb=gw.integer("memory_limit_mb", GatewayConfig().memory_limit_mb, lo=32),
         buffer=_buffer(root.table("buffer")),
         uplink=_uplink(root.table("uplink")),
         devices=tuple(_device(s, lookup) for s in root.tables("devices")),

@@ -34,6 +34,7 @@ from gatewayd.lifecycle import EXIT_RESTART
 from gatewayd.lifecycle.keys import KeyRing
 from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
+from gatewayd.memory import MemoryGuard, trim
 from gatewayd.metrics import Metrics
 from gatewayd.metrics_http import MetricsServer
 from gatewayd.polling import Poller
@@ -71,7 +72,7 @@ class Gateway:
         self.local_doc = local_doc  # the local file as a document: remote config's baseline
         self.metrics = Metrics()
         self.rules = Rules(cfg.rules)
-        self.poller = Poller(self.metrics, self._handle)
+        self.poller = Poller(self.metrics, self._handle, MemoryGuard(cfg.memory_limit_mb << 20))
         self.drivers = self.poller.drivers  # live view: device id -> running driver
         self.device_health = DeviceHealth(self.metrics)  # device_down/up events, state `devices`
         self.buffer: Buffer | None = None
@@ -148,6 +149,10 @@ class Gateway:
             self._supervise("remote_config", lambda: remote.run(trial))
         if confirm_update:
             self._supervise("update_confirm", self.updater.confirm)
+        import gc
+
+        gc.collect()  # the parsed document and its checks are garbage now: hand their pages back
+        trim()
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
             __version__,
