@@ -244,9 +244,9 @@ class Poller:
             readings = _bad(group, DRIVER_ERROR)
         else:
             try:
-                readings = await asyncio.wait_for(
-                    driver.poll(group), poll_deadline_s(slot.dev, group)
-                )
+                # asyncio.timeout, not wait_for: no task of its own per poll
+                async with asyncio.timeout(poll_deadline_s(slot.dev, group)):
+                    readings = await driver.poll(group)
             except Exception as exc:  # a driver bug must not stop the scheduler or other devices
                 await slot.crashed(exc)
                 readings = _bad(group, DRIVER_ERROR)
