@@ -153,6 +153,9 @@ class Gateway:
 
         gc.collect()  # the parsed document and its checks are garbage now: hand their pages back
         trim()
+        # What is left lives as long as the process (configuration, drivers, plans): keep it out
+        # of the collector's full passes, which would otherwise walk it again and again.
+        gc.freeze()
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
             __version__,
