@@ -218,9 +218,9 @@ def bench_rss(work: Path, procs: Procs, duration_s: float, shape: str = "p100") 
     acked = m.get("gatewayd_acked_records_total")
     base = rss_kib(idle.pid)
     final, peak = samples[-1] / 1024, max(samples) / 1024
+    what = "100 points every 100 ms" if shape == "p100" else "10 x 100 points every 1 s"
     print(
-        f"RSS at {shape} ({'100 points every 100 ms' if shape == 'p100' else '10 x 100 points'}"
-        f" every 1 s) to {broker} for {duration_s:.0f} s: final {final:.1f} MB, "
+        f"RSS at {shape} ({what}) to {broker} for {duration_s:.0f} s: final {final:.1f} MB, "
         f"peak {peak:.1f} MB, first sample {samples[0] / 1024:.1f} MB vs {base / 1024:.1f} MB for "
         f"an idle interpreter, {final / (base / 1024):.1f}x; goal <= 40 MB: "
         f"{'met' if peak <= 40 else 'NOT met'}; {acked:.0f} records acked "

@@ -34,7 +34,7 @@ from gatewayd.lifecycle import EXIT_RESTART
 from gatewayd.lifecycle.keys import KeyRing
 from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
-from gatewayd.memory import MemoryGuard, trim
+from gatewayd.memory import MemoryGuard
 from gatewayd.metrics import Metrics
 from gatewayd.metrics_http import MetricsServer
 from gatewayd.polling import Poller
@@ -151,10 +151,10 @@ class Gateway:
             self._supervise("update_confirm", self.updater.confirm)
         import gc
 
-        gc.collect()  # the parsed document and its checks are garbage now: hand their pages back
-        trim()
-        # What is left lives as long as the process (configuration, drivers, plans): keep it out
-        # of the collector's full passes, which would otherwise walk it again and again.
+        # The parsed document and its checks are garbage now; what is left lives as long as the
+        # process (configuration, drivers, plans): keep it out of the collector's full passes,
+        # which would otherwise walk it again and again.
+        gc.collect()
         gc.freeze()
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",

@@ -43,18 +43,3 @@ class MemoryGuard:
             rss = rss_bytes()
             self._over = rss is not None and rss >= self._trip
         return self._over
-
-
-def trim() -> None:
-    """Give the C heap's free pages back to the system (glibc `malloc_trim`): parsing a large
-    configuration leaves megabytes free but resident; elsewhere a no-op."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        pass
