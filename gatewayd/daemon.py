@@ -149,13 +149,6 @@ class Gateway:
             self._supervise("remote_config", lambda: remote.run(trial))
         if confirm_update:
             self._supervise("update_confirm", self.updater.confirm)
-        import gc
-
-        # The parsed document and its checks are garbage now; what is left lives as long as the
-        # process (configuration, drivers, plans): keep it out of the collector's full passes,
-        # which would otherwise walk it again and again.
-        gc.collect()
-        gc.freeze()
         log.info(
             "gateway_started version=%s config_version=%d devices=%d buffer=%s",
             __version__,
