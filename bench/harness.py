@@ -8,7 +8,6 @@ baseline measured in the same run.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatewayd_sim.cloud.compact import decode
 from gatewayd_sim.procs import Mosquitto, free_port, wait_for, wait_port
 
 __all__ = ["Mosquitto", "free_port", "wait_for", "wait_port"]
@@ -138,6 +138,9 @@ state_dir = "{self.state_dir or self.work}"
 host = "127.0.0.1"
 port = {broker_port}
 device = "bench"
+project = "p"
+region = "r"
+registry = "g"
 {extra}
 [uplink.tls]
 enabled = false
@@ -229,7 +232,7 @@ class LatencySubscriber:
         now_ms = time.time() * 1000
         mono = time.monotonic()
         try:
-            records = json.loads(msg.payload)
+            records = decode(msg.payload)  # JSON arrays and the compact encoding alike
         except ValueError:
             return
         with self.lock:

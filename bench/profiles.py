@@ -185,3 +185,40 @@ def startup(runs: int) -> dict[str, Any]:
         "ready_ratio_vs_python_pass": med(ready) / med(base),
         "runs": runs,
     }
+
+
+def wear(seconds: float) -> dict[str, Any]:
+    """SD card wear: bytes the daemon writes to storage per reading (/proc/<pid>/io write_bytes:
+    WAL frames, checkpoints into the file, vacuum), at p100 and p1000 with sync normal and full,
+    beside the bytes of the stored bodies themselves (what a reading must cost at the least)."""
+    from gatewayd.buffer.codec import encode_body
+    from gatewayd.reading import Record
+
+    body = len(encode_body(Record("dev0/r42", 1_700_000_000_000, 12345)).encode())
+    out: dict[str, Any] = {"body_bytes": body, "runs": [], "rows": []}
+    for name, devices, interval in (("p100", 1, 100), ("p1000", 10, 1000)):
+        for sync in ("normal", "full"):
+            r = steady(
+                name,
+                devices,
+                100,
+                interval,
+                seconds,
+                naive=False,
+                tail=f'[buffer]\nsync = "{sync}"\n',
+            )
+            wb = r["write_bytes_per_reading"]
+            out["runs"].append({"profile": name, "sync": sync, "write_bytes_per_reading": wb})
+            out["rows"].append(
+                (
+                    f"bytes written to storage per reading, {name}, sync {sync}",
+                    f"{wb:,.0f} B",
+                    "",
+                    f"{body} B (the stored body)",
+                    f"{wb / body:.1f}x",
+                )
+            )
+    out["summary"] = ", ".join(
+        f"{r['profile']}/{r['sync']} {r['write_bytes_per_reading']:,.0f} B" for r in out["runs"]
+    )
+    return out

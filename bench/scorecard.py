@@ -20,11 +20,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import backlog
 import faults
+import mst
 import profiles
 import report
+import wire
 
 RESULTS = Path(__file__).parent / "results"
-SLOW_PARTS = ("jwt_expiry",)  # left out of --quick unless named with --only
+SLOW_PARTS = ("jwt_expiry", "mst")  # left out of --quick unless named with --only
 
 
 def parts(quick: bool) -> dict[str, Callable[[], Any]]:
@@ -43,6 +45,9 @@ def parts(quick: bool) -> dict[str, Callable[[], Any]]:
         "jwt_expiry": lambda: faults.jwt_expiry(55 if q else 130),
         "disk_full": lambda: faults.disk_full(16 if q else 60, size_mb=3 if q else 4),
         "storm": storm_part,
+        "mst": lambda: mst.mst(q),
+        "wire": lambda: wire.wire(q),
+        "wear": lambda: profiles.wear(8 if q else 60),
     }
 
 

@@ -352,6 +352,9 @@ class GatewayConfig:
     # [gateway] labels: published in the state document, so `gatewayd fleet --select` works
     # without an inventory. Sorted (key, value) pairs of safe strings (see tables.read_labels).
     labels: tuple[tuple[str, str], ...] = ()
+    # Resident memory the daemon keeps under: near it, polls wait for each other (polling.py).
+    # 256 MB leaves a 1 GB Pi most of its memory.
+    memory_limit_mb: int = 256
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     devices: tuple[DeviceConfig, ...] = ()

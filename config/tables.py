@@ -32,14 +32,16 @@ def read_version(root: Section) -> int:
 
 
 def read_gateway(s: Section) -> GatewayConfig:
-    """[gateway]: id, state_dir and labels, in a GatewayConfig whose other fields are defaults
-    (load_document fills them from their own tables; `gatewayd check` wants the state_dir)."""
+    """[gateway]: id, state_dir, labels and memory_limit_mb, in a GatewayConfig whose other
+    fields are defaults (load_document fills them from their own tables; `gatewayd check` wants
+    the state_dir)."""
     d = GatewayConfig()
     cfg = replace(
         d,
         gateway_id=s.ident("id", d.gateway_id),
         state_dir=s.text("state_dir", d.state_dir),
         labels=read_labels(s.table("labels")),
+        memory_limit_mb=s.integer("memory_limit_mb", d.memory_limit_mb, lo=32),
     )
     s.done()
     return cfg

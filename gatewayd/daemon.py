@@ -35,6 +35,7 @@ from gatewayd.lifecycle import EXIT_RESTART
 from gatewayd.lifecycle.keys import KeyRing
 from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
+from gatewayd.memory import MemoryGuard
 from gatewayd.metrics import Metrics
 from gatewayd.metrics_http import MetricsServer
 from gatewayd.polling import Poller
@@ -72,7 +73,7 @@ class Gateway:
         self.local_doc = local_doc  # the local file as a document: remote config's baseline
         self.metrics = Metrics()
         self.rules = Rules(cfg.rules)
-        self.poller = Poller(self.metrics, self._handle)
+        self.poller = Poller(self.metrics, self._handle, MemoryGuard(cfg.memory_limit_mb << 20))
         self.drivers = self.poller.drivers  # live view: device id -> running driver
         self.device_health = DeviceHealth(self.metrics)  # device_down/up events, state `devices`
         self.buffer: Buffer | None = None

@@ -30,6 +30,8 @@ HELP: dict[str, str] = {
     "poll_failures": "Polls in which every reading was bad.",
     "polls_missed": "Poll due times the loop was a period or more late for (coalesced into one).",
     "polls_skipped": "Poll due times skipped because the group's previous poll was still running.",
+    "polls_shed": "Polls not made because the process was near its memory ceiling "
+    "([gateway] memory_limit_mb) while another poll ran.",
     "poll_duration_seconds": "How long a poll of a device took, driver call to readings.",
     "readings": "Readings the drivers produced.",
     "readings_bad": "Readings of bad quality.",

@@ -11,7 +11,10 @@ Invariants:
 - a reading stamped before the clock is plausible leaves the poll marked uncertain with reason
   `clock_unsynced` (bad ones keep their own reason); the check costs two comparisons per poll;
 - a poll hands its readings to the sink (rules → buffer) before it ends, so `stop()`, which waits
-  for the polls in flight, leaves nothing half-done.
+  for the polls in flight, leaves nothing half-done;
+- near the memory ceiling (`memory.MemoryGuard`) a poll due while another one runs is not made
+  but counted (`polls_shed`): polls wait for each other instead of their readings piling up, and
+  one poll can always run, so polling slows and never stops.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from gatewayd.clock import PLAUSIBLE_MS, UNSYNCED
 from gatewayd.config import DeviceConfig
 from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
 from gatewayd.logs import quote
+from gatewayd.memory import MemoryGuard
 from gatewayd.metrics import Metrics
 from gatewayd.reading import Quality, Reading, now_ms
 from gatewayd.schedule import Run, Scheduler
@@ -121,9 +125,12 @@ class Poller:
     """Owns the scheduler and one DriverSlot per device; devices can be added and removed live
     (a new configuration restarts only the devices that changed)."""
 
-    def __init__(self, metrics: Metrics, sink: Sink) -> None:
+    def __init__(self, metrics: Metrics, sink: Sink, guard: MemoryGuard | None = None) -> None:
         self.metrics = metrics
         self.sink = sink
+        self.guard = guard
+        self._running = 0  # polls between their start and their readings stored
+        self._sheds: dict[str, int] = {}
         self.slots: dict[str, DriverSlot] = {}
         self.drivers: dict[str, Driver] = {}  # the built ones, by device id
         # device -> monotonic time of its last poll the driver answered (crashes do not count)
@@ -159,6 +166,7 @@ class Poller:
             groups = self._groups[dev.id] = []
             for group in poll_groups(dev):
                 self.metrics.inc("polls_skipped", 0, device=dev.id, group=group.name)
+                self.metrics.inc("polls_shed", 0, device=dev.id, group=group.name)
                 self._scheduler.add(
                     group.name,
                     functools.partial(self._poll, group),
@@ -194,6 +202,27 @@ class Poller:
         slot = self.slots.get(group.device)
         if slot is None:  # removed by a new configuration while this run was being submitted
             return
+        if self._running and self.guard is not None and self.guard.over():
+            self._shed(group)
+            return
+        self._running += 1
+        try:
+            await self._poll_and_store(group, slot)
+        finally:
+            self._running -= 1
+
+    def _shed(self, group: PollGroup) -> None:
+        n = self._sheds[group.name] = self._sheds.get(group.name, 0) + 1
+        self.metrics.inc("polls_shed", device=group.device, group=group.name)
+        if n == 1 or n % 1000 == 0:
+            log.warning(
+                "poll_shed group=%s reason=memory_ceiling limit_mb=%d count=%d",
+                group.name,
+                (self.guard.limit_bytes >> 20) if self.guard else 0,
+                n,
+            )
+
+    async def _poll_and_store(self, group: PollGroup, slot: DriverSlot) -> None:
         readings = await self._read(group, slot)
         try:
             await self.sink(group, readings)
@@ -216,9 +245,9 @@ class Poller:
             readings = _bad(group, DRIVER_ERROR)
         else:
             try:
-                readings = await asyncio.wait_for(
-                    driver.poll(group), poll_deadline_s(slot.dev, group)
-                )
+                # asyncio.timeout, not wait_for: no task of its own per poll
+                async with asyncio.timeout(poll_deadline_s(slot.dev, group)):
+                    readings = await driver.poll(group)
             except Exception as exc:  # a driver bug must not stop the scheduler or other devices
                 await slot.crashed(exc)
                 readings = _bad(group, DRIVER_ERROR)

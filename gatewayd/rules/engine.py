@@ -173,6 +173,9 @@ class Rules:
         return Chain(key, tuple(stages))
 
     def process(self, readings: Iterable[Reading]) -> list[Record]:
+        if not self._rules:  # no rule names any point (nothing tracked either): one record each
+            of = Record.of
+            return [of(r) for r in readings]
         out: list[Record] = []
         append = out.append
         of = Record.of
