@@ -15,7 +15,6 @@ import copy
 import json
 import signal
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -227,17 +226,3 @@ def test_aws_shadow_config_rollback_jobs_and_commands_nothing_lost(
     assert ids == delivered_range(tmp_path / "buffer.sqlite"), "no reading lost"
     # AWS's limits were kept: nothing throttled, no connection closed for a topic or a payload.
     assert aws.cloud.throttled == 0 and aws.cloud.refused == []
-
-
-def test_demo_runs_against_the_aws_stand_in() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gatewayd", "demo", "--cloud", "aws", "--duration", "4"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "AWS IoT Core stand-in on 127.0.0.1:" in out.stdout
-    summary = out.stdout.strip().splitlines()[-1]
-    assert summary.startswith("summary:") and "0 duplicates" in summary, summary
-    assert "cloud received 0 unique" not in summary, summary

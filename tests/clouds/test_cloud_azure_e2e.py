@@ -193,19 +193,3 @@ def test_azure_twin_config_rollback_and_direct_method_nothing_lost(
     ids = sorted(hub.hub.recorder.counts)
     assert ids == delivered_range(tmp_path / "buffer.sqlite"), "no reading lost"
     assert hub.hub.expired_disconnects == 0 and hub.hub.oversize == 0
-
-
-def test_demo_runs_against_the_azure_stand_in() -> None:
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "gatewayd", "demo", "--cloud", "azure", "--duration", "4"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "IoT Hub stand-in on 127.0.0.1:" in out.stdout
-    summary = out.stdout.strip().splitlines()[-1]
-    assert summary.startswith("summary:") and "0 duplicates" in summary, summary
-    assert "cloud received 0 unique" not in summary, summary

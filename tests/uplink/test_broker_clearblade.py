@@ -192,20 +192,3 @@ def test_an_older_config_redelivered_by_clearblade_is_neither_applied_nor_counte
     applied, outcomes, counted = _redelivered(tmp_path / "iot", "cloud-iot-core")
     assert applied == [2, 3]
     assert [(o["version"], o["status"]) for o in outcomes][-1] == (2, "rejected")
-
-
-def test_demo_runs_against_a_clearblade_like_stand_in_over_tls_1_2() -> None:
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "gatewayd", "demo", "--cloud", "clearblade", "--duration", "4"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "ClearBlade-like stand-in (TLS 1.2+) on 127.0.0.1:" in out.stdout, out.stdout
-    summary = out.stdout.strip().splitlines()[-1]
-    assert summary.startswith("summary:") and "0 duplicates" in summary, summary
-    assert "cloud received 0 unique" not in summary, summary
