@@ -188,10 +188,9 @@ def step(devices: int, interval_ms: int, seconds: float, tls: bool = False) -> d
         tls_port = None
         tls_section = "enabled = false"
         if tls:
-            sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-            from tls_certs import TestCA
+            from gatewayd_sim.cloud.certs import CertificateAuthority
 
-            ca = TestCA(r.work / "ca")
+            ca = CertificateAuthority(r.work / "ca")
             cert, key = ca.issue("broker", server=True)
             tls_port = free_port()
             extra = [
