@@ -272,3 +272,26 @@ def test_a_run_of_damaged_records_longer_than_the_batch_never_lets_a_lane_be_ski
     assert drain(store) == alarms[4 * n + 1 :] + events + telemetry
     assert {i for i, _ in damaged_rows(path)} == set(bad)
     store.close()
+
+
+def test_a_body_repaired_before_take_is_sent(tmp_path: Path) -> None:
+    """A body altered twice before `take` may be sound again (an invalid byte appended, then the
+    last character cut: the body as stored); `take` judges the body it reads, so it is sent, not
+    set aside. (The model test's oracle once marked such a record damaged for good.)"""
+    path = tmp_path / "b.sqlite"
+    store = Store(path, BufferConfig())
+    ids = store.append(recs(3))
+    before = store.peek(3)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "UPDATE records SET body = CAST(CAST(body AS BLOB) || X'FF' AS TEXT) WHERE id = ?",
+            (ids[1],),
+        )
+        db.execute(
+            "UPDATE records SET body = substr(body, 1, length(body) - 1) WHERE id = ?", (ids[1],)
+        )
+    got = store.take(10, 1 << 30)
+    assert got == before, "all three, the repaired body as it was"
+    assert store.snapshot().evicted == {}
+    assert damaged_rows(path) == []
+    store.close()
