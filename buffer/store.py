@@ -411,7 +411,11 @@ class Store:
         db = self._db
         after = self._cursor[lane]
         select = sql.TAKE[lane]
-        for _ in range(want + 1):  # each round sets at least one record aside
+        # Each round sets at least one record aside (else it returns or raises), so this ends.
+        # No bound by `want`: a round finds one kind of damage (UTF-8, then JSON) in a window of
+        # `want` rows, so a run of damaged records may take more rounds than `want`, and giving
+        # up early would skip to a lower lane (or report the lane drained) with records left.
+        while True:
             try:
                 rows: list[tuple[int, int, str]] = db.execute(
                     select, (lane, after, want)
@@ -431,7 +435,6 @@ class Store:
             if not bad:
                 return rows
             self._set_aside(lane, bad, "json")  # then read again: a full batch if there is one
-        return []
 
     def _undecodable(self, lane: int, after: int, want: int) -> list[int]:
         """Ids among the lane's next `want` records whose body is not valid UTF-8."""
