@@ -171,7 +171,12 @@ class Evictor:
         incoming: int,
         txn: Txn,
     ) -> set[int]:
-        """Evict so that `rows` fit under the bound; returns the positions of rows not kept."""
+        """Evict so that `rows` fit under the bound; returns the positions of rows not kept.
+
+        Lane order holds with the incoming rows in it: a stored record is evicted only for an
+        incoming one of its lane or a higher one. Once every incoming row of this lane and the
+        lower ones is dropped, nothing of a higher lane goes for them (a bound lowered below what
+        is stored, after a full disk, drops the incoming telemetry, not the stored alarms)."""
         limit, reason = self.bound.limit(db)
         excess = self._acc.bytes + txn.bytes + incoming - limit
         dropped: set[int] = set()
@@ -179,7 +184,11 @@ class Evictor:
             return dropped
         slack = int(limit * EVICT_SLACK)  # only for stored records, never for incoming ones
         excess += slack
+        # The highest lane (lowest number) among the incoming rows: nothing above it is evicted.
+        top = min((r[0] for r in rows), default=None)
         for lane in _ORDER:
+            if top is not None and lane < top:
+                return dropped
             need = excess if lane == TELEMETRY else excess - slack
             excess -= self._evict_oldest(db, cursor[lane], lane, need, reason, txn)
             if excess <= slack:

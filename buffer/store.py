@@ -237,12 +237,22 @@ class Store:
         rows = list(zip(lanes, [r.ts_ms for r in records], bodies, strict=True))
         incoming = sum(map(len, bodies)) + ROW_OVERHEAD * len(bodies)
         reason = "disk_full"
+        shed: set[int] = set()  # positions the disk-full shrink evicted before they were written
+        todo = rows
         for attempt in range(4):
             try:
-                first, dropped = self._append_txn(rows, incoming)
+                first, dropped = self._append_txn(todo, incoming)
             except DiskFull:
-                if not self._shrink_for_disk_full(attempt):
+                gone = self._shrink_for_disk_full(attempt, todo, incoming)
+                if gone is None:
                     break
+                if gone:
+                    left = [i for i in range(len(rows)) if i not in shed]
+                    shed.update(left[j] for j in gone)
+                    todo = [r for i, r in enumerate(rows) if i not in shed]
+                    incoming = sum(len(r[2]) + ROW_OVERHEAD for r in todo)
+                    if not todo:
+                        return [0] * len(rows)
                 continue
             except sqlite3.DatabaseError as exc:
                 if not self._replace_if_corrupt(exc):
@@ -250,17 +260,22 @@ class Store:
                     reason = "error"
                     break
                 continue
-            self.appended += len(rows) - len(dropped)
+            self.appended += len(todo) - len(dropped)
             self.appended_bytes += incoming
-            if not dropped:
+            if not dropped and not shed:
                 return list(range(first, first + len(rows)))
             ids = []
+            j = 0  # position in todo
             for i in range(len(rows)):
-                ids.append(0 if i in dropped else first)
-                first += i not in dropped
+                if i in shed:
+                    ids.append(0)
+                    continue
+                ids.append(0 if j in dropped else first)
+                first += j not in dropped
+                j += 1
             return ids
-        # Nothing could be written: the records are lost, and counted.
-        for lane, _, _ in rows:
+        # Nothing could be written: the records are lost, and counted (the shed ones already are).
+        for lane, _, _ in todo:
             key = (int(lane), reason)
             self._acc.lost(key, 1)
         return [0] * len(rows)
@@ -306,31 +321,38 @@ class Store:
             self._uncursor(txn.uncursored)
         return seq - len(kept) + 1, dropped
 
-    def _shrink_for_disk_full(self, attempt: int) -> bool:
-        """After SQLITE_FULL: lower the bound below what is stored now, evict down to it in a
-        transaction of its own (deletes need little new space), and checkpoint so the WAL gives
-        its space back. False when nothing more can be done for this append."""
+    def _shrink_for_disk_full(
+        self, attempt: int, rows: Sequence[tuple[int, int, str]], incoming: int
+    ) -> set[int] | None:
+        """After SQLITE_FULL: lower the bound below what is stored now, make room under it for
+        the incoming `rows` in a transaction of its own (deletes need little new space), and
+        checkpoint so the WAL gives its space back. The incoming rows take their place in the
+        eviction order: an alarm is never evicted to store telemetry, which goes first instead.
+        Returns the positions of `rows` evicted (counted) before they were written, or None when
+        nothing more can be done for this append."""
         if attempt == 0:
             log.warning("buffer_disk_full path=%s bytes=%d", self.path, self._acc.bytes)
+        gone: set[int] = set()
         if sum(self._acc.depth) > 0:
             self._bound.disk_full()
             txn = Txn()
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                self._evictor.make_room(db, self._cursor, [], 0, txn)
+                gone = self._evictor.make_room(db, self._cursor, rows, incoming, txn)
                 self._acc.save(db, txn)
                 db.execute("COMMIT")
                 self._acc.apply(txn)
                 self._uncursor(txn.uncursored)
             except sqlite3.Error:
+                gone = set()
                 if db.in_transaction:
                     db.execute("ROLLBACK")
         elif attempt > 0:
-            return False
+            return None
         with contextlib.suppress(sqlite3.Error):
             self._db.execute(sql.CHECKPOINT_TRUNCATE).fetchall()
-        return True
+        return gone
 
     def _replace_if_corrupt(self, exc: sqlite3.DatabaseError) -> bool:
         """A file found corrupt while running is moved aside and replaced; what can be read of it

@@ -83,6 +83,25 @@ def test_sqlite_full_evicts_oldest_telemetry_counts_it_and_keeps_appending(tmp_p
     ), "eviction counts are stored with the data"
 
 
+def test_a_full_disk_of_alarms_drops_incoming_telemetry_never_an_alarm(tmp_path: Path) -> None:
+    # Found by the model test: the disk-full shrink evicted stored alarms without looking at
+    # what was coming in, and the retried append then stored the lower lane's records.
+    path = tmp_path / "b.sqlite"
+    store = Store(path, BufferConfig())
+    alarms = store.append(recs(2000, Lane.ALARM))
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    returned: list[int] = []
+    for i in range(20):
+        returned += store.append(recs(200, start=i * 200))
+    stats = store.snapshot()
+    assert not [k for k in stats.evicted if k.startswith("alarm/")], stats.evicted
+    assert all(a in ids_in(path) for a in alarms), "an alarm was evicted for telemetry"
+    dropped = returned.count(0)
+    assert dropped > 0 and stats.evicted.get("telemetry/disk_full", 0) >= dropped
+    assert stats.depth + sum(stats.evicted.values()) == 2000 + 4000, "every record counted"
+
+
 def test_filling_file_system_is_handled_like_a_full_buffer(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "4m") as mnt:
         store = Store(mnt / "b.sqlite", BufferConfig())
