@@ -36,10 +36,10 @@ Invariants a channel keeps:
 - a channel keeps no client: it is handed the current session's at every call.
 
 Channels: topic.py (retained config topic + commands topic, Cloud IoT Core, ClearBlade, any
-MQTT broker), azure.py (device twin + direct methods). An AWS channel (named shadow desired
-state -> ConfigPush, jobs -> ConfigPush or CommandIn with `report_outcome` on the job execution)
-and a ThingsBoard one (shared attributes -> ConfigPush, server-side RPC -> CommandIn, client
-attributes for the state) plug into the same points.
+MQTT broker), azure.py (device twin + direct methods), aws.py (named shadow desired state ->
+ConfigPush, jobs -> ConfigPush or CommandIn with `report_outcome` on the job execution),
+thingsboard.py (shared attributes -> ConfigPush, server-side RPC -> CommandIn, client
+attributes for the state).
 """
 
 from __future__ import annotations
