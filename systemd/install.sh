@@ -164,11 +164,14 @@ do_install() {
   if [ ! -x "$VENV/bin/python" ]; then
     sys python3 -m venv "${venv_opts[@]}" "$VENV"
   fi
-  # pip builds inside the source folder (build/, *.egg-info): build from a throw-away copy.
+  # pip builds inside the source folder (build/, *.egg-info): build from a throw-away copy, of
+  # the sources only (no venvs, such as the tests' .venv-sdk/ that may change as it is read,
+  # and no tool caches).
   build_copy=$(mktemp -d "${TMPDIR:-/tmp}/gatewayd-install.XXXXXX")
   trap 'rm -rf "$build_copy"' EXIT
-  tar -C "$source_dir" --exclude=./.git --exclude=./.venv --exclude=./build \
-    --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$build_copy" -xf -
+  tar -C "$source_dir" --exclude=./.git --exclude='./.venv*' --exclude=./build \
+    --exclude='*.egg-info' --exclude=__pycache__ --exclude='./.*_cache' \
+    --exclude=./.hypothesis -cf - . | tar -C "$build_copy" -xf -
   sys "$VENV/bin/pip" install --quiet --disable-pip-version-check "${pip_opts[@]}" --upgrade \
     "$build_copy"
   rm -rf "$build_copy"
