@@ -29,7 +29,7 @@ from helpers import (
     wait_for,
     write_config,
 )
-from test_cloud_azure_e2e import WRITABLE, Hub, _outcome_lines
+from test_cloud_azure_e2e import Hub, _outcome_lines, plc_device
 
 from gatewayd_sim.cloud.aws import MAX_SHADOW_STATE, AwsIotCore
 
@@ -39,7 +39,6 @@ SHADOW = "gatewayd"
 
 
 def _config(tmp: Path, port: int, ca: Path, cert: Path, key: Path, device_port: int) -> str:
-    points = (FIXTURES / "plc_points.toml").read_text() + WRITABLE
     return f"""
 version = 1
 [gateway]
@@ -57,15 +56,7 @@ backoff_cap_s = 1.0
 ca_file = "{ca}"
 cert_file = "{cert}"
 key_file = "{key}"
-[remote_config]
-health_deadline_s = 3.0
-[[devices]]
-id = "plc"
-driver = "modbus_tcp"
-port = {device_port}
-interval_ms = 100
-{points}
-"""
+{plc_device(device_port)}"""
 
 
 class Aws(Hub):

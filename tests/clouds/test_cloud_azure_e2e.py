@@ -44,8 +44,22 @@ max = 80.0
 """
 
 
-def _config(tmp: Path, hub_port: int, ca: str, device_port: int) -> str:
+def plc_device(device_port: int) -> str:
+    """The tail every cloud's e2e config shares: a 3 s health deadline and the simulated PLC
+    (tests/fixtures/plc_points.toml, and a writable setpoint) polled every 100 ms."""
     points = (FIXTURES / "plc_points.toml").read_text() + WRITABLE
+    return f"""[remote_config]
+health_deadline_s = 3.0
+[[devices]]
+id = "plc"
+driver = "modbus_tcp"
+port = {device_port}
+interval_ms = 100
+{points}
+"""
+
+
+def _config(tmp: Path, hub_port: int, ca: str, device_port: int) -> str:
     return f"""
 version = 1
 [gateway]
@@ -63,15 +77,7 @@ backoff_cap_s = 1.0
 ca_file = "{ca}"
 [uplink.auth]
 device_key_file = "device.key"
-[remote_config]
-health_deadline_s = 3.0
-[[devices]]
-id = "plc"
-driver = "modbus_tcp"
-port = {device_port}
-interval_ms = 100
-{points}
-"""
+{plc_device(device_port)}"""
 
 
 class Hub:

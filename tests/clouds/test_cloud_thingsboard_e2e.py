@@ -28,7 +28,7 @@ from helpers import (
     wait_for,
     write_config,
 )
-from test_cloud_azure_e2e import FIXTURES, WRITABLE, _outcome_lines
+from test_cloud_azure_e2e import FIXTURES, _outcome_lines, plc_device
 
 from gatewayd_sim.cloud.thingsboard import ThingsBoard
 
@@ -36,7 +36,6 @@ GATEWAY, TOKEN = "gw-test", "GW_E2E_TOKEN"
 
 
 def _config(tmp: Path, tb_port: int, device_port: int) -> str:
-    points = (FIXTURES / "plc_points.toml").read_text() + WRITABLE
     return f"""
 version = 1
 [gateway]
@@ -53,15 +52,7 @@ backoff_cap_s = 1.0
 enabled = false
 [uplink.auth]
 access_token_file = "tb.token"
-[remote_config]
-health_deadline_s = 3.0
-[[devices]]
-id = "plc"
-driver = "modbus_tcp"
-port = {device_port}
-interval_ms = 100
-{points}
-"""
+{plc_device(device_port)}"""
 
 
 class TB:
