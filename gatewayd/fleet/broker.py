@@ -27,6 +27,11 @@ from gatewayd.errors import GatewaydError
 
 # paho's bound on messages awaiting their PUBACK: above any job's window (waves.py).
 WINDOW_MAX = 256
+# A refused SUBSCRIBE is asked for again on the same session, this often, for this long. NATS
+# refuses while JetStream recovers from a lost node (its 4 s request timeout per consumer) and
+# then grants; a new session instead (its deletion, its consumers) only adds to that work.
+RESUBSCRIBE_S = 2.0
+GRANT_WAIT_S = 60.0
 
 
 class FleetError(GatewaydError):
@@ -137,6 +142,8 @@ class FleetBroker:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._refused: str | None = None
+        self._asked: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topics
+        self._refused_topics: list[str] = []  # what the last SUBACK refused
         self._last_message = time.monotonic()
         self.host_in_use: tuple[str, int] | None = None
         self.connects = 0  # sessions so far: a new one brings the retained documents again
@@ -205,17 +212,42 @@ class FleetBroker:
         self._connected.clear()
         self._subscribed.clear()
         self._refused = None
+        self._asked, self._refused_topics = {}, []
         self.client = self._new_client()
         self.client.connect(host, port, self.s.keepalive_s)
         self.client.loop_start()
         if not self._connected.wait(timeout_s) or self._refused:
             self._drop_client()
             raise FleetError(self._refused or f"no CONNACK within {timeout_s:g} s")
-        if not self._subscribed.wait(timeout_s) or self._refused:
-            self._drop_client()
-            raise FleetError(self._refused or f"no SUBACK within {timeout_s:g} s")
+        self._await_grants(timeout_s)
         self.host_in_use = (host, port)
         self.connects += 1
+
+    def _await_grants(self, timeout_s: float) -> None:
+        """Until every subscription is granted, asking again for the refused ones on this
+        session (RESUBSCRIBE_S); raises FleetError after GRANT_WAIT_S or a lost session."""
+        deadline = time.monotonic() + GRANT_WAIT_S
+        while True:
+            if not self._subscribed.wait(timeout_s) or self._refused:
+                self._drop_client()
+                raise FleetError(self._refused or f"no SUBACK within {timeout_s:g} s")
+            refused = self._refused_topics
+            if not refused:
+                return
+            if time.monotonic() > deadline or not self._connected.is_set():
+                self._drop_client()
+                raise FleetError(
+                    f"the broker refused the subscription to {', '.join(refused)} for "
+                    f"{GRANT_WAIT_S:g} s; check the fleet user's permissions on those topics"
+                )
+            time.sleep(RESUBSCRIBE_S)
+            self._subscribed.clear()
+            self._subscribe(self.client, refused)
+
+    def _subscribe(self, client: Any, topics: list[str]) -> None:
+        with self.lock:  # the SUBACK may come before subscribe() returns the mid
+            _, mid = client.subscribe([(t, 1) for t in topics])
+            self._asked[mid] = topics
 
     def ensure_connected(self, timeout_s: float = 10.0) -> bool:
         """Reconnect (next host first) when the session died; False if no host answered."""
@@ -291,20 +323,18 @@ class FleetBroker:
         # QoS 1, though NATS backs each such subscription with a replicated JetStream consumer,
         # which a cluster recovering from a lost node refuses for minutes: at QoS 0, NATS 2.9.10
         # let state documents and pushes go missing in normal operation (README, "Figures").
-        client.subscribe(
-            [
-                (self.s.state_topic.format(gateway="+"), 1),
-                (self.s.config_topic.format(gateway="+"), 1),
-            ]
-        )
+        topics = [self.s.state_topic.format(gateway="+"), self.s.config_topic.format(gateway="+")]
+        self._subscribe(client, topics)
         self._connected.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
         if client is not self.client:
             return
-        if any(getattr(c, "is_failure", False) for c in codes):
-            # NATS refuses while its JetStream recovers from a lost node: try the next host.
-            self._refused = "the broker refused the subscription to the state and config topics"
+        with self.lock:
+            topics = self._asked.pop(mid, [])
+        self._refused_topics = [
+            t for t, c in zip(topics, codes, strict=False) if getattr(c, "is_failure", False)
+        ]
         self._subscribed.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:

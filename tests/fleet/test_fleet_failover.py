@@ -127,3 +127,39 @@ def test_a_refused_subscription_is_asked_for_again_until_granted(tmp_path: Path)
             await broker.stop()
 
     asyncio.run(scenario())
+
+
+def test_fleet_keeps_its_session_when_a_subscription_is_refused_and_asks_again() -> None:
+    """CI, stop 22: after a NATS node was SIGKILLed, the rollout's pushes went unacknowledged for
+    90 s. NATS refused fleet's SUBSCRIBE while JetStream recovered; fleet dropped the session at
+    each refusal and tried the next node, and each new session (its deletion, its consumers) is
+    more JetStream work for the recovering cluster. Fleet keeps the session and asks again."""
+    import asyncio
+
+    from gatewayd.fleet.broker import BrokerSettings, FleetBroker
+    from gatewayd_sim.cloud import Broker
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    broker = asyncio.run_coroutine_threadsafe(Broker().start(), loop).result(10)
+    broker.publish("/devices/gw-1/state", b'{"config_version": 4}', retain=True)
+    refusals = {"left": 2}
+
+    def allowed_filter(s: Any, pattern: str) -> bool:
+        if pattern.endswith("/config") and refusals["left"] > 0:
+            refusals["left"] -= 1
+            return False
+        return True
+
+    broker.allowed_filter = allowed_filter  # type: ignore[method-assign]
+    fleet = FleetBroker(BrokerSettings(hosts=(("127.0.0.1", broker.port),)))
+    try:
+        fleet.connect()
+        assert refusals["left"] == 0, "asked again until granted"
+        assert (fleet.connects, broker.connections) == (1, 1), "one session throughout"
+        fleet.settle(quiet_s=0.3, max_s=3.0)
+        assert fleet.states["gw-1"].doc == {"config_version": 4}
+    finally:
+        fleet.close()
+        asyncio.run_coroutine_threadsafe(broker.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
