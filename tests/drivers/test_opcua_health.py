@@ -33,6 +33,9 @@ def config(tmp_path: Path, ua_port: int) -> str:
     return f"""
 [gateway]
 state_dir = "{tmp_path}"
+# In the pytest worker: its resident set is the whole test process's (hundreds of MB after
+# many tests), not a gateway's; at the default ceiling the guard shed this test's polls.
+memory_limit_mb = 65536
 [metrics]
 listen = ""
 [uplink]
