@@ -37,7 +37,7 @@ from gatewayd.reading import now_ms
 
 from .checked import Checked
 from .document import PushRejected, decode_push
-from .store import ConfigStore, Stored, digest
+from .store import OUTCOME_DIGEST_CHARS, ConfigStore, Stored, digest
 
 log = logging.getLogger("gatewayd.remote_config")
 
@@ -97,7 +97,7 @@ def startup_config(local: GatewayConfig, local_doc: dict[str, Any], store: Confi
     if cand.stored.starts >= MAX_STARTS:
         reason = "the gateway stopped while applying it, twice; rolled back at start"
         store.note_rollback(cand.stored, reason)
-        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason)
+        outcome = _outcome(cand.version, Outcome.ROLLED_BACK, reason, cand.stored.digest)
         # The outcome before the candidate goes: a kill between the two then rolls it back again
         # at the next start, instead of leaving no candidate and no outcome to report.
         store.note_outcome(outcome)
@@ -157,8 +157,15 @@ def _version_of(doc: dict[str, Any]) -> int | None:
     return v if ok else None
 
 
-def _outcome(version: int | None, status: Outcome, reason: str = "") -> dict[str, Any]:
-    return {"version": version, "status": str(status), "reason": reason, "ts": now_ms()}
+def _outcome(
+    version: int | None, status: Outcome, reason: str = "", doc_digest: str | None = None
+) -> dict[str, Any]:
+    """`digest`: the decided document's (applied, rolled back), so a channel that is asked again
+    for a version (an AWS Job) can tell the same document from another one under that version."""
+    out = {"version": version, "status": str(status), "reason": reason, "ts": now_ms()}
+    if doc_digest is not None:
+        out["digest"] = doc_digest[:OUTCOME_DIGEST_CHARS]
+    return out
 
 
 def _warn_unchanged(version: int) -> None:
@@ -273,8 +280,10 @@ class ConfigManager:
             finally:
                 self._handling = None
 
-    def _emit(self, version: int | None, status: Outcome, reason: str = "") -> None:
-        out = _outcome(version, status, reason)
+    def _emit(
+        self, version: int | None, status: Outcome, reason: str = "", doc_digest: str | None = None
+    ) -> None:
+        out = _outcome(version, status, reason, doc_digest)
         self.last_outcome = out
         self.recent_outcomes.append(out)
         if status in (Outcome.APPLIED, Outcome.ROLLED_BACK):  # others change nothing on disk
@@ -312,7 +321,9 @@ class ConfigManager:
                 return Outcome.APPLIED
             if trusted:
                 _warn_unchanged(cfg.version)
-            self._emit(cfg.version, Outcome.APPLIED, "identical to the applied configuration")
+            self._emit(
+                cfg.version, Outcome.APPLIED, "identical to the applied configuration", digest(doc)
+            )
             return Outcome.APPLIED
         if self.store.is_last_rollback(cfg.version, digest(doc)):
             # The retained push comes again at every reconnect: the rollback stays the answer.
@@ -361,7 +372,8 @@ class ConfigManager:
             return await self._rollback(cand, reason)
         self.store.commit(cand.stored)
         self.lkg, self._good = cand.stored, cand
-        self._emit(cand.version, Outcome.APPLIED, f"healthy after {time.monotonic() - t0:.1f} s")
+        took = f"healthy after {time.monotonic() - t0:.1f} s"
+        self._emit(cand.version, Outcome.APPLIED, took, cand.digest)
         return Outcome.APPLIED
 
     async def _rollback(self, cand: Checked, reason: str) -> Outcome:
@@ -372,7 +384,8 @@ class ConfigManager:
         await self.target.reconfigure(good, trial=False)
         self.current = good
         self.store.drop_candidate()
-        self._emit(cand.version, Outcome.ROLLED_BACK, f"{reason}; back on version {good.version}")
+        back = f"{reason}; back on version {good.version}"
+        self._emit(cand.version, Outcome.ROLLED_BACK, back, cand.digest)
         return Outcome.ROLLED_BACK
 
     def _check_allowed(self, cfg: GatewayConfig, trusted: bool = False) -> None:
@@ -450,7 +463,6 @@ class ConfigManager:
                     "config topic",
                     "the device identity and the config topic change only in the local file",
                 )
-
 
     def _check_secret_files(self, cfg: GatewayConfig) -> None:
         """Where the keys and tokens are read from is provisioning, like the identity: a push

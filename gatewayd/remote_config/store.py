@@ -27,6 +27,11 @@ def _version(v: Any) -> int | None:
     return v if ok else None
 
 
+# Hex characters of the digest a config outcome carries: enough to tell two documents apart, short
+# enough for a state document under AWS's 8 KB shadow limit.
+OUTCOME_DIGEST_CHARS = 16
+
+
 def digest(doc: dict[str, Any]) -> str:
     """Content identity of a document, independent of key order and formatting."""
     return hashlib.sha256(

@@ -186,6 +186,19 @@ def test_aws_shadow_config_rollback_jobs_and_commands_nothing_lost(
     aws.flowing("plc", n=20)
     assert _outcome_lines(log, "rejected") == []
 
+    # A Job that reuses version 5 with another document is refused as not newer, not answered
+    # "applied" from version 5's outcome (it was, before outcomes carried the document's digest);
+    # the same document again is answered from that outcome.
+    other = copy.deepcopy(big)
+    other["devices"][0]["interval_ms"] = 300
+    aws.job("config-5-other", {"operation": "config", "document": other})
+    status, details = aws.job_done("config-5-other")
+    assert (status, details["status"]) == ("FAILED", "rejected"), details
+    assert "not newer" in details["reason"], details
+    aws.job("config-5-again", {"operation": "config", "document": big})
+    status, details = aws.job_done("config-5-again")
+    assert (status, details["status"]) == ("SUCCEEDED", "applied"), details
+
     # Commands: a range-checked write as a Job, a ping on the commands topic.
     write = {"point": "plc/setpoint", "value": 55.5}
     aws.job("write-1", {"operation": "command", "command": write})

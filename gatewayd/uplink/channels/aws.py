@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 from paho.mqtt.client import topic_matches_sub
 
+from gatewayd.remote_config.store import OUTCOME_DIGEST_CHARS, digest
+
 from .base import CommandIn, ConfigPush, Incoming, Throttle
 
 if TYPE_CHECKING:
@@ -333,7 +335,14 @@ class AwsChannel:
             version = value.get("version") if isinstance(value, dict) else None
             self._job_version = version if isinstance(version, int) else None
             known = self._decided.get(version) if isinstance(version, int) else None
-            if known is not None and known.get("status") in ("applied", "rolled_back"):
+            this = digest(value)[:OUTCOME_DIGEST_CHARS] if isinstance(value, dict) else None
+            if (
+                known is not None
+                and known.get("status") in ("applied", "rolled_back")
+                # another document under a decided version goes to the manager, which refuses it
+                # (not newer); an outcome without a digest is from before digests were reported
+                and known.get("digest", this) == this
+            ):
                 # The manager would not decide it again (an applied document redelivered is
                 # no new outcome; an older or equal version is not tried): its decision stands.
                 log.info("job_config_decided job=%s version=%s", job_id, version)
