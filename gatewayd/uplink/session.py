@@ -89,6 +89,7 @@ STABLE_SESSION_S = 10.0
 IDLE_FRACTION = 0.5
 
 RESUBSCRIBE_S = 5.0
+BEFORE_SUBACK = "closed after CONNACK, before SUBACK"
 # Short enough that a push made while the broker refused is heard well inside a fleet
 # rollout's health timeout (NATS refused for 40-90 s after a lost node, stop 22's CI).
 RESUBSCRIBE_MAX_S = 15.0
@@ -478,11 +479,12 @@ class Uplink:
         await self.buffer.rewind()
         if not was_connected or refresh:  # a refresh is logged as uplink_token_refresh
             return
+        early = self._early_close()
         if self._stopping:
             log.info("uplink_disconnected reason=stopped")
-        elif not self.subscribed:
+        elif early == BEFORE_SUBACK:
             lived = time.monotonic() - self._connected_at
-            self._set_error("closed after CONNACK, before SUBACK")
+            self._set_error(early)
             self.outage.failed(
                 "uplink_disconnected",
                 f"the broker closed the connection {lived:.1f} s after accepting it, before "
@@ -491,9 +493,9 @@ class Uplink:
                 "subscribe: check [uplink.topics] config and commands (NATS allows no '.' or "
                 "' ' in topics) and the broker's ACL or token scopes; its log names the reason",
             )
-        elif self._refused and self.window.first_puback_at is None:
+        elif early is not None:
             lived = time.monotonic() - self._connected_at
-            self._set_error("closed after a refused SUBSCRIBE")
+            self._set_error(early)
             self.outage.failed(
                 "uplink_disconnected",
                 f"the broker closed the connection {lived:.1f} s after accepting it; it had "
@@ -505,6 +507,15 @@ class Uplink:
         else:
             reason = self.last_error or "connection lost"
             self.outage.failed("uplink_disconnected", reason, diagnose.session_fix(reason))
+
+    def _early_close(self) -> str | None:
+        """Why a session that the broker closed ended before it delivered anything, when its
+        subscriptions say so; None for a session that ran."""
+        if not self.subscribed:
+            return BEFORE_SUBACK
+        if self._refused and self.window.first_puback_at is None:
+            return "closed after a refused SUBSCRIBE"
+        return None
 
     # -- paho callbacks (loop thread) --------------------------------------------------------
 
@@ -520,7 +531,8 @@ class Uplink:
             self._closed.set_result(str(rc))
             if self.connected:
                 from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
-                self._set_error(diagnose.connection_lost(rc, from_server))
+                # The cause _end_session will name, at once: last_error is read in between.
+                self._set_error(self._early_close() or diagnose.connection_lost(rc, from_server))
         self._wake.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
