@@ -19,6 +19,10 @@ from gatewayd.drivers.modbus.types import register_count
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus.regmap import load_map
 
+# These count requests and expect every reply: no timeout from a loaded box (modbus_env's 0.3 s
+# default timed a reply out in CI and the poll came back all None).
+STEADY_S = 5.0
+
 _TYPES = {"uint16": 1, "int32": 2, "float64": 4}
 
 
@@ -72,7 +76,7 @@ def test_exception_02_splits_merged_read_and_remembers() -> None:
         async with tcp_slave({0: 10, 1: 11, 20: 20, 21: 21}) as slave:
             slave.unit(1).defined = {0, 1, 20, 21}  # the hole 2..19 does not exist
             pts = [point("a", 0), point("b", 1), point("c", 20), point("d", 21)]
-            drv = ModbusDriver(device(slave.port, pts, max_gap=20))
+            drv = ModbusDriver(device(slave.port, pts, max_gap=20, timeout_s=STEADY_S))
             g = group(drv.device)
             first = await drv.poll(g)
             assert [(r.value, r.quality) for r in first] == [
@@ -93,7 +97,8 @@ def test_exception_02_on_one_register_costs_only_its_point() -> None:
     async def body() -> None:
         async with tcp_slave({0: 10, 1: 11, 2: 12}) as slave:
             slave.unit(1).defined = {0, 2}
-            drv = ModbusDriver(device(slave.port, [point("a", 0), point("b", 1), point("c", 2)]))
+            pts = [point("a", 0), point("b", 1), point("c", 2)]
+            drv = ModbusDriver(device(slave.port, pts, timeout_s=STEADY_S))
             rs = await drv.poll(group(drv.device))
             assert [(r.value, r.reason) for r in rs] == [
                 (10, None),
@@ -110,7 +115,8 @@ def test_map_file_holes_and_faults_drive_split_and_busy_retry() -> None:
         async with tcp_slave() as slave:
             load_map(slave, Path(__file__).parent.parent / "fixtures" / "faulty_map.toml")
             pts = [point("a", 0), point("b", 40, type="int32")]
-            drv = ModbusDriver(device(slave.port, pts, max_gap=50, busy_delay_s=0.01))
+            dev = device(slave.port, pts, max_gap=50, busy_delay_s=0.01, timeout_s=STEADY_S)
+            drv = ModbusDriver(dev)
             rs = await drv.poll(group(drv.device))
             assert [(r.value, r.quality) for r in rs] == [(100, Quality.GOOD), (-5, Quality.GOOD)]
             assert (drv.counters["busy_retries"], drv.counters["splits"]) == (2, 1)
@@ -123,7 +129,7 @@ def test_stray_exception_02_split_merges_again_after_good_polls() -> None:
     async def body() -> None:
         async with tcp_slave({a: 100 + a for a in range(45)}) as slave:
             pts = [point(f"p{a}", a) for a in range(45)]
-            drv = ModbusDriver(device(slave.port, pts))
+            drv = ModbusDriver(device(slave.port, pts, timeout_s=STEADY_S))
             g = group(drv.device)
             assert drv.requests_per_group == {}
             await drv.poll(g)
@@ -152,7 +158,7 @@ def test_real_hole_is_tried_merged_again_ever_less_often() -> None:
         async with tcp_slave({0: 10, 1: 11, 20: 20, 21: 21}) as slave:
             slave.unit(1).defined = {0, 1, 20, 21}  # a hole the device never fills
             pts = [point("a", 0), point("b", 1), point("c", 20), point("d", 21)]
-            drv = ModbusDriver(device(slave.port, pts, max_gap=20))
+            drv = ModbusDriver(device(slave.port, pts, max_gap=20, timeout_s=STEADY_S))
             g = group(drv.device)
             asked = slave.requests
             for _ in range(60):
