@@ -80,6 +80,7 @@ class Gateway:
         self.uplink: Uplink | None = None
         self.metrics_server: MetricsServer | None = None
         self.remote: ConfigManager | None = None
+        self._refused_off: dict[str, Any] | None = None  # a push's, with remote config off
         self.commands: CommandHandler | None = None
         self._uplink_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -305,6 +306,15 @@ class Gateway:
     def _on_config(self, payload: bytes) -> None:
         if self.remote is not None:
             self.remote.on_push(payload)
+        elif self.uplink is not None:
+            from gatewayd.remote_config.manager import refused_while_off
+
+            outcome = refused_while_off(payload)
+            if self._refused_off is None:  # warned once; the state document shows the latest
+                log.warning("config_push_refused version=%s reason=%r", outcome["version"],
+                            outcome["reason"])  # fmt: skip
+            self._refused_off = outcome
+            self.uplink.report_outcome(outcome)
 
     def _on_command(self, payload: bytes) -> None:
         if self.commands is not None:
@@ -328,7 +338,7 @@ class Gateway:
         totals: dict[str, float] = {}  # Metrics.total of every name, in one pass
         for (name, _), v in self.metrics.counters.items():
             totals[name] = totals.get(name, 0) + v
-        outcome = self.remote.last_outcome if self.remote is not None else None
+        outcome = self.remote.last_outcome if self.remote is not None else self._refused_off
         recent = list(self.remote.recent_outcomes) if self.remote is not None else []
         return {
             **({"config": outcome} if outcome else {}),

@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -166,6 +167,22 @@ def _outcome(
     if doc_digest is not None:
         out["digest"] = doc_digest[:OUTCOME_DIGEST_CHARS]
     return out
+
+
+def refused_while_off(payload: bytes) -> dict[str, Any]:
+    """The outcome of a push to a gateway whose [remote_config] is off: a cloud that waits for an
+    answer (an AWS Job, a twin's reported state) gets one instead of waiting for ever."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        doc = None  # signed, or not JSON: no version to name
+    version = _version_of(doc) if isinstance(doc, dict) else None
+    return _outcome(
+        version,
+        Outcome.REJECTED,
+        "remote configuration is off on this gateway ([remote_config] enabled = false); "
+        "set enabled = true in its local config to accept pushes",
+    )
 
 
 def _warn_unchanged(version: int) -> None:

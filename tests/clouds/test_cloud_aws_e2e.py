@@ -230,3 +230,27 @@ def test_aws_shadow_config_rollback_jobs_and_commands_nothing_lost(
     assert ids == delivered_range(tmp_path / "buffer.sqlite"), "no reading lost"
     # AWS's limits were kept: nothing throttled, no connection closed for a topic or a payload.
     assert aws.cloud.throttled == 0 and aws.cloud.refused == []
+
+
+def test_a_config_job_to_a_gateway_whose_remote_config_is_off_is_answered(
+    aws: Aws, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """It stayed IN_PROGRESS for ever: the push went nowhere and no outcome came back."""
+    port = free_port()
+    start_modbus_sim(FIXTURES / "plc_map.toml", port, procs)
+    text = _config(tmp_path, aws.cloud.port, aws.cloud.ca.ca_file, aws.cert, aws.key, port)
+    text = text.replace("[remote_config]\n", "[remote_config]\nenabled = false\n", 1)
+    assert "enabled = false" in text
+    doc = tomllib.loads(text)
+    log = tmp_path / "gw.log"
+    start_gateway(write_config(tmp_path / "gw.toml", text), procs, log)
+    aws.flowing()
+    new = {**doc, "version": 2}
+    aws.job("config-2", {"operation": "config", "document": new})
+    status, details = aws.job_done("config-2")
+    assert (status, details["status"], details["version"]) == ("FAILED", "rejected", "2"), details
+    assert "[remote_config] enabled = false" in details["reason"], details
+    assert "config_push_refused version=2" in log.read_text()
+    wait_for(
+        lambda: aws.reported().get("config", {}).get("status") == "rejected", 20, "in the shadow"
+    )
