@@ -166,6 +166,10 @@ class UplinkConfig:
     clean_session: bool = True
     session_expiry_s: int = 3600
     retain_state: bool = False  # publish the state document retained
+    # ThingsBoard: the name a field device gets in the tenant ({gateway}: [uplink] device,
+    # {field_device}: the device's id). Names are per tenant: gateways that each have a "plc"
+    # share one ThingsBoard device unless the name tells them apart ("{gateway}-{field_device}").
+    field_device_name: str = "{field_device}"
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)

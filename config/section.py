@@ -93,10 +93,12 @@ class Section:
             self._finite(key, v, -NUM_LIMIT, NUM_LIMIT)
         return cast("str | int | float | bool", v)
 
-    def template(self, key: str, default: Any = MISSING) -> str:
-        """A text with `{placeholder}`s from PLACEHOLDERS only: nothing else survives format()."""
+    def template(
+        self, key: str, default: Any = MISSING, placeholders: tuple[str, ...] = PLACEHOLDERS
+    ) -> str:
+        """A text with `{placeholder}`s from `placeholders` only: nothing else survives format()."""
         v = self.text(key, default)
-        fix = f"use only {', '.join('{' + n + '}' for n in PLACEHOLDERS)}; no other braces"
+        fix = f"use only {', '.join('{' + n + '}' for n in placeholders)}; no other braces"
         try:
             fields = list(string.Formatter().parse(v))
         except ValueError as exc:
@@ -104,8 +106,8 @@ class Section:
         for _, name, spec, conv in fields:
             if name is None:
                 continue
-            if name not in PLACEHOLDERS or spec or conv:
-                near = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
+            if name not in placeholders or spec or conv:
+                near = difflib.get_close_matches(name, placeholders, n=1)
                 hint = f"did you mean {{{near[0]}}}? " if near else ""
                 shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
                 raise ConfigError(

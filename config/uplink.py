@@ -84,6 +84,7 @@ def read_uplink(s: Section) -> UplinkConfig:
         clean_session=s.flag("clean_session", d.clean_session),
         session_expiry_s=s.integer("session_expiry_s", d.session_expiry_s, lo=0, hi=2**32 - 1),
         retain_state=s.flag("retain_state", d.retain_state),
+        field_device_name=_field_device_name(s, d),
         presence=_presence(presence),
         tls=TlsConfig(
             enabled=tls.flag("enabled", d.tls.enabled),
@@ -231,3 +232,25 @@ def _claims(s: Section) -> tuple[tuple[str, str | int | float | bool], ...]:
         out.append((key, s.scalar(key)))
     s.done()
     return tuple(out)
+
+
+FIELD_DEVICE_PLACEHOLDERS = ("gateway", "field_device")
+
+
+def _field_device_name(s: Section, d: UplinkConfig) -> str:
+    if "field_device_name" not in s.names():
+        return d.field_device_name
+    if d.channel != "thingsboard":
+        raise ConfigError(
+            s.at("field_device_name"),
+            f"names field devices in ThingsBoard only, not under channel {d.channel!r}",
+            'remove it, or set profile = "thingsboard"',
+        )
+    v = s.template("field_device_name", d.field_device_name, FIELD_DEVICE_PLACEHOLDERS)
+    if "{field_device}" not in v:
+        raise ConfigError(
+            s.at("field_device_name"),
+            f"{v!r} has no {{field_device}}: every field device would get one name",
+            'include it, e.g. "{gateway}-{field_device}"',
+        )
+    return v

@@ -29,13 +29,16 @@ def encode_json(entries: Sequence[Entry]) -> bytes:
     return ("[" + ",".join([f'{{"id":{e.id},{e.body[1:]}' for e in entries]) + "]").encode()
 
 
-def load_encoder(name: str, place: str = "uplink.encoder") -> Encoder:
+def load_encoder(
+    name: str, place: str = "uplink.encoder", field_device_name: str = "", gateway: str = ""
+) -> Encoder:
+    """`field_device_name` and `gateway`: ThingsBoard's device names ([uplink] of that name)."""
     if name == "json":
         return encode_json
     if name == "thingsboard":
-        from .payload_thingsboard import encode_thingsboard
+        from .payload_thingsboard import thingsboard_encoder
 
-        return encode_thingsboard
+        return thingsboard_encoder(field_device_name or "{field_device}", gateway)
     eps = entry_points(group="gatewayd.encoders")
     if name not in eps.names:
         raise ConfigError(

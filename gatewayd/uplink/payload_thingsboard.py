@@ -17,6 +17,9 @@ one with a reason its reason under `_reason` (each a map key -> text). A null va
 of `values` (ThingsBoard stores no null); its id and quality are still there. Point ids start
 with a letter or digit (config/parse.py), so a key that starts with `_` is always ours.
 
+Device names: the device part as it is, or `[uplink] field_device_name` filled in with
+{gateway} and {field_device} (`thingsboard_encoder`), since ThingsBoard names are per tenant.
+
 Invariant: every entry `Buffer.take` hands out encodes, and the result is strict JSON. `take`
 guarantees only a JSON object whose first member is "point" and that has no "id" (payload.py),
 so nothing else is assumed: a non-string point is turned into text, a missing or non-integer
@@ -32,9 +35,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gatewayd.buffer import Entry
+
+# payload.Encoder's shape (payload.py imports this module: no import back).
+Encoder = Callable[[Sequence[Entry]], bytes]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -52,8 +58,28 @@ def _null(_constant: str) -> None:
     return None
 
 
-def encode_thingsboard(entries: Sequence[Entry]) -> bytes:
-    """One gateway telemetry message for `entries` (see the module docstring)."""
+def thingsboard_encoder(name_template: str = "{field_device}", gateway: str = "") -> Encoder:
+    """The encoder whose device names follow [uplink] field_device_name."""
+    if name_template == "{field_device}":
+        return encode_thingsboard
+    names: dict[str, str] = {}  # device literal -> its ThingsBoard name, as a literal
+
+    def name_of(literal: str) -> str:
+        name = names.get(literal)
+        if name is None:
+            field_device = json.loads(literal)
+            text = name_template.format(gateway=gateway, field_device=field_device)
+            name = names[literal] = _dumps(text)
+        return name
+
+    return lambda entries: encode_thingsboard(entries, name_of)
+
+
+def encode_thingsboard(
+    entries: Sequence[Entry], name_of: Callable[[str], str] | None = None
+) -> bytes:
+    """One gateway telemetry message for `entries` (see the module docstring); `name_of` maps a
+    device's JSON literal to its ThingsBoard name's."""
     devices: dict[str, list[tuple[str | None, dict[str, _Part]]]] = {}  # device literal -> entries
     open_: dict[tuple[str, str | None], dict[str, _Part]] = {}  # (device, ts) -> its entry
     match = _COMMON.fullmatch
@@ -83,7 +109,7 @@ def encode_thingsboard(entries: Sequence[Entry]) -> bytes:
                     values.append(f'"{name}":{{' + ",".join(extra) + "}")
             body = "{" + ",".join(values) + "}"
             texts.append(body if ts is None else f'{{"ts":{ts},"values":{body}}}')
-        out.append(f"{dev}:[" + ",".join(texts) + "]")
+        out.append(f"{dev if name_of is None else name_of(dev)}:[" + ",".join(texts) + "]")
     return ("{" + ",".join(out) + "}").encode()
 
 

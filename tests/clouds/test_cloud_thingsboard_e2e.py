@@ -186,3 +186,58 @@ def test_thingsboard_attributes_config_rollback_rpc_and_device_connect_nothing_l
     assert tb.cloud.recorder.malformed == 0 and tb.cloud.oversize == 0
     keys = {r["point"] for r in tb.cloud.recorder.records}
     assert {"plc/device_down", "plc/device_up"} <= keys  # the outage's events, by id too
+
+
+def test_field_device_names_follow_the_template_so_gateways_do_not_share_a_device(
+    tb: TB, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """ThingsBoard names devices per tenant: two gateways that each had a "plc" wrote into one
+    ThingsBoard device, their readings mixed. `field_device_name` tells them apart, in the
+    telemetry, in connect and disconnect, and an RPC to the name reaches the field device."""
+    port = free_port()
+    start_modbus_sim(FIXTURES / "plc_map.toml", port, procs)
+    text = _config(tmp_path, tb.cloud.port, port)
+    text = text.replace(
+        f'device = "{GATEWAY}"\n',
+        f'device = "{GATEWAY}"\nfield_device_name = "{{gateway}}-{{field_device}}"\n',
+        1,
+    )
+    assert "field_device_name" in text
+    start_gateway(write_config(tmp_path / "gw.toml", text), procs, tmp_path / "gw.log")
+    name = f"{GATEWAY}-plc"
+    tb.flowing(name)
+    assert tb.records("plc") == 0, "no record under the bare device id"
+    wait_for(lambda: ("connect", name) in tb.events(), 20, f"v1/gateway/connect for {name}")
+    assert ("connect", "plc") not in tb.events()
+    body = tb.rpc(name, "write", {"point": "setpoint", "value": 44.5})
+    assert (body["status"], body["reason"]) == ("ok", "wrote 44.5 to plc/setpoint"), body
+
+
+def test_field_device_name_is_checked_with_the_place_and_fix() -> None:
+    from gatewayd.config import ConfigError, load
+
+    base = '[uplink]\nprofile = "{p}"\nhost = "h"\ndevice = "gw"\n{x}\n[uplink.auth]\n{a}\n'
+    tb_auth, none = 'access_token = "t"', 'kind = "none"'
+    ok = load(
+        base.format(p="thingsboard", x='field_device_name = "{gateway}.{field_device}"', a=tb_auth)
+    )
+    assert ok.uplink.field_device_name == "{gateway}.{field_device}"
+    for p, x, a, message in [
+        ("thingsboard", 'field_device_name = "{gateway}"', tb_auth, "has no {field_device}"),
+        (
+            "thingsboard",
+            'field_device_name = "{device}-{field_device}"',
+            tb_auth,
+            "unknown placeholder {device}",
+        ),
+        (
+            "mqtt",
+            'field_device_name = "{field_device}"',
+            none,
+            "names field devices in ThingsBoard only",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load(base.format(p=p, x=x, a=a))
+        assert str(err.value).startswith("uplink.field_device_name"), str(err.value)
+        assert message in str(err.value), str(err.value)

@@ -22,5 +22,5 @@ def channel_for(cfg: UplinkConfig, topics: Mapping[str, str]) -> Channel:
         thing = cfg.client_id.format(**cfg.template_values())
         return AwsChannel(thing, topics["commands"], topics["command_results"])
     if cfg.channel == "thingsboard":
-        return ThingsBoardChannel()
+        return ThingsBoardChannel(cfg.field_device_name, cfg.device)
     return TopicChannel(topics, cfg.retain_state)

@@ -75,7 +75,9 @@ _Rpc = tuple[str | None, Any]  # (field device or None for the gateway itself, t
 class ThingsBoardChannel:
     name = "thingsboard"
 
-    def __init__(self) -> None:
+    def __init__(self, name_template: str = "{field_device}", gateway: str = "") -> None:
+        self._name_template, self._gateway = name_template, gateway
+        self._field_ids: dict[str, str] = {}  # ThingsBoard name -> field device id, as seen
         self._req = 0
         self._request: str | None = None  # id of the attributes request waiting for its answer
         self._request_sent = 0.0
@@ -138,7 +140,8 @@ class ThingsBoardChannel:
             except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 log.warning("tb_gateway_rpc_unreadable error=%s", exc)
                 return None  # no device or id: nothing to answer
-            return self._rpc(rpc, json.dumps(data).encode(), device)
+            field = self._field_ids.get(device, device)
+            return self._rpc(rpc, json.dumps(data).encode(), field)
         log.debug("tb_unexpected_message topic=%s", topic)
         return None
 
@@ -248,8 +251,12 @@ class ThingsBoardChannel:
         """v1/gateway/connect and disconnect as the state document's `devices` changed."""
         if not isinstance(devices, dict):
             return
+        for d in devices:
+            self._field_ids.setdefault(self.name_of(d), d)
         up = {
-            d for d, doc in devices.items() if isinstance(doc, dict) and doc.get("status") == "up"
+            self.name_of(d)
+            for d, doc in devices.items()
+            if isinstance(doc, dict) and doc.get("status") == "up"
         }
         for dev in sorted(up - self._connected):
             if client.publish(CONNECT, json.dumps({"device": dev}), qos=1).rc == 0:
@@ -259,6 +266,10 @@ class ThingsBoardChannel:
             if client.publish(DISCONNECT, json.dumps({"device": dev}), qos=1).rc == 0:
                 self._connected.discard(dev)
                 log.info("tb_device_disconnect device=%s", dev)
+
+    def name_of(self, field_device: str) -> str:
+        """The field device's name in ThingsBoard ([uplink] field_device_name)."""
+        return self._name_template.format(gateway=self._gateway, field_device=field_device)
 
     def report_outcome(self, client: mqtt.Client, outcome: dict[str, Any]) -> None:
         self._next_report = 0.0  # an outcome is news: the next state report goes at once
