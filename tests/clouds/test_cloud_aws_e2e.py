@@ -111,6 +111,13 @@ def aws(tmp_path: Path) -> Any:
         a.bt.stop()
 
 
+def _with_plc(aws: Aws, procs: list[subprocess.Popen[bytes]], tmp: Path) -> str:
+    """The gateway's config, with the simulated PLC it polls started."""
+    port = free_port()
+    start_modbus_sim(FIXTURES / "plc_map.toml", port, procs)
+    return _config(tmp, aws.cloud.port, aws.cloud.ca.ca_file, aws.cert, aws.key, port)
+
+
 def _big(doc: dict[str, Any], version: int) -> dict[str, Any]:
     """The document with copies of a point, until it is over the shadow's 8 KB."""
     new = copy.deepcopy(doc)
@@ -127,9 +134,7 @@ def _big(doc: dict[str, Any], version: int) -> dict[str, Any]:
 def test_aws_shadow_config_rollback_jobs_and_commands_nothing_lost(
     aws: Aws, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    port = free_port()
-    start_modbus_sim(FIXTURES / "plc_map.toml", port, procs)
-    text = _config(tmp_path, aws.cloud.port, aws.cloud.ca.ca_file, aws.cert, aws.key, port)
+    text = _with_plc(aws, procs, tmp_path)
     cfg = write_config(tmp_path / "gw.toml", text)
     doc = tomllib.loads(text)
     log = tmp_path / "gw.log"
@@ -236,9 +241,7 @@ def test_a_config_job_to_a_gateway_whose_remote_config_is_off_is_answered(
     aws: Aws, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     """It stayed IN_PROGRESS for ever: the push went nowhere and no outcome came back."""
-    port = free_port()
-    start_modbus_sim(FIXTURES / "plc_map.toml", port, procs)
-    text = _config(tmp_path, aws.cloud.port, aws.cloud.ca.ca_file, aws.cert, aws.key, port)
+    text = _with_plc(aws, procs, tmp_path)
     text = text.replace("[remote_config]\n", "[remote_config]\nenabled = false\n", 1)
     assert "enabled = false" in text
     doc = tomllib.loads(text)
