@@ -37,11 +37,6 @@ from .uplink import read_uplink
 
 T = TypeVar("T")
 
-# Vendor register numbers: a table digit, then the 1-based register (5 or 6 digits). Coils
-# (0xxxx) cannot be told from a plain address.
-_VENDOR_PREFIX = {"holding": 4, "input": 3, "discrete": 1}
-
-
 @dataclass
 class Parsed:
     """What parsed, part by part, and every error found."""
@@ -120,9 +115,10 @@ _COMMON = frozenset({"id", "driver", "interval_ms", "timeout_s", "points"})
 
 
 def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
-    """Options foreign to a device's driver (declared by another installed driver) and
-    vendor-style addresses, from the raw document (so a device the parser refused for something
-    else is still looked at)."""
+    """Options foreign to a device's driver (declared by another installed driver) and each
+    driver's advice on its raw points (`OptionSet.lint_point`: Modbus finds vendor-style
+    addresses), from the raw document (so a device the parser refused for something else is
+    still looked at)."""
     out: list[ConfigError] = []
     devices = doc.get("devices")
     if not isinstance(devices, list):
@@ -143,10 +139,13 @@ def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
                         "remove it, or set the driver this device really uses",
                     )
                 )
+        lint = _point_lint(driver)
         points = dev.get("points")
-        for j, p in enumerate(points if isinstance(points, list) else []):
+        if lint is None or not isinstance(points, list):
+            continue
+        for j, p in enumerate(points):
             if isinstance(p, Mapping):
-                err = _vendor_address(f"devices[{i}].points[{j}].address", p)
+                err = lint(p, f"devices[{i}].points[{j}]")
                 if err is not None:
                     out.append(err)
     return out
@@ -167,20 +166,13 @@ def _option_owners() -> dict[str, set[str]]:
     return owners
 
 
-def _vendor_address(place: str, p: Mapping[str, Any]) -> ConfigError | None:
-    a, table = p.get("address"), p.get("table")
-    prefix = _VENDOR_PREFIX.get(table) if isinstance(table, str) else None
-    if prefix is None or not isinstance(a, int) or isinstance(a, bool):
+def _point_lint(driver: Any) -> Callable[[Mapping[str, Any], str], Any] | None:
+    if not isinstance(driver, str):
         return None
-    for base in (prefix * 10_000 + 1, prefix * 100_000 + 1):
-        if base <= a < base + (9_999 if base < 100_000 else 65_536):
-            return ConfigError(
-                place,
-                f"{a} looks like a vendor (table digit + 1-based) number for {table} register "
-                f"{a - base}",
-                f"addresses here are 0-based within the table: write address = {a - base}",
-            )
-    return None
+    try:
+        return entry_point_options(driver, "driver").lint_point
+    except ConfigError:
+        return None  # an unknown driver is reported by the parser
 
 
 def template_problems(uplink: UplinkConfig) -> list[ConfigError]:

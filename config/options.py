@@ -214,6 +214,9 @@ class OptionSet:
     - `check(device, at)`: cross-field rules of one device (its options and points).
     - `check_all(devices)`: rules across the devices of this driver (a shared bus), raising
       ConfigError naming `devices[i].key`.
+    - `lint_point(raw, place)`: advice on one raw point table, read by `gatewayd check` before
+      parsing (so a point the parser refused is still looked at): a ConfigError naming
+      `place.key`, or None. It replaces the parser's error at the same place, saying more.
     """
 
     device: type[Any] | None = None
@@ -221,6 +224,7 @@ class OptionSet:
     make_point: Callable[[Any, Any, At], Any] | None = None
     check: Callable[[Any, At], None] | None = None
     check_all: Callable[[Sequence[Placed]], None] | None = None
+    lint_point: Callable[[Mapping[str, Any], str], Any] | None = None
 
 
 NO_OPTIONS = OptionSet()

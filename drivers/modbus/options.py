@@ -14,9 +14,9 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from gatewayd.config import ConfigError, DeviceConfig, PointConfig
 from gatewayd.config.model import ByteOrder, DataType, RegisterTable
@@ -228,8 +228,34 @@ def one_setting_per_bus(devices: Sequence[Placed]) -> None:
                 )
 
 
+# Vendor register numbers: a table digit, then the 1-based register (5 or 6 digits). Coils
+# (0xxxx) cannot be told from a plain address.
+_VENDOR_PREFIX = {"holding": 4, "input": 3, "discrete": 1}
+
+
+def vendor_address(p: Mapping[str, Any], place: str) -> ConfigError | None:
+    """`gatewayd check`'s advice on a raw point: 400001 is holding register 0, not an address."""
+    a, table = p.get("address"), p.get("table")
+    prefix = _VENDOR_PREFIX.get(table) if isinstance(table, str) else None
+    if prefix is None or not isinstance(a, int) or isinstance(a, bool):
+        return None
+    for base in (prefix * 10_000 + 1, prefix * 100_000 + 1):
+        if base <= a < base + (9_999 if base < 100_000 else 65_536):
+            return ConfigError(
+                f"{place}.address",
+                f"{a} looks like a vendor (table digit + 1-based) number for {table} register "
+                f"{a - base}",
+                f"addresses here are 0-based within the table: write address = {a - base}",
+            )
+    return None
+
+
 TCP = OptionSet(
-    device=ModbusTcpOptions, point=RegisterPoint, make_point=make_point, check=warn_deprecated
+    device=ModbusTcpOptions,
+    point=RegisterPoint,
+    make_point=make_point,
+    check=warn_deprecated,
+    lint_point=vendor_address,
 )
 RTU = OptionSet(
     device=ModbusRtuOptions,
@@ -237,10 +263,12 @@ RTU = OptionSet(
     make_point=make_point,
     check=_check_rtu,
     check_all=one_setting_per_bus,
+    lint_point=vendor_address,
 )
 RTU_OVER_TCP = OptionSet(
     device=ModbusRtuOverTcpOptions,
     point=RegisterPoint,
     make_point=make_point,
     check=_check_rtu_unit,
+    lint_point=vendor_address,
 )
