@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 from gatewayd.config import ConfigError, DeviceConfig, PointConfig
@@ -250,25 +251,10 @@ def vendor_address(p: Mapping[str, Any], place: str) -> ConfigError | None:
     return None
 
 
-TCP = OptionSet(
-    device=ModbusTcpOptions,
-    point=RegisterPoint,
-    make_point=make_point,
-    check=warn_deprecated,
-    lint_point=vendor_address,
+# What every Modbus driver declares alike: register points, and check's vendor-address advice.
+_registers = partial(
+    OptionSet, point=RegisterPoint, make_point=make_point, lint_point=vendor_address
 )
-RTU = OptionSet(
-    device=ModbusRtuOptions,
-    point=RegisterPoint,
-    make_point=make_point,
-    check=_check_rtu,
-    check_all=one_setting_per_bus,
-    lint_point=vendor_address,
-)
-RTU_OVER_TCP = OptionSet(
-    device=ModbusRtuOverTcpOptions,
-    point=RegisterPoint,
-    make_point=make_point,
-    check=_check_rtu_unit,
-    lint_point=vendor_address,
-)
+TCP = _registers(device=ModbusTcpOptions, check=warn_deprecated)
+RTU = _registers(device=ModbusRtuOptions, check=_check_rtu, check_all=one_setting_per_bus)
+RTU_OVER_TCP = _registers(device=ModbusRtuOverTcpOptions, check=_check_rtu_unit)
