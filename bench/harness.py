@@ -94,27 +94,18 @@ class Rig:
 
     def start_devices(self, n: int, points: int) -> None:
         for i in range(n):
-            mapfile = self.work / f"map{i}.toml"
-            mapfile.write_text(register_map(points))
-            port = free_port()
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "gatewayd_sim",
-                        "modbus",
-                        "--map",
-                        str(mapfile),
-                        "--port",
-                        str(port),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-            self.device_ports.append(port)
+            self.device_ports.append(self.start_simulator(f"map{i}", register_map(points)))
         for port in self.device_ports:
             wait_port(port)
+
+    def start_simulator(self, name: str, register_map_toml: str) -> int:
+        """A Modbus TCP simulator process serving the map; its port (not yet waited for)."""
+        mapfile = self.work / f"{name}.toml"
+        mapfile.write_text(register_map_toml)
+        port = free_port()
+        args = ["-m", "gatewayd_sim", "modbus", "--map", str(mapfile), "--port", str(port)]
+        self.procs.append(subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL))
+        return port
 
     def config(
         self,

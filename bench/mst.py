@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -163,24 +162,7 @@ def step(devices: int, interval_ms: int, seconds: float, tls: bool = False) -> d
         ports: list[int] = []
         for first in range(0, devices, UNITS_PER_SIM):
             units = range(1, min(UNITS_PER_SIM, devices - first) + 1)
-            mapfile = r.work / f"sim{first}.toml"
-            mapfile.write_text(_sim_map(units))
-            port = free_port()
-            r.procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "gatewayd_sim",
-                        "modbus",
-                        "--map",
-                        str(mapfile),
-                        "--port",
-                        str(port),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
+            port = r.start_simulator(f"sim{first}", _sim_map(units))
             ports += [port] * len(units)
         for port in set(ports):
             wait_port(port)
