@@ -379,45 +379,14 @@ class AzureHub(Broker):
 def server_tls(
     folder: Any, names: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ()
 ) -> tuple[ssl.SSLContext, str]:
-    """A self-signed server certificate for the stand-in: (server context, CA file path)."""
-    import datetime as dt
-    import ipaddress
+    """The stand-in's server context, its certificate from the one test CA (certs.py), for
+    `names`, 127.0.0.1 and `ips`: (server context, CA file path)."""
     from pathlib import Path
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from .certs import CertificateAuthority
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "IoT Hub stand-in")])
-    now = dt.datetime.now(dt.UTC)
-    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *ips)]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "hub-cert.pem", folder / "hub-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_file.chmod(0o600)
+    ca = CertificateAuthority(Path(folder), cn="IoT Hub stand-in CA")
+    cert_file, key_file = ca.issue("hub", server=True, dns_names=names, ips=("127.0.0.1", *ips))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_file, key_file)
-    return ctx, str(cert_file)
+    return ctx, str(ca.ca_file)

@@ -1,7 +1,8 @@
 """A throw-away certificate authority: CA, server and client (device) certificates.
 
-The one test CA of the project: the mTLS stand-ins (AWS IoT Core, the CLI's `aws issue`) and the
-tests' TLS brokers (tests/uplink_harness.py, bench/bench_uplink.py) all use it.
+The one test CA of the project: the mTLS stand-ins (AWS IoT Core, the CLI's `aws issue`), the
+IoT Hub stand-in's server certificate (azure.server_tls) and the tests' TLS brokers
+(tests/uplink_harness.py, bench/bench_uplink.py) all use it.
 
 Invariant: every file is written under the folder given; keys are written mode 0600. A folder that
 already holds `ca.pem` and `ca.key` is reused, so the CLI's `serve` and `issue` agree on one CA;
@@ -55,10 +56,15 @@ class CertificateAuthority:
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, server: bool = False, dns_names: tuple[str, ...] | None = None
+        self,
+        name: str,
+        server: bool = False,
+        dns_names: tuple[str, ...] | None = None,
+        ips: tuple[str, ...] = (),
     ) -> tuple[Path, Path]:
         """(certificate file, key file) named `name`, `name` its common name; a server
-        certificate is for localhost and 127.0.0.1, or only for `dns_names` when given."""
+        certificate is for localhost and 127.0.0.1, or only for `dns_names` when given, and
+        for `ips` too."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         b = (
@@ -77,6 +83,7 @@ class CertificateAuthority:
                 if dns_names is not None
                 else [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             )
+            alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
             b = b.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         cert = b.sign(self.key, hashes.SHA256())
         cert_file, key_file = self.folder / f"{name}.pem", self.folder / f"{name}.key"
