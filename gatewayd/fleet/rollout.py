@@ -54,6 +54,10 @@ class ConfigJob:
             return None
         return str(o["status"]), str(o.get("reason", ""))
 
+    def resend(self, g: GatewayPlan, view: View) -> bool:
+        """A retained document again is harmless: the gateway takes the same bytes once."""
+        return view.config_version != self.version and view.outcome_of(self.version) is None
+
     def timeout_reason(self, g: GatewayPlan, view: View | None) -> str:
         t = self.plan.health_timeout_s
         if view is None:
@@ -128,6 +132,9 @@ class _PutBack:
 
     def timeout_reason(self, g: GatewayPlan, view: View | None) -> str:
         return ""
+
+    def resend(self, g: GatewayPlan, view: View) -> bool:
+        return False  # not awaited through Waves
 
     def after_halt(self, run: Waves) -> None:
         pass

@@ -120,6 +120,9 @@ class UpdateJob:
             return None  # a second copy of the command while the first one installs
         return status, reason
 
+    def resend(self, g: GatewayPlan, view: View) -> bool:
+        return False  # a command is not a retained document: a second one could start twice
+
     def timeout_reason(self, g: GatewayPlan, view: View | None) -> str:
         t = self.plan.health_timeout_s
         if view is None:

@@ -12,7 +12,10 @@ Invariants:
   and the save sends that gateway again only if the broker (config: the retained document;
   update: the state document) does not show it received it (`job.received`);
 - a gateway's result, once final, never changes; `after_halt` is the job's (config: put the
-  previous document back; update: nothing, the gateways roll themselves back).
+  previous document back; update: nothing, the gateways roll themselves back);
+- a gateway whose state documents, published well after its push, show nothing of it is sent it
+  again (RESEND_AFTER_S, doubling), where the job says a second send is harmless
+  (`job.resend`): NATS 2.9 now and then acknowledged a retained push and never delivered it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from .state import NAMES, View, read
 
 # After `applied`, how long --require may take to become true (state documents come at most 1/s).
 REQUIRE_GRACE_S = 10.0
+# A push with no trace in the gateway's state this long after it is sent again (then 2x, 4x...);
+# a gateway trying a candidate shows its version at once.
+RESEND_AFTER_S = 15.0
 
 
 def compile_require(source: str | None) -> Callable[[View], bool] | None:
@@ -77,6 +83,10 @@ class Job(Protocol):
 
     def after_halt(self, run: Waves) -> None: ...
 
+    def resend(self, g: GatewayPlan, view: View) -> bool:
+        """The state shows nothing of the push, and sending it again is harmless."""
+        ...
+
 
 class Waves:
     def __init__(
@@ -97,6 +107,7 @@ class Waves:
         self.require = compile_require(plan.require)
         self._applied_at: dict[str, float] = {}  # gateway -> when its `applied` was first seen
         self._settled = broker.connects  # the session whose retained documents were awaited
+        self._resent: dict[str, int] = {}  # gateway -> times its push was sent again
 
     def save(self) -> None:
         save(self.plan, self.state_path)
@@ -195,6 +206,9 @@ class Waves:
                 verdict = self._verdict(g, view) if view is not None else None
                 if verdict is not None:
                     g.result, g.reason = verdict
+                elif seen is not None and view is not None and self._resend_due(g, view, seen.at):
+                    self._resend(g)
+                    continue
                 elif now - g.pushed_at > p.health_timeout_s:
                     g.result = "timeout"
                     g.reason = self.job.timeout_reason(g, view)
@@ -209,6 +223,25 @@ class Waves:
                 self.save()
             self._bar(index, wave)
             self.broker.wait_change(0.5)
+
+    def _resend_due(self, g: GatewayPlan, view: View, arrived: float) -> bool:
+        """`arrived`: when its latest state reached fleet (fleet's clock, not the gateway's)."""
+        assert g.pushed_at is not None
+        due = g.pushed_at + RESEND_AFTER_S * 2 ** self._resent.get(g.id, 0)
+        # A state document from after `due`: the gateway is alive and still shows nothing of it.
+        return arrived >= due and self.job.resend(g, view)
+
+    def _resend(self, g: GatewayPlan) -> None:
+        n = self._resent[g.id] = self._resent.get(g.id, 0) + 1
+        infos = self.job.send(g) if self.broker.connected else None
+        acked = self.broker.wait_published(infos or [], timeout_s=5.0)
+        ok = bool(infos) and all(acked.get(id(i), False) for i in infos or [])
+        self.out.write(
+            f"{g.id}: no trace of the {self.job.what} in its state "
+            f"{time.time() - (g.pushed_at or 0):.0f} s after the push; sent again (#{n}"
+            f"{'' if ok else ', not acknowledged'})\n"
+        )
+        self.out.flush()
 
     def _verdict(self, g: GatewayPlan, view: View) -> tuple[str, str] | None:
         v = self.job.verdict(g, view)
