@@ -77,8 +77,9 @@ def _status64(lib: Any, op: int) -> tuple[int, int]:
 def _connections(lib: Any, objects: list[Any]) -> list[dict[str, Any]]:
     """Each open sqlite3.Connection's file and page-cache bytes.
 
-    CPython 3.11's pysqlite_Connection holds its sqlite3* right after PyObject_HEAD; the file
-    name sqlite gives back for that pointer confirms it before any figure is believed."""
+    CPython 3.11's pysqlite_Connection holds its sqlite3* right after PyObject_HEAD (a layout
+    other versions may change); the bench prints the file name sqlite gives back for that
+    pointer beside its figure, which shows the pointer is the connection's."""
     out = []
     head = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
     for o in objects:
