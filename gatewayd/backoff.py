@@ -10,7 +10,8 @@ Invariants:
 
 Every retry of the gateway that doubles uses it: the uplink's reconnect (jittered) and
 re-subscribe, a channel's throttle, the rebuild of a crashed driver, the restart of a crashed
-task, a serial port that will not open, Modbus busy retries and the re-merge of a split read.
+task, a serial port that will not open, Modbus busy retries, the re-merge of a split read and
+the OPC UA driver's reconnect.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
+from gatewayd.backoff import exponential
 from gatewayd.config import DeviceConfig, PointConfig
 from gatewayd.drivers import (
     DeviceDown,
@@ -118,7 +119,7 @@ class OpcUaDriver(Driver):
             await self._drop(_reason(exc))
             self._failures += 1
             o = self.opts
-            delay = min(o.backoff_cap_s, o.backoff_base_s * 2 ** min(self._failures - 1, 20))
+            delay = exponential(self._failures - 1, o.backoff_base_s, o.backoff_cap_s)
             self._retry_at = time.monotonic() + delay
             return False
         if self._failures:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from gatewayd.backoff import exponential
+
 from .broker import FleetBroker, FleetError
 from .plan import FAILURES, GatewayPlan, Plan, save
 from .state import NAMES, View, read
@@ -227,7 +229,8 @@ class Waves:
     def _resend_due(self, g: GatewayPlan, view: View, arrived: float) -> bool:
         """`arrived`: when its latest state reached fleet (fleet's clock, not the gateway's)."""
         assert g.pushed_at is not None
-        due = g.pushed_at + RESEND_AFTER_S * 2 ** self._resent.get(g.id, 0)
+        wait = exponential(self._resent.get(g.id, 0), RESEND_AFTER_S, self.plan.health_timeout_s)
+        due = g.pushed_at + wait
         # A state document from after `due`: the gateway is alive and still shows nothing of it.
         return arrived >= due and self.job.resend(g, view)
 
