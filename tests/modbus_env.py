@@ -34,6 +34,11 @@ def point(pid: str, address: int, **kw: Any) -> PointConfig:
     return PointConfig(id=pid, table=kw.pop("table", "holding"), address=address, **kw)
 
 
+# For tests that expect every reply (no fault): a reply timeout a loaded CI box cannot hit.
+# The 0.3 s default keeps the fault tests' timeouts quick.
+STEADY_S = 5.0
+
+
 def device(port: int, points: list[PointConfig], **kw: Any) -> DeviceConfig:
     kw.setdefault("timeout_s", 0.3)
     return device_config(

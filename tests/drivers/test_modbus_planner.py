@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modbus_env import device, group, point, tcp_slave
+from modbus_env import STEADY_S, device, group, point, tcp_slave
 from telegraf_planner import telegraf_requests
 
 from gatewayd.config import PointConfig
@@ -18,10 +18,6 @@ from gatewayd.drivers.modbus.planner import REMERGE_MAX, GroupPlan
 from gatewayd.drivers.modbus.types import register_count
 from gatewayd.reading import Quality
 from gatewayd_sim.modbus.regmap import load_map
-
-# These count requests and expect every reply: no timeout from a loaded box (modbus_env's 0.3 s
-# default timed a reply out in CI and the poll came back all None).
-STEADY_S = 5.0
 
 _TYPES = {"uint16": 1, "int32": 2, "float64": 4}
 

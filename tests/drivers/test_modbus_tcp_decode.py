@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from modbus_env import VALUES, device, group, point, tcp_slave
+from modbus_env import STEADY_S, VALUES, device, group, point, tcp_slave
 
 from gatewayd.drivers.modbus import ModbusDriver
 from gatewayd.reading import Quality
@@ -43,7 +43,7 @@ def test_every_type_and_order_decodes_exactly_over_tcp() -> None:
             expect.update(
                 name="PUMP1", swapped="MUP", bit14=True, bit0=False, temp=-45.0, coil=True, di=True
             )
-            drv = ModbusDriver(device(slave.port, pts))
+            drv = ModbusDriver(device(slave.port, pts, timeout_s=STEADY_S))
             readings = await drv.poll(group(drv.device))
             assert all(r.quality is Quality.GOOD for r in readings), readings
             assert {r.point.split("/")[1]: r.value for r in readings} == expect

@@ -10,7 +10,7 @@ import math
 
 import pytest
 from helpers import free_port
-from modbus_env import device, point, tcp_slave
+from modbus_env import STEADY_S, device, point, tcp_slave
 
 from gatewayd.drivers import WriteError
 from gatewayd.drivers.modbus import ModbusDriver
@@ -24,7 +24,9 @@ def test_writes_reach_the_device_encoded_with_type_and_order() -> None:
             energy = point("e", 20, type="uint32", order="CDAB", writable=True)
             flow = point("f", 30, type="float64", order="BADC", writable=True)
             pump = point("pump", 4, table="coil", type="bool", writable=True)
-            drv = ModbusDriver(device(slave.port, [setpoint, energy, flow, pump]))
+            drv = ModbusDriver(
+                device(slave.port, [setpoint, energy, flow, pump], timeout_s=STEADY_S)
+            )
             await drv.write(setpoint, 65.5)
             await drv.write(energy, 4_000_000_001)
             await drv.write(flow, -1234.5678)
@@ -44,7 +46,7 @@ def test_write_multiple_option_uses_fc16_for_one_register() -> None:
     async def body() -> None:
         async with tcp_slave() as slave:
             p = point("sp", 3, writable=True)
-            drv = ModbusDriver(device(slave.port, [p], write_multiple=True))
+            drv = ModbusDriver(device(slave.port, [p], write_multiple=True, timeout_s=STEADY_S))
             slave.unit(1).defined = None
             await drv.write(p, 77)
             assert slave.unit(1).holding[3] == 77
@@ -58,7 +60,7 @@ def test_bit_in_register_write_keeps_the_other_bits() -> None:
         async with tcp_slave({7: 0b1010_0000_0000_0001}) as slave:
             bit3 = point("b3", 7, type="bool", bit=3, writable=True)
             bit0 = point("b0", 7, type="bool", bit=0, writable=True)
-            drv = ModbusDriver(device(slave.port, [bit3, bit0]))
+            drv = ModbusDriver(device(slave.port, [bit3, bit0], timeout_s=STEADY_S))
             await drv.write(bit3, True)
             assert slave.unit(1).holding[7] == 0b1010_0000_0000_1001
             await drv.write(bit0, False)
@@ -101,7 +103,7 @@ def test_refused_writes_say_why_and_send_nothing(
     async def body() -> None:
         async with tcp_slave() as slave:
             p = point("p", 0, **kw)
-            drv = ModbusDriver(device(slave.port, [p]))
+            drv = ModbusDriver(device(slave.port, [p], timeout_s=STEADY_S))
             with pytest.raises(WriteError) as err:
                 await drv.write(p, value)  # type: ignore[arg-type]
             assert str(err.value) == message
@@ -130,7 +132,7 @@ def test_nan_and_infinity_are_refused_for_every_point_type(
     async def body() -> None:
         async with tcp_slave() as slave:
             p = point("p", 0, writable=True, **kw)
-            drv = ModbusDriver(device(slave.port, [p]))
+            drv = ModbusDriver(device(slave.port, [p], timeout_s=STEADY_S))
             with pytest.raises(WriteError) as err:
                 await drv.write(p, value)
             assert str(err.value) == f"dev/p: {value} is not a finite number; send a finite number"
@@ -145,7 +147,7 @@ def test_device_exception_is_a_failed_write_naming_the_exception() -> None:
     async def body() -> None:
         async with tcp_slave() as slave:
             p = point("p", 0, writable=True)
-            drv = ModbusDriver(device(slave.port, [p]))
+            drv = ModbusDriver(device(slave.port, [p], timeout_s=STEADY_S))
             slave.faults(1).exception = 2
             with pytest.raises(WriteError) as err:
                 await drv.write(p, 1)
