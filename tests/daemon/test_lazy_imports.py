@@ -74,8 +74,10 @@ def test_a_plain_mqtt_modbus_gateway_never_imports_other_profiles_modules(
     assert gw.poll() is None, err.read_text()
     # The whole path ran: polls buffered, published, PUBACKed (acked), the metrics endpoint read.
     wait_for(
-        lambda: (m := try_scrape(metrics_port)) is not None
-        and m.get("gatewayd_acked_records_total") >= 20,
+        lambda: (
+            (m := try_scrape(metrics_port)) is not None
+            and m.get("gatewayd_acked_records_total") >= 20
+        ),
         30,
         "20 records acked",
     )
