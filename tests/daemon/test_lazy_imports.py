@@ -39,6 +39,7 @@ NOT_FOR_THIS_PROFILE = {
     "gatewayd.demo": "`gatewayd demo`",
     "gatewayd.status": "`gatewayd status`",
     "gatewayd_sim": "the simulators (tests, demo)",
+    "difflib": "a did-you-mean for a mistake in the configuration",
 }
 
 
