@@ -1,21 +1,30 @@
 """Start-up time, memory and idle CPU of a real `gatewayd run` process.
 
-    .venv/bin/python bench/bench_startup.py [--quick]
+    .venv/bin/python bench/bench_startup.py [--quick] [--only ready|rss|rss_p1000|cpu]...
 
 1. READY: time from spawning `gatewayd run` to the READY=1 datagram on $NOTIFY_SOCKET (a socket
    this script owns, as systemd would), against `python -c pass` measured in the same run.
-   Goal: READY within 1 s.
-2. RSS: a gateway polling 100 points every 100 ms from a simulated Modbus device and publishing
-   to a broker (mosquitto if installed, else the hw-sim cloud stand-in), sampled from /proc
-   (10 minutes; --quick: 30 s), against an idle interpreter. Goal: at most 40 MB.
-3. Idle CPU: 10 devices polled every 10 s (--quick: 20 s window, full: 120 s), against an idle
-   asyncio interpreter over the same window.
+   Goal (issue 20): READY within 0.5 s. Measured twice: with bytecode cached, as on an install
+   (pip writes every module's .pyc when it installs; the unit's PYTHONDONTWRITEBYTECODE=1 only
+   stops the daemon writing more), and without, as an editable checkout under
+   PYTHONDONTWRITEBYTECODE=1 starts (gatewayd's own modules compiled from source every time).
+2. RSS: a gateway polling 100 points every 100 ms (p100), or 10 devices x 100 points every 1 s
+   (p1000), from a simulated Modbus device and publishing to a broker (mosquitto if installed,
+   else the hw-sim cloud stand-in), sampled from /proc (10 minutes; --quick: 30 s), against an
+   idle interpreter. Goal (issue 20): at most 35 MB at p1000 after 10 minutes.
+3. Idle CPU and RSS: 10 devices polled every 10 s (--quick: 20 s window, full: 120 s), against
+   an idle asyncio interpreter over the same window.
+
+Every gateway but the no-bytecode READY runs with bytecode cached in a temporary
+PYTHONPYCACHEPREFIX (the first start writes it), so the checkout is left as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -29,6 +38,39 @@ from harness import cpu_seconds
 from gatewayd_sim.procs import free_port, mosquitto_binary, wait_port
 
 PY = sys.executable
+READY_GOAL_S = 0.5
+RSS_GOAL_MB = 35.0
+
+
+def source_dirs() -> list[Path]:
+    """The folders of gatewayd's own packages as this interpreter imports them (an editable
+    install maps several top-level folders of the checkout under the gatewayd namespace)."""
+    import gatewayd
+    import gatewayd.buffer
+    import gatewayd.config
+    import gatewayd.drivers
+    import gatewayd_sim
+
+    pkgs = (gatewayd, gatewayd.buffer, gatewayd.config, gatewayd.drivers, gatewayd_sim)
+    return sorted({Path(d) for pkg in pkgs for d in pkg.__path__})
+
+
+def pycache_dirs(dirs: list[Path]) -> set[Path]:
+    return {p for d in dirs for p in d.rglob("__pycache__")}
+
+
+def compile_sources(dirs: list[Path]) -> None:
+    """Write the .pyc of gatewayd's own modules beside their sources, as pip does when it
+    installs: an editable checkout under PYTHONDONTWRITEBYTECODE=1 has none and compiles every
+    module it imports at every start (~0.3 s, and ~5 MB of RSS the compiler leaves behind, that
+    an installed gateway does not pay). main() removes the folders made here at the end."""
+    for d in dirs:
+        compileall.compile_dir(d, quiet=1)
+
+
+def gateway_env() -> dict[str, str]:
+    """As the unit starts it: PYTHONDONTWRITEBYTECODE=1 (the .pyc come from the install)."""
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def rss_kib(pid: int) -> int:
@@ -151,7 +193,7 @@ def time_to_ready(cfg: Path, work: Path, procs: Procs) -> float:
         t0 = time.perf_counter()
         p = procs.spawn(
             [PY, "-m", "gatewayd", "run", "--config", str(cfg)],
-            env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
+            env={**gateway_env(), "NOTIFY_SOCKET": str(sock_path)},
         )
         while True:
             msg = s.recv(4096).decode()
@@ -174,14 +216,24 @@ def bench_ready(work: Path, procs: Procs, runs: int) -> None:
     broker_port, _ = start_broker(procs, work)
     device_port = start_device(procs, work, 10)
     cfg = config(work, broker_port, [("plc", device_port, 1000, 10)], metrics=free_port())
-    time_to_ready(cfg, work, procs)  # warm the page cache and __pycache__, as a second boot would
+    dirs = source_dirs()
     base = statistics.median(time_python_pass() for _ in range(runs))
-    ready = statistics.median(time_to_ready(cfg, work, procs) for _ in range(runs))
-    print(
-        f"READY: {ready * 1e3:.0f} ms from spawn to READY=1 (median of {runs}) vs "
-        f"{base * 1e3:.0f} ms for `python -c pass`, {ready / base:.1f}x; goal <= 1000 ms: "
-        f"{'met' if ready <= 1.0 else 'NOT met'}"
-    )
+    for bytecode in (False, True):
+        if bytecode:
+            compile_sources(dirs)
+        elif any(any(d.glob("*.pyc")) for d in pycache_dirs(dirs)):
+            print("READY without bytecode: not measured, the checkout has __pycache__ folders")
+            continue
+        time_to_ready(cfg, work, procs)  # warm the page cache, as a second boot would
+        times = [time_to_ready(cfg, work, procs) for _ in range(runs)]
+        ready = statistics.median(times)
+        print(
+            f"READY {'with bytecode (as installed)' if bytecode else 'without bytecode'}: "
+            f"{ready * 1e3:.0f} ms from spawn to READY=1 (median of {runs}; "
+            f"{min(times) * 1e3:.0f}-{max(times) * 1e3:.0f}) vs {base * 1e3:.0f} ms for "
+            f"`python -c pass`, {ready / base:.1f}x; goal <= {READY_GOAL_S * 1e3:.0f} ms: "
+            f"{'met' if ready <= READY_GOAL_S else 'NOT met'}"
+        )
 
 
 def bench_rss(work: Path, procs: Procs, duration_s: float, shape: str = "p100") -> None:
@@ -201,6 +253,7 @@ def bench_rss(work: Path, procs: Procs, duration_s: float, shape: str = "p100") 
         [PY, "-m", "gatewayd", "run", "--config", str(cfg)],
         stdout=open(work / "rss-gw.log", "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
+        env=gateway_env(),
     )
     samples: list[int] = []
     t0 = time.monotonic()
@@ -222,8 +275,9 @@ def bench_rss(work: Path, procs: Procs, duration_s: float, shape: str = "p100") 
     print(
         f"RSS at {shape} ({what}) to {broker} for {duration_s:.0f} s: final {final:.1f} MB, "
         f"peak {peak:.1f} MB, first sample {samples[0] / 1024:.1f} MB vs {base / 1024:.1f} MB for "
-        f"an idle interpreter, {final / (base / 1024):.1f}x; goal <= 40 MB: "
-        f"{'met' if peak <= 40 else 'NOT met'}; {acked:.0f} records acked "
+        f"an idle interpreter, {final / (base / 1024):.1f}x; goal <= {RSS_GOAL_MB:.0f} MB "
+        f"({'at p1000 after 10 minutes' if shape == 'p1000' else 'p1000 only; p100 for reference'}"
+        f"): {'met' if peak <= RSS_GOAL_MB else 'NOT met'}; {acked:.0f} records acked "
         f"({acked / elapsed:.0f}/s), buffer depth {m.get('gatewayd_buffer_depth'):.0f}, "
         f"worst event-loop lag {m.get('gatewayd_loop_lag_max_seconds') * 1e3:.0f} ms "
         f"(SQLite commits run on the buffer's thread)"
@@ -238,7 +292,7 @@ def bench_idle_cpu(work: Path, procs: Procs, window_s: float) -> None:
     devices = [(f"dev{i}", device_port, 10_000, 10) for i in range(10)]
     cfg = config(work, broker_port, devices)
     idle = procs.spawn([PY, "-c", "import asyncio; asyncio.run(asyncio.sleep(3600))"])
-    gw = procs.spawn([PY, "-m", "gatewayd", "run", "--config", str(cfg)])
+    gw = procs.spawn([PY, "-m", "gatewayd", "run", "--config", str(cfg)], env=gateway_env())
     time.sleep(5)  # start-up and the first polls are not idle
     c0, b0, t0 = cpu_seconds(gw.pid), cpu_seconds(idle.pid), time.monotonic()
     time.sleep(window_s)
@@ -247,7 +301,8 @@ def bench_idle_cpu(work: Path, procs: Procs, window_s: float) -> None:
     print(
         f"idle CPU: 10 devices x 10 points every 10 s: {used * 100:.2f} % of one core over "
         f"{t1 - t0:.0f} s (about {(c1 - c0) * 1e3 / (t1 - t0):.1f} ms CPU per device poll) vs "
-        f"{base * 100:.2f} % for an idle asyncio interpreter"
+        f"{base * 100:.2f} % for an idle asyncio interpreter; RSS {rss_kib(gw.pid) / 1024:.1f} MB "
+        f"vs {rss_kib(idle.pid) / 1024:.1f} MB"
     )
     gw.terminate()
     gw.wait(10)
@@ -256,29 +311,48 @@ def bench_idle_cpu(work: Path, procs: Procs, window_s: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=["ready", "rss", "rss_p1000", "cpu"],
+        help="run only this part (repeatable)",
+    )
     args = p.parse_args()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"{'quick' if args.quick else 'full'} run"
+        f"{'quick' if args.quick else 'full'} run, load average {load}"
     )
-    with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp:
-        for name, fn, arg in (
-            ("ready", bench_ready, 3 if args.quick else 10),
-            ("rss", bench_rss, 30.0 if args.quick else 600.0),
-            (
-                "rss_p1000",
-                lambda w, p, d: bench_rss(w, p, d, "p1000"),
-                30.0 if args.quick else 600.0,
-            ),
-            ("cpu", bench_idle_cpu, 20.0 if args.quick else 120.0),
-        ):
-            work = Path(tmp) / name
-            work.mkdir()
-            procs = Procs()
-            try:
-                fn(work, procs, arg)  # type: ignore[operator]
-            finally:
-                procs.close()
+    dirs = source_dirs()
+    before = pycache_dirs(dirs)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp:
+            for name, fn, arg in (
+                ("ready", bench_ready, 3 if args.quick else 10),
+                ("rss", bench_rss, 30.0 if args.quick else 600.0),
+                (
+                    "rss_p1000",
+                    lambda w, p, d: bench_rss(w, p, d, "p1000"),
+                    30.0 if args.quick else 600.0,
+                ),
+                ("cpu", bench_idle_cpu, 20.0 if args.quick else 120.0),
+            ):
+                if args.only and name not in args.only:
+                    continue
+                if name != "ready":  # READY measures without bytecode first, then compiles
+                    compile_sources(dirs)
+                work = Path(tmp) / name
+                work.mkdir()
+                procs = Procs()
+                try:
+                    fn(work, procs, arg)  # type: ignore[operator]
+                finally:
+                    procs.close()
+    finally:
+        for d in pycache_dirs(dirs) - before:  # leave the checkout as it was
+            shutil.rmtree(d, ignore_errors=True)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at the end: {load}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from .devices import cached_lookup, read_device
 from .errors import ConfigError
 from .model import GatewayConfig, RemoteConfigConfig, UplinkConfig
-from .options import entry_point_options
+from .options import Lookup, entry_point_options
 from .parse import load_document
 from .rules import parse_rules
 from .section import Section
@@ -123,14 +123,19 @@ def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
     devices = doc.get("devices")
     if not isinstance(devices, list):
         return out
-    owners = _option_owners()
+    lookup = cached_lookup(entry_point_options)
+    owners: dict[str, set[str]] | None = None  # every installed driver, loaded only if needed
     for i, dev in enumerate(devices):
         if not isinstance(dev, Mapping):
             continue
         driver = dev.get("driver")
-        own = {k for k, kinds in owners.items() if driver in kinds}
-        for key in dev if own else ():
-            if key not in _COMMON and key not in own and key in owners:
+        own = _own_options(driver, lookup)
+        foreign = [k for k in dev if k not in _COMMON and k not in own] if own else []
+        if foreign and owners is None:
+            owners = _option_owners()  # imports every installed driver: only for a stray key
+        for key in foreign:
+            assert owners is not None
+            if key in owners:
                 out.append(
                     ConfigError(
                         f"devices[{i}].{key}",
@@ -139,7 +144,7 @@ def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
                         "remove it, or set the driver this device really uses",
                     )
                 )
-        lint = _point_lint(driver)
+        lint = _point_lint(driver, lookup)
         points = dev.get("points")
         if lint is None or not isinstance(points, list):
             continue
@@ -149,6 +154,20 @@ def device_problems(doc: Mapping[str, Any]) -> list[ConfigError]:
                 if err is not None:
                     out.append(err)
     return out
+
+
+def _own_options(driver: Any, lookup: Lookup) -> set[str]:
+    """The device option names `driver` declares; none for a driver not installed or broken
+    (reported where the config names it). Imports that driver only, as `run` will anyway."""
+    from .options import options_of
+
+    if not isinstance(driver, str):
+        return set()
+    try:
+        device = lookup(driver, "driver").device
+    except ConfigError:
+        return set()
+    return {o.name for o in options_of(device)} if device is not None else set()
 
 
 def _option_owners() -> dict[str, set[str]]:
@@ -166,11 +185,11 @@ def _option_owners() -> dict[str, set[str]]:
     return owners
 
 
-def _point_lint(driver: Any) -> Callable[[Mapping[str, Any], str], Any] | None:
+def _point_lint(driver: Any, lookup: Lookup) -> Callable[[Mapping[str, Any], str], Any] | None:
     if not isinstance(driver, str):
         return None
     try:
-        return entry_point_options(driver, "driver").lint_point
+        return lookup(driver, "driver").lint_point
     except ConfigError:
         return None  # an unknown driver is reported by the parser
 

@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -251,7 +250,9 @@ def find_driver(kind: str, place: str) -> Any:
     eps = entry_points(group=GROUP)
     if kind not in eps.names:
         names = sorted(eps.names)
-        near = difflib.get_close_matches(kind, names, n=1)
+        from difflib import get_close_matches
+
+        near = get_close_matches(kind, names, n=1)
         raise ConfigError(
             place,
             f"unknown driver {kind!r}",

@@ -10,7 +10,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable
 
@@ -126,7 +125,9 @@ def _expr_at(s: Section, key: str, known: list[str]) -> Expr:
         raise ConfigError(s.at(key), str(exc), exc.fix) from None
     for p in expr.points:
         if p not in known:
-            near = difflib.get_close_matches(p, known, n=1)
+            from difflib import get_close_matches
+
+            near = get_close_matches(p, known, n=1)
             raise ConfigError(
                 s.at(key),
                 f"point({p!r}) names no configured point",

@@ -11,7 +11,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import string
@@ -107,7 +106,9 @@ class Section:
             if name is None:
                 continue
             if name not in placeholders or spec or conv:
-                near = difflib.get_close_matches(name, placeholders, n=1)
+                from difflib import get_close_matches  # on a mistake only, not at every start
+
+                near = get_close_matches(name, placeholders, n=1)
                 hint = f"did you mean {{{near[0]}}}? " if near else ""
                 shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
                 raise ConfigError(
@@ -155,7 +156,9 @@ class Section:
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = MISSING) -> Any:
         v = self.text(key, default)
         if v not in allowed:
-            near = difflib.get_close_matches(v, allowed, n=1)
+            from difflib import get_close_matches
+
+            near = get_close_matches(v, allowed, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(
                 self.at(key),
@@ -265,7 +268,9 @@ class Section:
         """Refuse keys nobody read: they are typos or settings of another version."""
         for key in self._data:
             if key not in self._read:
-                near = difflib.get_close_matches(str(key), sorted(self._read), n=1)
+                from difflib import get_close_matches
+
+                near = get_close_matches(str(key), sorted(self._read), n=1)
                 hint = (
                     f"did you mean {near[0]!r}?"
                     if near

@@ -231,6 +231,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     for exc in report.errors:  # a device key not provisioned yet: buffered until it is
         print(f"warning: {exc}", file=sys.stderr)
+    # This frame lives as long as the daemon: keep no second parsed copy of the configuration
+    # (the check's, ~280 KiB at 1,000 points).
+    del report
 
     async def go() -> int:
         doc = read_document(path)  # a ConfigError (exit 2) names the place and the fix

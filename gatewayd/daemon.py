@@ -32,7 +32,6 @@ from gatewayd.config import GatewayConfig
 from gatewayd.device_health import DeviceHealth
 from gatewayd.drivers import PollGroup
 from gatewayd.lifecycle import EXIT_RESTART
-from gatewayd.lifecycle.keys import KeyRing
 from gatewayd.lifecycle.update import Updater
 from gatewayd.logs import quote
 from gatewayd.memory import MemoryGuard
@@ -44,6 +43,7 @@ from gatewayd.rules import Rules
 from gatewayd.uplink import Uplink
 
 if TYPE_CHECKING:
+    from gatewayd.lifecycle.keys import KeyRing
     from gatewayd.remote_config import CommandHandler, ConfigManager
     from gatewayd.remote_config.health import TrialWatch
 
@@ -94,6 +94,8 @@ class Gateway:
         self.keyring: KeyRing | None = None
         auth = cfg.uplink.auth
         if auth.kind == "jwt":
+            from gatewayd.lifecycle.keys import KeyRing
+
             key = Path(auth.private_key)
             key = key if key.is_absolute() else config_dir / key
             self.keyring = KeyRing(self.state_dir / "keys", key, auth.algorithm, auth.key_id)
