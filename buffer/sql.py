@@ -181,6 +181,8 @@ EXPIRE_DELETE = "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ? AND t
 # -- by id ---------------------------------------------------------------------------------------
 
 DELETE_IDS = "DELETE FROM records WHERE id IN ({})"
+# (first, last): an ack of consecutive ids (the usual one: a take of one lane) by range.
+DELETE_RANGE = "DELETE FROM records WHERE id BETWEEN ? AND ?"
 DELETE_IDS_RETURNING = "DELETE FROM records WHERE id IN ({}) RETURNING lane, LENGTH(body)"
 SIZES_OF_IDS = "SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({})"
 BODY_CHARS_OF_IDS = "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records WHERE id IN ({})"
