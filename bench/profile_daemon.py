@@ -1,6 +1,6 @@
 """Where the daemon's CPU goes at a steady profile: py-spy samples a running `gatewayd run`.
 
-    .venv/bin/python bench/profile_daemon.py p100|p1000 [seconds]
+    .venv/bin/python bench/profile_daemon.py p100|p1000 [seconds] [rate_hz]
 
 Prints the top functions by self time and by inclusive time (share of samples), and the CPU per
 reading of the same run, so the shares convert to microseconds per reading.
@@ -25,6 +25,7 @@ SHAPES = {"p100": (1, 100, 100), "p1000": (10, 100, 1000)}
 def main() -> None:
     name = sys.argv[1]
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 15
+    rate = sys.argv[3] if len(sys.argv) > 3 else "250"  # py-spy's samples per second
     devices, points, interval = SHAPES[name]
     spy = str(Path(sys.executable).parent / "py-spy")
     with rig() as r, tempfile.TemporaryDirectory() as tmp:
@@ -47,7 +48,7 @@ def main() -> None:
                 "-d",
                 str(int(seconds)),
                 "-r",
-                "250",
+                rate,
                 "-f",
                 "raw",
                 "-o",

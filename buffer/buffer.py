@@ -17,9 +17,11 @@ One hop to the writer thread per poll (each hop costs a thread wake-up and a loo
   record is appended (or nack/rewind), or TAKE_RECHECK_S passed, `take` answers [] at once;
 - the append after such a take also takes, in the same job (`Store.append_take`, with the
   limits of the last take): the records it committed are kept ready, in flight, and the next
-  `take` answers them without a hop. Ready records are given back (`nack`) and taken again from
-  the file when anything was appended after them or they do not fit the take's limits, so a take
-  answers exactly what the Store's take would; `rewind` drops them (the Store's cursors go back).
+  `take` answers them without a hop; further appends add theirs while the Store's take is still
+  drained and less than a take's worth (max_records) is ready. Ready records are given back
+  (`nack`) and taken again from the file when a record was appended that is not among them, or
+  they do not fit the take's limits, so a take answers exactly what the Store's take would;
+  `rewind` drops them (the Store's cursors go back).
 
 The writer is one thread with a queue, not a ThreadPoolExecutor: a job is a tuple and its
 answer one `call_soon_threadsafe`, without an executor future, its condition variable and the
@@ -40,13 +42,17 @@ from typing import Any, TypeVar
 from gatewayd.config import BufferConfig
 from gatewayd.reading import Lane, Record
 
+from .sql import TELEMETRY
 from .store import Entry, Stats, Store
+from .wake import Wake
 
 T = TypeVar("T")
 log = logging.getLogger("gatewayd.buffer")
 
 GROUP_WINDOW_S = 0.002  # appends this close together wait this long to share a transaction
-ACK_CARRY_S = 0.5  # queued acks wait at most this long for an append or take to carry them
+# Queued acks wait at most this long for an append or take to carry them: longer than the
+# usual 1 s poll, so that its acks share the next poll's transaction.
+ACK_CARRY_S = 1.5
 TAKE_RECHECK_S = 1.0  # a drained buffer is still asked this often (expiry, vacuum, the CLI)
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"] | None
@@ -119,7 +125,7 @@ class Buffer:
         self._carrier: asyncio.Task[None] | None = None  # carries acks no other job took
         self.commits = 0  # transactions for appends (fewer than appends: group commit)
         # Set whenever records were appended; the uplink waits on it when the buffer is drained.
-        self.appended = asyncio.Event()
+        self.appended = Wake()
 
     @property
     def hops(self) -> int:
@@ -203,8 +209,11 @@ class Buffer:
                 batch, self._pending = self._pending, []
                 flat = [r for recs, _ in batch for r in recs]
                 acks, self._acks = self._acks, []
-                # Take in the same job only while nothing is ready: at most one batch waits.
-                limits = None if self._ready else self._limits
+                # Take in the same job while less than a take's worth is ready (memory stays
+                # bounded while the uplink does not take).
+                limits = self._limits
+                if limits is not None and len(self._ready) >= limits[0]:
+                    limits = None
                 try:
                     ids, ready, drained_at = await self._db.run(
                         self._append_take, flat, acks, limits
@@ -216,7 +225,7 @@ class Buffer:
                             fut.set_exception(exc)
                     continue
                 if ready:
-                    self._ready = ready
+                    self._ready = _merge(self._ready, ready) if self._ready else ready
                     self._ready_at = self._store.appended
                     self._drained_at = drained_at
                     self._recheck_at = time.monotonic() + TAKE_RECHECK_S
@@ -305,6 +314,13 @@ class Buffer:
             await asyncio.sleep(0.01)
         await self._run(self._store.close)
         self._db.stop()
+
+
+def _merge(ready: list[Entry], fresh: list[Entry]) -> list[Entry]:
+    """Two takes ahead, each of everything after the cursors: together, in a take's order."""
+    if all(e.lane == TELEMETRY for e in ready) and all(e.lane == TELEMETRY for e in fresh):
+        return ready + fresh  # one lane: id order
+    return sorted(ready + fresh, key=lambda e: (e.lane, e.id))
 
 
 def _fits(entries: list[Entry], max_records: int, max_bytes: int) -> bool:
