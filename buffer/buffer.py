@@ -252,6 +252,14 @@ class Buffer:
             raise
         return ids, ready, store.appended if store.drained else None
 
+    def nothing_to_take(self) -> bool:
+        """A take now would answer [] without a hop (nothing appended since a drained take)."""
+        return (
+            not self._ready
+            and self._drained_at == self._store.appended
+            and time.monotonic() < self._recheck_at
+        )
+
     async def take(self, max_records: int, max_bytes: int) -> list[Entry]:
         self._limits = (max_records, max_bytes)
         if self._ready:

@@ -109,15 +109,18 @@ INSERT_SALVAGED = (
 )
 
 
-def insert(db: sqlite3.Connection, rows: Sequence[tuple[int, int, str]]) -> None:
-    """Insert rows in order (their ids follow that order), a few statements for any count."""
+def insert(db: sqlite3.Connection, rows: Sequence[tuple[int, int, str]]) -> int | None:
+    """Insert rows in order (their ids follow that order), a few statements for any count;
+    the id of the last row (None when there were none)."""
     flat = list(chain.from_iterable(rows))
     at, left = 0, len(rows)
+    last = None
     for size in INSERT_SIZES:
         while left >= size:
-            db.execute(INSERTS[size], flat[at : at + 3 * size])
+            last = db.execute(INSERTS[size], flat[at : at + 3 * size]).lastrowid
             at += 3 * size
             left -= size
+    return last
 
 
 # -- per lane ------------------------------------------------------------------------------------

@@ -348,9 +348,10 @@ class Store:
             evictor.expire(db, cursor, txn)
             dropped = evictor.make_room(db, cursor, rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
-            insert(db, kept)
-            # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
-            (seq,) = db.execute(SEQ).fetchone()
+            # AUTOINCREMENT numbers one transaction's rows consecutively up to the last one.
+            seq = insert(db, kept)
+            if seq is None:
+                (seq,) = db.execute(SEQ).fetchone()
             if dropped:
                 for lane, _, body in kept:
                     txn.depth[lane] += 1

@@ -390,7 +390,9 @@ class Uplink:
             await window.flush(self.buffer)
             if window.full():
                 waiters = [self._wake]
-            elif now < self._next_send:  # rate limit: messages are paced, not burst
+            elif now < self._next_send and not self.buffer.nothing_to_take():
+                # rate limit: messages are paced, not burst (with nothing to send, wait for
+                # records instead: one wake-up, and the pace is kept when they come)
                 await _first([], timeout=self._next_send - now, stop=closed)
                 continue
             else:
