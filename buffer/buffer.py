@@ -47,6 +47,7 @@ from .store import Entry, Stats, Store
 from .wake import Wake
 
 T = TypeVar("T")
+_Committed = tuple[list[int], list["Entry"], int | None]  # ids, taken ahead, drained at
 log = logging.getLogger("gatewayd.buffer")
 
 GROUP_WINDOW_S = 0.002  # appends this close together wait this long to share a transaction
@@ -55,7 +56,8 @@ GROUP_WINDOW_S = 0.002  # appends this close together wait this long to share a 
 ACK_CARRY_S = 1.5
 TAKE_RECHECK_S = 1.0  # a drained buffer is still asked this often (expiry, vacuum, the CLI)
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"] | None
+_Then = Callable[[Any], None] | None
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", _Then] | None
 
 
 class Writer:
@@ -68,16 +70,18 @@ class Writer:
         self._thread.start()
         self.jobs = 0  # hops to this thread (a measure of the per-poll cost)
 
-    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def run(self, fn: Callable[..., T], *args: Any, then: _Then = None) -> asyncio.Future[T]:
+        """`fn(*args)` on this thread; `then(result)` runs on the loop before the future is
+        resolved, also when its waiter was cancelled meanwhile."""
         fut: asyncio.Future[T] = self._loop.create_future()
         self.jobs += 1
-        self._jobs.put((fn, args, fut))
+        self._jobs.put((fn, args, fut, then))
         return fut
 
     def _work(self) -> None:
         get, answer = self._jobs.get, self._loop.call_soon_threadsafe
         while (job := get()) is not None:
-            fn, args, fut = job
+            fn, args, fut, then = job
             try:
                 result = fn(*args)
             except BaseException as exc:
@@ -87,7 +91,7 @@ class Writer:
                     return
                 continue
             try:
-                answer(_done, fut, result)
+                answer(_done, fut, result, then)
             except RuntimeError:
                 return
 
@@ -97,7 +101,9 @@ class Writer:
         self._thread.join()
 
 
-def _done(fut: asyncio.Future[Any], result: Any) -> None:
+def _done(fut: asyncio.Future[Any], result: Any, then: _Then) -> None:
+    if then is not None:
+        then(result)
     if not fut.done():  # a waiter cancelled
         fut.set_result(result)
 
@@ -160,15 +166,45 @@ class Buffer:
         """Store records; returns their ids once they are committed."""
         if not records:
             return []
-        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, fut))
         now = time.monotonic()
         # Wait for company only when appends come close together: a lone poll's timer would
         # cost loop wake-ups and latency for nothing.
         close = now - self._last_append < GROUP_WINDOW_S
         self._last_append = now
+        if not close and not self._flushing:  # a lone append: its own job, from this task
+            self._flushing = True
+            try:
+                ids, _, _ = await self._commit(list(records))
+            finally:
+                self._flushing = False
+                if self._pending:  # came while this one was committed
+                    self._start_flush(wait=False)
+            return ids
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, fut))
         self._start_flush(wait=close)
         return await fut
+
+    def _commit(self, records: list[Record]) -> asyncio.Future[_Committed]:
+        """One job: the queued acks, the append and the take ahead (see the module docstring);
+        its bookkeeping on the loop (`_committed`) happens even if the waiter is cancelled."""
+        acks, self._acks = self._acks, []
+        # Take ahead while less than a take's worth is ready (memory stays bounded while the
+        # uplink does not take).
+        limits = self._limits
+        if limits is not None and len(self._ready) >= limits[0]:
+            limits = None
+        return self._db.run(self._append_take, records, acks, limits, then=self._committed)
+
+    def _committed(self, result: _Committed) -> None:
+        _, ready, drained_at = result
+        self.commits += 1
+        if ready:
+            self._ready = _merge(self._ready, ready) if self._ready else ready
+            self._ready_at = self._store.appended
+            self._drained_at = drained_at
+            self._recheck_at = time.monotonic() + TAKE_RECHECK_S
+        self.appended.set()
 
     def ack_soon(self, ids: Sequence[int]) -> None:
         """Queue an ack; it is applied on the writer thread before the next job (see above), or
@@ -207,34 +243,18 @@ class Buffer:
                 await asyncio.sleep(GROUP_WINDOW_S)
             while self._pending:
                 batch, self._pending = self._pending, []
-                flat = [r for recs, _ in batch for r in recs]
-                acks, self._acks = self._acks, []
-                # Take in the same job while less than a take's worth is ready (memory stays
-                # bounded while the uplink does not take).
-                limits = self._limits
-                if limits is not None and len(self._ready) >= limits[0]:
-                    limits = None
                 try:
-                    ids, ready, drained_at = await self._db.run(
-                        self._append_take, flat, acks, limits
-                    )
-                    self.commits += 1
+                    ids, _, _ = await self._commit([r for recs, _ in batch for r in recs])
                 except Exception as exc:  # resolve every waiter; the caller decides
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
-                if ready:
-                    self._ready = _merge(self._ready, ready) if self._ready else ready
-                    self._ready_at = self._store.appended
-                    self._drained_at = drained_at
-                    self._recheck_at = time.monotonic() + TAKE_RECHECK_S
                 at = 0
                 for recs, fut in batch:
                     if not fut.done():
                         fut.set_result(ids[at : at + len(recs)])
                     at += len(recs)
-                self.appended.set()
         finally:
             self._flushing = False
 
