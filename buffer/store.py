@@ -62,7 +62,7 @@ from gatewayd.reading import Lane, Record, now_ms
 
 from . import sql
 from .accounting import LANE_NAMES, ROW_OVERHEAD, Accounting, Txn
-from .codec import decode_body, encode_body
+from .codec import decode_body, encode_bodies
 from .eviction import Bound, Evictor
 from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
 from .sql import DATA_VERSION, SEQ, TELEMETRY, ids_in, insert
@@ -249,7 +249,7 @@ class Store:
         if not records:
             return [], []
         was_drained = self.drained  # still true at the end unless a cursor moved (rewind...)
-        bodies = [encode_body(r) for r in records]
+        bodies = encode_bodies(records)
         lanes = [int(r.lane) for r in records]  # sqlite3 binds an exact int faster than an IntEnum
         rows = list(zip(lanes, [r.ts_ms for r in records], bodies, strict=True))
         incoming = sum(map(len, bodies)) + ROW_OVERHEAD * len(bodies)
