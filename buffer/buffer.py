@@ -228,6 +228,8 @@ class Buffer:
             self._ack_timer = loop.call_later(wait, self._carry_acks)
         elif self._carrier is None or self._carrier.done():
             self._carrier = loop.create_task(self._carry())
+        else:  # the last carrier still runs: these go with the next one
+            self._ack_timer = loop.call_later(ACK_CARRY_S, self._carry_acks)
 
     async def _carry(self) -> None:
         await self._run(_nothing)
