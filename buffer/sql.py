@@ -109,15 +109,18 @@ INSERT_SALVAGED = (
 )
 
 
-def insert(db: sqlite3.Connection, rows: Sequence[tuple[int, int, str]]) -> None:
-    """Insert rows in order (their ids follow that order), a few statements for any count."""
+def insert(db: sqlite3.Connection, rows: Sequence[tuple[int, int, str]]) -> int | None:
+    """Insert rows in order (their ids follow that order), a few statements for any count;
+    the id of the last row (None when there were none)."""
     flat = list(chain.from_iterable(rows))
     at, left = 0, len(rows)
+    last = None
     for size in INSERT_SIZES:
         while left >= size:
-            db.execute(INSERTS[size], flat[at : at + 3 * size])
+            last = db.execute(INSERTS[size], flat[at : at + 3 * size]).lastrowid
             at += 3 * size
             left -= size
+    return last
 
 
 # -- per lane ------------------------------------------------------------------------------------
@@ -181,6 +184,8 @@ EXPIRE_DELETE = "DELETE FROM records WHERE lane = ? AND id > ? AND id <= ? AND t
 # -- by id ---------------------------------------------------------------------------------------
 
 DELETE_IDS = "DELETE FROM records WHERE id IN ({})"
+# (first, last): an ack of consecutive ids (the usual one: a take of one lane) by range.
+DELETE_RANGE = "DELETE FROM records WHERE id BETWEEN ? AND ?"
 DELETE_IDS_RETURNING = "DELETE FROM records WHERE id IN ({}) RETURNING lane, LENGTH(body)"
 SIZES_OF_IDS = "SELECT id, lane, LENGTH(body) FROM records WHERE id IN ({})"
 BODY_CHARS_OF_IDS = "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records WHERE id IN ({})"

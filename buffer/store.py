@@ -62,10 +62,10 @@ from gatewayd.reading import Lane, Record, now_ms
 
 from . import sql
 from .accounting import LANE_NAMES, ROW_OVERHEAD, Accounting, Txn
-from .codec import decode_body, encode_body
+from .codec import decode_body, encode_bodies
 from .eviction import Bound, Evictor
 from .lifecycle import BufferFile, file_bytes, is_corrupt, maybe_vacuum, sqlite_code
-from .sql import DATA_VERSION, SEQ, ids_in, insert
+from .sql import DATA_VERSION, SEQ, TELEMETRY, ids_in, insert
 
 log = logging.getLogger("gatewayd.buffer")
 
@@ -164,6 +164,7 @@ class Store:
         a tally that disagrees with the rows (an older file, another writer) is rewritten."""
         db = self._db
         acc = self._acc
+        self.drained = False  # another writer may have changed what is after the cursors
         if acc.count_rows(db):
             self._set_aside_strays()
             acc.count_rows(db)
@@ -227,15 +228,56 @@ class Store:
 
     # -- append --------------------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> list[int]:
-        """Commit records in one transaction; their ids in order (0: not kept, counted)."""
-        if not records:
-            return []
+    def append(self, records: Sequence[Record], acks: Sequence[int] = ()) -> list[int]:
+        """Commit records in one transaction; their ids in order (0: not kept, counted).
+        `acks` are acknowledged first, in the same transaction when they can be (see
+        `append_take`)."""
+        return self.append_take(records, acks, None)[0]
+
+    def append_take(
+        self, records: Sequence[Record], acks: Sequence[int], take: tuple[int, int] | None
+    ) -> tuple[list[int], list[Entry]]:
+        """`ack(acks)`, then `append(records)`, then `take(*take)` when the last take left
+        nothing behind (else no take: []): one transaction for the ack and the append when every
+        acked id is in flight here (else the ack has its own, as `ack` does), and the take hands
+        out the records just committed without reading them back (they are exactly what it would
+        read: the only records after the cursors, with bodies `encode_body` made sendable)."""
         self._sync_external()
-        bodies = [encode_body(r) for r in records]
+        if acks and (not records or any(i not in self._inflight for i in acks)):
+            self.ack(acks)  # nothing to share it with, or ids not taken here: the general path
+            acks = ()
+        if not records:
+            return [], []
+        was_drained = self.drained  # still true at the end unless a cursor moved (rewind...)
+        bodies = encode_bodies(records)
         lanes = [int(r.lane) for r in records]  # sqlite3 binds an exact int faster than an IntEnum
         rows = list(zip(lanes, [r.ts_ms for r in records], bodies, strict=True))
         incoming = sum(map(len, bodies)) + ROW_OVERHEAD * len(bodies)
+        ids: list[int] | None = None
+        if acks:
+            pop = self._inflight.pop
+            popped = {i: pop(i) for i in acks if i in self._inflight}
+            try:
+                first, dropped = self._append_txn(rows, incoming, popped)
+            except Exception:  # the ack alone (with its own handling), then the append alone
+                self._inflight.update(popped)
+                self.ack(list(popped))
+            else:
+                self.acked += len(popped)
+                self.appended += len(rows) - len(dropped)
+                self.appended_bytes += incoming
+                ids = self._ids_with_gaps(len(rows), first, dropped, set())
+        if ids is None:
+            ids = self._append_rows(rows, incoming)
+        drained = was_drained and self.drained
+        self.drained = False  # records are after the cursors now, until a take hands them out
+        if take is None or not drained:
+            return ids, []
+        if 0 in ids:  # some were not kept: read back what was
+            return ids, self.take(*take)
+        return ids, self._hand_out_fresh(ids[0], rows, take)
+
+    def _append_rows(self, rows: list[tuple[int, int, str]], incoming: int) -> list[int]:
         reason = "disk_full"
         shed: set[int] = set()  # positions the disk-full shrink evicted before they were written
         todo = rows
@@ -262,28 +304,38 @@ class Store:
                 continue
             self.appended += len(todo) - len(dropped)
             self.appended_bytes += incoming
-            if not dropped and not shed:
-                return list(range(first, first + len(rows)))
-            ids = []
-            j = 0  # position in todo
-            for i in range(len(rows)):
-                if i in shed:
-                    ids.append(0)
-                    continue
-                ids.append(0 if j in dropped else first)
-                first += j not in dropped
-                j += 1
-            return ids
+            return self._ids_with_gaps(len(rows), first, dropped, shed)
         # Nothing could be written: the records are lost, and counted (the shed ones already are).
         for lane, _, _ in todo:
             key = (int(lane), reason)
             self._acc.lost(key, 1)
         return [0] * len(rows)
 
+    @staticmethod
+    def _ids_with_gaps(n: int, first: int, dropped: set[int], shed: set[int]) -> list[int]:
+        """The ids of n rows of which `shed` (positions in all rows) were evicted before the
+        transaction and `dropped` (positions among the others) in it: 0 for those."""
+        if not dropped and not shed:
+            return list(range(first, first + n))
+        ids = []
+        j = 0  # position among the rows written
+        for i in range(n):
+            if i in shed:
+                ids.append(0)
+                continue
+            ids.append(0 if j in dropped else first)
+            first += j not in dropped
+            j += 1
+        return ids
+
     def _append_txn(
-        self, rows: Sequence[tuple[int, int, str]], incoming: int
+        self,
+        rows: Sequence[tuple[int, int, str]],
+        incoming: int,
+        acked: dict[int, int] | None = None,
     ) -> tuple[int, set[int]]:
-        """One transaction: expire, make room, insert. (first id, positions not kept)."""
+        """One transaction: delete `acked` (popped from the in-flight map), expire, make room,
+        insert. (first id, positions not kept)."""
         db = self._db
         acc = self._acc
         evictor = self._evictor
@@ -291,12 +343,15 @@ class Store:
         txn = Txn()
         db.execute("BEGIN IMMEDIATE")
         try:
+            if acked:
+                self._delete_acked(acked, txn)  # before make_room: their bytes count as free
             evictor.expire(db, cursor, txn)
             dropped = evictor.make_room(db, cursor, rows, incoming, txn)
             kept = [r for i, r in enumerate(rows) if i not in dropped] if dropped else rows
-            insert(db, kept)
-            # AUTOINCREMENT numbers one transaction's rows consecutively up to the sequence.
-            (seq,) = db.execute(SEQ).fetchone()
+            # AUTOINCREMENT numbers one transaction's rows consecutively up to the last one.
+            seq = insert(db, kept)
+            if seq is None:
+                (seq,) = db.execute(SEQ).fetchone()
             if dropped:
                 for lane, _, body in kept:
                     txn.depth[lane] += 1
@@ -385,6 +440,32 @@ class Store:
         evictor = self._evictor
         if evictor.max_age_s is not None and time.monotonic() >= evictor.next_expiry:
             self._expire_now()
+        out = self._hand_out(self._sendable, max_records, max_bytes)
+        if not out:  # idle: a moment to give a drained outage's space back
+            maybe_vacuum(self._db, self._acc.bytes)
+        return out
+
+    def _hand_out_fresh(
+        self, first: int, rows: list[tuple[int, int, str]], take: tuple[int, int]
+    ) -> list[Entry]:
+        """The take right after an append that followed a drained take: the appended rows
+        (consecutive ids from `first`) are the only records after the cursors."""
+        if all(r[0] == TELEMETRY for r in rows):
+            fresh = {TELEMETRY: [(first + i, TELEMETRY, r[2]) for i, r in enumerate(rows)]}
+        else:
+            fresh = {0: [], 1: [], 2: []}
+            for i, (lane, _, body) in enumerate(rows):
+                fresh[lane].append((first + i, lane, body))
+        return self._hand_out(lambda lane, want: fresh.get(lane, [])[:want], take[0], take[1])
+
+    def _hand_out(
+        self,
+        rows_of: Callable[[int, int], list[tuple[int, int, str]]],
+        max_records: int,
+        max_bytes: int,
+    ) -> list[Entry]:
+        """Lane by lane, the next records `rows_of(lane, want)` gives, within the limits; they
+        are in flight from now on."""
         out: list[Entry] = []
         size = 0
         inflight = self._inflight
@@ -396,7 +477,7 @@ class Store:
                 break
             if depth[lane] == 0:
                 continue
-            rows = self._sendable(lane, want)
+            rows = rows_of(lane, want)
             if not rows:
                 continue
             lens = [len(r[2]) for r in rows]
@@ -423,8 +504,6 @@ class Store:
         # Every lane gave fewer than it was asked for: nothing is left to take (until an append,
         # a nack or a rewind). A take that stopped at max_records or max_bytes returned above.
         self.drained = len(out) < max_records
-        if not out:  # idle: a moment to give a drained outage's space back
-            maybe_vacuum(self._db, self._acc.bytes)
         return out
 
     def _sendable(self, lane: int, want: int) -> list[tuple[int, int, str]]:
@@ -536,17 +615,7 @@ class Store:
         txn = Txn()
         try:
             db.execute("BEGIN IMMEDIATE")
-            before = db.total_changes
-            for chunk in _chunks(known, 500):
-                db.execute(ids_in(sql.DELETE_IDS, len(chunk)), chunk)
-            if db.total_changes - before != len(known):  # cannot happen without another writer
-                raise _Recount()
-            lanes = [v & 3 for v in popped.values()]
-            alarms, events = lanes.count(0), lanes.count(1)
-            txn.depth[0] -= alarms
-            txn.depth[1] -= events
-            txn.depth[2] -= len(lanes) - alarms - events
-            txn.bytes -= sum([v >> 2 for v in popped.values()]) + ROW_OVERHEAD * len(lanes)
+            self._delete_acked(popped, txn)
             # Ids not taken by this process (after a rewind or restart): sizes from the rows.
             for chunk in _chunks(unknown, 500):
                 for lane, length in db.execute(
@@ -574,6 +643,27 @@ class Store:
         self.acked += n
         return n
 
+    def _delete_acked(self, popped: dict[int, int], txn: Txn) -> None:
+        """Inside a transaction: delete the acked records `popped` from the in-flight map
+        (id -> size << 2 | lane), and count them in `txn`."""
+        db = self._db
+        before = db.total_changes
+        if popped:
+            lo, hi = min(popped), max(popped)
+            if hi - lo + 1 == len(popped):  # distinct ids filling [lo, hi]: exactly that range
+                db.execute(sql.DELETE_RANGE, (lo, hi))
+            else:
+                for chunk in _chunks(list(popped), 500):
+                    db.execute(ids_in(sql.DELETE_IDS, len(chunk)), chunk)
+        if db.total_changes - before != len(popped):  # cannot happen without another writer
+            raise _Recount()
+        lanes = [v & 3 for v in popped.values()]
+        alarms, events = lanes.count(0), lanes.count(1)
+        txn.depth[0] -= alarms
+        txn.depth[1] -= events
+        txn.depth[2] -= len(lanes) - alarms - events
+        txn.bytes -= sum([v >> 2 for v in popped.values()]) + ROW_OVERHEAD * len(lanes)
+
     def nack(self, ids: Iterable[int]) -> None:
         """Give taken records back: each nacked id and whatever its lane took after it is taken
         again by the next `take` (so order within a lane is kept)."""
@@ -586,10 +676,12 @@ class Store:
         for lane in range(3):
             if first[lane] and first[lane] <= self._cursor[lane]:
                 self._cursor[lane] = first[lane] - 1
+                self.drained = False
 
     def rewind(self) -> None:
         """Forget what is in flight: the next take starts again at the oldest unacked record."""
         self._cursor = [0, 0, 0]
+        self.drained = False
 
     # -- inspection ----------------------------------------------------------------------------
 

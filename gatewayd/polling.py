@@ -139,6 +139,7 @@ class Poller:
         self._groups: dict[str, list[str]] = {}  # device -> its poll groups' job names
         self._skips: dict[str, int] = {}
         self._pipeline_errors: dict[str, int] = {}
+        self._keys: dict[str, _DeviceKeys] = {}  # metric keys of each device's polls
 
     def start(
         self,
@@ -194,6 +195,7 @@ class Poller:
             if self._scheduler is not None:
                 self._scheduler.remove(name)
         self.polled_at.pop(dev_id, None)
+        self._keys.pop(dev_id, None)
         slot = self.slots.pop(dev_id, None)
         if slot is not None:
             await slot.close()
@@ -264,22 +266,32 @@ class Poller:
         return readings
 
     def _account(self, device: str, readings: list[Reading], elapsed: float) -> None:
+        """The poll's metrics: counters, the duration histogram and the last-poll gauges, by
+        keys made once per device (a poll costs a few dict updates, never a scan of all gauges)."""
+        keys = self._keys.get(device)
+        if keys is None:
+            keys = self._keys[device] = _DeviceKeys(device)
         m = self.metrics
+        counters, gauges = m.counters, m.gauges
         bad_readings = [r for r in readings if r.quality is Quality.BAD]
         bad = len(bad_readings)
-        m.inc("polls", device=device)
+        get = counters.get
+        counters[keys.polls] = get(keys.polls, 0) + 1
         if readings and bad == len(readings):
-            m.inc("poll_failures", device=device)
-        m.inc("readings", len(readings), device=device)
-        m.inc("readings_bad", bad, device=device)
+            counters[keys.failures] = get(keys.failures, 0) + 1
+        counters[keys.readings] = get(keys.readings, 0) + len(readings)
+        counters[keys.bad] = get(keys.bad, 0) + bad
         m.observe("poll_duration_seconds", elapsed, device=device)
-        m.set("device_last_poll_timestamp_seconds", time.time(), device=device)
-        m.set("device_last_poll_good", len(readings) - bad, device=device)
-        m.set("device_last_poll_bad", bad, device=device)
-        m.drop("device_last_bad_reason", device=device)
-        reasons = {r.reason for r in bad_readings}
-        for reason in sorted(str(r) for r in reasons)[:3]:
-            m.set("device_last_bad_reason", 1, device=device, reason=reason)
+        gauges[keys.last_ts] = time.time()
+        gauges[keys.last_good] = len(readings) - bad
+        gauges[keys.last_bad] = bad
+        reasons = tuple(sorted({str(r.reason) for r in bad_readings})[:3]) if bad_readings else ()
+        if reasons != keys.reasons:  # the last poll's reasons go, this one's come
+            for reason in keys.reasons:
+                gauges.pop(keys.reason(reason), None)
+            keys.reasons = reasons
+        for reason in reasons:
+            gauges[keys.reason(reason)] = 1
 
     async def stop(self, grace_s: float = 1.5) -> None:
         """Stop firing polls, let the ones in flight finish (up to `grace_s`), close drivers."""
@@ -290,6 +302,37 @@ class Poller:
                 log.warning("polls_cancelled_at_stop count=%d", cancelled)
         # Drivers close together, bounded: a device that hangs on close must not eat the budget.
         await asyncio.gather(*(slot.close() for slot in self.slots.values()))
+
+
+class _DeviceKeys:
+    """A device's poll metric keys, as Metrics makes them (name, sorted labels)."""
+
+    __slots__ = (
+        "bad",
+        "device",
+        "failures",
+        "last_bad",
+        "last_good",
+        "last_ts",
+        "polls",
+        "readings",
+        "reasons",
+    )
+
+    def __init__(self, device: str) -> None:
+        labels = (("device", device),)
+        self.device = device
+        self.polls = ("polls", labels)
+        self.failures = ("poll_failures", labels)
+        self.readings = ("readings", labels)
+        self.bad = ("readings_bad", labels)
+        self.last_ts = ("device_last_poll_timestamp_seconds", labels)
+        self.last_good = ("device_last_poll_good", labels)
+        self.last_bad = ("device_last_poll_bad", labels)
+        self.reasons: tuple[str, ...] = ()  # of the last poll's bad readings, as gauges
+
+    def reason(self, reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return ("device_last_bad_reason", (("device", self.device), ("reason", reason)))
 
 
 def _bad(group: PollGroup, reason: str) -> list[Reading]:

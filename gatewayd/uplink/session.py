@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 from gatewayd.backoff import exponential, full_jitter
 from gatewayd.buffer import Buffer
+from gatewayd.buffer.wake import Wake
+from gatewayd.buffer.wake import first as _first
 from gatewayd.clock import clock_plausible
 from gatewayd.config import UplinkConfig
 from gatewayd.config.profiles import limits_of
@@ -153,7 +155,7 @@ class Uplink:
         self.last_error: str | None = None
         self._client: mqtt.Client | None = None
         self._sockets: SocketAdapter | None = None
-        self._wake = asyncio.Event()  # a PUBACK arrived, or the session ended
+        self._wake = Wake()  # a PUBACK arrived, or the session ended
         self._connack: asyncio.Future[Any] | None = None
         self._closed: asyncio.Future[str] | None = None
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
@@ -363,7 +365,7 @@ class Uplink:
                 if not window or now >= self._stop_deadline:
                     return False
                 self._wake.clear()
-                await _first([self._wake.wait()], timeout=0.1, stop=closed)
+                await _first([self._wake], timeout=0.1, stop=closed)
                 continue
             if self._broken is not None:
                 self._set_error(self._broken)
@@ -392,8 +394,10 @@ class Uplink:
             appended.clear()
             await window.flush(self.buffer)
             if window.full():
-                waiters = [self._wake.wait()]
-            elif now < self._next_send:  # rate limit: messages are paced, not burst
+                waiters = [self._wake]
+            elif now < self._next_send and not self.buffer.nothing_to_take():
+                # rate limit: messages are paced, not burst (with nothing to send, wait for
+                # records instead: one wake-up, and the pace is kept when they come)
                 await _first([], timeout=self._next_send - now, stop=closed)
                 continue
             else:
@@ -406,7 +410,7 @@ class Uplink:
                     self._last_publish = now
                     self._next_send = max(self._next_send, now) + interval * sent
                     continue
-                waiters = [appended.wait(), self._wake.wait()]
+                waiters = [appended, self._wake]
             await _first(waiters, timeout=min(1.0, STATE_MIN_INTERVAL_S), stop=closed)
         return False
 
@@ -415,7 +419,7 @@ class Uplink:
         deadline = self.credentials.drain_until(self.cfg.puback_timeout_s)
         while self.window and not closed.done() and time.monotonic() < deadline:
             self._wake.clear()
-            await _first([self._wake.wait()], timeout=0.2, stop=closed)
+            await _first([self._wake], timeout=0.2, stop=closed)
         log.info("uplink_token_refresh inflight_left=%d", len(self.window))
         self.metrics.inc("uplink_token_refreshes")
 
@@ -614,12 +618,3 @@ class _Closed:
 
     def __str__(self) -> str:
         return self.text
-
-
-async def _first(waiters: list[Any], timeout: float, stop: asyncio.Future[str]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waiters]
-    try:
-        await asyncio.wait([*tasks, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd.buffer.codec import _encode_general, decode_body, encode_body
+from gatewayd.buffer.codec import _encode_general, decode_body, encode_bodies, encode_body
 from gatewayd.reading import Lane, Quality, Record
 
 values = st.one_of(
@@ -39,3 +39,10 @@ def test_fast_encoding_equals_the_general_json_encoding(r: Record) -> None:
     else:
         assert back == r
     assert json.loads(body)["point"] == r.point
+
+
+@given(st.lists(records, max_size=8), st.integers(min_value=0, max_value=2**45))
+def test_a_polls_bodies_in_one_loop_equal_one_by_one(rs: list[Record], ts: int) -> None:
+    shared = [r._replace(ts_ms=ts) for r in rs]  # a poll: one stamp
+    for batch in (rs, shared, rs + shared):
+        assert encode_bodies(batch) == [_encode_general(r) for r in batch]

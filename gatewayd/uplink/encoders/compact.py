@@ -58,15 +58,16 @@ def _message(entries: Sequence[Entry]) -> dict[str, Any]:
     next_id = -1
     for e, d in zip(entries, bodies, strict=True):
         prefix, slash, name = d.pop("point").rpartition("/")
+        head = prefix + slash  # "r0" and "/r0" have the same prefix "", not the same head
         ts = d.pop("ts")
         value = d.pop("value")
         if d.get("quality") == "good":
             del d["quality"]
         rest = _dumps(d) if d else ""
-        k = (prefix, ts, rest)
+        k = (head, ts, rest)
         if k != key or e.id != next_id:
             names, values = [], []
-            group: list[Any] = [e.id - base, ts, prefix + slash, names, values]
+            group: list[Any] = [e.id - base, ts, head, names, values]
             if d:
                 group.append(d)
             groups.append(group)
