@@ -46,6 +46,7 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,8 @@ STABLE_SESSION_S = 10.0
 IDLE_FRACTION = 0.5
 
 RESUBSCRIBE_S = 5.0
+# Command answers made while no session is up (a reconnect, a key switch), kept for the next one.
+PENDING_REPLIES = 32
 BEFORE_SUBACK = "closed after CONNACK, before SUBACK"
 # Short enough that a push made while the broker refused is heard well inside a fleet
 # rollout's health timeout (NATS refused for 40-90 s after a lost node, stop 22's CI).
@@ -156,6 +159,7 @@ class Uplink:
         self._client: mqtt.Client | None = None
         self._sockets: SocketAdapter | None = None
         self._wake = Wake()  # a PUBACK arrived, or the session ended
+        self._pending_replies: deque[dict[str, Any]] = deque(maxlen=PENDING_REPLIES)
         self._connack: asyncio.Future[Any] | None = None
         self._closed: asyncio.Future[str] | None = None
         self._broken: str | None = None  # why the current session must end (refused PUBACK)
@@ -351,6 +355,8 @@ class Uplink:
         self._resubscribe_tries = 0
         client.subscribe([(t, 1) for t in self._subscriptions])
         self.channel.connected(client)
+        while self._pending_replies:
+            self.channel.answer(client, self._pending_replies.popleft())
 
     async def _session(self) -> bool:
         """Publish until the connection ends; True when it ended for a credential refresh."""
@@ -424,11 +430,15 @@ class Uplink:
         self.metrics.inc("uplink_token_refreshes")
 
     def reply_command(self, result: dict[str, Any]) -> bool:
-        """Answer a command through the channel (outside the buffer); False when offline."""
-        if not (self.connected and self._client is not None):
-            return False
-        self._last_publish = time.monotonic()
-        return self.channel.answer(self._client, result)
+        """Answer a command through the channel (outside the buffer). Without a session (a
+        reconnect; commit_key switches keys and answers as the old session ends) the answer is
+        sent at the next connect, the newest PENDING_REPLIES kept; False then."""
+        if self.connected and self._client is not None:
+            self._last_publish = time.monotonic()
+            if self.channel.answer(self._client, result):
+                return True
+        self._pending_replies.append(result)
+        return False
 
     def report_outcome(self, outcome: dict[str, Any]) -> None:
         """A config outcome: the channel's own report, if it has one, and the state soon."""
