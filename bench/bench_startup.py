@@ -22,7 +22,6 @@ PYTHONPYCACHEPREFIX (the first start writes it), so the checkout is left as it w
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import socket
@@ -33,39 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import cpu_seconds
+from harness import compile_sources, cpu_seconds, pycache_dirs, source_dirs
 
 from gatewayd_sim.procs import free_port, mosquitto_binary, wait_port
 
 PY = sys.executable
 READY_GOAL_S = 0.5
 RSS_GOAL_MB = 35.0
-
-
-def source_dirs() -> list[Path]:
-    """The folders of gatewayd's own packages as this interpreter imports them (an editable
-    install maps several top-level folders of the checkout under the gatewayd namespace)."""
-    import gatewayd
-    import gatewayd.buffer
-    import gatewayd.config
-    import gatewayd.drivers
-    import gatewayd_sim
-
-    pkgs = (gatewayd, gatewayd.buffer, gatewayd.config, gatewayd.drivers, gatewayd_sim)
-    return sorted({Path(d) for pkg in pkgs for d in pkg.__path__})
-
-
-def pycache_dirs(dirs: list[Path]) -> set[Path]:
-    return {p for d in dirs for p in d.rglob("__pycache__")}
-
-
-def compile_sources(dirs: list[Path]) -> None:
-    """Write the .pyc of gatewayd's own modules beside their sources, as pip does when it
-    installs: an editable checkout under PYTHONDONTWRITEBYTECODE=1 has none and compiles every
-    module it imports at every start (~0.3 s, and ~5 MB of RSS the compiler leaves behind, that
-    an installed gateway does not pay). main() removes the folders made here at the end."""
-    for d in dirs:
-        compileall.compile_dir(d, quiet=1)
 
 
 def gateway_env() -> dict[str, str]:

@@ -7,8 +7,10 @@ baseline measured in the same run.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -252,3 +254,47 @@ class LatencySubscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+# -- bytecode as an install has it --------------------------------------------------------------
+
+
+def source_dirs() -> list[Path]:
+    """The folders of gatewayd's own packages as this interpreter imports them (an editable
+    install maps several top-level folders of the checkout under the gatewayd namespace)."""
+    import gatewayd
+    import gatewayd.buffer
+    import gatewayd.config
+    import gatewayd.drivers
+    import gatewayd_sim
+
+    pkgs = (gatewayd, gatewayd.buffer, gatewayd.config, gatewayd.drivers, gatewayd_sim)
+    return sorted({Path(d) for pkg in pkgs for d in pkg.__path__})
+
+
+def pycache_dirs(dirs: list[Path]) -> set[Path]:
+    return {p for d in dirs for p in d.rglob("__pycache__")}
+
+
+def compile_sources(dirs: list[Path]) -> None:
+    """Write the .pyc of gatewayd's own modules beside their sources, as pip does when it
+    installs: an editable checkout under PYTHONDONTWRITEBYTECODE=1 has none and compiles every
+    module it imports at every start (~0.3 s, and ~5 MB of RSS the compiler leaves behind, that
+    an installed gateway does not pay). main() removes the folders made here at the end."""
+    for d in dirs:
+        compileall.compile_dir(d, quiet=1)
+
+
+@contextmanager
+def compiled_sources() -> Iterator[None]:
+    """gatewayd's modules compiled beside their sources for the processes started inside (which
+    read .pyc even under PYTHONDONTWRITEBYTECODE=1), the folders made here removed after: the
+    figures are an installed gateway's, and the checkout is left as it was."""
+    dirs = source_dirs()
+    before = pycache_dirs(dirs)
+    try:
+        compile_sources(dirs)
+        yield
+    finally:
+        for d in pycache_dirs(dirs) - before:
+            shutil.rmtree(d, ignore_errors=True)
