@@ -179,6 +179,10 @@ class UplinkConfig:
         """The brokers to connect to, in failover order."""
         return self.hosts or ((self.host, self.port),)
 
+    def field_device_name_of(self, field_device: str) -> str:
+        """A field device's ThingsBoard name: `field_device_name` filled in."""
+        return self.field_device_name.format(gateway=self.device, field_device=field_device)
+
     def template_values(self) -> dict[str, str]:
         return {
             "project": self.project,

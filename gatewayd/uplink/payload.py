@@ -30,15 +30,15 @@ def encode_json(entries: Sequence[Entry]) -> bytes:
 
 
 def load_encoder(
-    name: str, place: str = "uplink.encoder", field_device_name: str = "", gateway: str = ""
+    name: str, place: str = "uplink.encoder", device_name: Callable[[str], str] | None = None
 ) -> Encoder:
-    """`field_device_name` and `gateway`: ThingsBoard's device names ([uplink] of that name)."""
+    """`device_name`: a field device's ThingsBoard name (UplinkConfig.field_device_name_of)."""
     if name == "json":
         return encode_json
     if name == "thingsboard":
-        from .payload_thingsboard import thingsboard_encoder
+        from .payload_thingsboard import encode_thingsboard, thingsboard_encoder
 
-        return thingsboard_encoder(field_device_name or "{field_device}", gateway)
+        return encode_thingsboard if device_name is None else thingsboard_encoder(device_name)
     eps = entry_points(group="gatewayd.encoders")
     if name not in eps.names:
         raise ConfigError(

@@ -17,8 +17,8 @@ one with a reason its reason under `_reason` (each a map key -> text). A null va
 of `values` (ThingsBoard stores no null); its id and quality are still there. Point ids start
 with a letter or digit (config/parse.py), so a key that starts with `_` is always ours.
 
-Device names: the device part as it is, or `[uplink] field_device_name` filled in with
-{gateway} and {field_device} (`thingsboard_encoder`), since ThingsBoard names are per tenant.
+Device names: the device part as it is, or as `[uplink] field_device_name` names it
+(`thingsboard_encoder`), since ThingsBoard names are per tenant.
 
 Invariant: every entry `Buffer.take` hands out encodes, and the result is strict JSON. `take`
 guarantees only a JSON object whose first member is "point" and that has no "id" (payload.py),
@@ -58,18 +58,15 @@ def _null(_constant: str) -> None:
     return None
 
 
-def thingsboard_encoder(name_template: str = "{field_device}", gateway: str = "") -> Encoder:
-    """The encoder whose device names follow [uplink] field_device_name."""
-    if name_template == "{field_device}":
-        return encode_thingsboard
+def thingsboard_encoder(device_name: Callable[[str], str]) -> Encoder:
+    """The encoder that names each field device `device_name(id)` (UplinkConfig's
+    field_device_name_of), each name made once."""
     names: dict[str, str] = {}  # device literal -> its ThingsBoard name, as a literal
 
     def name_of(literal: str) -> str:
         name = names.get(literal)
         if name is None:
-            field_device = json.loads(literal)
-            text = name_template.format(gateway=gateway, field_device=field_device)
-            name = names[literal] = _dumps(text)
+            name = names[literal] = _dumps(device_name(json.loads(literal)))
         return name
 
     return lambda entries: encode_thingsboard(entries, name_of)

@@ -128,9 +128,7 @@ class Uplink:
         self.on_command = on_command
         self.state = state
         self.wall_clock = wall_clock  # tokens and the clock sanity check; intervals are monotonic
-        self.encode: Encoder = load_encoder(
-            cfg.encoder, field_device_name=cfg.field_device_name, gateway=cfg.device
-        )
+        self.encode: Encoder = load_encoder(cfg.encoder, device_name=cfg.field_device_name_of)
         values = cfg.template_values()
         self.client_id = cfg.client_id.format(**values)
         self.topics = {

@@ -30,5 +30,5 @@ def channel_for(cfg: UplinkConfig, topics: Mapping[str, str]) -> Channel:
     if cfg.channel == "thingsboard":
         from .thingsboard import ThingsBoardChannel
 
-        return ThingsBoardChannel(cfg.field_device_name, cfg.device)
+        return ThingsBoardChannel(cfg.field_device_name_of)
     return TopicChannel(topics, cfg.retain_state)

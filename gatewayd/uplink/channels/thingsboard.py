@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.remote_config.commands import parse_command
@@ -75,8 +76,8 @@ _Rpc = tuple[str | None, Any]  # (field device or None for the gateway itself, t
 class ThingsBoardChannel:
     name = "thingsboard"
 
-    def __init__(self, name_template: str = "{field_device}", gateway: str = "") -> None:
-        self._name_template, self._gateway = name_template, gateway
+    def __init__(self, name_of: Callable[[str], str] = str) -> None:
+        self.name_of = name_of  # a field device's ThingsBoard name ([uplink] field_device_name)
         self._field_ids: dict[str, str] = {}  # ThingsBoard name -> field device id, as seen
         self._req = 0
         self._request: str | None = None  # id of the attributes request waiting for its answer
@@ -266,10 +267,6 @@ class ThingsBoardChannel:
             if client.publish(DISCONNECT, json.dumps({"device": dev}), qos=1).rc == 0:
                 self._connected.discard(dev)
                 log.info("tb_device_disconnect device=%s", dev)
-
-    def name_of(self, field_device: str) -> str:
-        """The field device's name in ThingsBoard ([uplink] field_device_name)."""
-        return self._name_template.format(gateway=self._gateway, field_device=field_device)
 
     def report_outcome(self, client: mqtt.Client, outcome: dict[str, Any]) -> None:
         self._next_report = 0.0  # an outcome is news: the next state report goes at once
