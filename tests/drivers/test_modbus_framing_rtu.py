@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import require_binary
-from modbus_env import group, point, socat_pair, wrong_good
+from modbus_env import STEADY_S, group, point, socat_pair, wrong_good
 
 from gatewayd.drivers.modbus import ModbusRtuDriver, ModbusRtuOverTcpDriver
 from gatewayd.drivers.modbus.pdu import ModbusFault, read_request
@@ -62,7 +62,7 @@ def test_replies_that_arrive_at_once_are_kept(make: list[HostileSlave]) -> None:
     # as fast as a USB adapter: the reply is in before the request's line time has passed
     slave = HostileSlave(mix={"valid": 1}, pacing="fast").start_rtu_pty()
     make.append(slave)
-    out = asyncio.run(run(rtu(slave.path), 20))
+    out = asyncio.run(run(rtu(slave.path, timeout_s=STEADY_S), 20))
     assert [r.quality for r in out] == [Quality.GOOD] * 60, {r.reason for r in out}
     assert wrong_good(out, BY_ID, slave) == []
 
@@ -72,10 +72,12 @@ def test_a_reply_later_than_twice_the_timeout_is_not_the_next_answer(
     make: list[HostileSlave], pacing: str
 ) -> None:
     slave = HostileSlave(
-        mix={"valid": 1}, pacing=pacing, script=["late", "valid", "late"], late_s=0.75
+        mix={"valid": 1}, pacing=pacing, script=["late", "valid", "late"], late_s=2.5
     ).start_rtu_pty()
     make.append(slave)
-    out = asyncio.run(run(rtu(slave.path, fail_threshold=99), 10))
+    # A 1 s timeout, not the 0.3 s of the fault tests: the readings after the late replies must
+    # all be good, and on a loaded CI machine a pty reply once took longer than 0.3 s.
+    out = asyncio.run(run(rtu(slave.path, fail_threshold=99, timeout_s=1.0), 10))
     assert wrong_good(out, BY_ID, slave) == []
     reasons = {r.reason for r in out if r.quality is not Quality.GOOD}
     # A late reply that starts arriving just before a deadline is cut off there: short_reply
