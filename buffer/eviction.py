@@ -15,7 +15,11 @@ Invariants:
 Disk space: the bound is recomputed at every space check (once a second, or per 512 KiB stored)
 from the real free space: the file system's free space above RESERVE_BYTES plus the free pages
 inside the file (which new records reuse). So eviction brings the buffer to a steady size rather
-than ratcheting it down, and stops at the first check after space comes back. An SQLITE_FULL
+than ratcheting it down, and stops at the first check after space comes back. A file system with
+less than the reserve free lowers the bound to what the file holds (stored and free pages), never
+below: evicting records frees no disk (only the vacuum after a drain does), and pages the file
+already has cost none, so the buffer keeps working in them instead of evicting every record at
+the door. An SQLITE_FULL
 lowers the bound to 80% of what is stored, until the file system has gained RESERVE_BYTES / 2 or
 DISK_FULL_HOLD_S passed.
 
@@ -109,7 +113,7 @@ class Bound:
         free_pages = db.execute(sql.FREELIST_COUNT).fetchone()[0]
         page_size = db.execute(sql.PAGE_SIZE).fetchone()[0]
         stored = self._acc.bytes
-        bound = stored + free_pages * page_size + fs_free - RESERVE_BYTES
+        bound = stored + free_pages * page_size + max(0, fs_free - RESERVE_BYTES)
         self._space_cap = bound if bound < self.max_bytes else None
         low = fs_free < 2 * RESERVE_BYTES
         if low and not self._disk_low:

@@ -239,3 +239,30 @@ def test_disk_full_bound_follows_the_real_free_space_in_both_directions(tmp_path
             "eviction went on after space came back"
         )
         store.close()
+
+
+def test_a_disk_short_of_its_reserve_keeps_the_file_in_use_and_live_records_flowing(
+    tmp_path: Path,
+) -> None:
+    """A file system with less free space than the reserve (here 3 MB, the WAL and the file
+    taking the rest): the pages the file already has cost no disk, so the buffer keeps using
+    them. Seen in the scorecard's quick disk_full part: the bound fell to zero and below, every
+    incoming record was evicted at the door, alarms included, even while the uplink delivered."""
+    with tmpfs(tmp_path / "small", "3m") as mnt:
+        store = Store(mnt / "b.sqlite", BufferConfig())
+        for i in range(400):  # an outage: nothing taken, the file and its WAL fill the disk
+            store._bound.next_statvfs = 0.0
+            store.append(recs(200, start=i * 200))
+        assert store.snapshot().evicted.get("telemetry/disk_full"), "the disk never filled"
+        store.take(1 << 20, 1 << 40)
+        store.ack([e.id for e in store.peek(1 << 20)])  # the uplink is back: the backlog goes
+        kept = 0
+        for k in range(200):  # then the live flow: each poll taken and acked
+            store._bound.next_statvfs = 0.0
+            batch = recs(99, start=(400 + k) * 200) + recs(1, Lane.ALARM, start=k)
+            ids = store.append(batch)
+            kept += sum(1 for x in ids if x)
+            assert ids[-1], f"poll {k}: an alarm evicted at the door while the uplink delivers"
+            store.ack([e.id for e in store.take(1000, 1 << 30)])
+        assert kept == 200 * 100, f"live records evicted at the door: {200 * 100 - kept}"
+        store.close()
