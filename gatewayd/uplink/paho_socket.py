@@ -113,7 +113,9 @@ class SocketAdapter:
             self._in_loop(self._loop.add_writer, self._fd, client.loop_write)
 
     def _on_socket_unregister_write(self, client: Any, userdata: Any, sock: socket.socket) -> None:
-        if self._writing and threading.get_ident() == self._loop_thread:
-            self._wants_writer = False
-        elif self._fd >= 0:
+        # Also inside writing(): the writer may have been registered before the block began
+        # (paho asks once until it is told the writer is gone), and a writer left registered
+        # on a writable socket would call loop_write at every loop turn.
+        self._wants_writer = False
+        if self._fd >= 0:
             self._in_loop(self._loop.remove_writer, self._fd)
