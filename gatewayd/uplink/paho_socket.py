@@ -5,9 +5,7 @@ Invariants:
   its writer and pings from a loop task; only the blocking connect() runs in an executor, and
   the socket callbacks it triggers hop back to the loop with call_soon_threadsafe;
 - the reader and writer are registered by descriptor number, and removed before the socket is
-  closed, so a descriptor number reused by the next connection is never watched twice;
-- inside `writing()` paho's packets are written when the block ends, and the writer is
-  registered only if the socket did not take them all (paho then still wants to write).
+  closed, so a descriptor number reused by the next connection is never watched twice.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 
@@ -30,8 +28,6 @@ class SocketAdapter:
         self._tick = min(1.0, keepalive_s / 4)
         self._fd = -1  # the paho socket's descriptor, registered with the loop
         self._misc_task: asyncio.Task[None] | None = None
-        self._writing = False  # inside writing(): paho's write (un)registrations wait
-        self._wants_writer = False  # what paho asked for meanwhile
 
     def attach(self, client: Any) -> None:
         """Install the socket callbacks; call before `client.connect`."""
@@ -53,19 +49,6 @@ class SocketAdapter:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
-
-    @contextlib.contextmanager
-    def writing(self, client: Any) -> Iterator[None]:
-        """Publish in this block; its packets are sent as it ends. A message written at once
-        costs no writer registered and removed again (two epoll changes, two callbacks)."""
-        self._writing, self._wants_writer = True, False
-        try:
-            yield
-            client.loop_write()
-        finally:
-            self._writing = False
-            if self._wants_writer and self._fd >= 0:  # the socket did not take it all
-                self._loop.add_writer(self._fd, client.loop_write)
 
     def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         if threading.get_ident() == self._loop_thread:
@@ -107,15 +90,9 @@ class SocketAdapter:
         self._fd = -1
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: socket.socket) -> None:
-        if self._writing and threading.get_ident() == self._loop_thread:
-            self._wants_writer = True
-        elif self._fd >= 0:
+        if self._fd >= 0:
             self._in_loop(self._loop.add_writer, self._fd, client.loop_write)
 
     def _on_socket_unregister_write(self, client: Any, userdata: Any, sock: socket.socket) -> None:
-        # Also inside writing(): the writer may have been registered before the block began
-        # (paho asks once until it is told the writer is gone), and a writer left registered
-        # on a writable socket would call loop_write at every loop turn.
-        self._wants_writer = False
         if self._fd >= 0:
             self._in_loop(self._loop.remove_writer, self._fd)

@@ -359,8 +359,7 @@ class Uplink:
     async def _session(self) -> bool:
         """Publish until the connection ends; True when it ended for a credential refresh."""
         assert self._client is not None and self._closed is not None
-        assert self._sockets is not None
-        client, closed, window, sockets = self._client, self._closed, self.window, self._sockets
+        client, closed, window = self._client, self._closed, self.window
         appended = self.buffer.appended
         interval = 1.0 / self.cfg.max_messages_per_s
         while not closed.done():
@@ -411,8 +410,7 @@ class Uplink:
                     self.cfg.batch_max_records, self.cfg.batch_max_bytes
                 )
                 if entries:
-                    with sockets.writing(client):
-                        sent = window.publish(client, self.topics["events"], entries)
+                    sent = window.publish(client, self.topics["events"], entries)
                     self._last_publish = now
                     self._next_send = max(self._next_send, now) + interval * sent
                     continue

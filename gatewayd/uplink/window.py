@@ -91,11 +91,12 @@ class InflightWindow:
                 self._publish_fit(client, topic, entries[i : i + step])
                 for i in range(0, len(entries), step)
             )
-        # Sent when the session's SocketAdapter.writing() block ends, not from the loop's
-        # writable callback one turn later.
         info = client.publish(topic, payload, qos=1)
         if info.rc != 0:  # not connected any more; the records come again after the rewind
             return 0
+        # Send now rather than from the loop's writable callback one turn later (paho keeps
+        # the writer registered if the socket takes only part of it).
+        client.loop_write()
         self._inflight[info.mid] = ([e.id for e in entries], time.monotonic())
         self.metrics.inc("published_records", len(entries))
         self.metrics.inc("published_messages")
