@@ -19,9 +19,8 @@ than ratcheting it down, and stops at the first check after space comes back. A 
 less than the reserve free lowers the bound to what the file holds (stored and free pages), never
 below: evicting records frees no disk (only the vacuum after a drain does), and pages the file
 already has cost none, so the buffer keeps working in them instead of evicting every record at
-the door. An SQLITE_FULL
-lowers the bound to 80% of what is stored, until the file system has gained RESERVE_BYTES / 2 or
-DISK_FULL_HOLD_S passed.
+the door. An SQLITE_FULL lowers the bound to 80% of what is stored, until the file system has
+gained RESERVE_BYTES / 2 or DISK_FULL_HOLD_S passed.
 
 Hours left (`Stats.hours_left`, the `buffer_hours_left` gauge): the bound above minus what is
 stored, over the append rate of the last FILL_WINDOW_S: how long an outage starting now lasts
