@@ -52,15 +52,13 @@ def _value_text(v: object) -> str | None:
 
 
 def encode_body(r: Record) -> str:
-    text = _value_text(r.value)
-    if text is None or r.reason is not None or r.lane is not _TELEMETRY or r.subfolder is not None:
-        return _encode_general(r)
-    return f'{_head(r.point)},"ts":{r.ts_ms},"value":{text}{_QUALITY[r.quality]}'
+    """One record's stored text (tests and tools; the Store encodes a poll at once)."""
+    return encode_bodies((r,))[0]
 
 
 def encode_bodies(records: Sequence[Record]) -> list[str]:
-    """`encode_body` of each record (the same texts), the common one formatted inline, and the
-    stamp's text made once per run of equal stamps (a poll's readings share one)."""
+    """Each record's stored text, the common one formatted inline, and the stamp's text made
+    once per run of equal stamps (a poll's readings share one)."""
     out: list[str] = []
     append = out.append
     heads, quality = _heads, _QUALITY
@@ -76,10 +74,12 @@ def encode_bodies(records: Sequence[Record]) -> list[str]:
             text = float.__repr__(v)
         else:
             text = _value_text(v)
-        if text is None or r.reason is not None or r.lane is not _TELEMETRY:
-            append(_encode_general(r))
-            continue
-        if r.subfolder is not None:
+        if (
+            text is None
+            or r.reason is not None
+            or r.lane is not _TELEMETRY
+            or r.subfolder is not None
+        ):
             append(_encode_general(r))
             continue
         ts = r.ts_ms
