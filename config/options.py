@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from .errors import ConfigError
+from .errors import ConfigError, closest
 
 T = TypeVar("T")
 GROUP = "gatewayd.drivers"  # the entry point group: the name a config's `driver` names
@@ -250,13 +250,11 @@ def find_driver(kind: str, place: str) -> Any:
     eps = entry_points(group=GROUP)
     if kind not in eps.names:
         names = sorted(eps.names)
-        from difflib import get_close_matches
-
-        near = get_close_matches(kind, names, n=1)
+        near = closest(kind, names)
         raise ConfigError(
             place,
             f"unknown driver {kind!r}",
-            f"did you mean {near[0]!r}? (or install the package that provides {kind!r})"
+            f"did you mean {near!r}? (or install the package that provides {kind!r})"
             if near
             else f"use one of {', '.join(map(repr, names))} or install its package",
         )

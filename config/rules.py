@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-from .errors import ConfigError
+from .errors import ConfigError, closest
 from .expr import Expr, ExprError, compile_expr
 from .model import (
     AGGREGATES,
@@ -125,13 +125,11 @@ def _expr_at(s: Section, key: str, known: list[str]) -> Expr:
         raise ConfigError(s.at(key), str(exc), exc.fix) from None
     for p in expr.points:
         if p not in known:
-            from difflib import get_close_matches
-
-            near = get_close_matches(p, known, n=1)
+            near = closest(p, known)
             raise ConfigError(
                 s.at(key),
                 f"point({p!r}) names no configured point",
-                f"did you mean {near[0]!r}?" if near else "use a device/point id of this file",
+                f"did you mean {near!r}?" if near else "use a device/point id of this file",
             )
     return expr
 

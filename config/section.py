@@ -17,7 +17,7 @@ import string
 from collections.abc import Mapping
 from typing import Any, cast
 
-from .errors import ConfigError
+from .errors import ConfigError, closest
 
 # The "no default" marker: a read without a default refuses a missing key.
 MISSING: Any = object()
@@ -106,10 +106,8 @@ class Section:
             if name is None:
                 continue
             if name not in placeholders or spec or conv:
-                from difflib import get_close_matches  # on a mistake only, not at every start
-
-                near = get_close_matches(name, placeholders, n=1)
-                hint = f"did you mean {{{near[0]}}}? " if near else ""
+                near = closest(name, placeholders)
+                hint = f"did you mean {{{near}}}? " if near else ""
                 shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
                 raise ConfigError(
                     self.at(key), f"{v!r}: unknown placeholder {shown + '}'}", hint + fix
@@ -156,10 +154,8 @@ class Section:
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = MISSING) -> Any:
         v = self.text(key, default)
         if v not in allowed:
-            from difflib import get_close_matches
-
-            near = get_close_matches(v, allowed, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
+            near = closest(v, allowed)
+            hint = f"did you mean {near!r}? " if near else ""
             raise ConfigError(
                 self.at(key),
                 f"{v!r} is not allowed",
@@ -268,11 +264,9 @@ class Section:
         """Refuse keys nobody read: they are typos or settings of another version."""
         for key in self._data:
             if key not in self._read:
-                from difflib import get_close_matches
-
-                near = get_close_matches(str(key), sorted(self._read), n=1)
+                near = closest(str(key), sorted(self._read))
                 hint = (
-                    f"did you mean {near[0]!r}?"
+                    f"did you mean {near!r}?"
                     if near
                     else f"known keys: {', '.join(sorted(self._read))}"
                 )
