@@ -126,6 +126,11 @@ class Histogram:
         self.count += 1
 
 
+def key(name: str, **labels: str) -> Key:
+    """A series' key in Metrics' tables: the name and its labels, sorted."""
+    return (name, tuple(sorted(labels.items())))
+
+
 class Metrics:
     def __init__(self) -> None:
         self.counters: dict[Key, float] = {}
@@ -133,34 +138,34 @@ class Metrics:
         self.histograms: dict[Key, Histogram] = {}
 
     def inc(self, name: str, n: float = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        self.counters[key] = self.counters.get(key, 0) + n
+        k = key(name, **labels)
+        self.counters[k] = self.counters.get(k, 0) + n
 
     def total_from(self, name: str, value: float, **labels: str) -> None:
         """Set a counter to a running total kept elsewhere (e.g. the buffer's eviction counts)."""
-        self.counters[(name, tuple(sorted(labels.items())))] = value
+        self.counters[key(name, **labels)] = value
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self.gauges[(name, tuple(sorted(labels.items())))] = value
+        self.gauges[key(name, **labels)] = value
 
     def observe(
         self, name: str, value: float, buckets: Sequence[float] = POLL_BUCKETS, **labels: str
     ) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        h = self.histograms.get(key)
+        k = key(name, **labels)
+        h = self.histograms.get(k)
         if h is None:
-            h = self.histograms[key] = Histogram(buckets)
+            h = self.histograms[k] = Histogram(buckets)
         h.observe(value)
 
     def drop(self, name: str, **match: str) -> None:
         """Forget the gauge series of `name` whose labels include `match` (e.g. an old reason)."""
         want = set(match.items())
-        for key in [k for k in self.gauges if k[0] == name and want <= set(k[1])]:
-            del self.gauges[key]
+        for k in [k for k in self.gauges if k[0] == name and want <= set(k[1])]:
+            del self.gauges[k]
 
     def get(self, name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return self.counters.get(key, self.gauges.get(key, 0))
+        k = key(name, **labels)
+        return self.counters.get(k, self.gauges.get(k, 0))
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its label sets."""

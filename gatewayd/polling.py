@@ -32,7 +32,7 @@ from gatewayd.config import DeviceConfig
 from gatewayd.drivers import Driver, PollGroup, load_driver, poll_groups
 from gatewayd.logs import quote
 from gatewayd.memory import MemoryGuard
-from gatewayd.metrics import Metrics
+from gatewayd.metrics import Key, Metrics, key
 from gatewayd.reading import Quality, Reading, now_ms
 from gatewayd.schedule import Run, Scheduler
 
@@ -258,8 +258,7 @@ class Poller:
                 self.polled_at[group.device] = time.monotonic()
                 # The driver's own counts (requests, faults by reason, retries) as counters.
                 for kind, n in driver.counters.items():
-                    key = ("driver_events", (("device", group.device), ("kind", kind)))
-                    self.metrics.counters[key] = n
+                    self.metrics.total_from("driver_events", n, device=group.device, kind=kind)
         if readings and (readings[0].ts_ms < PLAUSIBLE_MS or readings[-1].ts_ms < PLAUSIBLE_MS):
             readings = [_unsynced(r) for r in readings]
         self._account(group.device, readings, time.monotonic() - t0)
@@ -305,7 +304,7 @@ class Poller:
 
 
 class _DeviceKeys:
-    """A device's poll metric keys, as Metrics makes them (name, sorted labels)."""
+    """A device's poll metric keys (gatewayd.metrics.key), made once."""
 
     __slots__ = (
         "bad",
@@ -320,19 +319,18 @@ class _DeviceKeys:
     )
 
     def __init__(self, device: str) -> None:
-        labels = (("device", device),)
         self.device = device
-        self.polls = ("polls", labels)
-        self.failures = ("poll_failures", labels)
-        self.readings = ("readings", labels)
-        self.bad = ("readings_bad", labels)
-        self.last_ts = ("device_last_poll_timestamp_seconds", labels)
-        self.last_good = ("device_last_poll_good", labels)
-        self.last_bad = ("device_last_poll_bad", labels)
+        self.polls = key("polls", device=device)
+        self.failures = key("poll_failures", device=device)
+        self.readings = key("readings", device=device)
+        self.bad = key("readings_bad", device=device)
+        self.last_ts = key("device_last_poll_timestamp_seconds", device=device)
+        self.last_good = key("device_last_poll_good", device=device)
+        self.last_bad = key("device_last_poll_bad", device=device)
         self.reasons: tuple[str, ...] = ()  # of the last poll's bad readings, as gauges
 
-    def reason(self, reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-        return ("device_last_bad_reason", (("device", self.device), ("reason", reason)))
+    def reason(self, reason: str) -> Key:
+        return key("device_last_bad_reason", device=self.device, reason=reason)
 
 
 def _bad(group: PollGroup, reason: str) -> list[Reading]:
